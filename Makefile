@@ -1,0 +1,39 @@
+# Needs only a Python >= 3.10 on PATH; everything else goes into .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow lint bench clean
+
+venv: $(STAMP)
+
+# Rebuilt when the dependency declarations change. constraints.txt pins torch to
+# the CPU wheel; every pip install goes through it.
+$(STAMP): pyproject.toml setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -c constraints.txt -e '.[dev,plot]'
+	touch $@
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv
+	$(PY) -m pytest -m "not slow" -n 2 --timeout=600 -q
+
+test-slow: venv
+	$(PY) -m pytest -n 2 --timeout=3600 -q
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: venv
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+		.coverage .coverage.* coverage.xml htmlcov benchmarks/out
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
