@@ -1,0 +1,611 @@
+"""The ``Ledger`` facade: the one object users touch.
+
+This module owns the user-level operations (open, commit, checkout, restore,
+branch, switch, tag, log, resolve, close) and their order of effects. It wires
+state (flatten/build), history (records, refs, revisions) and objects (the
+store) together and must never reach below their public functions: no byte
+formats here.
+
+Write order of a commit (design invariant 2): chunks, manifest and commit
+object go into new packs that are fsync'd and renamed into place; only then is
+the ref-update event appended (fsync'd) and the ref view rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import torch
+
+from ledger.errors import (
+    ClosedLedgerError,
+    CorruptionError,
+    DetachedHeadError,
+    EmptyLedgerError,
+    FormatVersionError,
+    NotALedgerError,
+    RefNameError,
+    RevisionNotFoundError,
+    UnsupportedValueError,
+)
+from ledger.history.records import (
+    FORMAT_VERSION,
+    LEDGER_KIND,
+    Commit,
+    CommitRecord,
+    CommitStats,
+    LedgerConfig,
+    Manifest,
+    commit_decoder,
+    config_decoder,
+    manifest_decoder,
+    msgpack_encoder,
+    utcnow,
+)
+from ledger.history.refs import (
+    BRANCH_PREFIX,
+    HEAD,
+    SYMREF_PREFIX,
+    TAG_PREFIX,
+    RefStore,
+    check_ref_name,
+)
+from ledger.history.revisions import head_target, resolve
+from ledger.objects.durable import atomic_write
+from ledger.objects.store import ObjectStore
+from ledger.state.build import Builder, Restorer, device_available, finalize, parse_paths
+from ledger.state.flatten import Flattener
+from ledger.state.rng import RNG_KEY, capture_rng, restore_rng
+
+DEFAULT_CHUNK_SIZE = 4 << 20
+CONFIG_FILE = "LEDGER"
+
+
+class Ledger:
+    """A ledger directory: commits of training state, branches, tags and HEAD.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with Ledger.open(tempfile.mkdtemp() + "/ckpt", create=True) as lg:
+        ...     c = lg.commit({"w": torch.ones(3)}, step=1, message="first")
+        ...     lg.checkout("HEAD")["w"].tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self, root: Path, config: LedgerConfig, *, fsync: bool, workers: int | None
+    ) -> None:
+        self.root = root
+        self.config = config
+        self.fsync = fsync
+        self.store = ObjectStore(root, fsync=fsync)
+        self.refs = RefStore(root, fsync=fsync)
+        self._workers = workers or max(2, min(8, os.cpu_count() or 2))
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.RLock()
+        self._records: dict[str, CommitRecord] = {}
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        fsync: bool = True,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: bool = True,
+        workers: int | None = None,
+    ) -> Ledger:
+        """Open the ledger in directory ``path`` (the ledger directory itself).
+
+        Args:
+            path: the ledger directory.
+            create: make a new ledger if ``path`` is missing or empty.
+            fsync: make every commit durable before it returns (turn off only for tests).
+            chunk_size: bytes per chunk for a new ledger (fixed once created).
+            compress: let a new ledger compress chunks when that saves space.
+            workers: threads for hashing, compressing and reading.
+
+        Raises:
+            NotALedgerError: ``path`` is not a ledger (and ``create`` is False, or it is not empty).
+            FormatVersionError: the ledger was written by a newer training-ledger.
+
+        Example:
+            >>> lg = Ledger.open("ckpt", create=True)  # doctest: +SKIP
+        """
+        root = Path(path)
+        cfg_path = root / CONFIG_FILE
+        if cfg_path.is_file():
+            config = _read_config(cfg_path)
+            return cls(root, config, fsync=fsync, workers=workers)
+        if root.exists() and not root.is_dir():
+            raise NotALedgerError(f"{root} is a file, not a ledger directory")
+        if root.is_dir() and any(root.iterdir()):
+            raise NotALedgerError(
+                f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
+                "choose an empty or new directory"
+            )
+        if not create:
+            raise NotALedgerError(
+                f"no ledger at {root}; pass create=True or run `ledger init {root}`"
+            )
+        if chunk_size < 4096 or chunk_size % 64:
+            raise ValueError("chunk_size must be a multiple of 64 and at least 4096")
+        return cls._create(
+            root, chunk_size=chunk_size, compress=compress, fsync=fsync, workers=workers
+        )
+
+    @classmethod
+    def _create(
+        cls, root: Path, *, chunk_size: int, compress: bool, fsync: bool, workers: int | None
+    ) -> Ledger:
+        root.mkdir(parents=True, exist_ok=True)
+        config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
+        lg = cls(root, config, fsync=fsync, workers=workers)
+        lg.refs.create()
+        # The config file is written last: a directory without it is not yet a ledger.
+        atomic_write(
+            root / CONFIG_FILE,
+            msgspec.json.format(msgspec.json.encode(config)) + b"\n",
+            fsync=fsync,
+            tmp_dir=lg.store.tmp_dir,
+        )
+        return lg
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for pending work, release threads, files and locks. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self.store.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedLedgerError(f"the ledger at {self.root} was closed; open it again")
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The worker threads shared by commits and reads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger")
+        return self._pool
+
+    # -- commits ---------------------------------------------------------------
+
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = None,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        branch: str | None = None,
+        rng: bool = True,
+    ) -> Commit:
+        """Store ``state`` as a new commit on the current branch (or on ``branch``).
+
+        Args:
+            state: mapping of tensors, arrays, stateful objects (modules,
+                optimizers, schedulers ...), generators, containers and plain values.
+            message: a note for the log.
+            step: global training step.
+            epoch: training epoch.
+            metrics: name -> number (loss, accuracy ...).
+            params: hyper-parameters (plain values, lists, dicts).
+            branch: commit to this branch (created at HEAD if missing) without moving HEAD.
+            rng: also capture the global RNG of torch, CUDA, numpy and Python.
+
+        Returns:
+            The new :class:`Commit`.
+
+        Raises:
+            UnsupportedValueError: a value cannot be stored (its path is named).
+            DetachedHeadError: HEAD is detached and ``branch`` is not given.
+            RefConflictError: another writer moved the branch meanwhile.
+
+        Example:
+            >>> c = lg.commit({"model": model, "optim": opt}, step=100, metrics={"loss": 0.3})  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            started = time.perf_counter()
+            refs = self.refs.snapshot()
+            target, parent = self._commit_target(refs, branch)
+            record_metrics = _clean_metrics(metrics)
+            record_params = _clean_params(params)
+            flat = Flattener(self.config.chunk_size)
+            root = flat.flatten_root(state, capture_rng() if rng else None)
+            writer = self.store.writer(self.pool, compress=self.config.compress)
+            try:
+                flat.assign(writer.put_chunks(flat.chunks()))
+                manifest = Manifest(
+                    format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=root
+                )
+                manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
+                stats = CommitStats(
+                    logical_bytes=writer.stats.logical_bytes,
+                    bytes_written=writer.stats.bytes_written,
+                    chunks_total=writer.stats.chunks_total,
+                    chunks_written=writer.stats.chunks_written,
+                    tensors=flat.tensors,
+                    duration_s=round(time.perf_counter() - started, 6),
+                )
+                record = CommitRecord(
+                    manifest=manifest_id,
+                    parents=[parent] if parent else [],
+                    time=utcnow(),
+                    branch=target,
+                    step=_opt_int(step, "step"),
+                    epoch=_opt_int(epoch, "epoch"),
+                    message=message,
+                    metrics=record_metrics,
+                    params=record_params,
+                    stats=stats,
+                )
+                commit_id = writer.put("commit", msgpack_encoder.encode(record))
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            self.refs.update(
+                {BRANCH_PREFIX + target: (parent, commit_id)}, f"commit {commit_id[:12]}"
+            )
+            self._records[commit_id] = record
+            return Commit.from_record(commit_id, record)
+
+    def _commit_target(self, refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
+        head_branch, head_id = head_target(refs)
+        if branch is not None:
+            check_ref_name(branch, "branch")
+            existing = refs.get(BRANCH_PREFIX + branch)
+            if existing is not None:
+                return branch, existing
+            return branch, head_id
+        if head_branch is None:
+            raise DetachedHeadError(
+                f"HEAD is detached at {head_id and head_id[:12]}; pass branch='name' to commit, "
+                "or switch to a branch first"
+            )
+        return head_branch, head_id
+
+    # -- reading commits ---------------------------------------------------------
+
+    def record(self, commit_id: str) -> CommitRecord:
+        """The stored record of a commit (by full id), hash-checked and cached."""
+        rec = self._records.get(commit_id)
+        if rec is None:
+            try:
+                oid = bytes.fromhex(commit_id)
+            except ValueError:
+                raise RevisionNotFoundError(f"{commit_id!r} is not a commit id") from None
+            data = self.store.read(oid, f"commit {commit_id[:12]}")
+            try:
+                rec = commit_decoder.decode(data)
+            except msgspec.DecodeError as e:
+                raise CorruptionError(f"commit {commit_id[:12]} cannot be decoded: {e}") from e
+            if rec.format > FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"commit {commit_id[:12]} has format {rec.format}; upgrade training-ledger"
+                )
+            self._records[commit_id] = rec
+        return rec
+
+    def get(self, rev: str) -> Commit:
+        """The :class:`Commit` a revision names.
+
+        Example:
+            >>> lg.get("main~1").step  # doctest: +SKIP
+            100
+        """
+        cid = self.resolve(rev)
+        return Commit.from_record(cid, self.record(cid))
+
+    def manifest(self, rev: str) -> tuple[str, Manifest]:
+        """The commit id and manifest of a revision."""
+        cid = self.resolve(rev)
+        rec = self.record(cid)
+        data = self.store.read(bytes.fromhex(rec.manifest), f"manifest of commit {cid[:12]}")
+        try:
+            manifest = manifest_decoder.decode(data)
+        except msgspec.DecodeError as e:
+            raise CorruptionError(f"manifest of commit {cid[:12]} cannot be decoded: {e}") from e
+        if manifest.format > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"commit {cid[:12]} has manifest format {manifest.format}; upgrade training-ledger"
+            )
+        return cid, manifest
+
+    def resolve(self, rev: str) -> str:
+        """The full commit id of a revision (branch, tag, id prefix, HEAD, REV~N).
+
+        Raises:
+            RevisionNotFoundError: nothing has that name.
+            AmbiguousRevisionError: an id prefix matches several commits.
+
+        Example:
+            >>> lg.resolve("main~1")  # doctest: +SKIP
+            'b3f1...'
+        """
+        self._check_open()
+        refs = self.refs.snapshot()
+
+        def ids() -> list[str]:
+            self.store.refresh()
+            return [oid.hex() for oid in self.store.ids("commit")]
+
+        def first_parent(cid: str) -> str | None:
+            parents = self.record(cid).parents
+            return parents[0] if parents else None
+
+        return resolve(rev, refs, ids, first_parent)
+
+    def log(self, rev: str = "HEAD") -> Iterator[Commit]:
+        """Commits from ``rev`` back to the root, newest first, following first parents.
+
+        Example:
+            >>> [c.step for c in lg.log("main")]  # doctest: +SKIP
+            [300, 200, 100]
+        """
+        try:
+            cid: str | None = self.resolve(rev)
+        except EmptyLedgerError:
+            return
+        while cid is not None:
+            rec = self.record(cid)
+            yield Commit.from_record(cid, rec)
+            cid = rec.parents[0] if rec.parents else None
+
+    @property
+    def head(self) -> Commit | None:
+        """The commit HEAD points at, or None before the first commit."""
+        _, cid = head_target(self.refs.snapshot())
+        return None if cid is None else Commit.from_record(cid, self.record(cid))
+
+    @property
+    def current_branch(self) -> str | None:
+        """The branch HEAD is attached to, or None when detached."""
+        return head_target(self.refs.snapshot())[0]
+
+    # -- checkout / restore -------------------------------------------------------
+
+    def checkout(
+        self,
+        rev: str = "HEAD",
+        map_location: str | torch.device | None = "cpu",
+        paths: list[str] | None = None,
+    ) -> dict[Any, Any]:
+        """Read a commit's state as a nested dict of tensors and plain values (moves nothing).
+
+        Args:
+            rev: the revision to read.
+            map_location: device for every tensor; None puts each back where it
+                was saved when that device exists (else on the CPU).
+            paths: read only these parts, e.g. ``["model"]`` or ``["optim/state"]``;
+                only their chunks are read.
+
+        Example:
+            >>> weights = lg.checkout("best", paths=["model"])["model"]  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            cid, manifest = self.manifest(rev)
+            builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
+            builder.index(manifest.root, ())
+            tree = builder.build(manifest.root, (), parse_paths(paths))
+            builder.load()
+            return finalize(tree, _mover(map_location, builder))
+
+    def restore(
+        self,
+        state: MutableMapping[Any, Any],
+        rev: str = "HEAD",
+        strict: bool = True,
+        rng: bool = True,
+    ) -> Commit:
+        """Load a commit into live objects in place: modules, optimizers, tensors, values.
+
+        Every key, shape and dtype is checked before anything changes; plain
+        values are assigned back into ``state``.
+
+        Args:
+            state: the same kind of mapping that was committed.
+            rev: the revision to restore.
+            strict: fail on keys missing from either side.
+            rng: also set the global RNGs back.
+
+        Raises:
+            StateMismatchError: keys, shapes or dtypes differ (nothing was changed).
+
+        Example:
+            >>> lg.restore({"model": model, "optim": opt, "step": 0})  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            if not isinstance(state, MutableMapping):
+                raise UnsupportedValueError(
+                    f"restore needs a mutable mapping such as a dict, not {type(state).__name__}"
+                )
+            cid, manifest = self.manifest(rev)
+            builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
+            builder.index(manifest.root, ())
+            restorer = Restorer(builder, strict)
+            restorer.plan_root(state, manifest.root, {RNG_KEY})
+            rng_tree = None
+            if rng and RNG_KEY in manifest.root.keys:
+                rng_node = manifest.root.values[manifest.root.keys.index(RNG_KEY)]
+                rng_tree = builder.build(rng_node, (RNG_KEY,))
+            builder.load()
+            restorer.apply()
+            if rng_tree is not None:
+                restore_rng(finalize(rng_tree, lambda t: t))
+            return Commit.from_record(cid, self.record(cid))
+
+    # -- refs ---------------------------------------------------------------------
+
+    def branch(self, name: str, at: str = "HEAD") -> Commit:
+        """Create branch ``name`` at revision ``at`` (HEAD does not move).
+
+        Raises:
+            RefNameError: the name is invalid or the branch exists.
+
+        Example:
+            >>> lg.branch("exp-b", at="main~2")  # doctest: +SKIP
+        """
+        check_ref_name(name, "branch")
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(at)
+            if BRANCH_PREFIX + name in self.refs.snapshot():
+                raise RefNameError(
+                    f"branch {name!r} already exists; pick another name or switch to it"
+                )
+            self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
+            return Commit.from_record(cid, self.record(cid))
+
+    def tag(self, name: str, at: str = "HEAD") -> Commit:
+        """Create tag ``name`` at ``at``; tags never move.
+
+        Example:
+            >>> lg.tag("v1")  # doctest: +SKIP
+        """
+        check_ref_name(name, "tag")
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(at)
+            if TAG_PREFIX + name in self.refs.snapshot():
+                raise RefNameError(
+                    f"tag {name!r} already exists; tags never move, pick another name"
+                )
+            self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
+            return Commit.from_record(cid, self.record(cid))
+
+    def branches(self) -> dict[str, str]:
+        """Branch name -> commit id."""
+        return _strip(self.refs.snapshot(), BRANCH_PREFIX)
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> commit id."""
+        return _strip(self.refs.snapshot(), TAG_PREFIX)
+
+    def switch(self, rev: str) -> Commit | None:
+        """Move HEAD: onto a branch, or detached onto any other revision.
+
+        Returns the commit HEAD now points at (None for an unborn branch).
+
+        Example:
+            >>> lg.switch("exp-b")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            old = refs.get(HEAD)
+            if BRANCH_PREFIX + rev in refs or (rev.startswith(BRANCH_PREFIX) and rev in refs):
+                ref = rev if rev.startswith(BRANCH_PREFIX) else BRANCH_PREFIX + rev
+                self.refs.update({HEAD: (old, SYMREF_PREFIX + ref)}, f"switch to {rev}")
+                cid = refs[ref]
+            else:
+                cid = self.resolve(rev)
+                self.refs.update({HEAD: (old, cid)}, f"switch to {rev} (detached)")
+            return Commit.from_record(cid, self.record(cid))
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _read_config(path: Path) -> LedgerConfig:
+    try:
+        raw = msgspec.json.decode(path.read_bytes())
+    except msgspec.DecodeError as e:
+        raise NotALedgerError(f"{path} is not a ledger config ({e})") from e
+    if not isinstance(raw, dict) or raw.get("kind") != LEDGER_KIND:
+        raise NotALedgerError(f"{path.parent} is not a training-ledger directory")
+    version = raw.get("format")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path.parent} was written with ledger format {version}, this training-ledger reads "
+            f"up to {FORMAT_VERSION}; upgrade: pip install -U training-ledger"
+        )
+    try:
+        return config_decoder.decode(path.read_bytes())
+    except msgspec.ValidationError as e:
+        raise NotALedgerError(f"{path} is not a valid ledger config ({e})") from e
+
+
+def _strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k[len(prefix) :]: v for k, v in sorted(refs.items()) if k.startswith(prefix)}
+
+
+def _opt_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UnsupportedValueError(f"{name}={value!r} must be an integer") from None
+
+
+def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str):
+            raise UnsupportedValueError(f"metric name {key!r} must be a string")
+        try:
+            out[key] = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError, RuntimeError):
+            raise UnsupportedValueError(f"metrics[{key!r}] = {value!r} is not a number") from None
+    return out
+
+
+def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    def clean(value: Any, where: str) -> Any:
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            return value.item()
+        if isinstance(value, Mapping):
+            return {str(k): clean(v, f"{where}[{k!r}]") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        raise UnsupportedValueError(
+            f"{where} is a {type(value).__name__}; params hold plain values, lists and dicts"
+        )
+
+    return {str(k): clean(v, f"params[{k!r}]") for k, v in (params or {}).items()}
+
+
+def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
+    if map_location is None:
+
+        def home(t: torch.Tensor) -> torch.Tensor:
+            saved = builder.devices.get(id(t), "cpu")
+            return t.to(saved) if saved != "cpu" and device_available(saved) else t
+
+        return home
+    device = torch.device(map_location)
+    if device.type == "cpu":
+        return lambda t: t
+    return lambda t: t.to(device, non_blocking=False)

@@ -1,0 +1,1 @@
+"""History: commits, refs, the event log, revisions (layer 4; uses objects only)."""

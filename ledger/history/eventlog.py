@@ -1,0 +1,143 @@
+"""The append-only event log: the source of truth for refs and HEAD.
+
+This module owns the log's framing (see docs/format.md, "Event log"): a file
+header, then frames of ``b"LGEV"``, u32 payload length, u32 crc32 of the
+payload, msgpack payload. A frame that is incomplete or fails its checksum at
+the end of the file is a *torn tail* (a crash mid-append): readers ignore it
+and the next writer cuts it off before appending. A damaged frame followed by
+valid frames is corruption, never silently skipped. This module must never
+interpret events; refs.py does.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import msgspec
+
+from ledger.errors import CorruptionError
+from ledger.history.records import Event, event_decoder, msgpack_encoder
+from ledger.objects.durable import disk_errors, fsync_dir
+
+LOG_HEADER = b"LGEVLOG1"
+FRAME_MAGIC = b"LGEV"
+FRAME = struct.Struct("<4sII")
+MAX_EVENT_BYTES = 1 << 24
+
+
+class LogRead(msgspec.Struct):
+    """Events read from an offset, where the valid part ends, and torn bytes after it."""
+
+    events: list[Event]
+    end: int
+    torn_bytes: int
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """The payload of a valid frame at ``pos`` and the offset after it, or None."""
+    if pos + FRAME.size > len(data):
+        return None
+    magic, length, crc = FRAME.unpack_from(data, pos)
+    start = pos + FRAME.size
+    if magic != FRAME_MAGIC or length > MAX_EVENT_BYTES or start + length > len(data):
+        return None
+    payload = data[start : start + length]
+    if zlib.crc32(payload) != crc:
+        return None
+    return payload, start + length
+
+
+class EventLog:
+    """The file ``<ledger>/events.log``.
+
+    Example:
+        >>> import tempfile
+        >>> log = EventLog(Path(tempfile.mkdtemp()) / "events.log", fsync=False)
+        >>> log.create()
+        >>> log.read_from(0).events
+        []
+    """
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self.path = path
+        self.fsync = fsync
+
+    def create(self) -> None:
+        """Write an empty log (header only)."""
+        with disk_errors(str(self.path)), open(self.path, "xb") as f:
+            f.write(LOG_HEADER)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        if self.fsync:
+            fsync_dir(self.path.parent)
+
+    def read_from(self, offset: int) -> LogRead:
+        """Decode every complete event from ``offset`` (0 means the start of the log).
+
+        Raises:
+            CorruptionError: the header is wrong, or a damaged frame has valid
+                frames after it (a flipped byte, not a torn tail).
+        """
+        with open(self.path, "rb") as f:
+            head = f.read(len(LOG_HEADER))
+            if head != LOG_HEADER:
+                raise CorruptionError(f"{self.path} is not an event log (bad header)")
+            pos = max(offset, len(LOG_HEADER))
+            f.seek(pos)
+            data = f.read()
+        events: list[Event] = []
+        cur = 0
+        while cur < len(data):
+            frame = _frame_at(data, cur)
+            if frame is None:
+                self._check_torn(data, cur, pos)
+                return LogRead(events=events, end=pos + cur, torn_bytes=len(data) - cur)
+            payload, nxt = frame
+            try:
+                events.append(event_decoder.decode(payload))
+            except msgspec.DecodeError as e:
+                raise CorruptionError(
+                    f"{self.path}: event at byte {pos + cur} cannot be decoded ({e})"
+                ) from e
+            cur = nxt
+        return LogRead(events=events, end=pos + cur, torn_bytes=0)
+
+    def _check_torn(self, data: bytes, cur: int, base: int) -> None:
+        probe = data.find(FRAME_MAGIC, cur + 1)
+        while probe != -1:
+            if _frame_at(data, probe) is not None:
+                raise CorruptionError(
+                    f"{self.path}: the event at byte {base + cur} is damaged but later events "
+                    "are intact; run `ledger verify` and restore the log from a copy"
+                )
+            probe = data.find(FRAME_MAGIC, probe + 1)
+
+    def append(self, events: list[Event], valid_end: int) -> int:
+        """Cut anything after ``valid_end`` (a torn tail), append ``events``, make them durable.
+
+        The caller holds the ledger's write lock and has read the log up to
+        ``valid_end``. Returns the new end offset.
+        """
+        frames = []
+        for event in events:
+            payload = msgpack_encoder.encode(event)
+            frames.append(FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+        blob = b"".join(frames)
+        with disk_errors(str(self.path)):
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                if os.fstat(fd).st_size != valid_end:
+                    os.ftruncate(fd, valid_end)
+                written = os.pwrite(fd, blob, valid_end)
+                if written != len(blob):
+                    os.ftruncate(fd, valid_end)
+                    raise OSError("short write to the event log")
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        return valid_end + len(blob)

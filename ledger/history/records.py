@@ -1,0 +1,229 @@
+"""Every record the ledger writes, defined once as a msgspec Struct.
+
+This module owns the on-disk shapes of the config, the manifest (the state's
+tree), the commit and the events (see docs/format.md). Records are encoded as
+msgpack (config as JSON, so people can read it). Decoders ignore fields they
+do not know, so a newer minor writer stays readable; the ``format`` number is
+raised when an old reader could misread a record. This module must never do
+I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+
+FORMAT_VERSION = 1
+LEDGER_KIND = "training-ledger"
+
+
+class LedgerConfig(msgspec.Struct, kw_only=True):
+    """``<ledger>/LEDGER``: identifies the directory and fixes its settings."""
+
+    kind: str = LEDGER_KIND
+    format: int = FORMAT_VERSION
+    created: dt.datetime
+    chunk_size: int
+    compress: bool = True
+
+
+# -- manifest tree -------------------------------------------------------------
+
+
+class DictNode(msgspec.Struct, tag="dict"):
+    """A mapping; keys keep their type (str or int) and their order."""
+
+    keys: list[str | int]
+    values: list[Node]
+
+
+class ListNode(msgspec.Struct, tag="list"):
+    """A list."""
+
+    items: list[Node]
+
+
+class TupleNode(msgspec.Struct, tag="tuple"):
+    """A tuple (comes back as a tuple)."""
+
+    items: list[Node]
+
+
+class ValueNode(msgspec.Struct, tag="value"):
+    """A plain value: None, bool, int (64-bit), float or str."""
+
+    value: bool | int | float | str | None
+
+
+class BytesNode(msgspec.Struct, tag="bytes"):
+    """A bytes value."""
+
+    data: bytes
+
+
+class BigIntNode(msgspec.Struct, tag="bigint"):
+    """An int too large for 64 bits, as decimal text."""
+
+    text: str
+
+
+class TensorNode(msgspec.Struct, tag="tensor"):
+    """A torch tensor: dtype name, shape, and its bytes as chunk ids (row-major)."""
+
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    chunks: list[str]
+    device: str = "cpu"
+    id: int = -1
+
+
+class AliasNode(msgspec.Struct, tag="alias"):
+    """A second name for an earlier tensor (same storage, shape, strides, dtype)."""
+
+    of: int
+
+
+class ArrayNode(msgspec.Struct, tag="ndarray"):
+    """A numpy array: numpy dtype string (e.g. ``<f4``), shape, chunk ids."""
+
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    chunks: list[str]
+    scalar: bool = False
+
+
+class StatefulNode(msgspec.Struct, tag="stateful"):
+    """An object stored through ``state_dict()``; ``cls`` (its class) is informational."""
+
+    cls: str
+    state: Node
+
+
+class GeneratorNode(msgspec.Struct, tag="generator"):
+    """A ``torch.Generator``: its device and ``get_state()`` bytes."""
+
+    device: str
+    state: TensorNode
+
+
+Node = (
+    DictNode
+    | ListNode
+    | TupleNode
+    | ValueNode
+    | BytesNode
+    | BigIntNode
+    | TensorNode
+    | AliasNode
+    | ArrayNode
+    | StatefulNode
+    | GeneratorNode
+)
+
+
+class Manifest(msgspec.Struct, tag="manifest"):
+    """The whole state of one commit."""
+
+    format: int
+    chunk_size: int
+    root: DictNode
+
+
+# -- commits -------------------------------------------------------------------
+
+
+class CommitStats(msgspec.Struct):
+    """What a commit cost: logical bytes given, new bytes and chunks written."""
+
+    logical_bytes: int = 0
+    bytes_written: int = 0
+    chunks_total: int = 0
+    chunks_written: int = 0
+    tensors: int = 0
+    duration_s: float = 0.0
+
+
+class CommitRecord(msgspec.Struct, tag="commit", kw_only=True):
+    """The commit object; its id is the blake3 of its msgpack encoding."""
+
+    format: int = FORMAT_VERSION
+    manifest: str
+    parents: list[str]
+    time: dt.datetime
+    branch: str | None = None
+    step: int | None = None
+    epoch: int | None = None
+    message: str | None = None
+    metrics: dict[str, float] = {}
+    params: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    stats: CommitStats = msgspec.field(default_factory=CommitStats)
+
+
+class Commit(msgspec.Struct, frozen=True, kw_only=True):
+    """A commit as users see it: the record plus its id.
+
+    Example:
+        >>> c = lg.commit({"w": torch.zeros(2)}, step=1)  # doctest: +SKIP
+        >>> len(c.id), c.step  # doctest: +SKIP
+        (64, 1)
+    """
+
+    id: str
+    manifest: str
+    parents: list[str]
+    time: dt.datetime
+    branch: str | None = None
+    step: int | None = None
+    epoch: int | None = None
+    message: str | None = None
+    metrics: dict[str, float] = {}
+    params: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    stats: CommitStats = msgspec.field(default_factory=CommitStats)
+
+    @classmethod
+    def from_record(cls, oid: str, rec: CommitRecord) -> Commit:
+        """Attach an id to a decoded record."""
+        fields = {f: getattr(rec, f) for f in rec.__struct_fields__ if f != "format"}
+        return cls(id=oid, **fields)
+
+
+# -- events --------------------------------------------------------------------
+
+
+class RefUpdate(msgspec.Struct, tag="ref", kw_only=True):
+    """A ref moved from ``old`` to ``new`` (None: absent). HEAD holds ``ref: <name>`` or an id."""
+
+    ref: str
+    old: str | None
+    new: str | None
+    time: dt.datetime
+    reason: str = ""
+
+
+Event = RefUpdate
+
+
+class RefView(msgspec.Struct, tag="ref-view"):
+    """``<ledger>/refs``: the refs after replaying the event log up to ``offset``."""
+
+    offset: int
+    refs: dict[str, str]
+
+
+def utcnow() -> dt.datetime:
+    """The current time as an aware UTC datetime."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+msgpack_encoder = msgspec.msgpack.Encoder()
+manifest_decoder = msgspec.msgpack.Decoder(Manifest)
+commit_decoder = msgspec.msgpack.Decoder(CommitRecord)
+event_decoder = msgspec.msgpack.Decoder(Event)
+refview_decoder = msgspec.msgpack.Decoder(RefView)
+config_decoder = msgspec.json.Decoder(LedgerConfig)

@@ -1,0 +1,222 @@
+"""Refs and HEAD: a view of the event log, moved only by compare-and-swap.
+
+This module owns the ledger's write lock, ref-name rules, and the one way to
+move a ref: :meth:`RefStore.update` with the values the caller expects the
+refs to hold. Under the lock it replays new events, checks every expectation,
+appends the events durably, then rewrites the ref view (``<ledger>/refs``), a
+cache that can always be rebuilt from the log. It must never write a ref
+without an event.
+
+Ref names: ``HEAD``, ``refs/heads/<branch>``, ``refs/tags/<tag>``. HEAD holds
+``ref: refs/heads/<branch>`` (attached) or a commit id (detached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from ledger.errors import LockTimeoutError, RefConflictError, RefNameError
+from ledger.history.eventlog import EventLog
+from ledger.history.records import (
+    RefUpdate,
+    RefView,
+    msgpack_encoder,
+    refview_decoder,
+    utcnow,
+)
+from ledger.objects.durable import atomic_write
+
+HEAD = "HEAD"
+BRANCH_PREFIX = "refs/heads/"
+TAG_PREFIX = "refs/tags/"
+SYMREF_PREFIX = "ref: "
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def check_ref_name(name: str, what: str) -> str:
+    """Validate a branch or tag name (git's rules, simplified) and return it.
+
+    Example:
+        >>> check_ref_name("exp/lr-3e-4", "branch")
+        'exp/lr-3e-4'
+    """
+    bad = (
+        not _NAME_RE.match(name)
+        or ".." in name
+        or "//" in name
+        or name.endswith(("/", ".", ".lock"))
+        or name == HEAD
+        or len(name) > 200
+    )
+    if bad:
+        raise RefNameError(
+            f"{what} name {name!r} is not valid: use letters, digits and . _ / -, "
+            "start with a letter or digit, no '..', not 'HEAD'"
+        )
+    return name
+
+
+class WriteLock:
+    """An exclusive inter-process lock on ``<ledger>/lock`` (flock), re-entrant per process."""
+
+    def __init__(self, path: Path, timeout: float = 120.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the lock for the block, waiting up to ``timeout`` seconds."""
+        with self._thread_lock:
+            if self._depth == 0:
+                self._acquire()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._release()
+
+    def _acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover - Windows: best effort, single writer
+            self._fd = fd
+            return
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LockTimeoutError(
+                        f"another process has held {self.path} for over {self.timeout:.0f}s; "
+                        "if no ledger process is running, retry"
+                    ) from None
+                time.sleep(0.005)
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class RefStore:
+    """The refs of one ledger, read from the view + log and moved by CAS."""
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.log = EventLog(root / "events.log", fsync=fsync)
+        self.view_path = root / "refs"
+        self.tmp_dir = root / "objects" / "tmp"
+        self.lock = WriteLock(root / "lock")
+        self.torn_bytes = 0
+
+    def create(self) -> None:
+        """A new log whose first event attaches HEAD to the unborn branch ``main``."""
+        self.log.create()
+        self.update({HEAD: (None, SYMREF_PREFIX + BRANCH_PREFIX + "main")}, "init")
+
+    def _read_view(self) -> RefView:
+        try:
+            view = refview_decoder.decode(self.view_path.read_bytes())
+            if view.offset <= self.log.path.stat().st_size:
+                return view
+        except (FileNotFoundError, msgspec.DecodeError):
+            pass
+        return RefView(offset=0, refs={})
+
+    def _current(self) -> tuple[dict[str, str], int]:
+        view = self._read_view()
+        refs = dict(view.refs)
+        read = self.log.read_from(view.offset)
+        if view.offset == 0:
+            refs = {}
+        for event in read.events:
+            apply_event(refs, event)
+        self.torn_bytes = read.torn_bytes
+        return refs, read.end
+
+    def snapshot(self) -> dict[str, str]:
+        """Every ref's current value."""
+        return self._current()[0]
+
+    def replay(self) -> dict[str, str]:
+        """The refs obtained by replaying the whole log, ignoring the view."""
+        refs: dict[str, str] = {}
+        for event in self.log.read_from(0).events:
+            apply_event(refs, event)
+        return refs
+
+    def update(self, changes: dict[str, tuple[str | None, str | None]], reason: str) -> None:
+        """Move refs atomically: ``{ref: (expected_old, new)}``; None means absent.
+
+        Raises:
+            RefConflictError: a ref does not hold its expected value (another
+                writer moved it); nothing is changed.
+        """
+        with self.lock.hold():
+            refs, end = self._current()
+            for ref, (old, _) in changes.items():
+                if refs.get(ref) != old:
+                    raise RefConflictError(
+                        f"{_describe(ref)} moved to {_short(refs.get(ref))} while this writer "
+                        f"expected {_short(old)}; re-read and retry (nothing was changed)"
+                    )
+            now = utcnow()
+            events = [
+                RefUpdate(ref=ref, old=old, new=new, time=now, reason=reason)
+                for ref, (old, new) in changes.items()
+            ]
+            end = self.log.append(list(events), end)
+            for event in events:
+                apply_event(refs, event)
+            self.write_view(refs, end)
+
+    def write_view(self, refs: dict[str, str], offset: int) -> None:
+        """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged)."""
+        data = msgpack_encoder.encode(RefView(offset=offset, refs=refs))
+        atomic_write(self.view_path, data, fsync=False, tmp_dir=self.tmp_dir)
+
+
+def apply_event(refs: dict[str, str], event: RefUpdate) -> None:
+    """Apply one event to a ref mapping."""
+    if event.new is None:
+        refs.pop(event.ref, None)
+    else:
+        refs[event.ref] = event.new
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "nothing"
+    if value.startswith(SYMREF_PREFIX):
+        return value[len(SYMREF_PREFIX) :]
+    return value[:12]
+
+
+def _describe(ref: str) -> str:
+    if ref.startswith(BRANCH_PREFIX):
+        return f"branch {ref[len(BRANCH_PREFIX) :]!r}"
+    if ref.startswith(TAG_PREFIX):
+        return f"tag {ref[len(TAG_PREFIX) :]!r}"
+    return ref

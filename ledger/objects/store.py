@@ -1,0 +1,332 @@
+"""The object store: content-addressed objects in pack files on a filesystem.
+
+This module owns putting objects into packs (hashing, choosing a codec,
+compressing and writing overlap in a thread pool) and reading them back with
+a hash check. It knows nothing of commits, refs or training state, and must
+never return bytes whose blake3 differs from the id they were asked by.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from ledger.errors import CorruptionError, ObjectMissingError
+from ledger.objects.codecs import decoder, encode_chunk
+from ledger.objects.durable import disk_errors, fsync_dir, temp_path
+from ledger.objects.hashing import hash_bytes
+from ledger.objects.packs import (
+    HEADER,
+    PACK_MAGIC,
+    PACK_VERSION,
+    IndexEntry,
+    encode_pack_tail,
+    pread_exact,
+    read_pack_index,
+)
+
+DEFAULT_MAX_PACK_BYTES = 1 << 30
+Located = tuple[str, IndexEntry]
+
+
+class ObjectStore:
+    """Objects of one ledger, read from and written to ``<root>/objects``.
+
+    Example:
+        >>> import tempfile
+        >>> store = ObjectStore(Path(tempfile.mkdtemp()), fsync=False)
+        >>> with ThreadPoolExecutor(2) as pool:
+        ...     w = store.writer(pool)
+        ...     oid = w.put("blob", b"hello")
+        ...     _ = w.finish()
+        >>> store.read(bytes.fromhex(oid), "greeting")
+        b'hello'
+    """
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.root = root
+        self.packs_dir = root / "objects" / "packs"
+        self.tmp_dir = root / "objects" / "tmp"
+        self.fsync = fsync
+        self.damaged: dict[str, str] = {}
+        self._index: dict[bytes, Located] = {}
+        self._loaded: set[str] = set()
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.packs_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+
+    # -- index -------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Load the index of every pack that appeared since the last call."""
+        with self._lock:
+            for path in sorted(self.packs_dir.glob("*.pack")):
+                name = path.stem
+                if name in self._loaded or name in self.damaged:
+                    continue
+                try:
+                    entries = read_pack_index(path)
+                except CorruptionError as e:
+                    self.damaged[name] = str(e)
+                    continue
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    self._index.setdefault(entry.id, (name, entry))
+                self._loaded.add(name)
+
+    def add_pack(self, name: str, entries: Sequence[IndexEntry]) -> None:
+        """Make a pack this process just wrote visible without re-reading it."""
+        with self._lock:
+            for entry in entries:
+                self._index.setdefault(entry.id, (name, entry))
+            self._loaded.add(name)
+
+    def has(self, oid: bytes) -> bool:
+        """Whether the object is stored (in a pack already known to this process)."""
+        return oid in self._index
+
+    def locate(self, oid: bytes) -> Located | None:
+        """The pack and index entry of an object, re-scanning packs once on a miss."""
+        found = self._index.get(oid)
+        if found is None:
+            self.refresh()
+            found = self._index.get(oid)
+        return found
+
+    def ids(self, kind: str) -> list[bytes]:
+        """Ids of every stored object of one kind (``chunk``, ``manifest``, ``commit``, ``blob``)."""
+        return [oid for oid, (_, e) in list(self._index.items()) if e.kind == kind]
+
+    def pack_names(self) -> list[str]:
+        """Names of every readable pack."""
+        return sorted(self._loaded)
+
+    # -- reading -----------------------------------------------------------
+
+    def _fd(self, pack: str) -> int:
+        fd = self._fds.get(pack)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(pack)
+                if fd is None:
+                    fd = os.open(self.packs_dir / f"{pack}.pack", os.O_RDONLY)
+                    self._fds[pack] = fd
+        return fd
+
+    def read_into(self, oid: bytes, out: memoryview, what: str) -> None:
+        """Decode object ``oid`` into ``out`` (exactly its raw length) and check its hash.
+
+        Args:
+            oid: the object's 32-byte id.
+            out: writable buffer of the object's raw length.
+            what: how to name the object in an error (e.g. the tensor's path).
+        """
+        found = self.locate(oid)
+        if found is None:
+            raise ObjectMissingError(f"object {oid.hex()[:12]} ({what}) is missing from the store")
+        pack, entry = found
+        if entry.raw_length != len(out):
+            raise CorruptionError(
+                f"object {oid.hex()[:12]} ({what}) is {entry.raw_length} bytes, expected {len(out)}"
+            )
+        label = f"object {oid.hex()[:12]} ({what}) in pack {pack[:12]}"
+        fd = self._fd(pack)
+        if entry.codec == "raw":
+            pread_exact(fd, out, entry.offset, label)
+        else:
+            blob = bytearray(entry.length)
+            pread_exact(fd, memoryview(blob), entry.offset, label)
+            try:
+                decoder(entry.codec).decode_into(memoryview(blob), out)
+            except CorruptionError as e:
+                raise CorruptionError(f"{label} cannot be decoded: {e}") from e
+        if hash_bytes(out) != oid:
+            raise CorruptionError(f"{label} fails its hash check: the stored bytes are damaged")
+
+    def read(self, oid: bytes, what: str) -> bytes:
+        """The raw bytes of object ``oid``, hash-checked."""
+        found = self.locate(oid)
+        if found is None:
+            raise ObjectMissingError(f"object {oid.hex()[:12]} ({what}) is missing from the store")
+        out = bytearray(found[1].raw_length)
+        self.read_into(oid, memoryview(out), what)
+        return bytes(out)
+
+    def read_many(
+        self, jobs: Sequence[tuple[bytes, memoryview, str]], pool: ThreadPoolExecutor
+    ) -> None:
+        """Run :meth:`read_into` for every job, in parallel, raising the first error."""
+        futures = [pool.submit(self.read_into, oid, out, what) for oid, out, what in jobs]
+        for f in futures:
+            f.result()
+
+    # -- writing -----------------------------------------------------------
+
+    def writer(
+        self,
+        pool: ThreadPoolExecutor,
+        *,
+        compress: bool = True,
+        max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES,
+    ) -> PackWriter:
+        """A writer that packs new objects; call ``finish()`` to make them durable and visible."""
+        return PackWriter(self, pool, compress=compress, max_pack_bytes=max_pack_bytes)
+
+    def close(self) -> None:
+        """Close every open pack file."""
+        with self._lock:
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds.clear()
+
+
+class WriteStats:
+    """What a writer stored: new objects and bytes, and the logical bytes it was given."""
+
+    def __init__(self) -> None:
+        self.chunks_total = 0
+        self.chunks_written = 0
+        self.bytes_written = 0
+        self.logical_bytes = 0
+
+
+_Prepared = tuple[bytes, str | None, "bytes | memoryview | None"]
+
+
+class PackWriter:
+    """Writes objects not yet stored into new packs, overlapping hash/encode with I/O."""
+
+    def __init__(
+        self, store: ObjectStore, pool: ThreadPoolExecutor, *, compress: bool, max_pack_bytes: int
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.compress = compress
+        self.max_pack_bytes = max_pack_bytes
+        self.stats = WriteStats()
+        self.window = 2 * max(1, pool._max_workers) + 2
+        self._entries: list[IndexEntry] = []
+        self._pending: set[bytes] = set()
+        self._fh: BinaryIO | None = None
+        self._tmp: Path | None = None
+        self._pos = 0
+        self._done: list[str] = []
+
+    def _prepare(self, data: memoryview, itemsize: int | None) -> _Prepared:
+        oid = hash_bytes(data)
+        if self.store.has(oid) or oid in self._pending:
+            return oid, None, None
+        codec, blob = encode_chunk(data, float_itemsize=itemsize, compress=self.compress)
+        return oid, codec, blob
+
+    def _write(self, kind: str, prepared: _Prepared, raw_length: int) -> None:
+        oid, codec, blob = prepared
+        if codec is None or blob is None or oid in self._pending or self.store.has(oid):
+            return
+        if self._fh is None:
+            self._open()
+        assert self._fh is not None
+        with disk_errors("a pack"):
+            self._fh.write(blob)
+        self._entries.append(IndexEntry(oid, kind, codec, self._pos, len(blob), raw_length))
+        self._pending.add(oid)
+        self._pos += len(blob)
+        if kind == "chunk":
+            self.stats.chunks_written += 1
+        self.stats.bytes_written += len(blob)
+        if self._pos >= self.max_pack_bytes:
+            self._seal()
+
+    def _open(self) -> None:
+        self._tmp = temp_path(self.store.tmp_dir, ".pack")
+        with disk_errors("a pack"):
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in _seal/abort
+            self._fh.write(HEADER.pack(PACK_MAGIC, PACK_VERSION))
+        self._pos = HEADER.size
+
+    def _seal(self) -> None:
+        if self._fh is None or self._tmp is None:
+            return
+        tail, name = encode_pack_tail(self._entries, self._pos)
+        with disk_errors("a pack"):
+            self._fh.write(tail)
+            self._fh.flush()
+            if self.store.fsync:
+                os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+            final = self.store.packs_dir / f"{name}.pack"
+            os.replace(self._tmp, final)
+            if self.store.fsync:
+                fsync_dir(self.store.packs_dir)
+        self._tmp = None
+        self.store.add_pack(name, self._entries)
+        self._done.append(name)
+        self._entries = []
+        self._pending = set()
+
+    def put(self, kind: str, data: bytes, *, float_itemsize: int | None = None) -> str:
+        """Store one object (if new) and return its hex id."""
+        view = memoryview(data)
+        prepared = self._prepare(view, float_itemsize)
+        self._write(kind, prepared, len(view))
+        return prepared[0].hex()
+
+    def put_chunks(self, chunks: Iterable[tuple[memoryview, int | None]]) -> list[str]:
+        """Store chunks in order, hashing and encoding ``window`` of them at once.
+
+        Args:
+            chunks: (bytes, float item size or None) per chunk; consumed lazily, so
+                memory stays bounded by the window, never the whole state.
+
+        Returns:
+            The hex id of every chunk, in input order.
+        """
+        ids: list[str] = []
+        inflight: collections.deque[tuple[Future[_Prepared], int]] = collections.deque()
+
+        def drain_one() -> None:
+            fut, length = inflight.popleft()
+            prepared = fut.result()
+            self._write("chunk", prepared, length)
+            ids.append(prepared[0].hex())
+
+        try:
+            for data, itemsize in chunks:
+                self.stats.chunks_total += 1
+                self.stats.logical_bytes += len(data)
+                inflight.append((self.pool.submit(self._prepare, data, itemsize), len(data)))
+                if len(inflight) >= self.window:
+                    drain_one()
+            while inflight:
+                drain_one()
+        finally:
+            for fut, _ in inflight:
+                fut.cancel()
+        return ids
+
+    def finish(self) -> list[str]:
+        """Seal the open pack (durably when the store fsyncs); return every pack written."""
+        self._seal()
+        return self._done
+
+    def abort(self) -> None:
+        """Drop the unsealed pack; sealed packs stay (they are valid, only unreferenced)."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            self._tmp = None

@@ -1,0 +1,456 @@
+"""Build values back from manifest nodes: checkout (new objects) and restore (in place).
+
+This module owns reading a manifest back: it allocates each tensor once,
+reads its chunks straight into that memory (in parallel, hash-checked by the
+store), and either returns a nested tree (checkout) or loads it into the live
+objects given to ``restore``. A restore validates everything it can (keys,
+shapes, dtypes) before it changes any live object. It must never execute
+anything stored, and it treats every manifest field as untrusted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, MutableMapping, MutableSequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ledger.errors import CorruptionError, LedgerError, StateMismatchError
+from ledger.history.records import (
+    AliasNode,
+    ArrayNode,
+    BigIntNode,
+    BytesNode,
+    DictNode,
+    GeneratorNode,
+    ListNode,
+    Node,
+    StatefulNode,
+    TensorNode,
+    TupleNode,
+    ValueNode,
+)
+from ledger.objects.store import ObjectStore
+from ledger.state.dtypes import numpy_dtype, torch_dtype
+from ledger.state.flatten import format_path
+
+Path_ = tuple[Any, ...]
+Selection = dict[str, "Selection | None"]
+
+
+class PathNotFoundError(LedgerError):
+    """A ``paths=`` entry names nothing in the commit."""
+
+
+def parse_paths(paths: list[str] | None) -> Selection | None:
+    """``["model", "optim/state"]`` -> a selection tree (None selects everything).
+
+    Example:
+        >>> parse_paths(["model", "optim/state"])
+        {'model': None, 'optim': {'state': None}}
+    """
+    if paths is None:
+        return None
+    sel: Selection = {}
+    for p in paths:
+        parts = [x for x in p.split("/") if x]
+        if not parts:
+            return None
+        cur = sel
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if part in cur and cur[part] is None:
+                break
+            if last:
+                cur[part] = None
+            else:
+                nxt = cur.setdefault(part, {})
+                assert nxt is not None
+                cur = nxt
+    return sel
+
+
+class Builder:
+    """Turns nodes into values; tensor bytes are read in one parallel batch by :meth:`load`."""
+
+    def __init__(
+        self, store: ObjectStore, pool: ThreadPoolExecutor, commit_id: str, chunk_size: int
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.commit = commit_id[:12]
+        self.chunk_size = chunk_size
+        self.reads: list[tuple[bytes, memoryview, str]] = []
+        self.by_id: dict[int, torch.Tensor] = {}
+        self.nodes_by_id: dict[int, tuple[TensorNode, Path_]] = {}
+        self.devices: dict[int, str] = {}
+
+    def index(self, node: Node, path: Path_) -> None:
+        """Record every tensor node by id, so aliases resolve outside a selection."""
+        if isinstance(node, TensorNode):
+            self.nodes_by_id.setdefault(node.id, (node, path))
+        elif isinstance(node, DictNode):
+            for k, v in zip(node.keys, node.values, strict=False):
+                self.index(v, (*path, k))
+        elif isinstance(node, ListNode | TupleNode):
+            for i, v in enumerate(node.items):
+                self.index(v, (*path, i))
+        elif isinstance(node, StatefulNode):
+            self.index(node.state, path)
+
+    def _where(self, path: Path_) -> str:
+        return f"{format_path(path)} in commit {self.commit}"
+
+    def _buffer(self, nbytes: int, chunks: list[str], path: Path_) -> torch.Tensor:
+        where = self._where(path)
+        size = self.chunk_size
+        if nbytes < 0 or len(chunks) != math.ceil(nbytes / size):
+            raise CorruptionError(f"{where}: {len(chunks)} chunks do not cover {nbytes} bytes")
+        oids = []
+        for i, cid in enumerate(chunks):
+            try:
+                oid = bytes.fromhex(cid)
+            except ValueError:
+                raise CorruptionError(f"{where}: chunk id {cid!r} is not hex") from None
+            located = self.store.locate(oid)
+            expect = min(size, nbytes - i * size)
+            if located is not None and located[1].raw_length != expect:
+                raise CorruptionError(
+                    f"{where}: chunk {i} is {located[1].raw_length} bytes, expected {expect}"
+                )
+            oids.append(oid)
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy())  # type: ignore[arg-type]
+        for i, oid in enumerate(oids):
+            self.reads.append((oid, view[i * size : (i + 1) * size], where))
+        return buf
+
+    def tensor(self, node: TensorNode, path: Path_) -> torch.Tensor:
+        """A CPU tensor whose bytes will be filled by :meth:`load`."""
+        if node.id in self.by_id:
+            return self.by_id[node.id]
+        dtype = torch_dtype(node.dtype, self._where(path))
+        if any(d < 0 for d in node.shape) or math.prod(node.shape) * dtype.itemsize != node.nbytes:
+            raise CorruptionError(
+                f"{self._where(path)}: shape {node.shape} of {node.dtype} is not {node.nbytes} bytes"
+            )
+        buf = self._buffer(node.nbytes, node.chunks, path)
+        t = (
+            buf.view(dtype).reshape(node.shape)
+            if node.nbytes
+            else torch.empty(node.shape, dtype=dtype)
+        )
+        if node.id >= 0:
+            self.by_id[node.id] = t
+        self.devices[id(t)] = node.device
+        return t
+
+    def alias(self, node: AliasNode, path: Path_) -> torch.Tensor:
+        if node.of not in self.by_id:
+            target = self.nodes_by_id.get(node.of)
+            if target is None:
+                raise CorruptionError(f"{self._where(path)}: alias of unknown tensor {node.of}")
+            self.tensor(*target)
+        return self.by_id[node.of]
+
+    def array(self, node: ArrayNode, path: Path_) -> np.ndarray | np.generic:
+        dtype = numpy_dtype(node.dtype, self._where(path))
+        if any(d < 0 for d in node.shape) or math.prod(node.shape) * dtype.itemsize != node.nbytes:
+            raise CorruptionError(
+                f"{self._where(path)}: shape {node.shape} of {node.dtype} is not {node.nbytes} bytes"
+            )
+        buf = self._buffer(node.nbytes, node.chunks, path)
+        arr = buf.numpy().view(dtype).reshape(node.shape)
+        return _Scalar(arr) if node.scalar else arr  # type: ignore[return-value]
+
+    def build(self, node: Node, path: Path_, sel: Selection | None = None) -> Any:
+        """The value of ``node`` (containers recursively), restricted to ``sel``."""
+        if isinstance(node, ValueNode):
+            return node.value
+        if isinstance(node, BytesNode):
+            return node.data
+        if isinstance(node, BigIntNode):
+            return int(node.text)
+        if isinstance(node, TensorNode):
+            return self.tensor(node, path)
+        if isinstance(node, AliasNode):
+            return self.alias(node, path)
+        if isinstance(node, ArrayNode):
+            return self.array(node, path)
+        if isinstance(node, GeneratorNode):
+            return _GeneratorSpec(
+                node.device, self.tensor(node.state, (*path, "<generator state>"))
+            )
+        if isinstance(node, StatefulNode):
+            return self.build(node.state, path, sel)
+        if isinstance(node, DictNode):
+            out: dict[Any, Any] = {}
+            for key, value in zip(node.keys, node.values, strict=True):
+                if sel is not None and str(key) not in sel:
+                    continue
+                out[key] = self.build(value, (*path, key), None if sel is None else sel[str(key)])
+            _check_selected(sel, [str(k) for k in node.keys], path)
+            return out
+        if isinstance(node, ListNode | TupleNode):
+            items = []
+            for i, value in enumerate(node.items):
+                if sel is not None and str(i) not in sel:
+                    continue
+                items.append(self.build(value, (*path, i), None if sel is None else sel[str(i)]))
+            _check_selected(sel, [str(i) for i in range(len(node.items))], path)
+            return tuple(items) if isinstance(node, TupleNode) else items
+        raise CorruptionError(f"{self._where(path)}: unknown node {type(node).__name__}")
+
+    def load(self) -> None:
+        """Read every queued chunk into its tensor, in parallel, hash-checked."""
+        reads, self.reads = self.reads, []
+        self.store.read_many(reads, self.pool)
+
+
+class _Scalar:
+    """Placeholder for a numpy scalar until its bytes are loaded."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+
+class _GeneratorSpec:
+    """Placeholder for a torch.Generator until its state bytes are loaded."""
+
+    def __init__(self, device: str, state: torch.Tensor) -> None:
+        self.device = device
+        self.state = state
+
+
+def _check_selected(sel: Selection | None, keys: list[str], path: Path_) -> None:
+    if sel is None:
+        return
+    missing = [k for k in sel if k not in keys]
+    if missing:
+        raise PathNotFoundError(
+            f"{format_path(path)} has no entry {missing[0]!r}; it has: {', '.join(keys[:20])}"
+        )
+
+
+def finalize(value: Any, to_device: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Replace placeholders once bytes are loaded and move tensors (keeping shared ones shared)."""
+    memo: dict[int, Any] = {}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            if id(v) not in memo:
+                memo[id(v)] = to_device(v)
+            return memo[id(v)]
+        if isinstance(v, _Scalar):
+            return v.arr[()]
+        if isinstance(v, _GeneratorSpec):
+            gen = torch.Generator(device=v.device if device_available(v.device) else "cpu")
+            gen.set_state(v.state)
+            return gen
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(walk(x) for x in v)
+        return v
+
+    return walk(value)
+
+
+def device_available(device: str) -> bool:
+    """Whether tensors can be placed on ``device`` in this process."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available()
+    return device == "cpu"
+
+
+# -- restore -----------------------------------------------------------------
+
+
+class Restorer:
+    """Plans a restore into live objects (validating), then applies it after bytes load."""
+
+    def __init__(self, builder: Builder, strict: bool) -> None:
+        self.b = builder
+        self.strict = strict
+        self.actions: list[Callable[[], None]] = []
+        self.problems: list[str] = []
+
+    def plan_root(self, live: MutableMapping[Any, Any], node: DictNode, skip: set[str]) -> None:
+        """Plan loading ``node`` into the user's state mapping."""
+        self._mapping(live, node, (), skip)
+        if self.problems:
+            shown = "; ".join(self.problems[:8])
+            more = f" (and {len(self.problems) - 8} more)" if len(self.problems) > 8 else ""
+            raise StateMismatchError(f"cannot restore: {shown}{more}; nothing was changed")
+
+    def _mapping(
+        self,
+        live: MutableMapping[Any, Any],
+        node: DictNode,
+        path: Path_,
+        skip: set[str] | None = None,
+    ) -> None:
+        stored = dict(zip(node.keys, node.values, strict=True))
+        for key, child in stored.items():
+            if skip and key in skip:
+                continue
+            if key in live:
+                self._into_slot(live, key, child, (*path, key))
+            elif self.strict:
+                self.problems.append(
+                    f"{format_path((*path, key))} is in the commit but not in the live state"
+                )
+            else:
+                self._assign(live, key, self.b.build(child, (*path, key)))
+        if self.strict:
+            for key in live:
+                if key not in stored and not (skip and key in skip):
+                    self.problems.append(
+                        f"{format_path((*path, key))} is in the live state but not in the commit"
+                    )
+
+    def _assign(self, container: Any, key: Any, value: Any) -> None:
+        def act() -> None:
+            container[key] = finalize(value, lambda t: t)
+
+        self.actions.append(act)
+
+    def _into_slot(self, container: Any, key: Any, node: Node, path: Path_) -> None:
+        live = container[key]
+        if isinstance(live, tuple) and isinstance(node, TupleNode):
+            if len(live) != len(node.items):
+                self._mismatch(
+                    path,
+                    f"a tuple of {len(live)} in the live state, {len(node.items)} in the commit",
+                )
+                return
+            # Tuples are immutable: rebuild and assign; tensors inside are still loaded in place.
+            temp = list(live)
+            for i, child in enumerate(node.items):
+                self._into_slot(temp, i, child, (*path, i))
+            self.actions.append(lambda: container.__setitem__(key, tuple(temp)))
+            return
+        if not self._into(live, node, path):
+            self._assign(container, key, self.b.build(node, path))
+
+    def _mismatch(self, path: Path_, what: str) -> None:
+        self.problems.append(f"{format_path(path)}: {what}")
+
+    def _into(self, live: Any, node: Node, path: Path_) -> bool:
+        """Plan an in-place load of ``node`` into ``live``; False means: replace the value instead."""
+        if isinstance(node, StatefulNode) and callable(getattr(live, "load_state_dict", None)):
+            self._stateful(live, node, path)
+            return True
+        if isinstance(live, torch.Tensor) and isinstance(node, TensorNode | AliasNode):
+            self._tensor(live, node, path)
+            return True
+        if isinstance(live, np.ndarray) and isinstance(node, ArrayNode) and not node.scalar:
+            src = self.b.array(node, path)
+            assert isinstance(src, np.ndarray)
+            if src.shape != live.shape or src.dtype != live.dtype:
+                self._mismatch(
+                    path,
+                    f"array {live.dtype}{list(live.shape)} live, {src.dtype}{list(src.shape)} stored",
+                )
+            else:
+                self.actions.append(lambda: np.copyto(live, src))
+            return True
+        if isinstance(live, torch.Generator) and isinstance(node, GeneratorNode):
+            state = self.b.tensor(node.state, path)
+
+            def act() -> None:
+                live.set_state(state)
+
+            self.actions.append(act)
+            return True
+        if isinstance(live, MutableMapping) and isinstance(node, DictNode):
+            self._mapping(live, node, path)
+            return True
+        if (
+            isinstance(live, MutableSequence)
+            and isinstance(node, ListNode)
+            and len(live) == len(node.items)
+        ):
+            for i, child in enumerate(node.items):
+                self._into_slot(live, i, child, (*path, i))
+            return True
+        if self.strict and _kind(live) != _kind(node) and _kind(live) != "value":
+            self._mismatch(path, f"{_kind(live)} in the live state, {_kind(node)} in the commit")
+            return True
+        return False
+
+    def _tensor(self, live: torch.Tensor, node: TensorNode | AliasNode, path: Path_) -> None:
+        src = self.b.alias(node, path) if isinstance(node, AliasNode) else self.b.tensor(node, path)
+        if src.shape != live.shape or src.dtype != live.dtype:
+            self._mismatch(
+                path,
+                f"tensor {str(live.dtype)[6:]}{list(live.shape)} live, {str(src.dtype)[6:]}{list(src.shape)} stored",
+            )
+            return
+
+        def act() -> None:
+            with torch.no_grad():
+                live.copy_(src)
+
+        self.actions.append(act)
+
+    def _stateful(self, live: Any, node: StatefulNode, path: Path_) -> None:
+        is_module = isinstance(live, torch.nn.Module)
+        if is_module and isinstance(node.state, DictNode):
+            current = live.state_dict()
+            stored = dict(zip(node.state.keys, node.state.values, strict=True))
+            if self.strict:
+                for k in stored.keys() - current.keys():
+                    self._mismatch((*path, k), "in the commit but not in the module")
+                for k in current.keys() - stored.keys():
+                    self._mismatch((*path, k), "in the module but not in the commit")
+            for k, child in stored.items():
+                have = current.get(k)
+                if (
+                    isinstance(have, torch.Tensor)
+                    and isinstance(child, TensorNode)
+                    and (list(have.shape) != child.shape or str(have.dtype)[6:] != child.dtype)
+                ):
+                    self._mismatch(
+                        (*path, k),
+                        f"tensor {str(have.dtype)[6:]}{list(have.shape)} live, {child.dtype}{child.shape} stored",
+                    )
+        tree = self.b.build(node.state, path)
+        strict = self.strict
+
+        def act() -> None:
+            value = finalize(tree, lambda t: t)
+            if is_module:
+                live.load_state_dict(value, strict=strict)
+            else:
+                live.load_state_dict(value)
+
+        self.actions.append(act)
+
+    def apply(self) -> None:
+        """Run every planned change (after :meth:`Builder.load`)."""
+        for act in self.actions:
+            act()
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, torch.Tensor | TensorNode | AliasNode):
+        return "tensor"
+    if isinstance(v, np.ndarray | ArrayNode):
+        return "array"
+    if isinstance(v, Mapping | DictNode):
+        return "mapping"
+    if isinstance(v, list | ListNode):
+        return "list"
+    if isinstance(v, tuple | TupleNode):
+        return "tuple"
+    if isinstance(v, torch.Generator | GeneratorNode):
+        return "generator"
+    if isinstance(v, StatefulNode) or callable(getattr(v, "load_state_dict", None)):
+        return "stateful object"
+    return "value"

@@ -1,0 +1,260 @@
+"""Flatten a live training state into manifest nodes plus the tensor bytes to store.
+
+This module owns what a storable state is and how each kind of value maps to
+a node (docs/format.md, "Manifest"). Tensors become zero-copy byte views cut
+into chunks aligned to their start; the caller stores the chunks and fills in
+their ids. It must never pickle, and it refuses anything it cannot store with
+an error naming the value's path in the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ledger.errors import UnsupportedValueError
+from ledger.history.records import (
+    AliasNode,
+    ArrayNode,
+    BigIntNode,
+    BytesNode,
+    DictNode,
+    GeneratorNode,
+    ListNode,
+    Node,
+    StatefulNode,
+    TensorNode,
+    TupleNode,
+    ValueNode,
+)
+from ledger.state.dtypes import float_itemsize, torch_dtype_name
+from ledger.state.rng import RNG_KEY
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def format_path(parts: tuple[Any, ...]) -> str:
+    """``("model", "fc.weight")`` -> ``state['model']['fc.weight']``.
+
+    Example:
+        >>> format_path(("callbacks", 0))
+        "state['callbacks'][0]"
+    """
+    return "state" + "".join(f"[{p!r}]" for p in parts)
+
+
+def _is_stateful(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(
+        getattr(value, "load_state_dict", None)
+    )
+
+
+class TensorJob:
+    """One tensor's bytes waiting to be chunked and stored into ``node.chunks``."""
+
+    def __init__(
+        self, data: memoryview, itemsize: int | None, node: TensorNode | ArrayNode, keep: Any
+    ) -> None:
+        self.data = data
+        self.itemsize = itemsize
+        self.node = node
+        self.keep = keep  # the tensor/array owning ``data`` (kept alive until stored)
+
+
+class Flattener:
+    """Turns one state into a root :class:`DictNode` and a list of :class:`TensorJob`.
+
+    Example:
+        >>> f = Flattener(chunk_size=1 << 20)
+        >>> root = f.flatten_root({"step": 3, "w": torch.ones(2)}, rng=None)
+        >>> root.keys, len(f.jobs)
+        (['step', 'w'], 1)
+    """
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.jobs: list[TensorJob] = []
+        self.tensors = 0
+        self._aliases: dict[tuple[Any, ...], int] = {}
+        self._next_id = 0
+        self._stack: set[int] = set()
+
+    def flatten_root(self, state: Mapping[Any, Any], rng: dict[str, Any] | None) -> DictNode:
+        """Flatten the user's state mapping, adding the RNG tree under the reserved key."""
+        if not isinstance(state, Mapping):
+            raise UnsupportedValueError(
+                f"state must be a mapping such as a dict, not {type(state).__name__}; "
+                "wrap it: commit({'model': model, ...})"
+            )
+        if RNG_KEY in state:
+            raise UnsupportedValueError(
+                f"state[{RNG_KEY!r}] uses a key reserved for the RNG state; rename it"
+            )
+        root = self._mapping(state, ())
+        if rng is not None:
+            root.keys.append(RNG_KEY)
+            root.values.append(self.flatten(rng, (RNG_KEY,)))
+        return root
+
+    def flatten(self, value: Any, path: tuple[Any, ...]) -> Node:
+        """The node for one value at ``path`` (tensors are queued as jobs)."""
+        if isinstance(value, torch.Tensor):
+            return self._tensor(value, path)
+        if isinstance(value, np.ndarray | np.generic):
+            return self._array(value, path)
+        if isinstance(value, torch.Generator):
+            state = self._tensor(value.get_state(), (*path, "<generator state>"))
+            assert isinstance(state, TensorNode)
+            return GeneratorNode(device=str(value.device), state=state)
+        if value is None or isinstance(value, bool | float | str):
+            return ValueNode(value)
+        if isinstance(value, int):
+            if _INT64[0] <= value <= _INT64[1]:
+                return ValueNode(int(value))
+            return BigIntNode(str(int(value)))
+        if isinstance(value, bytes | bytearray | memoryview):
+            return BytesNode(bytes(value))
+        if isinstance(value, Mapping):
+            return self._mapping(value, path)
+        if isinstance(value, list | tuple):
+            return self._sequence(value, path)
+        if _is_stateful(value):
+            cls = f"{type(value).__module__}.{type(value).__qualname__}"
+            return StatefulNode(cls=cls, state=self.flatten(value.state_dict(), path))
+        raise UnsupportedValueError(
+            f"{format_path(path)}: {_describe(value)} cannot be stored; {_hint(value)}"
+        )
+
+    def _enter(self, value: Any, path: tuple[Any, ...]) -> None:
+        if id(value) in self._stack:
+            raise UnsupportedValueError(f"{format_path(path)}: the container contains itself")
+        self._stack.add(id(value))
+
+    def _mapping(self, value: Mapping[Any, Any], path: tuple[Any, ...]) -> DictNode:
+        self._enter(value, path)
+        keys: list[str | int] = []
+        values: list[Node] = []
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise UnsupportedValueError(
+                    f"{format_path(path)}: key {key!r} is a {type(key).__name__}; "
+                    "mapping keys must be str or int"
+                )
+            keys.append(key if isinstance(key, str) else int(key))
+            values.append(self.flatten(item, (*path, key)))
+        self._stack.discard(id(value))
+        return DictNode(keys=keys, values=values)
+
+    def _sequence(self, value: list[Any] | tuple[Any, ...], path: tuple[Any, ...]) -> Node:
+        self._enter(value, path)
+        items = [self.flatten(item, (*path, i)) for i, item in enumerate(value)]
+        self._stack.discard(id(value))
+        return TupleNode(items) if isinstance(value, tuple) else ListNode(items)
+
+    def _tensor(self, t: torch.Tensor, path: tuple[Any, ...]) -> Node:
+        where = format_path(path)
+        if t.layout != torch.strided:
+            raise UnsupportedValueError(
+                f"{where}: a {t.layout} tensor cannot be stored; call .to_dense()"
+            )
+        if t.is_quantized:
+            raise UnsupportedValueError(
+                f"{where}: quantized tensors cannot be stored; dequantize() first"
+            )
+        if t.device.type == "meta":
+            raise UnsupportedValueError(f"{where}: a meta tensor has no data to store")
+        if getattr(t, "is_nested", False):
+            raise UnsupportedValueError(f"{where}: nested tensors cannot be stored")
+        t = t.detach()
+        key = None
+        if t.numel() > 0:
+            key = (
+                t.device,
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                t.stride(),
+                t.dtype,
+            )
+            if key in self._aliases:
+                return AliasNode(of=self._aliases[key])
+        node_id = self._next_id
+        self._next_id += 1
+        if key is not None:
+            self._aliases[key] = node_id
+        source = t if t.device.type == "cpu" else t.cpu()
+        if not source.is_contiguous():
+            source = source.contiguous()
+        nbytes = source.numel() * source.element_size()
+        node = TensorNode(
+            dtype=torch_dtype_name(t.dtype),
+            shape=list(t.shape),
+            nbytes=nbytes,
+            chunks=[],
+            device=str(t.device),
+            id=node_id,
+        )
+        if nbytes:
+            data = memoryview(source.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            self.jobs.append(TensorJob(data, float_itemsize(t.dtype), node, source))
+        self.tensors += 1
+        return node
+
+    def _array(self, a: np.ndarray | np.generic, path: tuple[Any, ...]) -> Node:
+        scalar = isinstance(a, np.generic)
+        arr = np.asarray(a)
+        if (
+            arr.dtype.hasobject
+            or arr.dtype.fields is not None
+            or arr.dtype.kind not in "biufcSUmMV"
+        ):
+            raise UnsupportedValueError(
+                f"{format_path(path)}: numpy dtype {arr.dtype} cannot be stored; "
+                "use a numeric, bool, bytes or str dtype"
+            )
+        arr = np.ascontiguousarray(arr)
+        node = ArrayNode(
+            dtype=arr.dtype.str, shape=list(arr.shape), nbytes=arr.nbytes, chunks=[], scalar=scalar
+        )
+        if arr.nbytes:
+            data = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            self.jobs.append(TensorJob(data, float_itemsize(arr.dtype), node, arr))
+        self.tensors += 1
+        return node
+
+    def chunks(self) -> Iterator[tuple[memoryview, int | None]]:
+        """Every job's chunks in order: slices of at most ``chunk_size`` bytes."""
+        size = self.chunk_size
+        for job in self.jobs:
+            for start in range(0, len(job.data), size):
+                yield job.data[start : start + size], job.itemsize
+
+    def assign(self, ids: list[str]) -> None:
+        """Fill each job's node with its chunk ids (``ids`` in :meth:`chunks` order)."""
+        pos = 0
+        for job in self.jobs:
+            count = -(-len(job.data) // self.chunk_size)
+            job.node.chunks.extend(ids[pos : pos + count])
+            pos += count
+        self.jobs = []
+
+
+def _describe(value: Any) -> str:
+    if callable(value) and not isinstance(value, type):
+        return (
+            "a function"
+            if type(value).__name__ in ("function", "builtin_function_or_method", "method")
+            else f"a callable {type(value).__name__}"
+        )
+    if isinstance(value, type):
+        return f"the class {value.__name__}"
+    return f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _hint(value: Any) -> str:
+    if isinstance(value, set | frozenset):
+        return "store it as a sorted list"
+    return "store its data (tensors, numbers, strings, dicts, lists) or give it state_dict()/load_state_dict()"
