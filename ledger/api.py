@@ -23,8 +23,10 @@ from types import TracebackType
 from typing import Any
 
 import msgspec
+import pyarrow as pa
 import torch
 
+from ledger import inspect, metadata
 from ledger.errors import (
     ClosedLedgerError,
     CorruptionError,
@@ -34,6 +36,7 @@ from ledger.errors import (
     NotALedgerError,
     RefNameError,
     RevisionNotFoundError,
+    UnmergedBranchError,
     UnsupportedValueError,
 )
 from ledger.history.records import (
@@ -205,6 +208,7 @@ class Ledger:
         params: Mapping[str, Any] | None = None,
         branch: str | None = None,
         rng: bool = True,
+        data: Mapping[str, Any] | None = None,
     ) -> Commit:
         """Store ``state`` as a new commit on the current branch (or on ``branch``).
 
@@ -218,6 +222,7 @@ class Ledger:
             params: hyper-parameters (plain values, lists, dicts).
             branch: commit to this branch (created at HEAD if missing) without moving HEAD.
             rng: also capture the global RNG of torch, CUDA, numpy and Python.
+            data: data lineage: dataset names, revisions, fingerprints (plain values).
 
         Returns:
             The new :class:`Commit`.
@@ -237,6 +242,7 @@ class Ledger:
             target, parent = self._commit_target(refs, branch)
             record_metrics = _clean_metrics(metrics)
             record_params = _clean_params(params)
+            record_data = _clean_params(data)
             flat = Flattener(self.config.chunk_size)
             root = flat.flatten_root(state, capture_rng() if rng else None)
             writer = self.store.writer(self.pool, compress=self.config.compress)
@@ -246,6 +252,8 @@ class Ledger:
                     format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=root
                 )
                 manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
+                packages = writer.put("blob", metadata.installed_packages())
+                meta = metadata.capture(state, record_data, packages)
                 stats = CommitStats(
                     logical_bytes=writer.stats.logical_bytes,
                     bytes_written=writer.stats.bytes_written,
@@ -264,6 +272,7 @@ class Ledger:
                     message=message,
                     metrics=record_metrics,
                     params=record_params,
+                    meta=meta,
                     stats=stats,
                 )
                 commit_id = writer.put("commit", msgpack_encoder.encode(record))
@@ -485,6 +494,114 @@ class Ledger:
                 )
             self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
             return Commit.from_record(cid, self.record(cid))
+
+    def delete_branch(self, name: str, force: bool = False) -> str:
+        """Delete a branch; returns the commit id it pointed at.
+
+        Refuses the branch HEAD is on, and a branch whose tip no other branch or
+        tag reaches (its commits would lose their last ref) unless ``force``.
+
+        Example:
+            >>> lg.delete_branch("exp-b", force=True)  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            ref = BRANCH_PREFIX + name
+            tip = refs.get(ref)
+            if tip is None:
+                raise RefNameError(f"no branch named {name!r}; see `ledger branch`")
+            if head_target(refs)[0] == name:
+                raise RefNameError(
+                    f"branch {name!r} is checked out (HEAD); switch to another branch first"
+                )
+            if not force and not self._reached_by_others(tip, ref, refs):
+                raise UnmergedBranchError(
+                    f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
+                    "tag it, or pass force=True (`ledger branch -D`) to delete it anyway"
+                )
+            self.refs.update({ref: (tip, None)}, f"delete branch {name}")
+            return tip
+
+    def _reached_by_others(self, tip: str, skip: str, refs: dict[str, str]) -> bool:
+        for ref, cid in refs.items():
+            if ref == skip or not ref.startswith((BRANCH_PREFIX, TAG_PREFIX)):
+                continue
+            stack, seen = [cid], set()
+            while stack:
+                cur = stack.pop()
+                if cur == tip:
+                    return True
+                if cur in seen:
+                    continue
+                seen.add(cur)
+                stack.extend(self.record(cur).parents)
+        return False
+
+    def rename_branch(self, old: str, new: str) -> None:
+        """Rename a branch (HEAD follows it if attached), atomically.
+
+        Example:
+            >>> lg.rename_branch("exp-b", "lr-3e-4")  # doctest: +SKIP
+        """
+        check_ref_name(new, "branch")
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            tip = refs.get(BRANCH_PREFIX + old)
+            if tip is None:
+                raise RefNameError(f"no branch named {old!r}; see `ledger branch`")
+            if BRANCH_PREFIX + new in refs:
+                raise RefNameError(f"branch {new!r} already exists; pick another name")
+            changes: dict[str, tuple[str | None, str | None]] = {
+                BRANCH_PREFIX + old: (tip, None),
+                BRANCH_PREFIX + new: (None, tip),
+            }
+            if head_target(refs)[0] == old:
+                changes[HEAD] = (refs[HEAD], SYMREF_PREFIX + BRANCH_PREFIX + new)
+            self.refs.update(changes, f"rename branch {old} to {new}")
+
+    # -- reading history for people ----------------------------------------------
+
+    def show(self, rev: str = "HEAD") -> inspect.ShowReport:
+        """A commit's metadata and a summary of its tensors and values.
+
+        Example:
+            >>> [t.path for t in lg.show("HEAD").tensors][:2]  # doctest: +SKIP
+            ['model/fc.weight', 'model/fc.bias']
+        """
+        self._check_open()
+        return inspect.show(self, rev)
+
+    def diff(self, a: str, b: str) -> inspect.DiffReport:
+        """Metrics (with deltas), params, metadata and tensors of two commits side by side.
+
+        Example:
+            >>> [t.path for t in lg.diff("main", "exp-b").tensors.changed]  # doctest: +SKIP
+            ['model/head.weight']
+        """
+        self._check_open()
+        with self._lock:
+            return inspect.diff(self, a, b)
+
+    def du(self) -> inspect.DuReport:
+        """Logical vs stored bytes, dedup and compression ratios, per branch.
+
+        Example:
+            >>> lg.du().dedup_ratio > 1  # doctest: +SKIP
+            True
+        """
+        self._check_open()
+        return inspect.du(self)
+
+    def table(self) -> pa.Table:
+        """Every commit as a ``pyarrow.Table`` row (metrics and params as columns).
+
+        Example:
+            >>> lg.table().column("metrics.loss")  # doctest: +SKIP
+        """
+        self._check_open()
+        return inspect.table(self)
 
     def tag(self, name: str, at: str = "HEAD") -> Commit:
         """Create tag ``name`` at ``at``; tags never move.

@@ -49,6 +49,10 @@ class RefNameError(LedgerError):
     """A branch or tag name is invalid or already taken."""
 
 
+class UnmergedBranchError(LedgerError):
+    """Deleting a branch would leave its commits reachable from no ref."""
+
+
 class DetachedHeadError(LedgerError):
     """``commit()`` was called with HEAD detached and no ``branch=``."""
 
