@@ -240,6 +240,7 @@ class Ledger:
             started = time.perf_counter()
             refs = self.refs.snapshot()
             target, parent = self._commit_target(refs, branch)
+            expected = refs.get(BRANCH_PREFIX + target)
             record_metrics = _clean_metrics(metrics)
             record_params = _clean_params(params)
             record_data = _clean_params(data)
@@ -281,7 +282,7 @@ class Ledger:
                 writer.abort()
                 raise
             self.refs.update(
-                {BRANCH_PREFIX + target: (parent, commit_id)}, f"commit {commit_id[:12]}"
+                {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
             )
             self._records[commit_id] = record
             return Commit.from_record(commit_id, record)
