@@ -29,24 +29,30 @@ import torch
 from ledger import inspect, metadata
 from ledger.errors import (
     ClosedLedgerError,
+    CommitExpiredError,
     CorruptionError,
     DetachedHeadError,
     EmptyLedgerError,
     FormatVersionError,
     NotALedgerError,
+    PolicyError,
     RefNameError,
     RevisionNotFoundError,
     UnmergedBranchError,
     UnsupportedValueError,
 )
+from ledger.history.gc import GcReport, collect
 from ledger.history.records import (
+    BUILTIN_POLICIES,
     FORMAT_VERSION,
     LEDGER_KIND,
     Commit,
     CommitRecord,
     CommitStats,
+    Expire,
     LedgerConfig,
     Manifest,
+    RetentionSet,
     commit_decoder,
     config_decoder,
     manifest_decoder,
@@ -58,10 +64,14 @@ from ledger.history.refs import (
     HEAD,
     SYMREF_PREFIX,
     TAG_PREFIX,
+    GcLock,
     RefStore,
     check_ref_name,
 )
+from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
+from ledger.history.verify import VerifyReport
+from ledger.history.verify import verify as verify_ledger
 from ledger.objects.durable import atomic_write
 from ledger.objects.store import ObjectStore
 from ledger.state.build import Builder, Restorer, device_available, finalize, parse_paths
@@ -84,7 +94,13 @@ class Ledger:
     """
 
     def __init__(
-        self, root: Path, config: LedgerConfig, *, fsync: bool, workers: int | None
+        self,
+        root: Path,
+        config: LedgerConfig,
+        *,
+        fsync: bool,
+        workers: int | None,
+        auto_gc: int | None = None,
     ) -> None:
         self.root = root
         self.config = config
@@ -96,6 +112,10 @@ class Ledger:
         self._lock = threading.RLock()
         self._records: dict[str, CommitRecord] = {}
         self._closed = False
+        self.gc_lock = GcLock(root / "gc.lock")
+        self.auto_gc = auto_gc
+        self._commits_since_gc = 0
+        self._custom: dict[str, list[CustomPolicy]] = {}
 
     # -- opening -------------------------------------------------------------
 
@@ -109,6 +129,7 @@ class Ledger:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compress: bool = True,
         workers: int | None = None,
+        auto_gc: int | None = None,
     ) -> Ledger:
         """Open the ledger in directory ``path`` (the ledger directory itself).
 
@@ -119,6 +140,7 @@ class Ledger:
             chunk_size: bytes per chunk for a new ledger (fixed once created).
             compress: let a new ledger compress chunks when that saves space.
             workers: threads for hashing, compressing and reading.
+            auto_gc: run :meth:`gc` after every this many commits (None: never).
 
         Raises:
             NotALedgerError: ``path`` is not a ledger (and ``create`` is False, or it is not empty).
@@ -131,7 +153,7 @@ class Ledger:
         cfg_path = root / CONFIG_FILE
         if cfg_path.is_file():
             config = _read_config(cfg_path)
-            return cls(root, config, fsync=fsync, workers=workers)
+            return cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
         if root.exists() and not root.is_dir():
             raise NotALedgerError(f"{root} is a file, not a ledger directory")
         if root.is_dir() and any(root.iterdir()):
@@ -144,18 +166,32 @@ class Ledger:
                 f"no ledger at {root}; pass create=True or run `ledger init {root}`"
             )
         if chunk_size < 4096 or chunk_size % 64:
-            raise ValueError("chunk_size must be a multiple of 64 and at least 4096")
+            raise UnsupportedValueError(
+                f"chunk_size={chunk_size} must be a multiple of 64 and at least 4096"
+            )
         return cls._create(
-            root, chunk_size=chunk_size, compress=compress, fsync=fsync, workers=workers
+            root,
+            chunk_size=chunk_size,
+            compress=compress,
+            fsync=fsync,
+            workers=workers,
+            auto_gc=auto_gc,
         )
 
     @classmethod
     def _create(
-        cls, root: Path, *, chunk_size: int, compress: bool, fsync: bool, workers: int | None
+        cls,
+        root: Path,
+        *,
+        chunk_size: int,
+        compress: bool,
+        fsync: bool,
+        workers: int | None,
+        auto_gc: int | None,
     ) -> Ledger:
         root.mkdir(parents=True, exist_ok=True)
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
-        lg = cls(root, config, fsync=fsync, workers=workers)
+        lg = cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
         lg.refs.create()
         # The config file is written last: a directory without it is not yet a ledger.
         atomic_write(
@@ -238,53 +274,59 @@ class Ledger:
         with self._lock:
             self._check_open()
             started = time.perf_counter()
-            refs = self.refs.snapshot()
-            target, parent = self._commit_target(refs, branch)
-            expected = refs.get(BRANCH_PREFIX + target)
             record_metrics = _clean_metrics(metrics)
             record_params = _clean_params(params)
             record_data = _clean_params(data)
-            flat = Flattener(self.config.chunk_size)
-            root = flat.flatten_root(state, capture_rng() if rng else None)
-            writer = self.store.writer(self.pool, compress=self.config.compress)
-            try:
-                flat.assign(writer.put_chunks(flat.chunks()))
-                manifest = Manifest(
-                    format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=root
+            # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
+            with self.gc_lock.hold(shared=True):
+                self.store.sync()
+                refs = self.refs.snapshot()
+                target, parent = self._commit_target(refs, branch)
+                expected = refs.get(BRANCH_PREFIX + target)
+                flat = Flattener(self.config.chunk_size)
+                root = flat.flatten_root(state, capture_rng() if rng else None)
+                writer = self.store.writer(self.pool, compress=self.config.compress)
+                try:
+                    flat.assign(writer.put_chunks(flat.chunks()))
+                    manifest = Manifest(
+                        format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=root
+                    )
+                    manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
+                    packages = writer.put("blob", metadata.installed_packages())
+                    meta = metadata.capture(state, record_data, packages)
+                    stats = CommitStats(
+                        logical_bytes=writer.stats.logical_bytes,
+                        bytes_written=writer.stats.bytes_written,
+                        chunks_total=writer.stats.chunks_total,
+                        chunks_written=writer.stats.chunks_written,
+                        tensors=flat.tensors,
+                        duration_s=round(time.perf_counter() - started, 6),
+                    )
+                    record = CommitRecord(
+                        manifest=manifest_id,
+                        parents=[parent] if parent else [],
+                        time=utcnow(),
+                        branch=target,
+                        step=_opt_int(step, "step"),
+                        epoch=_opt_int(epoch, "epoch"),
+                        message=message,
+                        metrics=record_metrics,
+                        params=record_params,
+                        meta=meta,
+                        stats=stats,
+                    )
+                    commit_id = writer.put("commit", msgpack_encoder.encode(record))
+                    writer.finish()
+                except BaseException:
+                    writer.abort()
+                    raise
+                self.refs.update(
+                    {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
                 )
-                manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
-                packages = writer.put("blob", metadata.installed_packages())
-                meta = metadata.capture(state, record_data, packages)
-                stats = CommitStats(
-                    logical_bytes=writer.stats.logical_bytes,
-                    bytes_written=writer.stats.bytes_written,
-                    chunks_total=writer.stats.chunks_total,
-                    chunks_written=writer.stats.chunks_written,
-                    tensors=flat.tensors,
-                    duration_s=round(time.perf_counter() - started, 6),
-                )
-                record = CommitRecord(
-                    manifest=manifest_id,
-                    parents=[parent] if parent else [],
-                    time=utcnow(),
-                    branch=target,
-                    step=_opt_int(step, "step"),
-                    epoch=_opt_int(epoch, "epoch"),
-                    message=message,
-                    metrics=record_metrics,
-                    params=record_params,
-                    meta=meta,
-                    stats=stats,
-                )
-                commit_id = writer.put("commit", msgpack_encoder.encode(record))
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            self.refs.update(
-                {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
-            )
             self._records[commit_id] = record
+            self._commits_since_gc += 1
+            if self.auto_gc and self._commits_since_gc >= self.auto_gc:
+                self.gc()
             return Commit.from_record(commit_id, record)
 
     def _commit_target(self, refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
@@ -335,10 +377,24 @@ class Ledger:
         return Commit.from_record(cid, self.record(cid))
 
     def manifest(self, rev: str) -> tuple[str, Manifest]:
-        """The commit id and manifest of a revision."""
+        """The commit id and manifest of a revision.
+
+        Raises:
+            CommitExpiredError: retention or ``expire`` dropped the commit's state.
+        """
         cid = self.resolve(rev)
         rec = self.record(cid)
-        data = self.store.read(bytes.fromhex(rec.manifest), f"manifest of commit {cid[:12]}")
+        expiry = self.refs.state().expired.get(cid)
+        if expiry is not None:
+            raise CommitExpiredError(
+                f"commit {cid[:12]} (step {rec.step}) was expired at {expiry.time:%Y-%m-%d %H:%M:%S} "
+                f"UTC: {expiry.reason}; its metadata remains (log, show, diff), its state does not"
+            )
+        return cid, self.manifest_by_id(rec.manifest, cid)
+
+    def manifest_by_id(self, manifest_id: str, cid: str) -> Manifest:
+        """Read and decode a manifest object (``cid`` names it in errors)."""
+        data = self.store.read(bytes.fromhex(manifest_id), f"manifest of commit {cid[:12]}")
         try:
             manifest = manifest_decoder.decode(data)
         except msgspec.DecodeError as e:
@@ -347,7 +403,7 @@ class Ledger:
             raise FormatVersionError(
                 f"commit {cid[:12]} has manifest format {manifest.format}; upgrade training-ledger"
             )
-        return cid, manifest
+        return manifest
 
     def resolve(self, rev: str) -> str:
         """The full commit id of a revision (branch, tag, id prefix, HEAD, REV~N).
@@ -561,6 +617,101 @@ class Ledger:
             if head_target(refs)[0] == old:
                 changes[HEAD] = (refs[HEAD], SYMREF_PREFIX + BRANCH_PREFIX + new)
             self.refs.update(changes, f"rename branch {old} to {new}")
+
+    # -- retention, gc, verify ------------------------------------------------------
+
+    def set_retention(self, *policies: AnyPolicy, branch: str | None = None) -> None:
+        """Replace the retention policies of the whole ledger (``branch=None``) or one branch.
+
+        Built-in policies (KeepLast, KeepBest, KeepEvery, KeepWithin) are stored
+        in the ledger, so ``ledger gc`` from a shell applies them. A custom
+        policy (a callable given the branch history, newest first, returning the
+        commits to keep) applies only in this process. Per-branch sets add to
+        the ledger-wide set. No policies at all: everything is kept.
+
+        Example:
+            >>> from ledger.retention import KeepLast, KeepBest
+            >>> lg.set_retention(KeepLast(3), KeepBest("val_loss", k=2, mode="min"))  # doctest: +SKIP
+        """
+        scope = "" if branch is None else check_ref_name(branch, "branch")
+        builtin = [p for p in policies if isinstance(p, BUILTIN_POLICIES)]
+        custom = [p for p in policies if not isinstance(p, BUILTIN_POLICIES)]
+        for p in custom:
+            if not callable(p):
+                raise PolicyError(
+                    f"{p!r} is not a retention policy: use KeepLast/KeepBest/... or a callable"
+                )
+        with self._lock:
+            self._check_open()
+            self.refs.update(
+                {},
+                "set retention",
+                extra=[RetentionSet(scope=scope, policies=builtin, time=utcnow())],
+            )
+            self._custom[scope] = custom
+
+    def retention(self, branch: str | None = None) -> list[AnyPolicy]:
+        """The policies in force for ``branch`` (ledger-wide plus its own), or the ledger-wide set."""
+        stored = self.refs.state().retention
+        out: list[AnyPolicy] = [*stored.get("", []), *self._custom.get("", [])]
+        if branch is not None:
+            out += [*stored.get(branch, []), *self._custom.get(branch, [])]
+        return out
+
+    def gc(self, dry_run: bool = False, grace: float | None = None) -> GcReport:
+        """Expire what retention drops, then delete every object no ref or kept commit needs.
+
+        Args:
+            dry_run: report what would be expired and freed; change nothing.
+            grace: seconds; packs younger than this are never touched (None:
+                the ledger's configured grace, 15 minutes by default).
+
+        Example:
+            >>> report = lg.gc(grace=0)  # doctest: +SKIP
+            >>> report.bytes_freed, report.expired  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            self._commits_since_gc = 0
+            with self.gc_lock.hold(shared=False):
+                return collect(
+                    self,
+                    self.store,
+                    self.refs,
+                    policies_for=self.retention,
+                    grace=self.config.gc_grace if grace is None else float(grace),
+                    dry_run=dry_run,
+                )
+
+    def expire(self, rev: str, reason: str = "expired by hand") -> str:
+        """Drop one commit's state on purpose (licence, privacy); its history stays.
+
+        The bytes go at the next gc (use ``grace=0`` to free them at once).
+
+        Example:
+            >>> lg.expire("main~3", reason="data licence withdrawn")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(rev)
+            if cid not in self.refs.state().expired:
+                self.refs.update(
+                    {}, "expire", extra=[Expire(commit=cid, reason=reason, time=utcnow())]
+                )
+            return cid
+
+    def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
+        """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
+
+        ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
+
+        Example:
+            >>> check = lg.verify(full=True)  # doctest: +SKIP
+            >>> check.ok, check.problems  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return verify_ledger(self, self.store, self.refs, full=full, repair=repair)
 
     # -- reading history for people ----------------------------------------------
 

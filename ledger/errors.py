@@ -53,6 +53,14 @@ class UnmergedBranchError(LedgerError):
     """Deleting a branch would leave its commits reachable from no ref."""
 
 
+class PolicyError(LedgerError):
+    """A retention policy is malformed (bad count, mode or duration)."""
+
+
+class CommitExpiredError(LedgerError):
+    """The commit's state was dropped by retention or ``expire``; its history remains."""
+
+
 class DetachedHeadError(LedgerError):
     """``commit()`` was called with HEAD detached and no ``branch=``."""
 

@@ -15,10 +15,11 @@ import msgspec
 import pyarrow as pa
 import torch
 
+from ledger.errors import CommitExpiredError
 from ledger.history.records import ArrayNode, Commit, TensorNode
 from ledger.history.refs import BRANCH_PREFIX
+from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
 from ledger.state.build import Builder
-from ledger.state.walk import chunk_ids, iter_leaves, leaf_value, tensor_table
 
 if TYPE_CHECKING:
     from ledger.api import Ledger
@@ -79,6 +80,7 @@ class TensorDiff(msgspec.Struct):
     removed: list[str]
     changed: list[TensorChange]
     unchanged: int
+    unavailable: str | None = None
 
 
 class DiffReport(msgspec.Struct):
@@ -174,8 +176,11 @@ def diff(lg: Ledger, rev_a: str, rev_b: str) -> DiffReport:
 
 
 def _tensor_diff(lg: Ledger, a_id: str, b_id: str) -> TensorDiff:
-    _, ma = lg.manifest(a_id)
-    _, mb = lg.manifest(b_id)
+    try:
+        _, ma = lg.manifest(a_id)
+        _, mb = lg.manifest(b_id)
+    except CommitExpiredError as e:
+        return TensorDiff(added=[], removed=[], changed=[], unchanged=0, unavailable=str(e))
     ta = {p: n for p, n in tensor_table(ma.root).items() if not p.startswith("__rng__")}
     tb = {p: n for p, n in tensor_table(mb.root).items() if not p.startswith("__rng__")}
     added = sorted(tb.keys() - ta.keys())

@@ -11,6 +11,8 @@ interpret events; refs.py does.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import struct
 import zlib
@@ -132,12 +134,30 @@ class EventLog:
             try:
                 if os.fstat(fd).st_size != valid_end:
                     os.ftruncate(fd, valid_end)
-                written = os.pwrite(fd, blob, valid_end)
-                if written != len(blob):
-                    os.ftruncate(fd, valid_end)
-                    raise OSError("short write to the event log")
-                if self.fsync:
-                    os.fsync(fd)
+                try:
+                    written = os.pwrite(fd, blob, valid_end)
+                    if written != len(blob):
+                        # A regular file is written short only when the disk or quota fills.
+                        raise OSError(errno.ENOSPC, "short write to the event log")
+                    if self.fsync:
+                        os.fsync(fd)
+                except BaseException:
+                    # Take the events back: a failed append must not move a ref for readers.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, valid_end)
+                    raise
             finally:
                 os.close(fd)
         return valid_end + len(blob)
+
+    def truncate(self, valid_end: int) -> None:
+        """Cut a torn tail (the caller holds the write lock and read the log to ``valid_end``)."""
+        with disk_errors(str(self.path)):
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                if os.fstat(fd).st_size > valid_end:
+                    os.ftruncate(fd, valid_end)
+                    if self.fsync:
+                        os.fsync(fd)
+            finally:
+                os.close(fd)

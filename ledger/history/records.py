@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from ledger.errors import PolicyError
+
 FORMAT_VERSION = 1
 LEDGER_KIND = "training-ledger"
 
@@ -27,6 +29,7 @@ class LedgerConfig(msgspec.Struct, kw_only=True):
     created: dt.datetime
     chunk_size: int
     compress: bool = True
+    gc_grace: float = 900.0
 
 
 # -- manifest tree -------------------------------------------------------------
@@ -206,14 +209,136 @@ class RefUpdate(msgspec.Struct, tag="ref", kw_only=True):
     reason: str = ""
 
 
-Event = RefUpdate
+# -- retention policies (stored in the log, so `ledger gc` from a shell applies them) --
+
+
+class KeepLast(msgspec.Struct, tag="keep-last", frozen=True):
+    """Keep the newest ``n`` commits of each branch.
+
+    Example:
+        >>> KeepLast(3)
+        KeepLast(n=3)
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise PolicyError(f"KeepLast(n={self.n!r}): n must be a positive integer")
+
+
+class KeepBest(msgspec.Struct, tag="keep-best", frozen=True):
+    """Keep the ``k`` commits of each branch with the best value of ``metric``.
+
+    Example:
+        >>> KeepBest("val_loss", k=2, mode="min")
+        KeepBest(metric='val_loss', k=2, mode='min')
+    """
+
+    metric: str
+    k: int = 1
+    mode: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise PolicyError(f"KeepBest(mode={self.mode!r}): mode must be 'min' or 'max'")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise PolicyError(f"KeepBest(k={self.k!r}): k must be a positive integer")
+
+
+class KeepEvery(msgspec.Struct, tag="keep-every", frozen=True):
+    """Keep every commit whose step is a multiple of ``steps``.
+
+    Example:
+        >>> KeepEvery(1000)
+        KeepEvery(steps=1000)
+    """
+
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise PolicyError(f"KeepEvery(steps={self.steps!r}): steps must be a positive integer")
+
+
+class KeepWithin(msgspec.Struct, tag="keep-within", frozen=True):
+    """Keep every commit newer than ``seconds`` (``KeepWithin("7d")`` also works).
+
+    Example:
+        >>> KeepWithin(3600.0)
+        KeepWithin(seconds=3600.0)
+    """
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "seconds", parse_duration(self.seconds))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number, a ``timedelta`` or text like ``"90s"``, ``"12h"``, ``"7d"``.
+
+    Example:
+        >>> parse_duration("7d"), parse_duration(30)
+        (604800.0, 30.0)
+    """
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        try:
+            seconds = float(text[:-1]) * _UNITS[text[-1]] if text[-1] in _UNITS else float(text)
+        except ValueError:
+            seconds = -1.0
+    else:
+        seconds = -1.0
+    if seconds < 0:
+        raise PolicyError(f"duration {value!r} is not valid; use seconds or text like '12h', '7d'")
+    return seconds
+
+
+Policy = KeepLast | KeepBest | KeepEvery | KeepWithin
+BUILTIN_POLICIES = (KeepLast, KeepBest, KeepEvery, KeepWithin)
+
+
+class RetentionSet(msgspec.Struct, tag="retention", kw_only=True):
+    """The built-in policies of one scope were replaced (scope "": the whole ledger)."""
+
+    scope: str
+    policies: list[Policy]
+    time: dt.datetime
+
+
+class Expire(msgspec.Struct, tag="expire", kw_only=True):
+    """A commit's state stopped being kept; its record and metadata stay."""
+
+    commit: str
+    reason: str
+    time: dt.datetime
+
+
+class Expiry(msgspec.Struct, frozen=True):
+    """Why and when a commit was expired."""
+
+    reason: str
+    time: dt.datetime
+
+
+Event = RefUpdate | RetentionSet | Expire
 
 
 class RefView(msgspec.Struct, tag="ref-view"):
-    """``<ledger>/refs``: the refs after replaying the event log up to ``offset``."""
+    """``<ledger>/refs``: what replaying the event log up to ``offset`` gives (a cache)."""
 
     offset: int
     refs: dict[str, str]
+    retention: dict[str, list[Policy]] = {}
+    expired: dict[str, Expiry] = {}
 
 
 def utcnow() -> dt.datetime:

@@ -23,11 +23,15 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import LockTimeoutError, RefConflictError, RefNameError
+from ledger.errors import DiskFullError, LockTimeoutError, RefConflictError, RefNameError
 from ledger.history.eventlog import EventLog
 from ledger.history.records import (
+    Event,
+    Expire,
+    Expiry,
     RefUpdate,
     RefView,
+    RetentionSet,
     msgpack_encoder,
     refview_decoder,
     utcnow,
@@ -121,6 +125,45 @@ class WriteLock:
             self._fd = None
 
 
+class GcLock:
+    """``<ledger>/gc.lock``: commits hold it shared, gc exclusively (see gc.py).
+
+    Example:
+        >>> import tempfile
+        >>> lock = GcLock(Path(tempfile.mkdtemp()) / "gc.lock")
+        >>> with lock.hold(shared=True):
+        ...     pass
+    """
+
+    def __init__(self, path: Path, timeout: float = 3600.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def hold(self, *, shared: bool) -> Iterator[None]:
+        """Hold the lock shared (commits) or exclusive (gc) for the block."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            who = "a gc" if shared else "a commit"
+                            raise LockTimeoutError(
+                                f"{who} has held {self.path} for over {self.timeout:.0f}s; "
+                                "retry when it finishes"
+                            ) from None
+                        time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
 class RefStore:
     """The refs of one ledger, read from the view + log and moved by CAS."""
 
@@ -145,65 +188,102 @@ class RefStore:
             pass
         return RefView(offset=0, refs={})
 
-    def _current(self) -> tuple[dict[str, str], int]:
+    def _current(self) -> RefView:
         view = self._read_view()
-        refs = dict(view.refs)
+        state = RefView(
+            offset=view.offset,
+            refs=dict(view.refs),
+            retention=dict(view.retention),
+            expired=dict(view.expired),
+        )
         read = self.log.read_from(view.offset)
-        if view.offset == 0:
-            refs = {}
         for event in read.events:
-            apply_event(refs, event)
+            apply_event(state, event)
         self.torn_bytes = read.torn_bytes
-        return refs, read.end
+        state.offset = read.end
+        return state
+
+    def state(self) -> RefView:
+        """Refs, retention policies and expired commits, as of now."""
+        return self._current()
 
     def snapshot(self) -> dict[str, str]:
         """Every ref's current value."""
-        return self._current()[0]
+        return self._current().refs
+
+    def replay_state(self) -> RefView:
+        """The state obtained by replaying the whole log, ignoring the view."""
+        state = RefView(offset=0, refs={})
+        read = self.log.read_from(0)
+        for event in read.events:
+            apply_event(state, event)
+        state.offset = read.end
+        return state
 
     def replay(self) -> dict[str, str]:
         """The refs obtained by replaying the whole log, ignoring the view."""
-        refs: dict[str, str] = {}
-        for event in self.log.read_from(0).events:
-            apply_event(refs, event)
-        return refs
+        return self.replay_state().refs
 
-    def update(self, changes: dict[str, tuple[str | None, str | None]], reason: str) -> None:
+    def update(
+        self,
+        changes: dict[str, tuple[str | None, str | None]],
+        reason: str,
+        extra: list[Event] | None = None,
+    ) -> None:
         """Move refs atomically: ``{ref: (expected_old, new)}``; None means absent.
+
+        ``extra`` events (retention, expiry) are appended in the same write.
 
         Raises:
             RefConflictError: a ref does not hold its expected value (another
                 writer moved it); nothing is changed.
         """
         with self.lock.hold():
-            refs, end = self._current()
+            state = self._current()
             for ref, (old, _) in changes.items():
-                if refs.get(ref) != old:
+                if state.refs.get(ref) != old:
                     raise RefConflictError(
-                        f"{_describe(ref)} moved to {_short(refs.get(ref))} while this writer "
-                        f"expected {_short(old)}; re-read and retry (nothing was changed)"
+                        f"{_describe(ref)} moved to {_short(state.refs.get(ref))} while this "
+                        f"writer expected {_short(old)}; re-read and retry (nothing was changed)"
                     )
             now = utcnow()
-            events = [
+            events: list[Event] = [
                 RefUpdate(ref=ref, old=old, new=new, time=now, reason=reason)
                 for ref, (old, new) in changes.items()
             ]
-            end = self.log.append(list(events), end)
+            events.extend(extra or [])
+            if not events:
+                return
+            end = self.log.append(events, state.offset)
             for event in events:
-                apply_event(refs, event)
-            self.write_view(refs, end)
+                apply_event(state, event)
+            state.offset = end
+            # The events are durable: the update has happened. The view is only a
+            # cache (readers replay the log past a stale one), so failing to rewrite
+            # it (e.g. a full disk) must not report the update as failed.
+            with contextlib.suppress(OSError, DiskFullError):
+                self.write_view(state)
 
-    def write_view(self, refs: dict[str, str], offset: int) -> None:
+    def write_view(self, state: RefView) -> None:
         """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged)."""
-        data = msgpack_encoder.encode(RefView(offset=offset, refs=refs))
+        data = msgpack_encoder.encode(state)
         atomic_write(self.view_path, data, fsync=False, tmp_dir=self.tmp_dir)
 
 
-def apply_event(refs: dict[str, str], event: RefUpdate) -> None:
-    """Apply one event to a ref mapping."""
-    if event.new is None:
-        refs.pop(event.ref, None)
-    else:
-        refs[event.ref] = event.new
+def apply_event(state: RefView, event: Event) -> None:
+    """Apply one event to a replayed state."""
+    if isinstance(event, RefUpdate):
+        if event.new is None:
+            state.refs.pop(event.ref, None)
+        else:
+            state.refs[event.ref] = event.new
+    elif isinstance(event, RetentionSet):
+        if event.policies:
+            state.retention[event.scope] = list(event.policies)
+        else:
+            state.retention.pop(event.scope, None)
+    elif isinstance(event, Expire):
+        state.expired.setdefault(event.commit, Expiry(reason=event.reason, time=event.time))
 
 
 def _short(value: str | None) -> str:

@@ -57,6 +57,7 @@ class ObjectStore:
         self.damaged: dict[str, str] = {}
         self._index: dict[bytes, Located] = {}
         self._loaded: set[str] = set()
+        self._entries: dict[str, list[IndexEntry]] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         self.packs_dir.mkdir(parents=True, exist_ok=True)
@@ -79,16 +80,66 @@ class ObjectStore:
                     continue
                 except FileNotFoundError:
                     continue
-                for entry in entries:
-                    self._index.setdefault(entry.id, (name, entry))
-                self._loaded.add(name)
+                self._add(name, entries)
+
+    def _add(self, name: str, entries: Sequence[IndexEntry]) -> None:
+        for entry in entries:
+            self._index.setdefault(entry.id, (name, entry))
+        self._loaded.add(name)
+        self._entries[name] = list(entries)
 
     def add_pack(self, name: str, entries: Sequence[IndexEntry]) -> None:
         """Make a pack this process just wrote visible without re-reading it."""
         with self._lock:
-            for entry in entries:
+            self._add(name, entries)
+
+    def sync(self) -> None:
+        """Forget packs that vanished (another process's gc), then load new ones."""
+        on_disk = {p.stem for p in self.packs_dir.glob("*.pack")}
+        with self._lock:
+            vanished = self._loaded - on_disk
+            if vanished:
+                self._forget(vanished)
+        self.refresh()
+
+    def _forget(self, names: set[str]) -> None:
+        for name in names:
+            self._loaded.discard(name)
+            self._entries.pop(name, None)
+            self.damaged.pop(name, None)
+            fd = self._fds.pop(name, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._index = {}
+        for name in sorted(self._loaded):
+            for entry in self._entries[name]:
                 self._index.setdefault(entry.id, (name, entry))
-            self._loaded.add(name)
+
+    def pack_entries(self, name: str) -> list[IndexEntry]:
+        """The index entries of a loaded pack."""
+        return list(self._entries.get(name, []))
+
+    def pack_path(self, name: str) -> Path:
+        """The file of a pack."""
+        return self.packs_dir / f"{name}.pack"
+
+    def remove_packs(self, names: Iterable[str]) -> None:
+        """Delete packs (gc only, under the ledger's gc lock) and forget their objects."""
+        doomed = set(names)
+        for name in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                self.pack_path(name).unlink()
+        if doomed and self.fsync:
+            fsync_dir(self.packs_dir)
+        with self._lock:
+            self._forget(doomed)
+
+    def read_encoded(self, name: str, entry: IndexEntry) -> bytes:
+        """The stored (encoded) bytes of one entry, unchecked: gc copies them as they are."""
+        blob = bytearray(entry.length)
+        pread_exact(self._fd(name), memoryview(blob), entry.offset, f"pack {name[:12]}")
+        return bytes(blob)
 
     def has(self, oid: bytes) -> bool:
         """Whether the object is stored (in a pack already known to this process)."""
@@ -123,6 +174,14 @@ class ObjectStore:
         return fd
 
     def read_into(self, oid: bytes, out: memoryview, what: str) -> None:
+        """Like :meth:`_read_into`, re-syncing once if the pack vanished under a concurrent gc."""
+        try:
+            self._read_into(oid, out, what)
+        except FileNotFoundError:
+            self.sync()
+            self._read_into(oid, out, what)
+
+    def _read_into(self, oid: bytes, out: memoryview, what: str) -> None:
         """Decode object ``oid`` into ``out`` (exactly its raw length) and check its hash.
 
         Args:
@@ -173,7 +232,7 @@ class ObjectStore:
 
     def writer(
         self,
-        pool: ThreadPoolExecutor,
+        pool: ThreadPoolExecutor | None,
         *,
         compress: bool = True,
         max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES,
@@ -207,14 +266,19 @@ class PackWriter:
     """Writes objects not yet stored into new packs, overlapping hash/encode with I/O."""
 
     def __init__(
-        self, store: ObjectStore, pool: ThreadPoolExecutor, *, compress: bool, max_pack_bytes: int
+        self,
+        store: ObjectStore,
+        pool: ThreadPoolExecutor | None,
+        *,
+        compress: bool,
+        max_pack_bytes: int,
     ) -> None:
         self.store = store
         self.pool = pool
         self.compress = compress
         self.max_pack_bytes = max_pack_bytes
         self.stats = WriteStats()
-        self.window = 2 * max(1, pool._max_workers) + 2
+        self.window = 2 * max(1, pool._max_workers) + 2 if pool is not None else 1
         self._entries: list[IndexEntry] = []
         self._pending: set[bytes] = set()
         self._fh: BinaryIO | None = None
@@ -275,6 +339,24 @@ class PackWriter:
         self._entries = []
         self._pending = set()
 
+    def put_encoded(self, entry: IndexEntry, blob: bytes) -> None:
+        """Copy an already-encoded object (gc repacking): same id, kind, codec, raw length."""
+        if entry.id in self._pending:
+            return
+        if self._fh is None:
+            self._open()
+        assert self._fh is not None
+        with disk_errors("a pack"):
+            self._fh.write(blob)
+        self._entries.append(
+            IndexEntry(entry.id, entry.kind, entry.codec, self._pos, len(blob), entry.raw_length)
+        )
+        self._pending.add(entry.id)
+        self._pos += len(blob)
+        self.stats.bytes_written += len(blob)
+        if self._pos >= self.max_pack_bytes:
+            self._seal()
+
     def put(self, kind: str, data: bytes, *, float_itemsize: int | None = None) -> str:
         """Store one object (if new) and return its hex id."""
         view = memoryview(data)
@@ -292,6 +374,9 @@ class PackWriter:
         Returns:
             The hex id of every chunk, in input order.
         """
+        if self.pool is None:
+            raise ValueError("put_chunks needs a writer made with a thread pool")
+        pool = self.pool
         ids: list[str] = []
         inflight: collections.deque[tuple[Future[_Prepared], int]] = collections.deque()
 
@@ -305,7 +390,7 @@ class PackWriter:
             for data, itemsize in chunks:
                 self.stats.chunks_total += 1
                 self.stats.logical_bytes += len(data)
-                inflight.append((self.pool.submit(self._prepare, data, itemsize), len(data)))
+                inflight.append((pool.submit(self._prepare, data, itemsize), len(data)))
                 if len(inflight) >= self.window:
                     drain_one()
             while inflight:

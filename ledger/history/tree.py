@@ -1,4 +1,4 @@
-"""Walk a manifest tree: every tensor and value with its path.
+"""Walk a manifest tree: every tensor and value with its path (used by gc, show, diff).
 
 Paths use the ``paths=`` syntax of ``checkout``: keys joined by ``/``
 (``model/fc.weight``, ``optim/state/0/exp_avg``). Read-only; never touches

@@ -1,0 +1,196 @@
+"""Garbage collection: expire what retention drops, mark what refs reach, sweep the rest.
+
+This module owns the gc algorithm and its safety rules (docs/retention.md):
+
+* gc holds the ledger's gc lock exclusively; every commit holds it shared
+  from its first dedup decision until its ref moved, so an object a commit
+  relies on is either marked (the commit's ref is visible) or already gone
+  before the commit looks for it (the commit re-syncs and writes it anew);
+* a pack younger than the grace period is never touched;
+* packs are swept whole: all-dead packs are deleted; packs that are mostly
+  dead, or whose live part is small, are rewritten (live objects copied into
+  a new pack, fsync'd, then the old pack deleted), so the bytes really come
+  back; a kill at any instant leaves every live object in some pack.
+
+It must never delete an object reachable from a ref or a retained commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from ledger.errors import LedgerError
+from ledger.history.records import Commit, CommitRecord, Expire, Manifest, utcnow
+from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
+from ledger.history.retention import AnyPolicy, plan
+from ledger.history.tree import chunk_ids
+from ledger.objects.store import ObjectStore
+
+# A pack with dead objects is rewritten when at least this fraction of its bytes is dead,
+# or when its live part is small enough that copying it costs next to nothing.
+REPACK_DEAD_FRACTION = 0.5
+REPACK_SMALL_LIVE_BYTES = 8 << 20
+
+
+class HistoryReader(Protocol):
+    """What gc and verify need from the ledger: decoded records and manifests."""
+
+    def record(self, commit_id: str) -> CommitRecord: ...
+
+    def manifest_by_id(self, manifest_id: str, commit_id: str) -> Manifest: ...
+
+
+class GcReport(msgspec.Struct):
+    """What a gc run did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool
+    expired: list[str]
+    objects_freed: int
+    bytes_freed: int
+    packs_deleted: int
+    packs_rewritten: int
+    objects_kept: int
+    skipped_young_packs: int
+
+
+def reachable_commits(reader: HistoryReader, refs: dict[str, str]) -> list[str]:
+    """Every commit any branch, tag or detached HEAD reaches (all parents followed)."""
+    roots = [v for k, v in refs.items() if k.startswith((BRANCH_PREFIX, TAG_PREFIX))]
+    head = refs.get(HEAD)
+    if head is not None and not head.startswith(SYMREF_PREFIX):
+        roots.append(head)
+    seen: set[str] = set()
+    order: list[str] = []
+    stack = list(roots)
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        order.append(cid)
+        with contextlib.suppress(LedgerError):
+            stack.extend(reader.record(cid).parents)
+    return order
+
+
+def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:
+    """A branch's commits, newest first, along first parents."""
+    out: list[Commit] = []
+    cid: str | None = tip
+    while cid is not None:
+        rec = reader.record(cid)
+        out.append(Commit.from_record(cid, rec))
+        cid = rec.parents[0] if rec.parents else None
+    return out
+
+
+def live_objects(reader: HistoryReader, commits: Sequence[str], expired: set[str]) -> set[bytes]:
+    """Ids of every object the given commits need: record; unless expired, manifest, chunks, blobs."""
+    live: set[bytes] = set()
+    for cid in commits:
+        live.add(bytes.fromhex(cid))
+        if cid in expired:
+            continue
+        try:
+            rec = reader.record(cid)
+            live.add(bytes.fromhex(rec.manifest))
+            packages = rec.meta.get("env", {}).get("packages")
+            if isinstance(packages, str):
+                live.add(bytes.fromhex(packages))
+            manifest = reader.manifest_by_id(rec.manifest, cid)
+        except LedgerError:
+            continue  # missing or damaged: verify reports it; gc keeps going
+        live.update(bytes.fromhex(c) for c in chunk_ids(manifest.root))
+    return live
+
+
+def collect(
+    reader: HistoryReader,
+    store: ObjectStore,
+    refs: RefStore,
+    *,
+    policies_for: Callable[[str], Sequence[AnyPolicy]],
+    grace: float,
+    dry_run: bool,
+) -> GcReport:
+    """One gc run; the caller holds the gc lock exclusively."""
+    store.sync()
+    state = refs.state()
+    branches = {
+        k[len(BRANCH_PREFIX) :]: v for k, v in state.refs.items() if k.startswith(BRANCH_PREFIX)
+    }
+    histories = {name: first_parent_history(reader, tip) for name, tip in branches.items()}
+    pinned = set(branches.values()) | {v for k, v in state.refs.items() if k.startswith(TAG_PREFIX)}
+    head = state.refs.get(HEAD)
+    if head is not None and not head.startswith(SYMREF_PREFIX):
+        pinned.add(head)
+    _, expire = plan(histories, pinned, policies_for, utcnow())
+    newly = {cid: why for cid, why in expire.items() if cid not in state.expired}
+    if newly and not dry_run:
+        now = utcnow()
+        refs.update(
+            {}, "gc", extra=[Expire(commit=c, reason=w, time=now) for c, w in newly.items()]
+        )
+    expired = set(state.expired) | set(newly)
+    live = live_objects(reader, reachable_commits(reader, state.refs), expired)
+
+    cutoff = time.time() - grace
+    report = GcReport(dry_run, sorted(newly), 0, 0, 0, 0, 0, 0)
+    doomed: list[str] = []
+    writer = None
+    for name in store.pack_names():
+        path = store.pack_path(name)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        entries = store.pack_entries(name)
+        if st.st_mtime > cutoff:
+            report.skipped_young_packs += 1
+            report.objects_kept += len(entries)
+            continue
+        dead = [e for e in entries if e.id not in live]
+        kept = [e for e in entries if e.id in live]
+        report.objects_kept += len(kept)
+        if not dead:
+            continue
+        dead_bytes = sum(e.length for e in dead)
+        total = sum(e.length for e in entries) or 1
+        live_bytes = total - dead_bytes
+        if (
+            kept
+            and dead_bytes / total < REPACK_DEAD_FRACTION
+            and live_bytes > REPACK_SMALL_LIVE_BYTES
+        ):
+            continue
+        report.objects_freed += len(dead)
+        report.bytes_freed += st.st_size
+        doomed.append(name)
+        if kept:
+            report.packs_rewritten += 1
+            if not dry_run:
+                if writer is None:
+                    writer = store.writer(None, compress=False)
+                for entry in kept:
+                    writer.put_encoded(entry, store.read_encoded(name, entry))
+        else:
+            report.packs_deleted += 1
+    if writer is not None:
+        for new in writer.finish():
+            report.bytes_freed -= store.pack_path(new).stat().st_size
+    if not dry_run:
+        store.remove_packs(doomed)
+        _sweep_tmp(store, cutoff)
+    return report
+
+
+def _sweep_tmp(store: ObjectStore, cutoff: float) -> None:
+    for path in store.tmp_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()

@@ -1,0 +1,140 @@
+"""Verify: prove the ledger is whole, or say precisely what is not.
+
+This module owns the checks behind ``ledger verify``: the event log replays,
+the ref view agrees with it, every ref resolves, every object a kept commit
+needs exists (and with ``full``, re-hashes correctly). Crash leftovers (a torn
+log tail, orphan temp files, unreferenced packs) are notes, not problems.
+``repair`` rebuilds the ref view from the log and cuts a torn tail. It never
+deletes an object.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ledger.errors import CorruptionError, LedgerError
+from ledger.history.gc import HistoryReader, reachable_commits
+from ledger.history.records import ArrayNode, TensorNode
+from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
+from ledger.history.tree import iter_leaves
+from ledger.objects.store import ObjectStore
+
+
+class VerifyReport(msgspec.Struct):
+    """``ok`` is False when any problem was found; notes are harmless findings."""
+
+    ok: bool
+    problems: list[str]
+    notes: list[str]
+    commits_checked: int
+    chunks_checked: int
+    bytes_checked: int
+    repaired: list[str]
+
+
+def verify(
+    reader: HistoryReader, store: ObjectStore, refs: RefStore, *, full: bool, repair: bool
+) -> VerifyReport:
+    """Check the ledger; see the module docstring. ``repair`` holds the write lock while fixing."""
+    problems: list[str] = []
+    notes: list[str] = []
+    repaired: list[str] = []
+    store.sync()
+    try:
+        replayed = refs.replay_state()
+    except CorruptionError as e:
+        return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
+    if refs.torn_bytes or _torn(refs, replayed.offset):
+        torn = refs.log.path.stat().st_size - replayed.offset
+        notes.append(
+            f"event log has a torn tail of {torn} bytes (a crash mid-append); the next write cuts it"
+        )
+        if repair:
+            with refs.lock.hold():
+                refs.log.truncate(replayed.offset)
+            repaired.append(f"cut {torn} torn bytes from the event log")
+    view = refs.state()
+    if (
+        view.refs != replayed.refs
+        or view.expired != replayed.expired
+        or view.retention != replayed.retention
+    ):
+        problems.append(
+            "the ref view (refs file) disagrees with the event log; run `ledger verify --repair`"
+        )
+    if repair:
+        with refs.lock.hold():
+            refs.write_view(refs.replay_state())
+        repaired.append("rebuilt the ref view from the event log")
+        if problems and problems[-1].startswith("the ref view"):
+            problems.pop()
+    state = replayed
+    for name, err in sorted(store.damaged.items()):
+        problems.append(f"pack {name[:12]} is damaged: {err}")
+    head = state.refs.get(HEAD)
+    if head is None:
+        problems.append("HEAD is missing from the event log")
+    elif head.startswith(SYMREF_PREFIX):
+        target = head[len(SYMREF_PREFIX) :]
+        if target not in state.refs and not target.startswith(BRANCH_PREFIX):
+            problems.append(f"HEAD points at {target!r}, which is not a branch")
+    for ref, cid in sorted(state.refs.items()):
+        if ref == HEAD and cid.startswith(SYMREF_PREFIX):
+            continue
+        try:
+            reader.record(cid)
+        except LedgerError as e:
+            problems.append(f"{ref} -> {cid[:12]}: {e}")
+    commits = reachable_commits(reader, state.refs)
+    chunks_checked = bytes_checked = 0
+    checked_chunks: set[str] = set()
+    for cid in commits:
+        try:
+            rec = reader.record(cid)
+        except LedgerError as e:
+            problems.append(f"commit {cid[:12]}: {e}")
+            continue
+        for parent in rec.parents:
+            try:
+                reader.record(parent)
+            except LedgerError as e:
+                problems.append(f"commit {cid[:12]} parent {parent[:12]}: {e}")
+        if cid in state.expired:
+            continue
+        try:
+            manifest = reader.manifest_by_id(rec.manifest, cid)
+        except LedgerError as e:
+            problems.append(f"commit {cid[:12]}: {e}")
+            continue
+        for path, node in iter_leaves(manifest.root):
+            if not isinstance(node, TensorNode | ArrayNode):
+                continue
+            for i, chunk in enumerate(node.chunks):
+                if chunk in checked_chunks:
+                    continue
+                checked_chunks.add(chunk)
+                oid = bytes.fromhex(chunk)
+                located = store.locate(oid)
+                what = f"{path} chunk {i} in commit {cid[:12]}"
+                if located is None:
+                    problems.append(f"{what}: object {chunk[:12]} is missing")
+                    continue
+                chunks_checked += 1
+                if full:
+                    try:
+                        store.read(oid, what)
+                        bytes_checked += located[1].raw_length
+                    except LedgerError as e:
+                        problems.append(str(e))
+    leftovers = [p.name for p in store.tmp_dir.iterdir()]
+    if leftovers:
+        notes.append(
+            f"{len(leftovers)} temporary file(s) in objects/tmp (crash leftovers; gc removes them)"
+        )
+    return VerifyReport(
+        not problems, problems, notes, len(commits), chunks_checked, bytes_checked, repaired
+    )
+
+
+def _torn(refs: RefStore, end: int) -> bool:
+    return refs.log.path.stat().st_size > end
