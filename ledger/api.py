@@ -14,6 +14,7 @@ the ref-update event appended (fsync'd) and the ref view rewritten.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -72,7 +73,7 @@ from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
-from ledger.objects.durable import atomic_write
+from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.state.build import Builder, Restorer, device_available, finalize, parse_paths
 from ledger.state.flatten import Flattener
@@ -156,7 +157,14 @@ class Ledger:
             return cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
         if root.exists() and not root.is_dir():
             raise NotALedgerError(f"{root} is a file, not a ledger directory")
+        if create and _interrupted_init(root):
+            shutil.rmtree(root)
         if root.is_dir() and any(root.iterdir()):
+            if _interrupted_init(root):
+                raise NotALedgerError(
+                    f"{root} holds an interrupted `ledger init` (no {CONFIG_FILE} file, no data); "
+                    "pass create=True to start it over"
+                )
             raise NotALedgerError(
                 f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
                 "choose an empty or new directory"
@@ -193,6 +201,8 @@ class Ledger:
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
         lg = cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
         lg.refs.create()
+        if fsync:
+            fsync_dir(root / "objects")
         # The config file is written last: a directory without it is not yet a ledger.
         atomic_write(
             root / CONFIG_FILE,
@@ -822,6 +832,20 @@ def _read_config(path: Path) -> LedgerConfig:
         return config_decoder.decode(path.read_bytes())
     except msgspec.ValidationError as e:
         raise NotALedgerError(f"{path} is not a valid ledger config ({e})") from e
+
+
+_INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "objects"}
+
+
+def _interrupted_init(root: Path) -> bool:
+    """A directory left by a crash inside ``_create``: our skeleton, no config, no pack."""
+    if not root.is_dir() or (root / CONFIG_FILE).exists():
+        return False
+    names = {p.name for p in root.iterdir()}
+    if not names or not names <= _INIT_FILES:
+        return False
+    packs = root / "objects" / "packs"
+    return not (packs.is_dir() and any(packs.iterdir()))
 
 
 def _strip(refs: dict[str, str], prefix: str) -> dict[str, str]:

@@ -121,7 +121,7 @@ class ByteGroupZstdCodec(Codec):
         size = self.itemsize
         n = len(raw) // size
         if n * size != len(raw) or size not in (2, 4, 8):
-            return ZstdCodec().encode(raw)
+            raise ValueError(f"bgzstd needs whole {size}-byte elements, got {len(raw)} bytes")
         planes = np.frombuffer(raw, dtype=np.uint8).reshape(n, size).T.copy()
         parts: list[bytes | memoryview] = []
         head = [bytes([size])]
@@ -204,7 +204,7 @@ def encode_chunk(
     """
     if not compress or len(raw) < 64:
         return "raw", raw
-    if float_itemsize in (2, 4, 8):
+    if float_itemsize in (2, 4, 8) and len(raw) % float_itemsize == 0:
         codec: Codec = _BG[float_itemsize]
     else:
         codec = _ZSTD

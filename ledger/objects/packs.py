@@ -33,6 +33,7 @@ FOOTER_MAGIC = b"LGPKEND1"
 KINDS = ("chunk", "manifest", "commit", "blob")
 # Bounds a reader enforces before trusting a pack it did not write.
 MAX_INDEX_BYTES = 1 << 30
+MAX_OBJECT_BYTES = 1 << 32
 
 
 class IndexEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -106,6 +107,8 @@ def read_pack_index(path: Path) -> list[IndexEntry]:
             or entry.offset < HEADER.size
             or entry.length < 0
             or entry.raw_length < 0
+            or entry.raw_length > MAX_OBJECT_BYTES
+            or (entry.codec == "raw" and entry.length != entry.raw_length)
             or entry.offset + entry.length > offset
         ):
             raise CorruptionError(f"pack {path.name} has an invalid index entry")
