@@ -875,10 +875,13 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     def clean(value: Any, where: str) -> Any:
-        if value is None or isinstance(value, bool | int | float | str):
-            return value
+        if value is None:
+            return None
+        for plain in (bool, int, float, str):  # exact types: numpy.float64 is a float subclass
+            if isinstance(value, plain):
+                return plain(value)
         if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-            return value.item()
+            return clean(value.item(), where)
         if isinstance(value, Mapping):
             return {str(k): clean(v, f"{where}[{k!r}]") for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -31,6 +31,9 @@ from ledger.errors import CorruptionError
 ZSTD_LEVEL = 1
 # A stored encoding must save at least this fraction, or the raw bytes are kept.
 MIN_SAVING = 0.02
+# Larger inputs are first tried on a sample of this size: when the sample does not
+# shrink, the whole input is stored raw without being compressed (ZipNN's trick).
+SAMPLE_BYTES = 32 << 10
 
 _local = threading.local()
 
@@ -127,8 +130,8 @@ class ByteGroupZstdCodec(Codec):
         head = [bytes([size])]
         for i in range(size):
             plane = memoryview(planes[i].data)
-            packed = _compressor().compress(plane)
-            if len(packed) < len(plane) * (1 - MIN_SAVING):
+            packed = _compress_if_worth(plane)
+            if packed is not None and len(packed) < len(plane) * (1 - MIN_SAVING):
                 head.append(_PLANE_HEAD.pack(1, len(packed)))
                 parts.append(packed)
             else:
@@ -163,6 +166,15 @@ class ByteGroupZstdCodec(Codec):
                 raise CorruptionError(f"bgzstd plane mode {mode} is unknown")
         if pos != len(blob):
             raise CorruptionError("bgzstd object has trailing bytes")
+
+
+def _compress_if_worth(data: memoryview) -> bytes | None:
+    """zstd of ``data``, or None when a sample shows it will not shrink."""
+    if len(data) > 4 * SAMPLE_BYTES:
+        sample = data[:SAMPLE_BYTES]
+        if len(_compressor().compress(sample)) >= len(sample) * (1 - MIN_SAVING):
+            return None
+    return _compressor().compress(data)
 
 
 _RAW = RawCodec()
@@ -205,10 +217,13 @@ def encode_chunk(
     if not compress or len(raw) < 64:
         return "raw", raw
     if float_itemsize in (2, 4, 8) and len(raw) % float_itemsize == 0:
-        codec: Codec = _BG[float_itemsize]
+        blob = _BG[float_itemsize].encode(raw)
+        name = "bgzstd"
     else:
-        codec = _ZSTD
-    blob = codec.encode(raw)
+        packed = _compress_if_worth(raw)
+        if packed is None:
+            return "raw", raw
+        blob, name = packed, "zstd"
     if len(blob) < len(raw) * (1 - MIN_SAVING):
-        return codec.name, blob
+        return name, blob
     return "raw", raw

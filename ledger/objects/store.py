@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+import xxhash
+
 from ledger.errors import CorruptionError, ObjectMissingError
 from ledger.objects.codecs import decoder, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
@@ -32,6 +34,7 @@ from ledger.objects.packs import (
 )
 
 DEFAULT_MAX_PACK_BYTES = 1 << 30
+RECENT_MAX = 1 << 18
 Located = tuple[str, IndexEntry]
 
 
@@ -58,6 +61,8 @@ class ObjectStore:
         self._index: dict[bytes, Located] = {}
         self._loaded: set[str] = set()
         self._entries: dict[str, list[IndexEntry]] = {}
+        # xxh3-128 + length of recently seen chunks -> their blake3 id (see PackWriter).
+        self.recent: dict[bytes, bytes] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         self.packs_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +145,13 @@ class ObjectStore:
         blob = bytearray(entry.length)
         pread_exact(self._fd(name), memoryview(blob), entry.offset, f"pack {name[:12]}")
         return bytes(blob)
+
+    def remember(self, key: bytes, oid: bytes) -> None:
+        """Record a chunk's cheap fingerprint -> id (bounded: the oldest half is dropped)."""
+        if len(self.recent) >= RECENT_MAX:
+            for old in list(self.recent)[: RECENT_MAX // 2]:
+                self.recent.pop(old, None)
+        self.recent[key] = oid
 
     def has(self, oid: bytes) -> bool:
         """Whether the object is stored (in a pack already known to this process)."""
@@ -286,6 +298,18 @@ class PackWriter:
         self._pos = 0
         self._done: list[str] = []
 
+    def _prepare_chunk(self, data: memoryview, itemsize: int | None) -> _Prepared:
+        # Cheap pre-check: a chunk whose xxh3-128 (and length) this process saw
+        # recently is the same bytes; when its object is still stored, skip the
+        # blake3 hash and the codec entirely.
+        key = xxhash.xxh3_128_digest(data) + len(data).to_bytes(8, "little")
+        known = self.store.recent.get(key)
+        if known is not None and (self.store.has(known) or known in self._pending):
+            return known, None, None
+        prepared = self._prepare(data, itemsize)
+        self.store.remember(key, prepared[0])
+        return prepared
+
     def _prepare(self, data: memoryview, itemsize: int | None) -> _Prepared:
         oid = hash_bytes(data)
         if self.store.has(oid) or oid in self._pending:
@@ -390,7 +414,7 @@ class PackWriter:
             for data, itemsize in chunks:
                 self.stats.chunks_total += 1
                 self.stats.logical_bytes += len(data)
-                inflight.append((pool.submit(self._prepare, data, itemsize), len(data)))
+                inflight.append((pool.submit(self._prepare_chunk, data, itemsize), len(data)))
                 if len(inflight) >= self.window:
                     drain_one()
             while inflight:
