@@ -17,11 +17,12 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import msgspec
 import pyarrow as pa
@@ -50,6 +51,7 @@ from ledger.history.records import (
     Commit,
     CommitRecord,
     CommitStats,
+    DictNode,
     Expire,
     LedgerConfig,
     Manifest,
@@ -74,7 +76,9 @@ from ledger.history.revisions import head_target, resolve
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
 from ledger.objects.durable import atomic_write, fsync_dir
+from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore
+from ledger.pending import CommitHandle, Pending
 from ledger.state.build import Builder, Restorer, device_available, finalize, parse_paths
 from ledger.state.flatten import Flattener
 from ledger.state.rng import RNG_KEY, capture_rng, restore_rng
@@ -102,6 +106,7 @@ class Ledger:
         fsync: bool,
         workers: int | None,
         auto_gc: int | None = None,
+        async_budget: int | None = None,
     ) -> None:
         self.root = root
         self.config = config
@@ -117,6 +122,9 @@ class Ledger:
         self.auto_gc = auto_gc
         self._commits_since_gc = 0
         self._custom: dict[str, list[CustomPolicy]] = {}
+        self._pending = Pending()
+        self._gc_due = False
+        self.async_budget = async_budget if async_budget is not None else _default_budget()
 
     # -- opening -------------------------------------------------------------
 
@@ -131,6 +139,7 @@ class Ledger:
         compress: bool = True,
         workers: int | None = None,
         auto_gc: int | None = None,
+        async_budget: int | None = None,
     ) -> Ledger:
         """Open the ledger in directory ``path`` (the ledger directory itself).
 
@@ -142,6 +151,9 @@ class Ledger:
             compress: let a new ledger compress chunks when that saves space.
             workers: threads for hashing, compressing and reading.
             auto_gc: run :meth:`gc` after every this many commits (None: never).
+            async_budget: most bytes a ``commit(blocking=False)`` may copy to
+                snapshot the state (default: half the machine's RAM); a larger
+                state is committed synchronously, with a warning.
 
         Raises:
             NotALedgerError: ``path`` is not a ledger (and ``create`` is False, or it is not empty).
@@ -154,7 +166,14 @@ class Ledger:
         cfg_path = root / CONFIG_FILE
         if cfg_path.is_file():
             config = _read_config(cfg_path)
-            return cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
+            return cls(
+                root,
+                config,
+                fsync=fsync,
+                workers=workers,
+                auto_gc=auto_gc,
+                async_budget=async_budget,
+            )
         if root.exists() and not root.is_dir():
             raise NotALedgerError(f"{root} is a file, not a ledger directory")
         if create and _interrupted_init(root):
@@ -184,6 +203,7 @@ class Ledger:
             fsync=fsync,
             workers=workers,
             auto_gc=auto_gc,
+            async_budget=async_budget,
         )
 
     @classmethod
@@ -196,10 +216,13 @@ class Ledger:
         fsync: bool,
         workers: int | None,
         auto_gc: int | None,
+        async_budget: int | None,
     ) -> Ledger:
         root.mkdir(parents=True, exist_ok=True)
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
-        lg = cls(root, config, fsync=fsync, workers=workers, auto_gc=auto_gc)
+        lg = cls(
+            root, config, fsync=fsync, workers=workers, auto_gc=auto_gc, async_budget=async_budget
+        )
         lg.refs.create()
         if fsync:
             fsync_dir(root / "objects")
@@ -225,14 +248,19 @@ class Ledger:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self.store.close()
+            try:
+                self._pending.wait()
+            finally:
+                self._closed = True
+                self._pending.shutdown()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                self.store.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedLedgerError(f"the ledger at {self.root} was closed; open it again")
+        self._pending.wait()  # a background commit lands first; its error surfaces here
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -242,6 +270,38 @@ class Ledger:
         return self._pool
 
     # -- commits ---------------------------------------------------------------
+
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: Literal[True] = ...,
+    ) -> Commit: ...
+
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: Literal[False],
+    ) -> CommitHandle: ...
 
     def commit(
         self,
@@ -255,7 +315,8 @@ class Ledger:
         branch: str | None = None,
         rng: bool = True,
         data: Mapping[str, Any] | None = None,
-    ) -> Commit:
+        blocking: bool = True,
+    ) -> Commit | CommitHandle:
         """Store ``state`` as a new commit on the current branch (or on ``branch``).
 
         Args:
@@ -269,9 +330,12 @@ class Ledger:
             branch: commit to this branch (created at HEAD if missing) without moving HEAD.
             rng: also capture the global RNG of torch, CUDA, numpy and Python.
             data: data lineage: dataset names, revisions, fingerprints (plain values).
+            blocking: False returns a :class:`CommitHandle` as soon as the state
+                is snapshotted (copied) and writes it in the background; the next
+                call on this ledger waits for it and raises its error, if any.
 
         Returns:
-            The new :class:`Commit`.
+            The new :class:`Commit` (a :class:`CommitHandle` when not blocking).
 
         Raises:
             UnsupportedValueError: a value cannot be stored (its path is named).
@@ -283,61 +347,106 @@ class Ledger:
         """
         with self._lock:
             self._check_open()
-            started = time.perf_counter()
-            record_metrics = _clean_metrics(metrics)
-            record_params = _clean_params(params)
-            record_data = _clean_params(data)
-            # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
-            with self.gc_lock.hold(shared=True):
-                self.store.sync()
-                refs = self.refs.snapshot()
-                target, parent = self._commit_target(refs, branch)
-                expected = refs.get(BRANCH_PREFIX + target)
-                flat = Flattener(self.config.chunk_size)
-                root = flat.flatten_root(state, capture_rng() if rng else None)
-                writer = self.store.writer(self.pool, compress=self.config.compress)
-                try:
-                    flat.assign(writer.put_chunks(flat.chunks()))
-                    manifest = Manifest(
-                        format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=root
-                    )
-                    manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
-                    packages = writer.put("blob", metadata.installed_packages())
-                    meta = metadata.capture(state, record_data, packages)
-                    stats = CommitStats(
-                        logical_bytes=writer.stats.logical_bytes,
-                        bytes_written=writer.stats.bytes_written,
-                        chunks_total=writer.stats.chunks_total,
-                        chunks_written=writer.stats.chunks_written,
-                        tensors=flat.tensors,
-                        duration_s=round(time.perf_counter() - started, 6),
-                    )
-                    record = CommitRecord(
-                        manifest=manifest_id,
-                        parents=[parent] if parent else [],
-                        time=utcnow(),
-                        branch=target,
-                        step=_opt_int(step, "step"),
-                        epoch=_opt_int(epoch, "epoch"),
-                        message=message,
-                        metrics=record_metrics,
-                        params=record_params,
-                        meta=meta,
-                        stats=stats,
-                    )
-                    commit_id = writer.put("commit", msgpack_encoder.encode(record))
-                    writer.finish()
-                except BaseException:
-                    writer.abort()
-                    raise
-                self.refs.update(
-                    {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
-                )
-            self._records[commit_id] = record
-            self._commits_since_gc += 1
-            if self.auto_gc and self._commits_since_gc >= self.auto_gc:
+            if self._gc_due:
+                self._gc_due = False
                 self.gc()
-            return Commit.from_record(commit_id, record)
+            started = time.perf_counter()
+            if branch is not None:
+                check_ref_name(branch, "branch")
+            elif self.current_branch is None:
+                self._commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
+            flat = Flattener(self.config.chunk_size)
+            root = flat.flatten_root(state, capture_rng() if rng else None)
+            packages = metadata.installed_packages()
+            draft = _Draft(
+                flat=flat,
+                root=root,
+                branch=branch,
+                packages=packages,
+                meta=metadata.capture(state, _clean_params(data), hash_bytes(packages).hex()),
+                step=_opt_int(step, "step"),
+                epoch=_opt_int(epoch, "epoch"),
+                message=message,
+                metrics=_clean_metrics(metrics),
+                params=_clean_params(params),
+            )
+            if blocking:
+                return self._write_commit(draft, started)
+            size = sum(len(job.data) for job in flat.jobs)
+            if size > self.async_budget:
+                warnings.warn(
+                    f"the state ({size / 2**30:.2f} GiB) exceeds the async commit memory budget "
+                    f"({self.async_budget / 2**30:.2f} GiB): committing synchronously",
+                    stacklevel=2,
+                )
+                return CommitHandle(_done(self._write_commit(draft, started)))
+            flat.snapshot()
+            return self._pending.submit(lambda: self._write_commit(draft, started))
+
+    def wait(self) -> Commit | None:
+        """Wait for the pending background commit; return it (None if there was none).
+
+        Raises:
+            Whatever the background commit raised (once).
+
+        Example:
+            >>> lg.commit(state, blocking=False); lg.wait()  # doctest: +SKIP
+        """
+        return self._pending.wait()
+
+    def _write_commit(self, draft: _Draft, started: float) -> Commit:
+        # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
+        with self.gc_lock.hold(shared=True):
+            self.store.sync()
+            refs = self.refs.snapshot()
+            target, parent = self._commit_target(refs, draft.branch)
+            expected = refs.get(BRANCH_PREFIX + target)
+            writer = self.store.writer(self.pool, compress=self.config.compress)
+            try:
+                draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
+                manifest = Manifest(
+                    format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=draft.root
+                )
+                manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
+                writer.put("blob", draft.packages)
+                stats = CommitStats(
+                    logical_bytes=writer.stats.logical_bytes,
+                    bytes_written=writer.stats.bytes_written,
+                    chunks_total=writer.stats.chunks_total,
+                    chunks_written=writer.stats.chunks_written,
+                    tensors=draft.flat.tensors,
+                    duration_s=round(time.perf_counter() - started, 6),
+                )
+                record = CommitRecord(
+                    manifest=manifest_id,
+                    parents=[parent] if parent else [],
+                    time=utcnow(),
+                    branch=target,
+                    step=draft.step,
+                    epoch=draft.epoch,
+                    message=draft.message,
+                    metrics=draft.metrics,
+                    params=draft.params,
+                    meta=draft.meta,
+                    stats=stats,
+                )
+                commit_id = writer.put("commit", msgpack_encoder.encode(record))
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            self.refs.update(
+                {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
+            )
+        self._records[commit_id] = record
+        self._commits_since_gc += 1
+        if self.auto_gc and self._commits_since_gc >= self.auto_gc:
+            self._commits_since_gc = 0
+            if self._pending.in_writer():
+                self._gc_due = True  # run by the next call, on the caller's thread
+            else:
+                self.gc()
+        return Commit.from_record(commit_id, record)
 
     def _commit_target(self, refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
         head_branch, head_id = head_target(refs)
@@ -832,6 +941,48 @@ def _read_config(path: Path) -> LedgerConfig:
         return config_decoder.decode(path.read_bytes())
     except msgspec.ValidationError as e:
         raise NotALedgerError(f"{path} is not a valid ledger config ({e})") from e
+
+
+class _Draft:
+    """A commit prepared on the caller's thread, written by :meth:`Ledger._write_commit`."""
+
+    def __init__(
+        self,
+        *,
+        flat: Flattener,
+        root: DictNode,
+        branch: str | None,
+        packages: bytes,
+        meta: dict[str, Any],
+        step: int | None,
+        epoch: int | None,
+        message: str | None,
+        metrics: dict[str, float],
+        params: dict[str, Any],
+    ) -> None:
+        self.flat = flat
+        self.root = root
+        self.branch = branch
+        self.packages = packages
+        self.meta = meta
+        self.step = step
+        self.epoch = epoch
+        self.message = message
+        self.metrics = metrics
+        self.params = params
+
+
+def _done(commit: Commit) -> Future[Commit]:
+    future: Future[Commit] = Future()
+    future.set_result(commit)
+    return future
+
+
+def _default_budget() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 << 30
 
 
 _INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "objects"}

@@ -30,10 +30,12 @@ from ledger.history.records import (
     TupleNode,
     ValueNode,
 )
-from ledger.state.dtypes import float_itemsize, torch_dtype_name
+from ledger.state.dtypes import as_bits, float_itemsize, torch_dtype_name
 from ledger.state.rng import RNG_KEY
 
 _INT64 = (-(2**63), 2**63 - 1)
+# Integer mapping keys are stored as msgpack integers: int64 or uint64.
+_INT_KEY = (-(2**63), 2**64 - 1)
 
 
 def format_path(parts: tuple[Any, ...]) -> str:
@@ -79,6 +81,10 @@ class Flattener:
         self.jobs: list[TensorJob] = []
         self.tensors = 0
         self._aliases: dict[tuple[Any, ...], int] = {}
+        # Every tensor keyed in _aliases stays alive while flattening: a temporary one
+        # (from a state_dict() call) freed early could hand its address to another
+        # tensor, which would then be taken for an alias of it.
+        self._alive: list[torch.Tensor] = []
         self._next_id = 0
         self._stack: set[int] = set()
 
@@ -110,6 +116,8 @@ class Flattener:
             assert isinstance(state, TensorNode)
             return GeneratorNode(device=str(value.device), state=state)
         if value is None or isinstance(value, bool | float | str):
+            if isinstance(value, str):
+                _check_text(value, path, "the string")
             return ValueNode(value)
         if isinstance(value, int):
             if _INT64[0] <= value <= _INT64[1]:
@@ -142,6 +150,12 @@ class Flattener:
                 raise UnsupportedValueError(
                     f"{format_path(path)}: key {key!r} is a {type(key).__name__}; "
                     "mapping keys must be str or int"
+                )
+            if isinstance(key, str):
+                _check_text(key, path, f"key {key!r}")
+            elif not _INT_KEY[0] <= key <= _INT_KEY[1]:
+                raise UnsupportedValueError(
+                    f"{format_path(path)}: integer key {key} does not fit in 64 bits; use a str key"
                 )
             keys.append(key if isinstance(key, str) else int(key))
             values.append(self.flatten(item, (*path, key)))
@@ -185,9 +199,11 @@ class Flattener:
         self._next_id += 1
         if key is not None:
             self._aliases[key] = node_id
+            self._alive.append(t)
         source = t if t.device.type == "cpu" else t.cpu()
         if not source.is_contiguous():
-            source = source.contiguous()
+            # Through as_bits: torch cannot copy some dtypes (int1..7) directly.
+            source = as_bits(source).contiguous().view(t.dtype)
         nbytes = source.numel() * source.element_size()
         node = TensorNode(
             dtype=torch_dtype_name(t.dtype),
@@ -198,7 +214,10 @@ class Flattener:
             id=node_id,
         )
         if nbytes:
-            data = memoryview(source.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            # as_strided, not reshape(-1): a contiguous tensor may still carry any
+            # stride on size-1 dims (t[::2] of one element), which view() refuses.
+            flat = source.as_strided((source.numel(),), (1,))
+            data = memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
             self.jobs.append(TensorJob(data, float_itemsize(t.dtype), node, source))
         self.tensors += 1
         return node
@@ -215,7 +234,9 @@ class Flattener:
                 f"{format_path(path)}: numpy dtype {arr.dtype} cannot be stored; "
                 "use a numeric, bool, bytes or str dtype"
             )
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:
+            # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+            arr = arr.copy(order="C")
         node = ArrayNode(
             dtype=arr.dtype.str, shape=list(arr.shape), nbytes=arr.nbytes, chunks=[], scalar=scalar
         )
@@ -232,6 +253,16 @@ class Flattener:
             for start in range(0, len(job.data), size):
                 yield job.data[start : start + size], job.itemsize
 
+    def snapshot(self) -> None:
+        """Copy every job's bytes, so later changes to the live tensors cannot leak in.
+
+        Used by asynchronous commits: afterwards the jobs hold no reference to
+        the caller's tensors.
+        """
+        for job in self.jobs:
+            job.data = memoryview(bytearray(job.data))
+            job.keep = None
+
     def assign(self, ids: list[str]) -> None:
         """Fill each job's node with its chunk ids (``ids`` in :meth:`chunks` order)."""
         pos = 0
@@ -240,6 +271,17 @@ class Flattener:
             job.node.chunks.extend(ids[pos : pos + count])
             pos += count
         self.jobs = []
+
+
+def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
+    """Refuse a str that UTF-8 cannot encode (lone surrogates), naming its path."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UnsupportedValueError(
+            f"{format_path(path)}: {what} is not valid Unicode ({e.reason} at {e.start}); "
+            "store it as bytes"
+        ) from None
 
 
 def _describe(value: Any) -> str:

@@ -1,0 +1,144 @@
+"""Asynchronous commits: one background writer per ledger, drained at exit and on SIGTERM.
+
+This module owns the handle users get from ``commit(blocking=False)`` and the
+rules around it: commits land in the order they were made (one writer
+thread), a failure surfaces on ``result()`` and on the ledger's next call
+(never lost), and pending commits are drained by ``close()``, at interpreter
+exit and on SIGTERM (preemption) before the previous handler runs. It never
+touches training state: the caller snapshots before handing work over.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import FrameType
+from typing import Any
+
+from ledger.history.records import Commit
+
+
+class CommitHandle:
+    """A commit that is being written in the background.
+
+    Example:
+        >>> h = lg.commit(state, step=100, blocking=False)  # doctest: +SKIP
+        >>> h.result().step  # doctest: +SKIP
+        100
+    """
+
+    def __init__(self, future: Future[Commit]) -> None:
+        self._future = future
+
+    def result(self, timeout: float | None = None) -> Commit:
+        """Wait for the commit and return it; raises what the background write raised."""
+        return self._future.result(timeout)
+
+    def done(self) -> bool:
+        """Whether the write finished (successfully or not)."""
+        return self._future.done()
+
+
+class Pending:
+    """The background writer of one ledger and its at-most-one outstanding commit."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._future: Future[Commit] | None = None
+        self._unreported: BaseException | None = None
+        self._lock = threading.Lock()
+        self.thread_ident: int | None = None
+
+    def in_writer(self) -> bool:
+        """Whether the caller is the background writer thread itself."""
+        return threading.get_ident() == self.thread_ident
+
+    def submit(self, work: Callable[[], Commit]) -> CommitHandle:
+        """Run ``work`` on the writer thread after everything submitted before it."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-commit")
+                _install_drain(self)
+
+            def run() -> Commit:
+                self.thread_ident = threading.get_ident()
+                return work()
+
+            future = self._executor.submit(run)
+            future.add_done_callback(self._note_failure)
+            self._future = future
+            return CommitHandle(future)
+
+    def _note_failure(self, future: Future[Commit]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self._unreported = future.exception()
+
+    def wait(self) -> Commit | None:
+        """Wait for the outstanding commit; re-raise a background failure once.
+
+        Returns the last background commit, or None if there was none.
+        """
+        future = self._future
+        if future is None or self.in_writer():
+            return None
+        with contextlib.suppress(BaseException):
+            future.result()
+        error, self._unreported = self._unreported, None
+        if error is not None:
+            raise error
+        return future.result() if future.exception() is None else None
+
+    def drain(self) -> None:
+        """Wait for everything submitted; swallow nothing silently (errors are kept for wait())."""
+        future = self._future
+        if future is not None and not self.in_writer():
+            with contextlib.suppress(BaseException):
+                future.result()
+
+    def shutdown(self) -> None:
+        """Drain and stop the writer thread."""
+        self.drain()
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+
+_live: weakref.WeakSet[Pending] = weakref.WeakSet()
+_installed = False
+_previous: Any = None
+
+
+def _drain_all() -> None:
+    for pending in list(_live):
+        pending.drain()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _drain_all()
+    previous = _previous
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _install_drain(pending: Pending) -> None:
+    """Drain at interpreter exit and on SIGTERM (installed once, from the main thread only)."""
+    global _installed, _previous
+    _live.add(pending)
+    if _installed:
+        return
+    _installed = True
+    atexit.register(_drain_all)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            _previous = signal.signal(signal.SIGTERM, _on_sigterm)
