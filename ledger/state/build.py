@@ -34,7 +34,7 @@ from ledger.history.records import (
     ValueNode,
 )
 from ledger.objects.store import ObjectStore
-from ledger.state.dtypes import numpy_dtype, torch_dtype
+from ledger.state.dtypes import as_bits, numpy_dtype, torch_dtype
 from ledger.state.flatten import format_path
 
 Path_ = tuple[Any, ...]
@@ -395,7 +395,7 @@ class Restorer:
 
         def act() -> None:
             with torch.no_grad():
-                live.copy_(src)
+                as_bits(live).copy_(as_bits(src))  # a bit copy works for every dtype
 
         self.actions.append(act)
 
@@ -411,6 +411,8 @@ class Restorer:
                     self._mismatch((*path, k), "in the module but not in the commit")
             for k, child in stored.items():
                 have = current.get(k)
+                if isinstance(child, AliasNode) and child.of in self.b.nodes_by_id:
+                    child = self.b.nodes_by_id[child.of][0]  # a tied tensor: check its target
                 if (
                     isinstance(have, torch.Tensor)
                     and isinstance(child, TensorNode)
@@ -420,6 +422,8 @@ class Restorer:
                         (*path, k),
                         f"tensor {str(have.dtype)[6:]}{list(have.shape)} live, {child.dtype}{child.shape} stored",
                     )
+        if isinstance(live, torch.optim.Optimizer):
+            self._optimizer_groups(live, node.state, path)
         tree = self.b.build(node.state, path)
         strict = self.strict
 
@@ -431,6 +435,30 @@ class Restorer:
                 live.load_state_dict(value)
 
         self.actions.append(act)
+
+    def _optimizer_groups(self, live: torch.optim.Optimizer, node: Node, path: Path_) -> None:
+        """Check, before anything changes, the group sizes ``Optimizer.load_state_dict`` checks.
+
+        Without this, a mismatch surfaces as torch's ValueError while other live
+        objects have already been loaded.
+        """
+        groups = None
+        if isinstance(node, DictNode) and "param_groups" in node.keys:
+            groups = node.values[node.keys.index("param_groups")]
+        if not isinstance(groups, ListNode):
+            return
+        stored: list[int | None] = []
+        for group in groups.items:
+            params = None
+            if isinstance(group, DictNode) and "params" in group.keys:
+                params = group.values[group.keys.index("params")]
+            stored.append(len(params.items) if isinstance(params, ListNode) else None)
+        have = [len(g["params"]) for g in live.param_groups]
+        if stored != have:
+            self._mismatch(
+                path,
+                f"optimizer with parameter groups of sizes {have} live, {stored} in the commit",
+            )
 
     def apply(self) -> None:
         """Run every planned change (after :meth:`Builder.load`)."""

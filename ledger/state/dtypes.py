@@ -29,6 +29,29 @@ _FLOAT_ITEMSIZE: dict[torch.dtype, int] = {
 }
 
 
+# The integer dtype of each element size: see :func:`as_bits`.
+_SAME_SIZE_INT: dict[int, torch.dtype] = {
+    1: torch.uint8,
+    2: torch.int16,
+    4: torch.int32,
+    8: torch.int64,
+}
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` viewed as the integer dtype of its element size (``t`` itself when none fits).
+
+    Torch has no copy kernel for some dtypes (int1..7, uint1..7); copying
+    through this view works for every dtype and is exact bit for bit.
+
+    Example:
+        >>> as_bits(torch.zeros(2, dtype=torch.bfloat16)).dtype
+        torch.int16
+    """
+    as_int = _SAME_SIZE_INT.get(t.element_size())
+    return t if as_int is None or t.dtype == as_int else t.view(as_int)
+
+
 def torch_dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``.
 
