@@ -599,10 +599,14 @@ class Ledger:
             self._check_open()
             cid, manifest = self.manifest(rev)
             builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
+            builder.pin = _to_cuda(map_location)
             builder.index(manifest.root, ())
             tree = builder.build(manifest.root, (), parse_paths(paths))
             builder.load()
-            return finalize(tree, _mover(map_location, builder))
+            out = finalize(tree, _mover(map_location, builder))
+            if builder.pin:
+                torch.cuda.synchronize()
+            return out
 
     def restore(
         self,
@@ -1044,6 +1048,12 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return {str(k): clean(v, f"params[{k!r}]") for k, v in (params or {}).items()}
 
 
+def _to_cuda(map_location: str | torch.device | None) -> bool:
+    if map_location is None or not torch.cuda.is_available():
+        return False
+    return torch.device(map_location).type == "cuda"
+
+
 def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
     if map_location is None:
 
@@ -1055,4 +1065,6 @@ def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
     device = torch.device(map_location)
     if device.type == "cpu":
         return lambda t: t
-    return lambda t: t.to(device, non_blocking=False)
+    # Pinned (page-locked) source buffers make these copies asynchronous DMA;
+    # checkout synchronizes once before handing the tensors back.
+    return lambda t: t.to(device, non_blocking=t.is_pinned())

@@ -86,6 +86,8 @@ class Builder:
         self.reads: list[tuple[bytes, memoryview, str]] = []
         self.by_id: dict[int, torch.Tensor] = {}
         self.nodes_by_id: dict[int, tuple[TensorNode, Path_]] = {}
+        # Read into page-locked buffers when tensors will be copied on to a GPU.
+        self.pin = False
         self.devices: dict[int, str] = {}
 
     def index(self, node: Node, path: Path_) -> None:
@@ -104,7 +106,9 @@ class Builder:
     def _where(self, path: Path_) -> str:
         return f"{format_path(path)} in commit {self.commit}"
 
-    def _buffer(self, nbytes: int, chunks: list[str], path: Path_) -> torch.Tensor:
+    def _buffer(
+        self, nbytes: int, chunks: list[str], path: Path_, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
         where = self._where(path)
         size = self.chunk_size
         if nbytes < 0 or len(chunks) != math.ceil(nbytes / size):
@@ -122,11 +126,39 @@ class Builder:
                     f"{where}: chunk {i} is {located[1].raw_length} bytes, expected {expect}"
                 )
             oids.append(oid)
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin) if into is None else into
         view = memoryview(buf.numpy())  # type: ignore[arg-type]
         for i, oid in enumerate(oids):
             self.reads.append((oid, view[i * size : (i + 1) * size], where))
         return buf
+
+    def tensor_into(self, node: TensorNode | AliasNode, live: torch.Tensor, path: Path_) -> bool:
+        """Queue ``node``'s chunks to be read straight into ``live``'s memory, if it can take them.
+
+        ``live`` must be a contiguous CPU tensor of the node's dtype and shape;
+        returns False (nothing queued) otherwise.
+        """
+        if isinstance(node, AliasNode):
+            target = self.nodes_by_id.get(node.of)
+            if target is None:
+                return False
+            node = target[0]
+        if (
+            live.device.type != "cpu"
+            or not live.is_contiguous()
+            or node.nbytes == 0
+            or str(live.dtype).removeprefix("torch.") != node.dtype
+            or list(live.shape) != node.shape
+        ):
+            return False
+        # as_strided, not reshape(-1): a contiguous tensor may carry any stride on
+        # size-1 dims (one element of t[::4]), which view(torch.uint8) refuses.
+        dest = live.detach().as_strided((live.numel(),), (1,)).view(torch.uint8)
+        if dest.numel() != node.nbytes:
+            return False
+        self._buffer(node.nbytes, node.chunks, path, into=dest)
+        self.by_id.setdefault(node.id, live)
+        return True
 
     def tensor(self, node: TensorNode, path: Path_) -> torch.Tensor:
         """A CPU tensor whose bytes will be filled by :meth:`load`."""
@@ -385,6 +417,8 @@ class Restorer:
         return False
 
     def _tensor(self, live: torch.Tensor, node: TensorNode | AliasNode, path: Path_) -> None:
+        if self.b.tensor_into(node, live, path):
+            return  # read in place, straight into the live tensor's memory
         src = self.b.alias(node, path) if isinstance(node, AliasNode) else self.b.tensor(node, path)
         if src.shape != live.shape or src.dtype != live.dtype:
             self._mismatch(
@@ -424,6 +458,8 @@ class Restorer:
                     )
         if isinstance(live, torch.optim.Optimizer):
             self._optimizer_groups(live, node.state, path)
+        if is_module and self._module_in_place(live, node, path):
+            return
         tree = self.b.build(node.state, path)
         strict = self.strict
 
@@ -460,10 +496,64 @@ class Restorer:
                 f"optimizer with parameter groups of sizes {have} live, {stored} in the commit",
             )
 
+    def _module_in_place(self, live: torch.nn.Module, node: StatefulNode, path: Path_) -> bool:
+        """Read a module's tensors straight into its parameters and buffers when that is exact.
+
+        Only for modules whose loading torch does not customise (no load hooks,
+        no ``_load_from_state_dict`` overrides, no extra state) and whose every
+        stored entry is a tensor matching a contiguous CPU tensor of the module.
+        """
+        if not isinstance(node.state, DictNode) or self.problems or not _plain_loading(live):
+            return False
+        targets = live.state_dict(keep_vars=True)
+        stored = dict(zip(node.state.keys, node.state.values, strict=True))
+        if set(stored) != set(targets) and self.strict:
+            return False
+        for key, child in stored.items():
+            have = targets.get(str(key))
+            if not isinstance(child, TensorNode | AliasNode) or not isinstance(have, torch.Tensor):
+                return False
+            resolved = (
+                self.b.nodes_by_id.get(child.of, (None,))[0]
+                if isinstance(child, AliasNode)
+                else child
+            )
+            if (
+                resolved is None
+                or have.device.type != "cpu"
+                or not have.is_contiguous()
+                or resolved.nbytes == 0
+                or str(have.dtype).removeprefix("torch.") != resolved.dtype
+                or list(have.shape) != resolved.shape
+            ):
+                return False
+        for key, child in stored.items():
+            assert isinstance(child, TensorNode | AliasNode)
+            self.b.tensor_into(child, targets[str(key)], (*path, key))
+        return True
+
     def apply(self) -> None:
         """Run every planned change (after :meth:`Builder.load`)."""
         for act in self.actions:
             act()
+
+
+_CUSTOM_LOAD_OK = (torch.nn.modules.batchnorm._NormBase,)
+
+
+def _plain_loading(module: torch.nn.Module) -> bool:
+    """Whether loading a state dict into ``module`` is a plain per-tensor copy."""
+    for m in module.modules():
+        if m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
+            return False
+        if getattr(m, "_state_dict_hooks", None) or getattr(m, "_state_dict_pre_hooks", None):
+            return False
+        overridden = type(m)._load_from_state_dict is not torch.nn.Module._load_from_state_dict
+        if overridden and not isinstance(m, _CUSTOM_LOAD_OK):
+            return False
+        if type(m).get_extra_state is not torch.nn.Module.get_extra_state:
+            return False
+    return True
 
 
 def _kind(v: Any) -> str:
