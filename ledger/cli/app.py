@@ -1,0 +1,136 @@
+"""The ``ledger`` command group: the subcommand registry, error reporting and exit codes.
+
+This module owns turning every outcome into an exit code and one message:
+0 ok, 1 user error or conflict (``LedgerError``, or the OS refusing a file),
+2 usage (click's usage errors), 3 corruption found (``exit_code == 3``), 4 internal bug (the
+only case that prints a traceback), 130 interrupted. Under ``--json`` the
+error is also the one JSON document on stdout. Subcommands live in their own
+modules and are listed in :data:`COMMAND_MODULES`; later issues add theirs
+(gc, verify, rm, push, pull, remote) there. It must never hold a command.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import click
+
+import ledger
+from ledger.cli import export, log, refs, report
+from ledger.cli._common import Options, global_options, to_json
+from ledger.errors import LedgerError
+
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+#: Modules whose ``click.Command`` objects (names ending in ``_command``) are subcommands.
+COMMAND_MODULES: tuple[ModuleType, ...] = (refs, log, report, export)
+
+
+def _wants_json(args: Sequence[str]) -> bool:
+    """Whether ``--json`` was asked for, read from the raw arguments (usage errors too)."""
+    end = list(args).index("--") if "--" in args else len(args)
+    return "--json" in args[:end]
+
+
+def _report(opts: Options, kind: str, message: str, code: int) -> int:
+    """Print an error: the JSON document under ``--json``, else ``error: ...`` on stderr."""
+    if opts.json:
+        click.echo(to_json({"error": {"type": kind, "message": message, "exit_code": code}}))
+    else:
+        click.echo(f"error: {message}", err=True)
+    return code
+
+
+class LedgerGroup(click.Group):
+    """A click group whose ``main`` maps every outcome to the documented exit codes."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; exit (or return, if not ``standalone_mode``) with its code."""
+        argv = list(sys.argv[1:] if args is None else args)
+        opts = Options(json=_wants_json(argv))
+        code = self._run(argv, prog_name or "ledger", complete_var, opts, extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(
+        self,
+        argv: list[str],
+        prog_name: str,
+        complete_var: str | None,
+        opts: Options,
+        extra: dict[str, Any],
+    ) -> int:
+        try:
+            rv = super().main(
+                argv,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                obj=opts,
+                **extra,
+            )
+            return rv if isinstance(rv, int) else EXIT_OK
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else "")
+            return EXIT_OK
+        except click.ClickException as e:
+            if not opts.json:
+                e.show()
+                return e.exit_code
+            return _report(opts, type(e).__name__, e.format_message(), e.exit_code)
+        except click.Abort:
+            return _report(opts, "Interrupted", "interrupted", EXIT_INTERRUPTED)
+        except LedgerError as e:
+            return _report(opts, type(e).__name__, str(e), int(getattr(e, "exit_code", EXIT_USER)))
+        except OSError as e:
+            return _report(opts, type(e).__name__, str(e), EXIT_USER)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            message = (
+                f"internal error: {type(e).__name__}: {e}\n"
+                "this is a bug in training-ledger; please report it with the traceback"
+            )
+            return _report(opts, type(e).__name__, message, EXIT_BUG)
+
+
+@click.group(cls=LedgerGroup, name="ledger", no_args_is_help=True)
+@click.version_option(ledger.__version__, prog_name="ledger")
+@global_options
+def cli() -> None:
+    """git for ML training state: commits, branches, diffs and exports of checkpoints.
+
+    The ledger is found from --dir, then $LEDGER_DIR, then the nearest .ledger
+    directory upward from here. --dir, --json and -q also work after the
+    subcommand. Exit codes: 0 ok, 1 user error, 2 usage, 3 corruption, 4 bug.
+    """
+
+
+def _register(group: click.Group, modules: Sequence[ModuleType]) -> None:
+    for module in modules:
+        for name, obj in vars(module).items():
+            if name.endswith("_command") and isinstance(obj, click.Command):
+                group.add_command(obj)
+
+
+_register(cli, COMMAND_MODULES)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``ledger`` console script; exits with the command's code.
+
+    Example:
+        >>> main(["--dir", "ckpt", "log", "-n", "3"])  # doctest: +SKIP
+    """
+    cli.main(argv, prog_name="ledger")

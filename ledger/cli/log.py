@@ -1,0 +1,171 @@
+"""``ledger log``: one line per commit, optionally with the branch graph.
+
+This module owns choosing which commits a log shows (one revision's
+first-parent history, or every commit reachable from any ref) and laying the
+line out. The drawing itself is ``ledger.cli.graph``'s; the history comes from
+``Ledger.log`` and ``Ledger.record``. It never writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from ledger import Commit, Ledger
+from ledger.cli._common import (
+    age,
+    emit,
+    fmt,
+    fmt_step,
+    global_options,
+    open_ledger,
+    options,
+    short,
+)
+from ledger.cli.graph import GraphRow, draw, topo_order
+from ledger.errors import RefNameError
+
+KEY_METRICS = 3
+
+
+@click.command("log")
+@click.argument("rev", required=False)
+@click.option("--graph", is_flag=True, help="Draw the branch graph (all refs unless REV is given).")
+@click.option("--branch", "branch", metavar="B", help="Show the history of branch B.")
+@click.option("--all", "all_refs", is_flag=True, help="Every commit reachable from any ref.")
+@click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
+@global_options
+def log_command(
+    rev: str | None, graph: bool, branch: str | None, all_refs: bool, max_count: int | None
+) -> None:
+    """List commits, newest first (--graph draws branches).
+
+    One line per commit: id, branch, step, key metrics, message, age.
+
+    Without REV: HEAD's history. With --all or --graph: every commit reachable
+    from a branch, tag or HEAD, merged by time.
+    """
+    if rev is not None and branch is not None:
+        raise click.UsageError("give REV or --branch, not both")
+    if all_refs and (rev is not None or branch is not None):
+        raise click.UsageError("--all shows every ref; drop REV/--branch or --all")
+    lg = open_ledger()
+    if branch is not None and branch not in lg.branches():
+        raise RefNameError(f"no branch named {branch!r}; see `ledger branch`")
+    start = rev if rev is not None else branch
+    if graph or all_refs:
+        commits = _reachable(lg, [start] if start is not None else _ref_tips(lg))
+        parents = {c.id: c.parents for c in commits.values()}
+        order = topo_order(parents, {c.id: c.time for c in commits.values()})
+        rows = draw(order, parents) if graph else [GraphRow("", cid) for cid in order]
+    else:
+        commits = {c.id: c for c in lg.log(start or "HEAD")}
+        rows = [GraphRow("", cid) for cid in commits]
+    rows = _limit(rows, max_count)
+    shown = [commits[r.commit] for r in rows if r.commit is not None]
+    doc: dict[str, object] = {"commits": shown}
+    if graph:
+        doc["graph"] = rows
+    emit(doc, lambda con: _render(con, lg, rows, commits))
+
+
+def _ref_tips(lg: Ledger) -> list[str]:
+    tips = [*lg.branches().values(), *lg.tags().values()]
+    head = lg.head
+    if head is not None:
+        tips.append(head.id)
+    return tips
+
+
+def _reachable(lg: Ledger, tips: Iterable[str]) -> dict[str, Commit]:
+    """Every commit reachable from ``tips`` through all parent links."""
+    found: dict[str, Commit] = {}
+    stack = [lg.resolve(t) for t in tips]
+    while stack:
+        cid = stack.pop()
+        if cid in found:
+            continue
+        commit = Commit.from_record(cid, lg.record(cid))
+        found[cid] = commit
+        stack.extend(commit.parents)
+    return found
+
+
+def _limit(rows: list[GraphRow], max_count: int | None) -> list[GraphRow]:
+    if max_count is None:
+        return rows
+    out: list[GraphRow] = []
+    count = 0
+    for r in rows:
+        if r.commit is not None:
+            if count == max_count:
+                break
+            count += 1
+        out.append(r)
+    return out
+
+
+def _decorations(lg: Ledger) -> dict[str, list[str]]:
+    """Commit id -> ref labels, git style: ``HEAD -> main``, ``exp``, ``tag: v1``."""
+    labels: dict[str, list[str]] = {}
+    current = lg.current_branch
+    head = lg.head
+    if head is not None and current is None:
+        labels.setdefault(head.id, []).append("HEAD")
+    for name, cid in lg.branches().items():
+        labels.setdefault(cid, []).append(f"HEAD -> {name}" if name == current else name)
+    for name, cid in lg.tags().items():
+        labels.setdefault(cid, []).append(f"tag: {name}")
+    return labels
+
+
+def commit_fields(c: Commit, labels: list[str], now: dt.datetime) -> list[str]:
+    """The columns of a log line: id, branch, step, key metrics, message, age.
+
+    Example:
+        >>> commit_fields(lg.head, [], now)  # doctest: +SKIP
+        ['3f2a9c1b7d4e', 'main', 'step 300', 'loss=0.31 acc=0.91', 'warmup done', '2m ago']
+    """
+    metrics = " ".join(f"{k}={fmt(v)}" for k, v in list(c.metrics.items())[:KEY_METRICS])
+    message = c.message or ""
+    if labels:
+        message = f"({', '.join(labels)}) {message}".rstrip()
+    return [
+        short(c.id),
+        c.branch or "",
+        fmt_step(c.step),
+        metrics,
+        message,
+        age(c.time, now),
+    ]
+
+
+def _render(con: Console, lg: Ledger, rows: list[GraphRow], commits: dict[str, Commit]) -> None:
+    if not any(r.commit for r in rows):
+        if not options().quiet:
+            click.echo("no commits yet", err=True)
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    labels = _decorations(lg)
+    fields = {
+        r.commit: commit_fields(commits[r.commit], labels.get(r.commit, []), now)
+        for r in rows
+        if r.commit is not None
+    }
+    widths = [max(len(f[i]) for f in fields.values()) for i in range(5)]
+    graph_width = max((len(r.graph) for r in rows if r.commit is not None), default=0)
+    styles = ("yellow", "green", "", "cyan", "", "dim")
+    for r in rows:
+        if r.commit is None:
+            con.print(Text(r.graph), soft_wrap=True)
+            continue
+        line = Text(r.graph.ljust(graph_width) + (" " if graph_width else ""))
+        cells = fields[r.commit]
+        for i, cell in enumerate(cells):
+            text = cell if i == len(cells) - 1 else cell.ljust(widths[i]) + "  "
+            line.append(text, style=styles[i] or None)
+        con.print(line, soft_wrap=True)
