@@ -628,6 +628,9 @@ class Ledger:
 
         Raises:
             StateMismatchError: keys, shapes or dtypes differ (nothing was changed).
+            CorruptionError: a chunk fails its hash check. Chunks are read straight
+                into the live tensors, so they may then be partly loaded: restore
+                another commit into them (the error names the tensor and commit).
 
         Example:
             >>> lg.restore({"model": model, "optim": opt, "step": 0})  # doctest: +SKIP
