@@ -23,7 +23,13 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import DiskFullError, LockTimeoutError, RefConflictError, RefNameError
+from ledger.errors import (
+    CorruptionError,
+    DiskFullError,
+    LockTimeoutError,
+    RefConflictError,
+    RefNameError,
+)
 from ledger.history.eventlog import EventLog
 from ledger.history.records import (
     Event,
@@ -190,13 +196,23 @@ class RefStore:
 
     def _current(self) -> RefView:
         view = self._read_view()
+        try:
+            read = self.log.read_from(view.offset)
+        except CorruptionError:
+            if view.offset == 0:
+                raise
+            # A view whose offset is not a frame boundary of this log is a damaged
+            # cache: rebuild from the whole log, which alone decides what is corrupt.
+            view = RefView(offset=0, refs={})
+            read = self.log.read_from(0)
+        if view.offset == 0:
+            view = RefView(offset=0, refs={})
         state = RefView(
             offset=view.offset,
             refs=dict(view.refs),
             retention=dict(view.retention),
             expired=dict(view.expired),
         )
-        read = self.log.read_from(view.offset)
         for event in read.events:
             apply_event(state, event)
         self.torn_bytes = read.torn_bytes
