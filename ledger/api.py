@@ -567,12 +567,14 @@ class Ledger:
     @property
     def head(self) -> Commit | None:
         """The commit HEAD points at, or None before the first commit."""
+        self._check_open()
         _, cid = head_target(self.refs.snapshot())
         return None if cid is None else Commit.from_record(cid, self.record(cid))
 
     @property
     def current_branch(self) -> str | None:
         """The branch HEAD is attached to, or None when detached."""
+        self._check_open()
         return head_target(self.refs.snapshot())[0]
 
     # -- checkout / restore -------------------------------------------------------
@@ -900,10 +902,12 @@ class Ledger:
 
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""
+        self._check_open()
         return _strip(self.refs.snapshot(), BRANCH_PREFIX)
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
+        self._check_open()
         return _strip(self.refs.snapshot(), TAG_PREFIX)
 
     def switch(self, rev: str) -> Commit | None:

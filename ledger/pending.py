@@ -50,7 +50,7 @@ class Pending:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
         self._future: Future[Commit] | None = None
-        self._unreported: BaseException | None = None
+        self._reported: Future[Commit] | None = None
         self._lock = threading.Lock()
         self.thread_ident: int | None = None
 
@@ -70,13 +70,8 @@ class Pending:
                 return work()
 
             future = self._executor.submit(run)
-            future.add_done_callback(self._note_failure)
             self._future = future
             return CommitHandle(future)
-
-    def _note_failure(self, future: Future[Commit]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            self._unreported = future.exception()
 
     def wait(self) -> Commit | None:
         """Wait for the outstanding commit; re-raise a background failure once.
@@ -86,12 +81,13 @@ class Pending:
         future = self._future
         if future is None or self.in_writer():
             return None
-        with contextlib.suppress(BaseException):
-            future.result()
-        error, self._unreported = self._unreported, None
-        if error is not None:
-            raise error
-        return future.result() if future.exception() is None else None
+        try:
+            return future.result()
+        except BaseException:
+            if self._reported is future:
+                return None
+            self._reported = future
+            raise
 
     def drain(self) -> None:
         """Wait for everything submitted; swallow nothing silently (errors are kept for wait())."""

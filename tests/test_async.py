@@ -1,0 +1,123 @@
+"""Asynchronous commits: snapshot semantics, ordering, error surfacing, draining."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ledger import Ledger
+from ledger.errors import DiskFullError
+from ledger.objects import store as store_module
+
+
+def test_values_changed_after_the_call_do_not_leak_into_the_commit(lg: Ledger) -> None:
+    model = torch.nn.Linear(64, 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = lg.commit({"model": model}, step=1, blocking=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # dcp.async_save without staging would write these values
+    commit = handle.result()
+    stored = lg.checkout(commit.id)["model"]
+    for key, value in before.items():
+        assert torch.equal(stored[key], value)
+
+
+def test_two_async_commits_land_in_order(lg: Ledger) -> None:
+    w = torch.zeros(1000)
+    first = lg.commit({"w": w}, step=1, blocking=False)
+    w += 1
+    second = lg.commit({"w": w}, step=2, blocking=False)
+    assert second.result().parents == [first.result().id]
+    assert [c.step for c in lg.log()] == [2, 1]
+    assert lg.wait() is not None
+    assert lg.checkout("HEAD~1")["w"].sum().item() == 0
+
+
+def test_a_background_failure_surfaces_on_result_and_on_the_next_call(
+    lg: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = lg.commit({"w": torch.ones(10)}, rng=False)
+    real_open = store_module.PackWriter._open
+
+    class FullDisk:
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+    def open_full(self: store_module.PackWriter) -> None:
+        real_open(self)
+        self._fh = FullDisk(self._fh)  # type: ignore[assignment]
+
+    monkeypatch.setattr(store_module.PackWriter, "_open", open_full)
+    handle = lg.commit({"w": torch.randn(1000)}, rng=False, blocking=False)
+    with pytest.raises(DiskFullError):
+        handle.result()
+    with pytest.raises(DiskFullError):  # surfaced once more, on the next call: never lost
+        lg.branches()
+    monkeypatch.setattr(store_module.PackWriter, "_open", real_open)
+    assert lg.resolve("main") == good.id  # no partial commit became visible
+    assert not list((lg.root / "objects" / "tmp").glob("*.pack"))
+    assert lg.verify(full=True).ok
+    after = lg.commit({"w": torch.zeros(3)}, rng=False, blocking=False).result()
+    assert after.parents == [good.id]
+
+
+def test_close_drains_a_pending_commit(ledger_dir: Path) -> None:
+    lg = Ledger.open(ledger_dir, create=True, fsync=False)
+    handle = lg.commit({"w": torch.randn(1 << 16)}, step=7, blocking=False)
+    lg.close()
+    assert handle.done()
+    with Ledger.open(ledger_dir) as again:
+        assert again.head is not None and again.head.step == 7
+
+
+def test_a_state_over_the_memory_budget_is_committed_synchronously(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False, async_budget=1024) as lg:
+        with pytest.warns(UserWarning, match="memory budget"):
+            handle = lg.commit({"w": torch.zeros(10_000)}, blocking=False)
+        assert handle.done() and handle.result().stats.tensors >= 1
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time, torch
+    from ledger import Ledger
+    lg = Ledger.open(sys.argv[1], create=True, fsync=True)
+    state = {"w": torch.randn(8 << 20)}   # 32 MiB: takes a moment to write
+    lg.commit(state, step=1, blocking=False)
+    print("started", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_sigterm_drains_a_started_commit_before_the_process_dies(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ckpt")], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "started"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert (
+        proc.wait(timeout=60) == -signal.SIGTERM
+    )  # the default action still happens, after the drain
+    with Ledger.open(tmp_path / "ckpt") as lg:
+        assert lg.head is not None and lg.head.step == 1
+        assert lg.verify(full=True).ok
