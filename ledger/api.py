@@ -60,6 +60,7 @@ from ledger.history.records import (
     config_decoder,
     manifest_decoder,
     msgpack_encoder,
+    unknown_tags,
     utcnow,
 )
 from ledger.history.refs import (
@@ -477,6 +478,7 @@ class Ledger:
             try:
                 rec = commit_decoder.decode(data)
             except msgspec.DecodeError as e:
+                _refuse_newer(data, f"commit {commit_id[:12]}")
                 raise CorruptionError(f"commit {commit_id[:12]} cannot be decoded: {e}") from e
             if rec.format > FORMAT_VERSION:
                 raise FormatVersionError(
@@ -517,6 +519,7 @@ class Ledger:
         try:
             manifest = manifest_decoder.decode(data)
         except msgspec.DecodeError as e:
+            _refuse_newer(data, f"the manifest of commit {cid[:12]}")
             raise CorruptionError(f"manifest of commit {cid[:12]} cannot be decoded: {e}") from e
         if manifest.format > FORMAT_VERSION:
             raise FormatVersionError(
@@ -933,6 +936,15 @@ class Ledger:
 
 
 # -- helpers -----------------------------------------------------------------------
+
+
+def _refuse_newer(data: bytes, what: str) -> None:
+    newer = unknown_tags(data)
+    if newer:
+        raise FormatVersionError(
+            f"{what} uses record kinds {sorted(newer)} from a newer training-ledger; "
+            "upgrade: pip install -U training-ledger"
+        )
 
 
 def _read_config(path: Path) -> LedgerConfig:

@@ -29,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from ledger import Ledger
 from ledger.errors import CorruptionError, RefConflictError
-from ledger.history.records import RefUpdate, RefView, event_decoder, msgpack_encoder, utcnow
+from ledger.history.records import RefUpdate, RefView, events_decoder, msgpack_encoder, utcnow
 
 HEADER = b"LGEVLOG1"
 FRAME = struct.Struct("<4sII")
@@ -55,12 +55,12 @@ def frame_bounds(log: Path) -> list[tuple[int, int]]:
 def decode_events(log: Path) -> list[RefUpdate]:
     """Every event of an intact log, decoded by the test's own frame parser."""
     data = log.read_bytes()
-    return [event_decoder.decode(data[s + FRAME.size : e]) for s, e in frame_bounds(log)]
+    return [ev for s, e in frame_bounds(log) for ev in events_decoder.decode(data[s + FRAME.size : e])]
 
 
 def make_frame(event: RefUpdate) -> bytes:
     """One complete, valid frame for ``event``."""
-    payload = msgpack_encoder.encode(event)
+    payload = msgpack_encoder.encode([event])
     return FRAME.pack(b"LGEV", len(payload), zlib.crc32(payload)) + payload
 
 

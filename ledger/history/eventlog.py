@@ -2,7 +2,8 @@
 
 This module owns the log's framing (see docs/format.md, "Event log"): a file
 header, then frames of ``b"LGEV"``, u32 payload length, u32 crc32 of the
-payload, msgpack payload. A frame that is incomplete or fails its checksum at
+payload, and the payload: a msgpack array of the events of one append (one
+frame per append, so an append is atomic). A frame that is incomplete or fails its checksum at
 the end of the file is a *torn tail* (a crash mid-append): readers ignore it
 and the next writer cuts it off before appending. A damaged frame followed by
 valid frames is corruption, never silently skipped. This module must never
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import CorruptionError
-from ledger.history.records import Event, event_decoder, msgpack_encoder
+from ledger.errors import CorruptionError, FormatVersionError
+from ledger.history.records import Event, events_decoder, msgpack_encoder, unknown_tags
 from ledger.objects.durable import disk_errors, fsync_dir
 
 LOG_HEADER = b"LGEVLOG1"
@@ -100,8 +101,14 @@ class EventLog:
                 return LogRead(events=events, end=pos + cur, torn_bytes=len(data) - cur)
             payload, nxt = frame
             try:
-                events.append(event_decoder.decode(payload))
+                events.extend(events_decoder.decode(payload))
             except msgspec.DecodeError as e:
+                newer = unknown_tags(payload)
+                if newer:
+                    raise FormatVersionError(
+                        f"{self.path} holds events of kinds {sorted(newer)} written by a newer "
+                        "training-ledger; upgrade: pip install -U training-ledger"
+                    ) from e
                 raise CorruptionError(
                     f"{self.path}: event at byte {pos + cur} cannot be decoded ({e})"
                 ) from e
@@ -124,11 +131,10 @@ class EventLog:
         The caller holds the ledger's write lock and has read the log up to
         ``valid_end``. Returns the new end offset.
         """
-        frames = []
-        for event in events:
-            payload = msgpack_encoder.encode(event)
-            frames.append(FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload)
-        blob = b"".join(frames)
+        # One frame per append: the events of one write stand or fall together, so a
+        # power loss can tear only the last frame, never leave a later one intact.
+        payload = msgpack_encoder.encode(events)
+        blob = FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with disk_errors(str(self.path)):
             fd = os.open(self.path, os.O_WRONLY)
             try:

@@ -10,6 +10,7 @@ I/O.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -346,9 +347,44 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+_KNOWN_TAGS = {
+    t.__struct_config__.tag
+    for t in (
+        DictNode, ListNode, TupleNode, ValueNode, BytesNode, BigIntNode, TensorNode, AliasNode,
+        ArrayNode, StatefulNode, GeneratorNode, Manifest, CommitRecord, RefUpdate, RetentionSet,
+        Expire, KeepLast, KeepBest, KeepEvery, KeepWithin,
+    )
+}  # fmt: skip
+
+
+def unknown_tags(data: bytes) -> set[str]:
+    """Record tags in msgpack ``data`` that this version does not know (a newer writer's).
+
+    Example:
+        >>> unknown_tags(msgpack_encoder.encode([{"type": "from-the-future"}]))
+        {'from-the-future'}
+    """
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            tag = value.get("type")
+            if isinstance(tag, str) and tag not in _KNOWN_TAGS:
+                found.add(tag)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    with contextlib.suppress(msgspec.DecodeError):
+        walk(msgspec.msgpack.decode(data))
+    return found
+
+
 msgpack_encoder = msgspec.msgpack.Encoder()
 manifest_decoder = msgspec.msgpack.Decoder(Manifest)
 commit_decoder = msgspec.msgpack.Decoder(CommitRecord)
-event_decoder = msgspec.msgpack.Decoder(Event)
+events_decoder = msgspec.msgpack.Decoder(list[Event])
 refview_decoder = msgspec.msgpack.Decoder(RefView)
 config_decoder = msgspec.json.Decoder(LedgerConfig)
