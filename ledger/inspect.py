@@ -22,7 +22,7 @@ from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
 from ledger.state.build import Builder
 
 if TYPE_CHECKING:
-    from ledger.api import Ledger
+    from ledger.api.core import LedgerCore as Ledger
 
 
 class TensorInfo(msgspec.Struct):

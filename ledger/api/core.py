@@ -1,10 +1,10 @@
-"""The ``Ledger`` facade: the one object users touch.
+"""The core of the ``Ledger`` facade: opening, committing, reading and restoring.
 
-This module owns the user-level operations (open, commit, checkout, restore,
-branch, switch, tag, log, resolve, close) and their order of effects. It wires
-state (flatten/build), history (records, refs, revisions) and objects (the
-store) together and must never reach below their public functions: no byte
-formats here.
+This module owns the user-level operations on commits (open, commit, wait,
+checkout, restore, log, resolve, close, gc) and their order of effects. It
+wires state (flatten/build), history (records, refs, revisions) and objects
+(the store) together and must never reach below their public functions: no
+byte formats here.
 
 Write order of a commit (design invariant 2): chunks, manifest and commit
 object go into new packs that are fsync'd and renamed into place; only then is
@@ -18,17 +18,29 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, MutableMapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
-import pyarrow as pa
-import torch
 
-from ledger import inspect, metadata
+from ledger import metadata
+from ledger.api.inputs import (
+    CONFIG_FILE,
+    DEFAULT_CHUNK_SIZE,
+    _clean_metrics,
+    _clean_params,
+    _default_budget,
+    _done,
+    _Draft,
+    _interrupted_init,
+    _opt_int,
+    _read_config,
+    _refuse_newer,
+    _strip,
+)
 from ledger.errors import (
     ClosedLedgerError,
     CommitExpiredError,
@@ -37,36 +49,24 @@ from ledger.errors import (
     EmptyLedgerError,
     FormatVersionError,
     NotALedgerError,
-    PolicyError,
-    RefNameError,
     RevisionNotFoundError,
-    UnmergedBranchError,
     UnsupportedValueError,
 )
 from ledger.history.gc import GcReport, collect
 from ledger.history.records import (
-    BUILTIN_POLICIES,
     FORMAT_VERSION,
-    LEDGER_KIND,
     Commit,
     CommitRecord,
     CommitStats,
-    DictNode,
-    Expire,
     LedgerConfig,
     Manifest,
-    RetentionSet,
     commit_decoder,
-    config_decoder,
     manifest_decoder,
     msgpack_encoder,
-    unknown_tags,
     utcnow,
 )
 from ledger.history.refs import (
     BRANCH_PREFIX,
-    HEAD,
-    SYMREF_PREFIX,
     TAG_PREFIX,
     GcLock,
     RefStore,
@@ -74,30 +74,18 @@ from ledger.history.refs import (
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
-from ledger.history.verify import VerifyReport
-from ledger.history.verify import verify as verify_ledger
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore
 from ledger.pending import CommitHandle, Pending
-from ledger.state.build import Builder, Restorer, device_available, finalize, parse_paths
 from ledger.state.flatten import Flattener
-from ledger.state.rng import RNG_KEY, capture_rng, restore_rng
+from ledger.state.rng import capture_rng
 
-DEFAULT_CHUNK_SIZE = 4 << 20
-CONFIG_FILE = "LEDGER"
+L = TypeVar("L", bound="LedgerCore")
 
 
-class Ledger:
-    """A ledger directory: commits of training state, branches, tags and HEAD.
-
-    Example:
-        >>> import tempfile, torch
-        >>> with Ledger.open(tempfile.mkdtemp() + "/ckpt", create=True) as lg:
-        ...     c = lg.commit({"w": torch.ones(3)}, step=1, message="first")
-        ...     lg.checkout("HEAD")["w"].tolist()
-        [1.0, 1.0, 1.0]
-    """
+class LedgerCore:
+    """Commits, checkouts and restores of one ledger directory (see :class:`ledger.Ledger`)."""
 
     def __init__(
         self,
@@ -127,11 +115,9 @@ class Ledger:
         self._gc_due = False
         self.async_budget = async_budget if async_budget is not None else _default_budget()
 
-    # -- opening -------------------------------------------------------------
-
     @classmethod
     def open(
-        cls,
+        cls: type[L],
         path: str | os.PathLike[str],
         *,
         create: bool = False,
@@ -141,7 +127,7 @@ class Ledger:
         workers: int | None = None,
         auto_gc: int | None = None,
         async_budget: int | None = None,
-    ) -> Ledger:
+    ) -> L:
         """Open the ledger in directory ``path`` (the ledger directory itself).
 
         Args:
@@ -209,7 +195,7 @@ class Ledger:
 
     @classmethod
     def _create(
-        cls,
+        cls: type[L],
         root: Path,
         *,
         chunk_size: int,
@@ -218,7 +204,7 @@ class Ledger:
         workers: int | None,
         auto_gc: int | None,
         async_budget: int | None,
-    ) -> Ledger:
+    ) -> L:
         root.mkdir(parents=True, exist_ok=True)
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
         lg = cls(
@@ -236,7 +222,7 @@ class Ledger:
         )
         return lg
 
-    def __enter__(self) -> Ledger:
+    def __enter__(self: L) -> L:
         return self
 
     def __exit__(
@@ -269,8 +255,6 @@ class Ledger:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger")
         return self._pool
-
-    # -- commits ---------------------------------------------------------------
 
     @overload
     def commit(
@@ -464,8 +448,6 @@ class Ledger:
             )
         return head_branch, head_id
 
-    # -- reading commits ---------------------------------------------------------
-
     def record(self, commit_id: str) -> CommitRecord:
         """The stored record of a commit (by full id), hash-checked and cached."""
         rec = self._records.get(commit_id)
@@ -580,207 +562,6 @@ class Ledger:
         self._check_open()
         return head_target(self.refs.snapshot())[0]
 
-    # -- checkout / restore -------------------------------------------------------
-
-    def checkout(
-        self,
-        rev: str = "HEAD",
-        map_location: str | torch.device | None = "cpu",
-        paths: list[str] | None = None,
-    ) -> dict[Any, Any]:
-        """Read a commit's state as a nested dict of tensors and plain values (moves nothing).
-
-        Args:
-            rev: the revision to read.
-            map_location: device for every tensor; None puts each back where it
-                was saved when that device exists (else on the CPU).
-            paths: read only these parts, e.g. ``["model"]`` or ``["optim/state"]``;
-                only their chunks are read.
-
-        Example:
-            >>> weights = lg.checkout("best", paths=["model"])["model"]  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            cid, manifest = self.manifest(rev)
-            builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
-            builder.pin = _to_cuda(map_location)
-            builder.index(manifest.root, ())
-            tree = builder.build(manifest.root, (), parse_paths(paths))
-            builder.load()
-            out = finalize(tree, _mover(map_location, builder))
-            if builder.pin:
-                torch.cuda.synchronize()
-            return out
-
-    def restore(
-        self,
-        state: MutableMapping[Any, Any],
-        rev: str = "HEAD",
-        strict: bool = True,
-        rng: bool = True,
-    ) -> Commit:
-        """Load a commit into live objects in place: modules, optimizers, tensors, values.
-
-        Every key, shape and dtype is checked before anything changes; plain
-        values are assigned back into ``state``.
-
-        Args:
-            state: the same kind of mapping that was committed.
-            rev: the revision to restore.
-            strict: fail on keys missing from either side.
-            rng: also set the global RNGs back.
-
-        Raises:
-            StateMismatchError: keys, shapes or dtypes differ (nothing was changed).
-            CorruptionError: a chunk fails its hash check. Chunks are read straight
-                into the live tensors, so they may then be partly loaded: restore
-                another commit into them (the error names the tensor and commit).
-
-        Example:
-            >>> lg.restore({"model": model, "optim": opt, "step": 0})  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            if not isinstance(state, MutableMapping):
-                raise UnsupportedValueError(
-                    f"restore needs a mutable mapping such as a dict, not {type(state).__name__}"
-                )
-            cid, manifest = self.manifest(rev)
-            builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
-            builder.index(manifest.root, ())
-            restorer = Restorer(builder, strict)
-            restorer.plan_root(state, manifest.root, {RNG_KEY})
-            rng_tree = None
-            if rng and RNG_KEY in manifest.root.keys:
-                rng_node = manifest.root.values[manifest.root.keys.index(RNG_KEY)]
-                rng_tree = builder.build(rng_node, (RNG_KEY,))
-            builder.load()
-            restorer.apply()
-            if rng_tree is not None:
-                restore_rng(finalize(rng_tree, lambda t: t))
-            return Commit.from_record(cid, self.record(cid))
-
-    # -- refs ---------------------------------------------------------------------
-
-    def branch(self, name: str, at: str = "HEAD") -> Commit:
-        """Create branch ``name`` at revision ``at`` (HEAD does not move).
-
-        Raises:
-            RefNameError: the name is invalid or the branch exists.
-
-        Example:
-            >>> lg.branch("exp-b", at="main~2")  # doctest: +SKIP
-        """
-        check_ref_name(name, "branch")
-        with self._lock:
-            self._check_open()
-            cid = self.resolve(at)
-            if BRANCH_PREFIX + name in self.refs.snapshot():
-                raise RefNameError(
-                    f"branch {name!r} already exists; pick another name or switch to it"
-                )
-            self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
-            return Commit.from_record(cid, self.record(cid))
-
-    def delete_branch(self, name: str, force: bool = False) -> str:
-        """Delete a branch; returns the commit id it pointed at.
-
-        Refuses the branch HEAD is on, and a branch whose tip no other branch or
-        tag reaches (its commits would lose their last ref) unless ``force``.
-
-        Example:
-            >>> lg.delete_branch("exp-b", force=True)  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            refs = self.refs.snapshot()
-            ref = BRANCH_PREFIX + name
-            tip = refs.get(ref)
-            if tip is None:
-                raise RefNameError(f"no branch named {name!r}; see `ledger branch`")
-            if head_target(refs)[0] == name:
-                raise RefNameError(
-                    f"branch {name!r} is checked out (HEAD); switch to another branch first"
-                )
-            if not force and not self._reached_by_others(tip, ref, refs):
-                raise UnmergedBranchError(
-                    f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
-                    "tag it, or pass force=True (`ledger branch -D`) to delete it anyway"
-                )
-            self.refs.update({ref: (tip, None)}, f"delete branch {name}")
-            return tip
-
-    def _reached_by_others(self, tip: str, skip: str, refs: dict[str, str]) -> bool:
-        for ref, cid in refs.items():
-            if ref == skip or not ref.startswith((BRANCH_PREFIX, TAG_PREFIX)):
-                continue
-            stack, seen = [cid], set()
-            while stack:
-                cur = stack.pop()
-                if cur == tip:
-                    return True
-                if cur in seen:
-                    continue
-                seen.add(cur)
-                stack.extend(self.record(cur).parents)
-        return False
-
-    def rename_branch(self, old: str, new: str) -> None:
-        """Rename a branch (HEAD follows it if attached), atomically.
-
-        Example:
-            >>> lg.rename_branch("exp-b", "lr-3e-4")  # doctest: +SKIP
-        """
-        check_ref_name(new, "branch")
-        with self._lock:
-            self._check_open()
-            refs = self.refs.snapshot()
-            tip = refs.get(BRANCH_PREFIX + old)
-            if tip is None:
-                raise RefNameError(f"no branch named {old!r}; see `ledger branch`")
-            if BRANCH_PREFIX + new in refs:
-                raise RefNameError(f"branch {new!r} already exists; pick another name")
-            changes: dict[str, tuple[str | None, str | None]] = {
-                BRANCH_PREFIX + old: (tip, None),
-                BRANCH_PREFIX + new: (None, tip),
-            }
-            if head_target(refs)[0] == old:
-                changes[HEAD] = (refs[HEAD], SYMREF_PREFIX + BRANCH_PREFIX + new)
-            self.refs.update(changes, f"rename branch {old} to {new}")
-
-    # -- retention, gc, verify ------------------------------------------------------
-
-    def set_retention(self, *policies: AnyPolicy, branch: str | None = None) -> None:
-        """Replace the retention policies of the whole ledger (``branch=None``) or one branch.
-
-        Built-in policies (KeepLast, KeepBest, KeepEvery, KeepWithin) are stored
-        in the ledger, so ``ledger gc`` from a shell applies them. A custom
-        policy (a callable given the branch history, newest first, returning the
-        commits to keep) applies only in this process. Per-branch sets add to
-        the ledger-wide set. No policies at all: everything is kept.
-
-        Example:
-            >>> from ledger.retention import KeepLast, KeepBest
-            >>> lg.set_retention(KeepLast(3), KeepBest("val_loss", k=2, mode="min"))  # doctest: +SKIP
-        """
-        scope = "" if branch is None else check_ref_name(branch, "branch")
-        builtin = [p for p in policies if isinstance(p, BUILTIN_POLICIES)]
-        custom = [p for p in policies if not isinstance(p, BUILTIN_POLICIES)]
-        for p in custom:
-            if not callable(p):
-                raise PolicyError(
-                    f"{p!r} is not a retention policy: use KeepLast/KeepBest/... or a callable"
-                )
-        with self._lock:
-            self._check_open()
-            self.refs.update(
-                {},
-                "set retention",
-                extra=[RetentionSet(scope=scope, policies=builtin, time=utcnow())],
-            )
-            self._custom[scope] = custom
-
     def retention(self, branch: str | None = None) -> list[AnyPolicy]:
         """The policies in force for ``branch`` (ledger-wide plus its own), or the ledger-wide set."""
         stored = self.refs.state().retention
@@ -814,95 +595,6 @@ class Ledger:
                     dry_run=dry_run,
                 )
 
-    def expire(self, rev: str, reason: str = "expired by hand") -> str:
-        """Drop one commit's state on purpose (licence, privacy); its history stays.
-
-        The bytes go at the next gc (use ``grace=0`` to free them at once).
-
-        Example:
-            >>> lg.expire("main~3", reason="data licence withdrawn")  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            cid = self.resolve(rev)
-            if cid not in self.refs.state().expired:
-                self.refs.update(
-                    {}, "expire", extra=[Expire(commit=cid, reason=reason, time=utcnow())]
-                )
-            return cid
-
-    def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
-        """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
-
-        ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
-
-        Example:
-            >>> check = lg.verify(full=True)  # doctest: +SKIP
-            >>> check.ok, check.problems  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            return verify_ledger(self, self.store, self.refs, full=full, repair=repair)
-
-    # -- reading history for people ----------------------------------------------
-
-    def show(self, rev: str = "HEAD") -> inspect.ShowReport:
-        """A commit's metadata and a summary of its tensors and values.
-
-        Example:
-            >>> [t.path for t in lg.show("HEAD").tensors][:2]  # doctest: +SKIP
-            ['model/fc.weight', 'model/fc.bias']
-        """
-        self._check_open()
-        return inspect.show(self, rev)
-
-    def diff(self, a: str, b: str) -> inspect.DiffReport:
-        """Metrics (with deltas), params, metadata and tensors of two commits side by side.
-
-        Example:
-            >>> [t.path for t in lg.diff("main", "exp-b").tensors.changed]  # doctest: +SKIP
-            ['model/head.weight']
-        """
-        self._check_open()
-        with self._lock:
-            return inspect.diff(self, a, b)
-
-    def du(self) -> inspect.DuReport:
-        """Logical vs stored bytes, dedup and compression ratios, per branch.
-
-        Example:
-            >>> lg.du().dedup_ratio > 1  # doctest: +SKIP
-            True
-        """
-        self._check_open()
-        return inspect.du(self)
-
-    def table(self) -> pa.Table:
-        """Every commit as a ``pyarrow.Table`` row (metrics and params as columns).
-
-        Example:
-            >>> lg.table().column("metrics.loss")  # doctest: +SKIP
-        """
-        self._check_open()
-        return inspect.table(self)
-
-    def tag(self, name: str, at: str = "HEAD") -> Commit:
-        """Create tag ``name`` at ``at``; tags never move.
-
-        Example:
-            >>> lg.tag("v1")  # doctest: +SKIP
-        """
-        check_ref_name(name, "tag")
-        with self._lock:
-            self._check_open()
-            cid = self.resolve(at)
-            if TAG_PREFIX + name in self.refs.snapshot():
-                raise RefNameError(
-                    f"tag {name!r} already exists; tags never move, pick another name"
-                )
-            self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
-            return Commit.from_record(cid, self.record(cid))
-
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""
         self._check_open()
@@ -912,178 +604,3 @@ class Ledger:
         """Tag name -> commit id."""
         self._check_open()
         return _strip(self.refs.snapshot(), TAG_PREFIX)
-
-    def switch(self, rev: str) -> Commit | None:
-        """Move HEAD: onto a branch, or detached onto any other revision.
-
-        Returns the commit HEAD now points at (None for an unborn branch).
-
-        Example:
-            >>> lg.switch("exp-b")  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            refs = self.refs.snapshot()
-            old = refs.get(HEAD)
-            if BRANCH_PREFIX + rev in refs or (rev.startswith(BRANCH_PREFIX) and rev in refs):
-                ref = rev if rev.startswith(BRANCH_PREFIX) else BRANCH_PREFIX + rev
-                self.refs.update({HEAD: (old, SYMREF_PREFIX + ref)}, f"switch to {rev}")
-                cid = refs[ref]
-            else:
-                cid = self.resolve(rev)
-                self.refs.update({HEAD: (old, cid)}, f"switch to {rev} (detached)")
-            return Commit.from_record(cid, self.record(cid))
-
-
-# -- helpers -----------------------------------------------------------------------
-
-
-def _refuse_newer(data: bytes, what: str) -> None:
-    newer = unknown_tags(data)
-    if newer:
-        raise FormatVersionError(
-            f"{what} uses record kinds {sorted(newer)} from a newer training-ledger; "
-            "upgrade: pip install -U training-ledger"
-        )
-
-
-def _read_config(path: Path) -> LedgerConfig:
-    try:
-        raw = msgspec.json.decode(path.read_bytes())
-    except msgspec.DecodeError as e:
-        raise NotALedgerError(f"{path} is not a ledger config ({e})") from e
-    if not isinstance(raw, dict) or raw.get("kind") != LEDGER_KIND:
-        raise NotALedgerError(f"{path.parent} is not a training-ledger directory")
-    version = raw.get("format")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path.parent} was written with ledger format {version}, this training-ledger reads "
-            f"up to {FORMAT_VERSION}; upgrade: pip install -U training-ledger"
-        )
-    try:
-        return config_decoder.decode(path.read_bytes())
-    except msgspec.ValidationError as e:
-        raise NotALedgerError(f"{path} is not a valid ledger config ({e})") from e
-
-
-class _Draft:
-    """A commit prepared on the caller's thread, written by :meth:`Ledger._write_commit`."""
-
-    def __init__(
-        self,
-        *,
-        flat: Flattener,
-        root: DictNode,
-        branch: str | None,
-        packages: bytes,
-        meta: dict[str, Any],
-        step: int | None,
-        epoch: int | None,
-        message: str | None,
-        metrics: dict[str, float],
-        params: dict[str, Any],
-    ) -> None:
-        self.flat = flat
-        self.root = root
-        self.branch = branch
-        self.packages = packages
-        self.meta = meta
-        self.step = step
-        self.epoch = epoch
-        self.message = message
-        self.metrics = metrics
-        self.params = params
-
-
-def _done(commit: Commit) -> Future[Commit]:
-    future: Future[Commit] = Future()
-    future.set_result(commit)
-    return future
-
-
-def _default_budget() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 4 << 30
-
-
-_INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "objects"}
-
-
-def _interrupted_init(root: Path) -> bool:
-    """A directory left by a crash inside ``_create``: our skeleton, no config, no pack."""
-    if not root.is_dir() or (root / CONFIG_FILE).exists():
-        return False
-    names = {p.name for p in root.iterdir()}
-    if not names or not names <= _INIT_FILES:
-        return False
-    packs = root / "objects" / "packs"
-    return not (packs.is_dir() and any(packs.iterdir()))
-
-
-def _strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k[len(prefix) :]: v for k, v in sorted(refs.items()) if k.startswith(prefix)}
-
-
-def _opt_int(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UnsupportedValueError(f"{name}={value!r} must be an integer") from None
-
-
-def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in (metrics or {}).items():
-        if not isinstance(key, str):
-            raise UnsupportedValueError(f"metric name {key!r} must be a string")
-        try:
-            out[key] = float(value.item() if hasattr(value, "item") else value)
-        except (TypeError, ValueError, RuntimeError):
-            raise UnsupportedValueError(f"metrics[{key!r}] = {value!r} is not a number") from None
-    return out
-
-
-def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    def clean(value: Any, where: str) -> Any:
-        if value is None:
-            return None
-        for plain in (bool, int, float, str):  # exact types: numpy.float64 is a float subclass
-            if isinstance(value, plain):
-                return plain(value)
-        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-            return clean(value.item(), where)
-        if isinstance(value, Mapping):
-            return {str(k): clean(v, f"{where}[{k!r}]") for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        raise UnsupportedValueError(
-            f"{where} is a {type(value).__name__}; params hold plain values, lists and dicts"
-        )
-
-    return {str(k): clean(v, f"params[{k!r}]") for k, v in (params or {}).items()}
-
-
-def _to_cuda(map_location: str | torch.device | None) -> bool:
-    if map_location is None or not torch.cuda.is_available():
-        return False
-    return torch.device(map_location).type == "cuda"
-
-
-def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
-    if map_location is None:
-
-        def home(t: torch.Tensor) -> torch.Tensor:
-            saved = builder.devices.get(id(t), "cpu")
-            return t.to(saved) if saved != "cpu" and device_available(saved) else t
-
-        return home
-    device = torch.device(map_location)
-    if device.type == "cpu":
-        return lambda t: t
-    # Pinned (page-locked) source buffers make these copies asynchronous DMA;
-    # checkout synchronizes once before handing the tensors back.
-    return lambda t: t.to(device, non_blocking=t.is_pinned())

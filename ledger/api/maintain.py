@@ -1,0 +1,89 @@
+"""Keeping a ledger small and whole: retention policies, expiry, verify.
+
+This module owns the user-facing side of retention (storing built-in
+policies as events, keeping custom ones in the process) and expiry by hand;
+gc itself lives on the core, the algorithms in ``ledger.history``.
+"""
+
+from __future__ import annotations
+
+from ledger.api.core import LedgerCore
+from ledger.errors import (
+    PolicyError,
+)
+from ledger.history.records import (
+    BUILTIN_POLICIES,
+    Expire,
+    RetentionSet,
+    utcnow,
+)
+from ledger.history.refs import (
+    check_ref_name,
+)
+from ledger.history.retention import AnyPolicy
+from ledger.history.verify import VerifyReport
+from ledger.history.verify import verify as verify_ledger
+
+
+class Maintenance(LedgerCore):
+    """Retention, expiry and verification of a ledger."""
+
+    def set_retention(self, *policies: AnyPolicy, branch: str | None = None) -> None:
+        """Replace the retention policies of the whole ledger (``branch=None``) or one branch.
+
+        Built-in policies (KeepLast, KeepBest, KeepEvery, KeepWithin) are stored
+        in the ledger, so ``ledger gc`` from a shell applies them. A custom
+        policy (a callable given the branch history, newest first, returning the
+        commits to keep) applies only in this process. Per-branch sets add to
+        the ledger-wide set. No policies at all: everything is kept.
+
+        Example:
+            >>> from ledger.retention import KeepLast, KeepBest
+            >>> lg.set_retention(KeepLast(3), KeepBest("val_loss", k=2, mode="min"))  # doctest: +SKIP
+        """
+        scope = "" if branch is None else check_ref_name(branch, "branch")
+        builtin = [p for p in policies if isinstance(p, BUILTIN_POLICIES)]
+        custom = [p for p in policies if not isinstance(p, BUILTIN_POLICIES)]
+        for p in custom:
+            if not callable(p):
+                raise PolicyError(
+                    f"{p!r} is not a retention policy: use KeepLast/KeepBest/... or a callable"
+                )
+        with self._lock:
+            self._check_open()
+            self.refs.update(
+                {},
+                "set retention",
+                extra=[RetentionSet(scope=scope, policies=builtin, time=utcnow())],
+            )
+            self._custom[scope] = custom
+
+    def expire(self, rev: str, reason: str = "expired by hand") -> str:
+        """Drop one commit's state on purpose (licence, privacy); its history stays.
+
+        The bytes go at the next gc (use ``grace=0`` to free them at once).
+
+        Example:
+            >>> lg.expire("main~3", reason="data licence withdrawn")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(rev)
+            if cid not in self.refs.state().expired:
+                self.refs.update(
+                    {}, "expire", extra=[Expire(commit=cid, reason=reason, time=utcnow())]
+                )
+            return cid
+
+    def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
+        """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
+
+        ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
+
+        Example:
+            >>> check = lg.verify(full=True)  # doctest: +SKIP
+            >>> check.ok, check.problems  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return verify_ledger(self, self.store, self.refs, full=full, repair=repair)

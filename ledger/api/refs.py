@@ -1,0 +1,153 @@
+"""Moving refs for people: branch, tag, switch, delete and rename branches.
+
+This module owns the safety rules of ref operations (no deleting the checked
+out branch, no losing unmerged commits without force, tags never move). Every
+move is one compare-and-swap through ``RefStore.update``.
+"""
+
+from __future__ import annotations
+
+from ledger.api.core import LedgerCore
+from ledger.errors import (
+    RefNameError,
+    UnmergedBranchError,
+)
+from ledger.history.records import (
+    Commit,
+)
+from ledger.history.refs import (
+    BRANCH_PREFIX,
+    HEAD,
+    SYMREF_PREFIX,
+    TAG_PREFIX,
+    check_ref_name,
+)
+from ledger.history.revisions import head_target
+
+
+class RefOps(LedgerCore):
+    """Branch, tag and HEAD operations of a ledger."""
+
+    def branch(self, name: str, at: str = "HEAD") -> Commit:
+        """Create branch ``name`` at revision ``at`` (HEAD does not move).
+
+        Raises:
+            RefNameError: the name is invalid or the branch exists.
+
+        Example:
+            >>> lg.branch("exp-b", at="main~2")  # doctest: +SKIP
+        """
+        check_ref_name(name, "branch")
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(at)
+            if BRANCH_PREFIX + name in self.refs.snapshot():
+                raise RefNameError(
+                    f"branch {name!r} already exists; pick another name or switch to it"
+                )
+            self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
+            return Commit.from_record(cid, self.record(cid))
+
+    def delete_branch(self, name: str, force: bool = False) -> str:
+        """Delete a branch; returns the commit id it pointed at.
+
+        Refuses the branch HEAD is on, and a branch whose tip no other branch or
+        tag reaches (its commits would lose their last ref) unless ``force``.
+
+        Example:
+            >>> lg.delete_branch("exp-b", force=True)  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            ref = BRANCH_PREFIX + name
+            tip = refs.get(ref)
+            if tip is None:
+                raise RefNameError(f"no branch named {name!r}; see `ledger branch`")
+            if head_target(refs)[0] == name:
+                raise RefNameError(
+                    f"branch {name!r} is checked out (HEAD); switch to another branch first"
+                )
+            if not force and not self._reached_by_others(tip, ref, refs):
+                raise UnmergedBranchError(
+                    f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
+                    "tag it, or pass force=True (`ledger branch -D`) to delete it anyway"
+                )
+            self.refs.update({ref: (tip, None)}, f"delete branch {name}")
+            return tip
+
+    def _reached_by_others(self, tip: str, skip: str, refs: dict[str, str]) -> bool:
+        for ref, cid in refs.items():
+            if ref == skip or not ref.startswith((BRANCH_PREFIX, TAG_PREFIX)):
+                continue
+            stack, seen = [cid], set()
+            while stack:
+                cur = stack.pop()
+                if cur == tip:
+                    return True
+                if cur in seen:
+                    continue
+                seen.add(cur)
+                stack.extend(self.record(cur).parents)
+        return False
+
+    def rename_branch(self, old: str, new: str) -> None:
+        """Rename a branch (HEAD follows it if attached), atomically.
+
+        Example:
+            >>> lg.rename_branch("exp-b", "lr-3e-4")  # doctest: +SKIP
+        """
+        check_ref_name(new, "branch")
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            tip = refs.get(BRANCH_PREFIX + old)
+            if tip is None:
+                raise RefNameError(f"no branch named {old!r}; see `ledger branch`")
+            if BRANCH_PREFIX + new in refs:
+                raise RefNameError(f"branch {new!r} already exists; pick another name")
+            changes: dict[str, tuple[str | None, str | None]] = {
+                BRANCH_PREFIX + old: (tip, None),
+                BRANCH_PREFIX + new: (None, tip),
+            }
+            if head_target(refs)[0] == old:
+                changes[HEAD] = (refs[HEAD], SYMREF_PREFIX + BRANCH_PREFIX + new)
+            self.refs.update(changes, f"rename branch {old} to {new}")
+
+    def tag(self, name: str, at: str = "HEAD") -> Commit:
+        """Create tag ``name`` at ``at``; tags never move.
+
+        Example:
+            >>> lg.tag("v1")  # doctest: +SKIP
+        """
+        check_ref_name(name, "tag")
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(at)
+            if TAG_PREFIX + name in self.refs.snapshot():
+                raise RefNameError(
+                    f"tag {name!r} already exists; tags never move, pick another name"
+                )
+            self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
+            return Commit.from_record(cid, self.record(cid))
+
+    def switch(self, rev: str) -> Commit | None:
+        """Move HEAD: onto a branch, or detached onto any other revision.
+
+        Returns the commit HEAD now points at (None for an unborn branch).
+
+        Example:
+            >>> lg.switch("exp-b")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            refs = self.refs.snapshot()
+            old = refs.get(HEAD)
+            if BRANCH_PREFIX + rev in refs or (rev.startswith(BRANCH_PREFIX) and rev in refs):
+                ref = rev if rev.startswith(BRANCH_PREFIX) else BRANCH_PREFIX + rev
+                self.refs.update({HEAD: (old, SYMREF_PREFIX + ref)}, f"switch to {rev}")
+                cid = refs[ref]
+            else:
+                cid = self.resolve(rev)
+                self.refs.update({HEAD: (old, cid)}, f"switch to {rev} (detached)")
+            return Commit.from_record(cid, self.record(cid))
