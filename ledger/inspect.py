@@ -105,12 +105,20 @@ class BranchUsage(msgspec.Struct):
 
 
 class DuReport(msgspec.Struct):
-    """``ledger du``: logical vs stored bytes and the ratios between them."""
+    """``ledger du``: logical vs stored bytes and the ratios between them.
+
+    ``logical_bytes``: what every commit's state holds, summed; ``unique_bytes``:
+    raw bytes of distinct chunks; ``stored_bytes``: pack files on disk (chunks,
+    manifests, commit records, blobs); ``chunk_stored_bytes``: what the chunks
+    take after their codecs. ``dedup_ratio`` = logical / unique;
+    ``compression_ratio`` = unique / chunk_stored.
+    """
 
     commits: int
     logical_bytes: int
     unique_bytes: int
     stored_bytes: int
+    chunk_stored_bytes: int
     dedup_ratio: float
     compression_ratio: float
     branches: list[BranchUsage]
@@ -288,10 +296,12 @@ def du(lg: Ledger) -> DuReport:
             refs_by_commit[cid] = set()
             continue
         refs_by_commit[cid] = chunk_ids(manifest.root)
+    chunk_stored = 0
     for oid in lg.store.ids("chunk"):
         located = lg.store.locate(oid)
         if located is not None:
             chunk_size[oid.hex()] = located[1].raw_length
+            chunk_stored += located[1].length
     unique = sum(chunk_size.values())
     stored = sum((lg.store.packs_dir / f"{p}.pack").stat().st_size for p in lg.store.pack_names())
     branch_chunks: dict[str, set[str]] = {}
@@ -326,8 +336,9 @@ def du(lg: Ledger) -> DuReport:
         logical_bytes=logical,
         unique_bytes=unique,
         stored_bytes=stored,
+        chunk_stored_bytes=chunk_stored,
         dedup_ratio=logical / unique if unique else 1.0,
-        compression_ratio=unique / stored if stored else 1.0,
+        compression_ratio=unique / chunk_stored if chunk_stored else 1.0,
         branches=branches,
     )
 

@@ -132,3 +132,12 @@ def test_renaming_the_current_branch_moves_head_with_it(lg: Ledger) -> None:
     lg.branch("b")
     with pytest.raises(RefNameError, match="exists"):
         lg.rename_branch("b", "trunk")
+
+
+def test_du_compression_ratio_counts_chunks_only(lg: Ledger) -> None:
+    lg.commit({"z": torch.zeros(1 << 16), "r": torch.randn(1 << 12)}, rng=False)
+    report = lg.du()
+    assert report.unique_bytes == (1 << 16) * 4 + (1 << 12) * 4
+    assert report.chunk_stored_bytes < report.unique_bytes  # zeros compress to almost nothing
+    assert report.compression_ratio == pytest.approx(report.unique_bytes / report.chunk_stored_bytes)
+    assert report.stored_bytes > report.chunk_stored_bytes  # packs also hold the records

@@ -225,6 +225,9 @@ def render_diff(con: Console, report: DiffReport, show_all: bool = False) -> Non
             _block(con, t)
 
 
+VOLATILE = ("run.",)
+
+
 def _render_fields(
     con: Console,
     title: str,
@@ -233,7 +236,8 @@ def _render_fields(
     col_b: str,
     show_all: bool,
 ) -> None:
-    shown = [f for f in fields if show_all or not f.same]
+    # run.* (start time, elapsed seconds) differs between any two commits: noise unless --all.
+    shown = [f for f in fields if show_all or not (f.same or f.key.startswith(VOLATILE))]
     if not shown:
         return
     t = table(title, col_a, col_b, title=None if show_all else f"{title} (differing)")
@@ -255,6 +259,7 @@ def render_du(con: Console, report: DuReport) -> None:
         ("logical", human_bytes(report.logical_bytes)),
         ("unique", human_bytes(report.unique_bytes)),
         ("stored", human_bytes(report.stored_bytes)),
+        ("chunks stored", human_bytes(report.chunk_stored_bytes)),
         ("dedup ratio", f"{report.dedup_ratio:.2f}x"),
         ("compression ratio", f"{report.compression_ratio:.2f}x"),
     ):
