@@ -139,5 +139,7 @@ def test_du_compression_ratio_counts_chunks_only(lg: Ledger) -> None:
     report = lg.du()
     assert report.unique_bytes == (1 << 16) * 4 + (1 << 12) * 4
     assert report.chunk_stored_bytes < report.unique_bytes  # zeros compress to almost nothing
-    assert report.compression_ratio == pytest.approx(report.unique_bytes / report.chunk_stored_bytes)
+    assert report.compression_ratio == pytest.approx(
+        report.unique_bytes / report.chunk_stored_bytes
+    )
     assert report.stored_bytes > report.chunk_stored_bytes  # packs also hold the records
