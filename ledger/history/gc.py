@@ -10,7 +10,10 @@ This module owns the gc algorithm and its safety rules (docs/retention.md):
 * packs are swept whole: all-dead packs are deleted; packs that are mostly
   dead, or whose live part is small, are rewritten (live objects copied into
   a new pack, fsync'd, then the old pack deleted), so the bytes really come
-  back; a kill at any instant leaves every live object in some pack.
+  back; a kill at any instant leaves every live object in some pack;
+* marking fails closed: if a reachable commit's record or a kept commit's
+  manifest cannot be read, gc raises ``CorruptionError`` before expiring or
+  deleting anything (what the unreadable object references is unknown).
 
 It must never delete an object reachable from a ref or a retained commit.
 """
@@ -24,12 +27,13 @@ from typing import Protocol
 
 import msgspec
 
-from ledger.errors import LedgerError
+from ledger.errors import CorruptionError, LedgerError
 from ledger.history.records import Commit, CommitRecord, Expire, Manifest, utcnow
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
 from ledger.history.tree import chunk_ids
-from ledger.objects.store import ObjectStore
+from ledger.objects.packs import HEADER, IndexEntry, encode_pack_tail
+from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 
 # A pack with dead objects is rewritten when at least this fraction of its bytes is dead,
 # or when its live part is small enough that copying it costs next to nothing.
@@ -58,8 +62,14 @@ class GcReport(msgspec.Struct):
     skipped_young_packs: int
 
 
-def reachable_commits(reader: HistoryReader, refs: dict[str, str]) -> list[str]:
-    """Every commit any branch, tag or detached HEAD reaches (all parents followed)."""
+def reachable_commits(
+    reader: HistoryReader, refs: dict[str, str], errors: list[str] | None = None
+) -> list[str]:
+    """Every commit any branch, tag or detached HEAD reaches (all parents followed).
+
+    A commit whose record cannot be read hides its ancestors; when ``errors`` is
+    given, each such commit is described there.
+    """
     roots = [v for k, v in refs.items() if k.startswith((BRANCH_PREFIX, TAG_PREFIX))]
     head = refs.get(HEAD)
     if head is not None and not head.startswith(SYMREF_PREFIX):
@@ -73,8 +83,11 @@ def reachable_commits(reader: HistoryReader, refs: dict[str, str]) -> list[str]:
             continue
         seen.add(cid)
         order.append(cid)
-        with contextlib.suppress(LedgerError):
+        try:
             stack.extend(reader.record(cid).parents)
+        except LedgerError as e:
+            if errors is not None:
+                errors.append(f"commit {cid[:12]}: {e}")
     return order
 
 
@@ -89,8 +102,17 @@ def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:
     return out
 
 
-def live_objects(reader: HistoryReader, commits: Sequence[str], expired: set[str]) -> set[bytes]:
-    """Ids of every object the given commits need: record; unless expired, manifest, chunks, blobs."""
+def live_objects(
+    reader: HistoryReader,
+    commits: Sequence[str],
+    expired: set[str],
+    errors: list[str] | None = None,
+) -> set[bytes]:
+    """Ids of every object the given commits need: record; unless expired, manifest, chunks, blobs.
+
+    A commit whose record or manifest cannot be read is described in ``errors``
+    (when given): the objects it needs are then unknown.
+    """
     live: set[bytes] = set()
     for cid in commits:
         live.add(bytes.fromhex(cid))
@@ -103,8 +125,10 @@ def live_objects(reader: HistoryReader, commits: Sequence[str], expired: set[str
             if isinstance(packages, str):
                 live.add(bytes.fromhex(packages))
             manifest = reader.manifest_by_id(rec.manifest, cid)
-        except LedgerError:
-            continue  # missing or damaged: verify reports it; gc keeps going
+        except LedgerError as e:
+            if errors is not None:
+                errors.append(f"commit {cid[:12]}: {e}")
+            continue
         live.update(bytes.fromhex(c) for c in chunk_ids(manifest.root))
     return live
 
@@ -131,18 +155,27 @@ def collect(
         pinned.add(head)
     _, expire = plan(histories, pinned, policies_for, utcnow())
     newly = {cid: why for cid, why in expire.items() if cid not in state.expired}
+    expired = set(state.expired) | set(newly)
+    errors: list[str] = []
+    live = live_objects(reader, reachable_commits(reader, state.refs, errors), expired, errors)
+    if errors:
+        # Fail closed: an unreadable record hides its ancestors and an unreadable
+        # manifest hides its chunks, so sweeping now could delete reachable objects.
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise CorruptionError(
+            f"gc stopped before changing anything: {errors[0]}{more}; "
+            "run `ledger verify` and restore the damaged objects first"
+        )
     if newly and not dry_run:
         now = utcnow()
         refs.update(
             {}, "gc", extra=[Expire(commit=c, reason=w, time=now) for c, w in newly.items()]
         )
-    expired = set(state.expired) | set(newly)
-    live = live_objects(reader, reachable_commits(reader, state.refs), expired)
 
     cutoff = time.time() - grace
     report = GcReport(dry_run, sorted(newly), 0, 0, 0, 0, 0, 0)
     doomed: list[str] = []
-    writer = None
+    repack: list[tuple[str, IndexEntry]] = []  # (pack, live entry) to copy, in order
     for name in store.pack_names():
         path = store.pack_path(name)
         try:
@@ -173,20 +206,48 @@ def collect(
         doomed.append(name)
         if kept:
             report.packs_rewritten += 1
-            if not dry_run:
-                if writer is None:
-                    writer = store.writer(None, compress=False)
-                for entry in kept:
-                    writer.put_encoded(entry, store.read_encoded(name, entry))
+            repack.extend((name, e) for e in kept)
         else:
             report.packs_deleted += 1
-    if writer is not None:
-        for new in writer.finish():
+    if dry_run:
+        report.bytes_freed -= _repacked_size([e for _, e in repack])
+        return report
+    if repack:
+        writer = store.writer(None, compress=False)
+        try:
+            for name, entry in repack:
+                writer.put_encoded(entry, store.read_encoded(name, entry))
+            written = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        for new in written:
             report.bytes_freed -= store.pack_path(new).stat().st_size
-    if not dry_run:
-        store.remove_packs(doomed)
-        _sweep_tmp(store, cutoff)
+    store.remove_packs(doomed)
+    _sweep_tmp(store, cutoff)
     return report
+
+
+def _repacked_size(entries: list[IndexEntry], max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES) -> int:
+    """The bytes the pack(s) rewriting ``entries`` would take (what ``PackWriter`` writes)."""
+    total = 0
+    group: list[IndexEntry] = []
+    ids: set[bytes] = set()
+    pos = HEADER.size
+    for entry in entries:
+        if entry.id in ids:
+            continue
+        group.append(
+            IndexEntry(entry.id, entry.kind, entry.codec, pos, entry.length, entry.raw_length)
+        )
+        ids.add(entry.id)
+        pos += entry.length
+        if pos >= max_pack_bytes:
+            total += pos + len(encode_pack_tail(group, pos)[0])
+            group, ids, pos = [], set(), HEADER.size
+    if group:
+        total += pos + len(encode_pack_tail(group, pos)[0])
+    return total
 
 
 def _sweep_tmp(store: ObjectStore, cutoff: float) -> None:

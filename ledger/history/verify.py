@@ -3,7 +3,7 @@
 This module owns the checks behind ``ledger verify``: the event log replays,
 the ref view agrees with it, every ref resolves, every object a kept commit
 needs exists (and with ``full``, re-hashes correctly). Crash leftovers (a torn
-log tail, orphan temp files, unreferenced packs) are notes, not problems.
+log tail, orphan temp files, objects no kept commit needs) are notes, not problems.
 ``repair`` rebuilds the ref view from the log and cuts a torn tail. It never
 deletes an object.
 """
@@ -88,7 +88,9 @@ def verify(
     commits = reachable_commits(reader, state.refs)
     chunks_checked = bytes_checked = 0
     checked_chunks: set[str] = set()
+    needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
     for cid in commits:
+        needed.add(bytes.fromhex(cid))
         try:
             rec = reader.record(cid)
         except LedgerError as e:
@@ -101,6 +103,10 @@ def verify(
                 problems.append(f"commit {cid[:12]} parent {parent[:12]}: {e}")
         if cid in state.expired:
             continue
+        needed.add(bytes.fromhex(rec.manifest))
+        packages = rec.meta.get("env", {}).get("packages")
+        if isinstance(packages, str):
+            needed.add(bytes.fromhex(packages))
         try:
             manifest = reader.manifest_by_id(rec.manifest, cid)
         except LedgerError as e:
@@ -114,6 +120,7 @@ def verify(
                     continue
                 checked_chunks.add(chunk)
                 oid = bytes.fromhex(chunk)
+                needed.add(oid)
                 located = store.locate(oid)
                 what = f"{path} chunk {i} in commit {cid[:12]}"
                 if located is None:
@@ -126,6 +133,17 @@ def verify(
                         bytes_checked += located[1].raw_length
                     except LedgerError as e:
                         problems.append(str(e))
+    orphans = orphan_bytes = 0
+    for name in store.pack_names():
+        for entry in store.pack_entries(name):
+            if entry.id not in needed:
+                orphans += 1
+                orphan_bytes += entry.length
+    if orphans:
+        notes.append(
+            f"{orphans} stored object(s), {orphan_bytes} bytes, that no kept commit needs "
+            "(expired or unreachable commits, or a crashed commit); gc removes them"
+        )
     leftovers = [p.name for p in store.tmp_dir.iterdir()]
     if leftovers:
         notes.append(
