@@ -1,0 +1,211 @@
+"""Checkpointing for hand-written PyTorch loops: ``Checkpointer``.
+
+This module owns the two-line training-loop pattern: commit the model,
+optimizer, scheduler, grad scaler and any extra state every ``every`` steps
+(and whenever a watched metric improves), keep a ``best`` branch on the best
+commit, turn ``keep=``/``on_best=`` into retention policies, and resume. It
+only calls the public ``Ledger`` API and must never pickle or hold state the
+ledger does not have (everything it needs to resume is read back from it).
+
+Example:
+    >>> ckpt = Checkpointer("ckpt", model=model, optimizer=opt, every=500)  # doctest: +SKIP
+    >>> for step in range(ckpt.resume(), total_steps):  # doctest: +SKIP
+    ...     loss = train_step()
+    ...     ckpt.step(step, {"loss": loss})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ledger import Commit, Ledger
+from ledger.pending import CommitHandle
+
+from ._common import (
+    BEST,
+    AdapterError,
+    LedgerLike,
+    ResumeError,
+    better,
+    check_mode,
+    install_retention,
+    metric_floats,
+    move_branch,
+    open_ledger,
+    plain_params,
+    resolve_resume,
+)
+
+__all__ = ["Checkpointer"]
+
+_NAMED = ("model", "optimizer", "scheduler", "scaler")
+
+
+class Checkpointer:
+    """Commits a training state on a schedule and resumes it exactly.
+
+    Args:
+        ledger: a ledger directory (created when missing) or an open ``Ledger``.
+        model: the module (or any object with ``state_dict``/``load_state_dict``).
+        optimizer: the optimizer.
+        scheduler: the LR scheduler.
+        scaler: the ``torch.amp.GradScaler``.
+        state: more live state under names of your choice: a data-loader
+            ``torch.Generator``, an EMA model, counters (plain values are
+            restored into this mapping).
+        every: commit when ``step % every == 0``.
+        keep: keep the state of only the newest ``keep`` commits (``KeepLast``),
+            plus the best ones when ``on_best`` is set; applied by ``gc``.
+        on_best: a metric name; a step whose metric beats every earlier one
+            commits (even off-schedule) and moves the ``best`` branch there.
+        mode: "min" or "max" for ``on_best``.
+        best_ref: the branch that follows the best commit.
+        branch: commit to this branch instead of HEAD's (HEAD does not move).
+        params: hyper-parameters recorded with every commit.
+        gc_every: run ``gc`` after every this many commits (retention frees
+            space only at gc); None leaves it to you or to ``ledger gc``.
+        blocking: False commits in the background (``Ledger.commit(blocking=False)``).
+
+    Example:
+        >>> ckpt = Checkpointer("ckpt", model=model, optimizer=opt, scheduler=sched,
+        ...                     every=500, keep=3, on_best="val_loss")  # doctest: +SKIP
+        >>> start = ckpt.resume()  # 0 on an empty ledger  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        ledger: LedgerLike,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        state: Mapping[str, Any] | None = None,
+        every: int = 1,
+        keep: int | None = None,
+        on_best: str | None = None,
+        mode: str = "min",
+        best_ref: str = BEST,
+        branch: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        gc_every: int | None = None,
+        blocking: bool = True,
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise AdapterError(f"every={every!r} must be a positive integer")
+        if gc_every is not None and (not isinstance(gc_every, int) or gc_every < 1):
+            raise AdapterError(f"gc_every={gc_every!r} must be a positive integer or None")
+        self.ledger: Ledger = open_ledger(ledger)
+        self.every = every
+        self.on_best = on_best
+        self.mode = check_mode(mode)
+        self.best_ref = best_ref
+        self.branch = branch
+        self.params = plain_params(params or {})
+        self.gc_every = gc_every
+        self.blocking = blocking
+        self.state: dict[str, Any] = {}
+        for name, obj in zip(_NAMED, (model, optimizer, scheduler, scaler), strict=True):
+            if obj is not None:
+                self.state[name] = obj
+        for name, obj in (state or {}).items():
+            if name in self.state:
+                raise AdapterError(f"state[{name!r}] clashes with the {name}= argument; rename it")
+            self.state[name] = obj
+        if not self.state:
+            raise AdapterError("nothing to checkpoint: pass model=, optimizer=, ... or state=")
+        self.best: float | None = None
+        self._commits = 0
+        install_retention(self.ledger, keep_last=keep, best=on_best, best_k=1, mode=self.mode)
+
+    def step(
+        self, step: int, metrics: Mapping[str, Any] | None = None
+    ) -> Commit | CommitHandle | None:
+        """Call after training step ``step``; commits when it is due or ``on_best`` improved.
+
+        Args:
+            step: the step just finished (committed as the commit's ``step``).
+            metrics: numbers for the commit's metadata (tensors are fine).
+
+        Returns:
+            The new commit (a ``CommitHandle`` when not blocking), or None when nothing was due.
+
+        Example:
+            >>> ckpt.step(step, {"loss": loss, "val_loss": val})  # doctest: +SKIP
+        """
+        values = metric_floats(metrics or {})
+        improved = (
+            self.on_best is not None
+            and self.on_best in values
+            and better(values[self.on_best], self.best, self.mode)
+        )
+        if step % self.every and not improved:
+            return None
+        return self.commit(step, values)
+
+    def commit(
+        self, step: int, metrics: Mapping[str, Any] | None = None, message: str | None = None
+    ) -> Commit | CommitHandle:
+        """Commit now, whatever the schedule (moves ``best`` if ``on_best`` improved).
+
+        Example:
+            >>> ckpt.commit(step, message="before the LR change")  # doctest: +SKIP
+        """
+        values = metric_floats(metrics or {})
+        meta: dict[str, Any] = {
+            "step": step,
+            "metrics": values,
+            "params": self.params,
+            "branch": self.branch,
+        }
+        made: Commit | CommitHandle
+        if self.blocking:
+            made = self.ledger.commit(self.state, message, **meta)
+        else:
+            made = self.ledger.commit(self.state, message, **meta, blocking=False)
+        value = values.get(self.on_best) if self.on_best is not None else None
+        if value is not None and better(value, self.best, self.mode):
+            self.best = value
+            commit = made.result() if isinstance(made, CommitHandle) else made
+            move_branch(
+                self.ledger,
+                self.best_ref,
+                commit.id,
+                f"{self.best_ref}: {self.on_best}={value:g} at step {step}",
+            )
+        self._commits += 1
+        if self.gc_every is not None and self._commits % self.gc_every == 0:
+            self.ledger.gc()
+        return made
+
+    def resume(self, rev: str = "HEAD") -> int:
+        """Restore ``rev`` into the live objects (RNG included); return the step to start from.
+
+        Returns 0 on an empty ledger, so the same script starts and resumes.
+
+        Raises:
+            RevisionNotFoundError: ``rev`` names nothing (in a ledger that has commits).
+            StateMismatchError: the live state does not match the commit (nothing changed).
+            ResumeError: the commit has no step.
+
+        Example:
+            >>> for step in range(ckpt.resume("best"), total):  # doctest: +SKIP
+            ...     ...
+        """
+        cid = resolve_resume(self.ledger, rev)
+        if cid is None:
+            return 0
+        commit = self.ledger.restore(self.state, cid)
+        if commit.step is None:
+            raise ResumeError(
+                f"commit {cid[:12]} has no step, so there is no step to resume from; "
+                "it was not written by a Checkpointer (use Ledger.restore for it)"
+            )
+        self.best = self._best_so_far()
+        return commit.step + 1
+
+    def _best_so_far(self) -> float | None:
+        if self.on_best is None or self.best_ref not in self.ledger.branches():
+            return None
+        return self.ledger.get(self.best_ref).metrics.get(self.on_best)
