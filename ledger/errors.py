@@ -97,3 +97,23 @@ class DiskFullError(LedgerError):
 
 class ClosedLedgerError(LedgerError):
     """The ledger was used after ``close()``."""
+
+
+class RemoteError(LedgerError):
+    """A remote cannot be used: unknown name, bad URL, unreachable after retries, not a ledger remote."""
+
+
+class RemoteURLError(RemoteError):
+    """A remote URL is malformed, of an unsupported kind, or carries a credential."""
+
+
+class RemoteConflictError(RefConflictError):
+    """A push lost the compare-and-swap on the remote's refs: someone pushed since it read them."""
+
+
+class DivergedError(LedgerError):
+    """A pull or push would not be a fast-forward: both sides have commits the other lacks."""
+
+
+class RemoteCorruptionError(CorruptionError):
+    """Data read from a remote fails its checks (hash, size, name, format); nothing was stored."""

@@ -1,7 +1,7 @@
 """The ``Ledger`` facade: the one object users touch.
 
 ``Ledger`` combines the core (open, commit, checkout, restore, log, gc), ref
-operations, maintenance and reports, each in its own module of this package.
+operations, maintenance, reports and remotes, each in its own module of this package.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from ledger.api.core import LedgerCore
 from ledger.api.inputs import CONFIG_FILE, DEFAULT_CHUNK_SIZE
 from ledger.api.maintain import Maintenance
 from ledger.api.refs import RefOps
+from ledger.api.remotes import RemoteOps
 from ledger.api.reports import Reports
 from ledger.api.restore import Restoring
 from ledger.pending import CommitHandle
@@ -17,7 +18,7 @@ from ledger.pending import CommitHandle
 __all__ = ["CONFIG_FILE", "DEFAULT_CHUNK_SIZE", "CommitHandle", "Ledger", "LedgerCore"]
 
 
-class Ledger(Restoring, RefOps, Maintenance, Reports, LedgerCore):
+class Ledger(Restoring, RefOps, Maintenance, Reports, RemoteOps, LedgerCore):
     """A ledger directory: commits of training state, branches, tags and HEAD.
 
     Example:

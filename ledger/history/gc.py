@@ -29,7 +29,14 @@ import msgspec
 
 from ledger.errors import CorruptionError, LedgerError
 from ledger.history.records import Commit, CommitRecord, Expire, Manifest, utcnow
-from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
+from ledger.history.refs import (
+    BRANCH_PREFIX,
+    HEAD,
+    REMOTE_PREFIX,
+    SYMREF_PREFIX,
+    TAG_PREFIX,
+    RefStore,
+)
 from ledger.history.retention import AnyPolicy, plan
 from ledger.history.tree import chunk_ids
 from ledger.objects.packs import HEADER, IndexEntry, encode_pack_tail
@@ -65,12 +72,12 @@ class GcReport(msgspec.Struct):
 def reachable_commits(
     reader: HistoryReader, refs: dict[str, str], errors: list[str] | None = None
 ) -> list[str]:
-    """Every commit any branch, tag or detached HEAD reaches (all parents followed).
+    """Every commit any branch, tag, remote-tracking branch or detached HEAD reaches (all parents).
 
     A commit whose record cannot be read hides its ancestors; when ``errors`` is
     given, each such commit is described there.
     """
-    roots = [v for k, v in refs.items() if k.startswith((BRANCH_PREFIX, TAG_PREFIX))]
+    roots = [v for k, v in refs.items() if k.startswith((BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX))]
     head = refs.get(HEAD)
     if head is not None and not head.startswith(SYMREF_PREFIX):
         roots.append(head)

@@ -7,8 +7,9 @@ appends the events durably, then rewrites the ref view (``<ledger>/refs``), a
 cache that can always be rebuilt from the log. It must never write a ref
 without an event.
 
-Ref names: ``HEAD``, ``refs/heads/<branch>``, ``refs/tags/<tag>``. HEAD holds
-``ref: refs/heads/<branch>`` (attached) or a commit id (detached).
+Ref names: ``HEAD``, ``refs/heads/<branch>``, ``refs/tags/<tag>``,
+``refs/remotes/<remote>/<branch>`` (remote-tracking, moved by fetch and push).
+HEAD holds ``ref: refs/heads/<branch>`` (attached) or a commit id (detached).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ledger.objects.durable import atomic_write
 HEAD = "HEAD"
 BRANCH_PREFIX = "refs/heads/"
 TAG_PREFIX = "refs/tags/"
+REMOTE_PREFIX = "refs/remotes/"  # refs/remotes/<remote>/<branch>: set by fetch and push
 SYMREF_PREFIX = "ref: "
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 

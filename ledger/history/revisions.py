@@ -5,8 +5,8 @@ messages. It resolves against a ref mapping, the set of known commit ids and a
 parent lookup it is handed; it must never read the store itself.
 
 Grammar: ``base ( "~" [N] | "^" )*`` where base is ``HEAD``, a branch, a tag,
-``refs/...``, or a full or unique-prefix (4+ hex chars) commit id. Names are
-tried in that order, like git.
+a remote-tracking branch (``origin/main``), ``refs/...``, or a full or
+unique-prefix (4+ hex chars) commit id. Names are tried in that order, like git.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from ledger.errors import AmbiguousRevisionError, EmptyLedgerError, RevisionNotFoundError
-from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX
+from ledger.history.refs import BRANCH_PREFIX, HEAD, REMOTE_PREFIX, SYMREF_PREFIX, TAG_PREFIX
 
 _SUFFIX_RE = re.compile(r"(~\d*|\^)$")
 _HEX_RE = re.compile(r"^[0-9a-f]{4,64}$")
@@ -82,7 +82,7 @@ def _resolve_base(base: str, refs: dict[str, str], commit_ids: Callable[[], Iter
                 f"HEAD is on branch {branch!r}, which has no commit yet; commit first"
             )
         return cid
-    for ref in (base, BRANCH_PREFIX + base, TAG_PREFIX + base):
+    for ref in (base, BRANCH_PREFIX + base, TAG_PREFIX + base, REMOTE_PREFIX + base):
         if ref in refs and ref != HEAD:
             return refs[ref]
     lowered = base.lower()

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import xxhash
 
@@ -36,6 +36,16 @@ from ledger.objects.packs import (
 DEFAULT_MAX_PACK_BYTES = 1 << 30
 RECENT_MAX = 1 << 18
 Located = tuple[str, IndexEntry]
+
+
+class ObjectSource(Protocol):
+    """Where a read may get objects the store lacks (a ledger's remotes: ledger.remotes.lazy)."""
+
+    def fetch(self, oids: Sequence[bytes], what: dict[bytes, str] | None = None) -> None:
+        """Store whichever of ``oids`` it can find (checked); missing ones stay missing."""
+
+    def has(self, oid: bytes) -> bool:
+        """Whether the source holds ``oid``, as far as it knows without asking anyone."""
 
 
 class ObjectStore:
@@ -65,6 +75,8 @@ class ObjectStore:
         self.recent: dict[bytes, bytes] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
+        self.source: ObjectSource | None = None
         self.packs_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.refresh()
@@ -226,6 +238,9 @@ class ObjectStore:
     def read(self, oid: bytes, what: str) -> bytes:
         """The raw bytes of object ``oid``, hash-checked."""
         found = self.locate(oid)
+        if found is None and self.source is not None:
+            self.source.fetch([oid], {oid: what})
+            found = self.locate(oid)
         if found is None:
             raise ObjectMissingError(f"object {oid.hex()[:12]} ({what}) is missing from the store")
         out = bytearray(found[1].raw_length)
@@ -236,6 +251,13 @@ class ObjectStore:
         self, jobs: Sequence[tuple[bytes, memoryview, str]], pool: ThreadPoolExecutor
     ) -> None:
         """Run :meth:`read_into` for every job, in parallel, raising the first error."""
+        if self.source is not None:
+            missing = {oid: what for oid, _, what in jobs if not self.has(oid)}
+            if missing:
+                self.refresh()
+                missing = {oid: what for oid, what in missing.items() if not self.has(oid)}
+            if missing:
+                self.source.fetch(list(missing), missing)
         futures = [pool.submit(self.read_into, oid, out, what) for oid, out, what in jobs]
         for f in futures:
             f.result()

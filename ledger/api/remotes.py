@@ -1,0 +1,160 @@
+"""Remotes on the facade: remote_add, push, fetch, pull, clone, and ``URL@rev`` revisions.
+
+Thin: every method takes the ledger's lock, checks it is open and delegates
+to ``ledger.remotes`` (docs/remotes.md). This mixin also gives the object
+store its lazy source, so a checkout of a commit whose chunks live only on a
+remote fetches exactly the chunks the store lacks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ledger.api.core import LedgerCore
+from ledger.remotes import fetch as _fetch
+from ledger.remotes import push as _push
+from ledger.remotes import tracking
+from ledger.remotes.fetch import FetchResult, PullResult
+from ledger.remotes.lazy import LazySource, resolve_url
+from ledger.remotes.push import PushResult
+from ledger.remotes.transfer import Progress
+
+R = TypeVar("R", bound="RemoteOps")
+
+
+class RemoteOps(LedgerCore):
+    """Push to and pull from directories, S3 (fsspec) and the Hugging Face Hub."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.store.source = LazySource(self)
+
+    def remote_add(self, name: str, url: str) -> None:
+        """Register remote ``name`` at ``url``: a path or ``file://``, ``s3://bucket/prefix``
+        (any fsspec URL), or ``hf://user/repo``. Credentials stay in each client's settings.
+
+        Raises:
+            RemoteURLError: the URL is malformed or carries a credential.
+            RemoteError: the name is taken or invalid.
+
+        Example:
+            >>> lg.remote_add("origin", "s3://bucket/runs/bert")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            tracking.remote_add(self, name, url)
+
+    def remotes(self) -> dict[str, str]:
+        """Remote name -> URL.
+
+        Example:
+            >>> lg.remotes()  # doctest: +SKIP
+            {'origin': 's3://bucket/runs/bert'}
+        """
+        self._check_open()
+        return tracking.remotes(self)
+
+    def push(
+        self,
+        remote: str | None = None,
+        branch: str | None = None,
+        *,
+        all: bool = False,
+        tags: bool = False,
+        export_weights: bool = False,
+        progress: Progress | None = None,
+    ) -> PushResult:
+        """Send ``branch`` (default: HEAD's) to ``remote``: only the objects it lacks.
+
+        The remote's refs move last, by compare-and-swap: if someone pushed since
+        this ledger last saw the remote, nothing moves and ``RemoteConflictError``
+        says to fetch first. Expired commits send their record, not their state.
+
+        Args:
+            remote: remote name (default ``origin``).
+            branch: the branch to push (default: the one HEAD is on).
+            all: push every branch.
+            tags: push every tag too.
+            export_weights: (Hub) also upload the head's tensors as plain safetensors.
+            progress: called with the bytes of each pack as it is stored.
+
+        Returns:
+            :class:`PushResult`: ``commits``, ``chunks_sent``, ``bytes_sent``, ``bytes_skipped``.
+
+        Example:
+            >>> r = lg.push("origin")  # doctest: +SKIP
+            >>> r.chunks_sent, r.bytes_sent  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            name = remote or tracking.default_remote(self)
+            return _push.push(
+                self,
+                name,
+                branch,
+                all_branches=all,
+                tags=tags,
+                export_weights=export_weights,
+                progress=progress,
+            )
+
+    def fetch(self, remote: str | None = None, progress: Progress | None = None) -> FetchResult:
+        """Bring the remote's commit records and refs (``origin/main`` ...); chunks come on demand.
+
+        Example:
+            >>> lg.fetch("origin"); lg.resolve("origin/main")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return _fetch.fetch(self, remote or tracking.default_remote(self), progress)
+
+    def pull(
+        self,
+        remote: str | None = None,
+        branch: str | None = None,
+        progress: Progress | None = None,
+    ) -> PullResult:
+        """Fetch, then fast-forward ``branch`` (default: HEAD's) with the state it gains.
+
+        Raises:
+            DivergedError: both sides have commits the other lacks (no merges).
+
+        Example:
+            >>> lg.pull("origin", "main").new  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            name = remote or tracking.default_remote(self)
+            return _fetch.pull(self, name, branch, progress)
+
+    @classmethod
+    def clone(
+        cls: type[R],
+        url: str,
+        path: str | os.PathLike[str],
+        branch: str | None = None,
+        depth: int | None = None,
+        progress: Progress | None = None,
+    ) -> R:
+        """A new ledger at ``path`` from ``url`` (remote ``origin``), HEAD on ``branch``.
+
+        ``depth=1`` fetches every commit record but only the newest commit's chunks:
+        "download the latest checkpoint and resume"; older states come on demand.
+
+        Example:
+            >>> lg = Ledger.clone("hf://me/bert-run", "ckpt", depth=1)  # doctest: +SKIP
+        """
+        return _fetch.clone(cls.open, url, Path(path), branch, depth, progress)
+
+    def resolve(self, rev: str) -> str:
+        """Like :meth:`LedgerCore.resolve`, plus ``URL@rev`` (``hf://user/repo@main``) on a remote.
+
+        Example:
+            >>> lg.checkout("hf://me/bert-run@main")  # doctest: +SKIP
+        """
+        if "://" in rev:
+            self._check_open()
+            return resolve_url(self, rev)
+        return super().resolve(rev)

@@ -1,0 +1,166 @@
+"""Which remotes a ledger knows: names, URLs, and opening a backend for a URL.
+
+This module owns ``<ledger>/remotes/config.json`` (msgspec ``RemotesConfig``:
+remote name -> URL, and whether the ledger is shallow) and the URL rules: a
+path or ``file://`` (directory), ``hf://user/repo`` (the Hub), any other
+``scheme://`` fsspec knows (``s3://bucket/prefix`` ...). It refuses a URL that
+carries a credential (user:password@, or a token/key/signature in the query):
+credentials come from each client's own configuration and must never be
+written into a ledger.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+
+from ledger.errors import RemoteError, RemoteURLError
+from ledger.objects.durable import atomic_write
+from ledger.remotes.base import Remote
+
+REMOTES_DIR = "remotes"
+CONFIG_FILE = "config.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "signature", "credential", "auth")
+
+
+class RemoteEntry(msgspec.Struct, frozen=True):
+    """One configured remote."""
+
+    url: str
+
+
+class RemotesConfig(msgspec.Struct, tag="remotes", kw_only=True):
+    """``<ledger>/remotes/config.json``."""
+
+    format: int = 1
+    remotes: dict[str, RemoteEntry] = {}
+    #: cloned with a depth: pulls fetch only the new tip's state
+    shallow: bool = False
+
+
+_decoder = msgspec.json.Decoder(RemotesConfig)
+
+
+def check_remote_name(name: str) -> str:
+    """Validate a remote name (letters, digits, ``._-``; no ``/``).
+
+    Example:
+        >>> check_remote_name("origin")
+        'origin'
+    """
+    if not _NAME_RE.match(name) or name.endswith((".", ".lock")):
+        raise RemoteError(
+            f"remote name {name!r} is not valid: use letters, digits and . _ - (no '/')"
+        )
+    return name
+
+
+def check_url(url: str) -> str:
+    """Refuse URLs that carry credentials or name no supported kind; return the URL.
+
+    Example:
+        >>> check_url("s3://bucket/runs/bert")
+        's3://bucket/runs/bert'
+    """
+    url = url.strip()
+    if not url:
+        raise RemoteURLError("a remote URL is empty")
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise RemoteURLError(
+            f"remote URL for {parts.scheme}://{parts.hostname or ''}... carries a user or password: "
+            "leave credentials to the client's own settings (AWS profile, HF_TOKEN, ...), "
+            "they must never be stored in the ledger"
+        )
+    for key, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            raise RemoteURLError(
+                f"remote URL has a {key!r} query parameter, which looks like a credential: "
+                "configure it in the client's settings instead"
+            )
+    if parts.scheme == "hf" and len([p for p in (parts.netloc + parts.path).split("/") if p]) != 2:
+        raise RemoteURLError(f"{url!r}: a Hub remote is hf://<user or org>/<repo>")
+    return url
+
+
+def open_remote(url: str) -> Remote:
+    """A backend for ``url`` (see the module docstring).
+
+    Example:
+        >>> open_remote("/tmp/ledger-remote").url
+        '/tmp/ledger-remote'
+    """
+    url = check_url(url)
+    if "://" not in url:
+        from ledger.remotes.local import DirectoryRemote
+
+        return DirectoryRemote(Path(url).expanduser().absolute(), url=url)
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "file":
+        from ledger.remotes.local import DirectoryRemote
+
+        return DirectoryRemote(Path(urlsplit(url).path), url=url)
+    if scheme == "hf":
+        from ledger.remotes.hub import HubRemote
+
+        return HubRemote(url)
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ValueError, ImportError) as e:
+        raise RemoteURLError(f"{url!r}: no filesystem for {scheme}:// ({e})") from e
+    from ledger.remotes.fs import FsspecRemote
+
+    return FsspecRemote(url)
+
+
+def split_url_rev(text: str) -> tuple[str, str | None]:
+    """``"hf://me/run@main"`` -> ``("hf://me/run", "main")``; no ``@``: the remote's head.
+
+    Example:
+        >>> split_url_rev("s3://b/p@v1"), split_url_rev("s3://b/p")
+        (('s3://b/p', 'v1'), ('s3://b/p', None))
+    """
+    scheme, _, rest = text.partition("://")
+    if "@" in rest:
+        body, _, rev = rest.rpartition("@")
+        return f"{scheme}://{body}", rev or None
+    return text, None
+
+
+def config_path(root: Path) -> Path:
+    """Where a ledger's remote settings live."""
+    return root / REMOTES_DIR / CONFIG_FILE
+
+
+def load_config(root: Path) -> RemotesConfig:
+    """The ledger's remote settings (empty when none were made)."""
+    try:
+        data = config_path(root).read_bytes()
+    except FileNotFoundError:
+        return RemotesConfig()
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise RemoteError(f"{config_path(root)} is damaged ({e}); fix or delete it") from e
+
+
+def save_config(root: Path, config: RemotesConfig, tmp_dir: Path) -> None:
+    """Write the settings atomically (the caller holds the ledger's write lock)."""
+    path = config_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path, msgspec.json.format(msgspec.json.encode(config)) + b"\n", fsync=True, tmp_dir=tmp_dir
+    )
+
+
+def cache_dir(root: Path, name: str) -> Path:
+    """Where the refs and index files last read from remote ``name`` are cached."""
+    return root / REMOTES_DIR / check_remote_name(name)

@@ -1,0 +1,192 @@
+"""A remote in a Hugging Face Hub model repo (``hf://user/repo``).
+
+This module owns the Hub backend. Keys live under ``ledger/`` in the repo's
+``main`` branch. Reads go to ``/{repo}/resolve/{commit}/{path}`` (with
+``Range`` for partial reads), pinned to the commit that ``get_versioned`` saw,
+so one operation reads one consistent snapshot. Writes (``put``, ``delete``,
+and extra files such as the model card) are staged and land together in the
+next ``put_if`` as **one Hub commit** created with ``parent_commit=`` the
+version read: a stale parent is refused by the Hub, which is our
+compare-and-swap. Large files travel by whatever the client picks (LFS or
+Xet); nothing here is Xet-specific.
+
+The server is ``$HF_ENDPOINT`` (or the client's default) and the token comes
+from the client's usual sources (``HF_TOKEN``, the saved login); this module
+must never store, log or pass on a token itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import RemoteConflictError, RemoteError, RemoteURLError
+from ledger.remotes.base import Remote, Version, check_key
+
+PREFIX = "ledger/"
+
+
+class HubRemote(Remote):
+    """Keys under ``ledger/`` in the Hub model repo ``repo_id``.
+
+    Example:
+        >>> r = HubRemote("hf://me/bert-run")  # doctest: +SKIP
+        >>> r.get_versioned("refs.json")  # doctest: +SKIP
+        (None, None)
+    """
+
+    def __init__(self, url: str, endpoint: str | None = None) -> None:
+        from huggingface_hub import HfApi, constants
+
+        super().__init__(url)
+        repo_id = url.split("://", 1)[1].strip("/")
+        parts = repo_id.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise RemoteURLError(f"{url!r}: a Hub remote is hf://<user or org>/<repo>")
+        self.repo_id = repo_id
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
+            "/"
+        )
+        self.api = HfApi(endpoint=self.endpoint)
+        self.revision = "main"
+        self.sha: str | None = None
+        self._staged: list[Any] = []
+
+    # -- reading -----------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(
+            self.repo_id, path, revision=self.sha or self.revision, endpoint=self.endpoint
+        )
+
+    def _download(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        headers = build_hf_headers()
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"
+        response = get_session().get(self._url(PREFIX + check_key(key)), headers=headers)
+        if response.status_code == 404:
+            raise FileNotFoundError(f"{key} is not in {self.url}")
+        hf_raise_for_status(response)
+        data = response.content
+        if byte_range is not None and (response.status_code != 206 or len(data) != byte_range[1]):
+            raise RemoteError(f"{self.url} answered a range read of {key} with the wrong bytes")
+        return bytes(data)
+
+    def get(self, key: str) -> bytes:
+        return self._download(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self._download(key, (start, length))
+
+    def head_commit(self) -> str | None:
+        """The commit at the tip of ``main`` (None: no such repo)."""
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            return self.api.repo_info(self.repo_id, revision=self.revision).sha
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+
+    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
+        self.sha = self.head_commit()
+        if self.sha is None:
+            return None, None
+        try:
+            return self.get(key), self.sha
+        except FileNotFoundError:
+            return None, self.sha
+
+    def exists(self, key: str) -> bool:
+        return bool(
+            self.api.file_exists(
+                self.repo_id, PREFIX + check_key(key), revision=self.sha or self.revision
+            )
+        )
+
+    def list(self, prefix: str) -> list[str]:
+        from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+
+        try:
+            entries = self.api.list_repo_tree(
+                self.repo_id,
+                path_in_repo=(PREFIX + prefix).rstrip("/"),
+                recursive=True,
+                revision=self.sha or self.revision,
+            )
+            paths = [e.path for e in entries if getattr(e, "size", None) is not None]
+        except (EntryNotFoundError, RemoteEntryNotFoundError):
+            return []
+        return sorted(p[len(PREFIX) :] for p in paths if p.startswith(PREFIX))
+
+    # -- writing (staged into one Hub commit) ---------------------------------------
+
+    def put(self, key: str, data: bytes | Path) -> None:
+        self.stage(PREFIX + check_key(key), data)
+
+    def stage(self, path_in_repo: str, data: bytes | Path) -> None:
+        """Add a file (anywhere in the repo) to the next commit."""
+        from huggingface_hub import CommitOperationAdd
+
+        source: str | bytes = str(data) if isinstance(data, Path) else data
+        self._staged.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source))
+
+    def delete(self, key: str) -> None:
+        from huggingface_hub import CommitOperationDelete
+
+        self._staged.append(CommitOperationDelete(path_in_repo=PREFIX + check_key(key)))
+
+    def put_if(self, key: str, data: bytes, expected: Version, message: str = "") -> None:
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.errors import HfHubHTTPError
+
+        parent = expected
+        if parent is None:
+            self.api.create_repo(self.repo_id, exist_ok=True)
+            parent = self.head_commit()
+            if parent is None or self.api.file_exists(self.repo_id, PREFIX + key, revision=parent):
+                raise _conflict(key, self.url)
+        ops = [*self._staged, CommitOperationAdd(PREFIX + check_key(key), data)]
+        summary, _, description = (message or f"ledger: update {key}").partition("\n")
+        try:
+            info = self.api.create_commit(
+                self.repo_id,
+                ops,
+                commit_message=summary,
+                commit_description=description.strip() or None,
+                parent_commit=parent,
+                revision=self.revision,
+            )
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status in (409, 412):
+                raise _conflict(key, self.url) from None
+            raise
+        self.sha = info.oid
+        self._staged = []
+
+    def transient(self, exc: BaseException) -> bool:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        seen: BaseException | None = exc
+        while seen is not None:
+            # The client's HTTP library (httpx or its fork) names its network faults TransportError.
+            names = {t.__name__ for t in type(seen).__mro__}
+            if "TransportError" in names or isinstance(seen, ConnectionError | TimeoutError):
+                return True
+            if isinstance(seen, HfHubHTTPError) and seen.response is not None:
+                status = seen.response.status_code
+                return status >= 500 or status == 429
+            seen = seen.__cause__ or seen.__context__
+        return False
+
+
+def _conflict(key: str, url: str) -> RemoteConflictError:
+    return RemoteConflictError(
+        f"{key} on remote {url} changed since it was read (the Hub refused the stale parent "
+        "commit); fetch first"
+    )

@@ -1,0 +1,126 @@
+"""Remotes on a ledger: settings, remote-tracking refs, and the history walks sync needs.
+
+This module owns ``Ledger.remote_add``/``remotes`` (through ``config``),
+opening a configured remote with its cache folder, and moving the
+remote-tracking refs ``refs/remotes/<remote>/<branch>`` (only through the
+ledger's event log, by compare-and-swap). It must never touch a remote's
+own refs: push does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ledger.errors import RemoteError
+from ledger.history.refs import REMOTE_PREFIX
+from ledger.remotes.base import Remote
+from ledger.remotes.config import (
+    RemoteEntry,
+    cache_dir,
+    check_remote_name,
+    load_config,
+    open_remote,
+    save_config,
+)
+
+if TYPE_CHECKING:
+    from ledger.api.core import LedgerCore
+
+
+# -- remote settings ----------------------------------------------------------------
+
+
+def remote_add(lg: LedgerCore, name: str, url: str) -> None:
+    """Register remote ``name`` at ``url`` (validated, credential-free)."""
+    check_remote_name(name)
+    open_remote(url)  # refuses bad or credential-bearing URLs before anything is written
+    with lg.refs.lock.hold():
+        config = load_config(lg.root)
+        if name in config.remotes:
+            raise RemoteError(f"remote {name!r} already exists ({config.remotes[name].url})")
+        remotes = {**config.remotes, name: RemoteEntry(url=url)}
+        save_config(lg.root, msgspec.structs.replace(config, remotes=remotes), lg.store.tmp_dir)
+
+
+def remotes(lg: LedgerCore) -> dict[str, str]:
+    """Remote name -> URL."""
+    return {name: e.url for name, e in sorted(load_config(lg.root).remotes.items())}
+
+
+def open_named(lg: LedgerCore, name: str) -> tuple[Remote, Path]:
+    config = load_config(lg.root)
+    entry = config.remotes.get(name)
+    if entry is None:
+        known = ", ".join(sorted(config.remotes)) or "none"
+        raise RemoteError(
+            f"no remote named {name!r} (known: {known}); add it: ledger remote add {name} URL"
+        )
+    return open_remote(entry.url), cache_dir(lg.root, name)
+
+
+def default_remote(lg: LedgerCore) -> str:
+    """``origin`` if configured, else the only remote."""
+    names = sorted(load_config(lg.root).remotes)
+    if "origin" in names or len(names) != 1:
+        return "origin"
+    return names[0]
+
+
+# -- history helpers ----------------------------------------------------------------
+
+
+def ancestors(lg: LedgerCore, tips: Iterable[str], stop: set[str] | None = None) -> list[str]:
+    """Commits reachable from ``tips`` (all parents), oldest first, not walking into ``stop``."""
+    stop = stop or set()
+    seen: set[str] = set()
+    order: list[str] = []
+    stack = [(t, False) for t in tips]
+    while stack:
+        cid, expanded = stack.pop()
+        if expanded:
+            order.append(cid)
+            continue
+        if cid in seen or cid in stop:
+            continue
+        seen.add(cid)
+        stack.append((cid, True))
+        stack.extend((p, False) for p in reversed(lg.record(cid).parents))
+    return order
+
+
+def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
+    stack, seen = [new], set()
+    while stack:
+        cid = stack.pop()
+        if cid == old:
+            return True
+        if cid in seen:
+            continue
+        seen.add(cid)
+        stack.extend(lg.record(cid).parents)
+    return False
+
+
+def known(lg: LedgerCore, cid: str) -> bool:
+    return lg.store.locate(bytes.fromhex(cid)) is not None
+
+
+def strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k[len(prefix) :]: v for k, v in refs.items() if k.startswith(prefix)}
+
+
+def track(lg: LedgerCore, name: str, tips: dict[str, str], reason: str) -> None:
+    """Point ``refs/remotes/<name>/<branch>`` at ``tips`` (compare-and-swap on the local log)."""
+    local = lg.refs.snapshot()
+    prefix = f"{REMOTE_PREFIX}{name}/"
+    changes: dict[str, tuple[str | None, str | None]] = {
+        prefix + b: (local.get(prefix + b), cid)
+        for b, cid in tips.items()
+        if local.get(prefix + b) != cid
+    }
+    if changes:
+        lg.refs.update(changes, reason)
