@@ -12,13 +12,11 @@ framework itself, nor pickle anything.
 from __future__ import annotations
 
 import enum
-import importlib
 import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -52,20 +50,21 @@ class DistributedCommitError(AdapterError):
     """A rank failed, timed out or disagreed during a multi-process commit; nothing became visible."""
 
 
-def require(module: str, extra: str) -> ModuleType:
-    """Import ``module`` or fail with an error that says which extra to install.
+def missing_extra(extra: str, error: ImportError) -> MissingExtraError:
+    """The error for an adapter imported without its framework (raise it ``from error``).
 
     Example:
-        >>> require("math", "none").sqrt(4.0)
-        2.0
+        >>> try:
+        ...     import lightning_that_is_not_installed  # noqa: F401
+        ... except ImportError as e:
+        ...     print(missing_extra("lightning", e))
+        ledger.adapters.lightning needs lightning_that_is_not_installed, which is not installed; install it with: pip install 'training-ledger[lightning]'
     """
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtraError(
-            f"ledger.adapters.{extra} needs {module.split('.')[0]!r}, which is not installed "
-            f"({e}); install it with: pip install 'training-ledger[{extra}]'"
-        ) from e
+    missing = error.name or str(error)
+    return MissingExtraError(
+        f"ledger.adapters.{extra} needs {missing}, which is not installed; "
+        f"install it with: pip install 'training-ledger[{extra}]'"
+    )
 
 
 def open_ledger(ledger: LedgerLike) -> Ledger:
