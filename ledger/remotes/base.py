@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ledger.errors import RemoteError
+from ledger.errors import LedgerError, RemoteError
 
 #: An opaque token naming the state of a key (an ETag, a content hash, a Hub
 #: commit); ``None`` means the key was absent when read.
@@ -64,6 +64,8 @@ class Remote(abc.ABC):
     atomic: bool = True
     #: whether ``get_range`` reads only the bytes asked for
     ranged: bool = True
+    #: whether ``put`` only stages (the file must stay on disk until the next ``put_if``)
+    stages_writes: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -123,8 +125,12 @@ class Remote(abc.ABC):
             try:
                 return fn()
             except Exception as e:
-                if not self.transient(e):
+                if isinstance(e, LedgerError | FileNotFoundError):
                     raise
+                if not self.transient(e):
+                    raise RemoteError(
+                        f"{what} on remote {self.url} failed: {type(e).__name__}: {e}"
+                    ) from e
                 if attempt == RETRY_ATTEMPTS - 1:
                     raise RemoteError(
                         f"{what} on remote {self.url} failed after {RETRY_ATTEMPTS} attempts: "

@@ -28,13 +28,15 @@ PREFIX = "ledger/"
 
 
 class HubRemote(Remote):
-    """Keys under ``ledger/`` in the Hub model repo ``repo_id``.
+    """Keys under ``ledger/`` in the Hub model repo ``repo_id`` (writes staged per commit).
 
     Example:
         >>> r = HubRemote("hf://me/bert-run")  # doctest: +SKIP
         >>> r.get_versioned("refs.json")  # doctest: +SKIP
         (None, None)
     """
+
+    stages_writes = True
 
     def __init__(self, url: str, endpoint: str | None = None) -> None:
         from huggingface_hub import HfApi, constants

@@ -13,7 +13,9 @@ It must never overwrite a remote ref it did not read.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -126,7 +128,7 @@ def push(
     updated.update({f"tag {t}": c for t, c in new_tags.items() if t not in old.tags})
     if not meta and not chunks and not updated and gone == old.expired and view.refs:
         return PushResult(remote=name, updated={}, duration_s=time.perf_counter() - started)
-    keep = getattr(remote, "stages_writes", False)
+    keep = remote.stages_writes
     sent = [
         upload(
             lg.store,
@@ -139,6 +141,7 @@ def push(
         ),
         upload(lg.store, remote, meta, lg.pool, target=1 << 62, keep_files=keep, progress=progress),
     ]
+    extras: Path | None = None
     try:
         packs = [p for s in sent for p in s.packs]
         index = None
@@ -162,7 +165,7 @@ def push(
             updated=utcnow(),
             pushes=old.pushes + 1,
         )
-        _stage_hub_extras(lg, remote, branches.get(head or ""), export_weights)
+        extras = _stage_hub_extras(lg, remote, branches.get(head or ""), export_weights)
         body = encode_refs(new)
         message = _push_message(name, updated, commits)
         _swap_refs(remote, view, body, message, name)
@@ -170,6 +173,8 @@ def push(
         for s in sent:
             for path in s.temp_files:
                 path.unlink(missing_ok=True)
+        if extras is not None:
+            shutil.rmtree(extras, ignore_errors=True)
     cache_refs(cache, body, (index[1], index[0]) if index else None)
     track(lg, name, {b: branches[b] for b in wanted}, f"push {name}")
     return PushResult(
@@ -255,14 +260,19 @@ def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name
             ) from None
 
 
-def _stage_hub_extras(lg: LedgerCore, remote: Remote, head: str | None, export: bool) -> None:
+def _stage_hub_extras(
+    lg: LedgerCore, remote: Remote, head: str | None, export: bool
+) -> Path | None:
+    """On the Hub: stage the model card (and the head's weights); the folder to delete after."""
     from ledger.remotes.hub import HubRemote
 
     if not isinstance(remote, HubRemote) or head is None:
-        return
+        return None
     from ledger.remotes.card import export_weights, model_card
 
-    remote.stage("README.md", model_card(lg, head, remote.repo_id).encode())
-    if export:
-        for path_in_repo, data in export_weights(lg, head):
-            remote.stage(path_in_repo, data)
+    files = export_weights(lg, head, lg.store.tmp_dir) if export else []
+    for path_in_repo, local in files:
+        remote.stage(path_in_repo, local)
+    card = model_card(lg, head, remote.repo_id, [p for p, _ in files])
+    remote.stage("README.md", card.encode())
+    return files[0][1].parent if files else None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ledger.errors import CorruptionError, ObjectMissingError, RemoteCorruptionError
 from ledger.objects.durable import atomic_write
@@ -41,7 +42,16 @@ PACK_TARGET = 64 << 20
 GAP = 1 << 20
 SPAN = 64 << 20
 DOWNLOAD_THREADS = 4
-Progress = Callable[[int], None]
+
+
+class Progress(Protocol):
+    """Told the bytes a transfer will move, then each part as it is done (a progress bar)."""
+
+    def start(self, total: int, description: str) -> None:
+        """A transfer of ``total`` bytes begins."""
+
+    def advance(self, done: int) -> None:
+        """``done`` more bytes were moved."""
 
 
 @dataclass
@@ -157,6 +167,8 @@ def download(
     if not by_pack:
         return 0, 0
     jobs = [(pack, span) for pack, entries in sorted(by_pack.items()) for span in _spans(entries)]
+    if progress is not None:
+        progress.start(sum(e.length for es in by_pack.values() for e in es), "fetching")
 
     def read(pack: str, span: list[IndexEntry]) -> list[tuple[IndexEntry, bytes]]:
         start = span[0].offset
@@ -194,7 +206,7 @@ def download(
                     stored += 1
                     received += len(blob)
                     if progress is not None:
-                        progress(len(blob))
+                        progress.advance(len(blob))
                 nxt = next(pending, None)
                 if nxt is not None:
                     window.append(pool.submit(read, *nxt))
@@ -252,6 +264,9 @@ def upload(
     """
     stats = UploadStats()
     builder = PackBuilder(store.tmp_dir, target)
+    if progress is not None and objects:
+        sizes = (store.locate(oid) for oid, _ in objects)
+        progress.start(sum(f[1].length for f in sizes if f is not None), "pushing")
 
     def send(record: PackRecord, path: Path) -> None:
         key = pack_key(record.name)
@@ -265,8 +280,6 @@ def upload(
             stats.temp_files.append(path)
         else:
             path.unlink()
-        if progress is not None:
-            progress(record.size)
 
     window: collections.deque[Future[tuple[IndexEntry, bytes]]] = collections.deque()
     todo = iter(objects)
@@ -285,6 +298,8 @@ def upload(
             sealed = builder.add(entry, blob)
             if sealed is not None:
                 send(*sealed)
+            if progress is not None:
+                progress.advance(len(blob))
         last = builder.seal()
         if last is not None:
             send(*last)

@@ -1,0 +1,193 @@
+"""``ledger remote``, ``push``, ``fetch``, ``pull`` and ``clone``: the remote commands.
+
+This module owns their arguments, the transfer progress bar (rich, on
+stderr, only on a terminal and never with ``-q``) and their confirmations;
+the work is ``Ledger.remote_add/remotes/push/fetch/pull/clone``
+(docs/remotes.md). It must never read or write remote bytes itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ledger import Ledger
+from ledger.cli._common import (
+    aligned,
+    confirm,
+    console,
+    emit,
+    global_options,
+    human_bytes,
+    open_ledger,
+    options,
+    short,
+)
+
+
+class _Bar:
+    """A rich transfer bar fed by ``ledger.remotes.transfer.Progress`` calls."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.task: TaskID | None = None
+
+    def start(self, total: int, description: str) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total)
+
+    def advance(self, done: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, done)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Bar | None]:
+    err = console(stderr=True)
+    if not err.is_terminal or options().quiet:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        yield _Bar(bar)
+
+
+@click.group("remote", invoke_without_command=True)
+@global_options
+@click.pass_context
+def remote_command(ctx: click.Context) -> None:
+    """List remotes, or add one with `ledger remote add NAME URL`.
+
+    URLs: a path or file://..., s3://bucket/prefix (any fsspec URL), or
+    hf://user/repo. Credentials stay in each client's own settings.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    found = open_ledger().remotes()
+    items = [{"name": n, "url": u} for n, u in found.items()]
+
+    def render(con: Console) -> None:
+        for line in aligned([[n, u] for n, u in found.items()]):
+            con.print(line, soft_wrap=True, markup=False)
+
+    emit({"remotes": items}, render)
+
+
+@remote_command.command("add")
+@click.argument("name")
+@click.argument("url")
+@global_options
+def remote_add_command(name: str, url: str) -> None:
+    """Register remote NAME at URL."""
+    open_ledger().remote_add(name, url)
+    confirm({"name": name, "url": url}, f"added remote {name} ({url})")
+
+
+@click.command("push")
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@click.option("--all", "all_branches", is_flag=True, help="Push every branch.")
+@click.option("--tags", is_flag=True, help="Push every tag too.")
+@click.option(
+    "--export-weights",
+    is_flag=True,
+    help="(Hub) also upload the head's tensors as plain safetensors files.",
+)
+@global_options
+def push_command(
+    remote: str | None, branch: str | None, all_branches: bool, tags: bool, export_weights: bool
+) -> None:
+    """Send BRANCH (default: HEAD's) to REMOTE (default: origin); only missing objects travel."""
+    lg = open_ledger()
+    with _progress() as bar:
+        r = lg.push(
+            remote, branch, all=all_branches, tags=tags, export_weights=export_weights, progress=bar
+        )
+    if not r.updated and not r.bytes_sent:
+        confirm(r, f"{r.remote} is up to date")
+        return
+    moved = ", ".join(f"{ref} -> {short(cid)}" for ref, cid in sorted(r.updated.items()))
+    confirm(
+        r,
+        f"pushed to {r.remote}: {moved or 'expiry'}; {r.commits} commits, {r.chunks_sent} chunks, "
+        f"{human_bytes(r.bytes_sent)} sent, {human_bytes(r.bytes_skipped)} already there",
+    )
+
+
+@click.command("fetch")
+@click.argument("remote", required=False)
+@global_options
+def fetch_command(remote: str | None) -> None:
+    """Bring REMOTE's commit records and branches (as REMOTE/BRANCH); chunks come on demand."""
+    lg = open_ledger()
+    with _progress() as bar:
+        r = lg.fetch(remote, progress=bar)
+    moved = ", ".join(f"{r.remote}/{b} -> {short(c)}" for b, c in sorted(r.updated.items()))
+    confirm(
+        r,
+        f"fetched {r.remote}: {r.commits} new commits ({human_bytes(r.bytes_received)})"
+        + (f"; {moved}" if moved else "; branches unchanged")
+        + (f"; new tags {', '.join(r.tags)}" if r.tags else ""),
+    )
+
+
+@click.command("pull")
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@global_options
+def pull_command(remote: str | None, branch: str | None) -> None:
+    """Fetch REMOTE, then fast-forward BRANCH (default: HEAD's) to it; never merges."""
+    lg = open_ledger()
+    with _progress() as bar:
+        r = lg.pull(remote, branch, progress=bar)
+    if r.fast_forward:
+        message = (
+            f"fast-forwarded {r.branch} {short(r.old)} -> {short(r.new)} "
+            f"({human_bytes(r.bytes_received)} of state)"
+        )
+    else:
+        message = f"{r.branch} is up to date with {r.fetch.remote}"
+    confirm(r, message)
+
+
+@click.command("clone")
+@click.argument("url")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--branch", "-b", help="Branch to check out (default: the remote's head).")
+@click.option("--depth", type=click.IntRange(min=1), help="Fetch only the newest N states.")
+@global_options
+def clone_command(url: str, directory: Path, branch: str | None, depth: int | None) -> None:
+    """Make a new ledger in DIRECTORY from URL (remote origin)."""
+    with _progress() as bar:
+        lg = Ledger.clone(url, directory, branch=branch, depth=depth, progress=bar)
+    click.get_current_context().call_on_close(lg.close)
+    head = lg.head
+    where = os.path.abspath(directory)
+    doc = {
+        "path": where,
+        "url": url,
+        "branch": lg.current_branch,
+        "commit": head.id if head else None,
+    }
+    confirm(doc, f"cloned {url} into {where}: {lg.current_branch} at {short(doc['commit'])}")
