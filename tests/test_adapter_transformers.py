@@ -1,0 +1,226 @@
+"""``ledger.adapters.transformers.LedgerCallback``: the HF Trainer commits into a ledger and resumes from it.
+
+The exact-resume test trains a tiny GPT-2 (from a config; no downloads) for
+8 steps straight and for 4 steps + resume in a new process + 4
+(tests/scripts/adapter_hf_train.py: dropout, shuffled sampler, AdamW with
+warm-up and linear decay, tied embeddings, evaluation every 4 steps) and
+compares parameters, optimizer and scheduler state and the logged losses
+bitwise. The Trainer's output directory stays empty.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import safe_globals
+
+from ledger import Ledger
+from ledger.adapters._common import MissingExtraError, ResumeError
+from ledger.adapters.transformers import LedgerCallback
+from ledger.errors import RevisionNotFoundError
+from ledger.retention import KeepBest, KeepLast
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+SCRIPTS = Path(__file__).parent / "scripts"
+TRAIN = SCRIPTS / "adapter_hf_train.py"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+util = _load("adapter_util")
+
+
+def _train(tmp: Path, run: str, *argv: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(TRAIN), str(tmp / run), str(tmp / f"{run}-out"), *argv]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 steps straight (ledger a); 4 steps, then a new process resuming to 8 (ledger b)."""
+    tmp = tmp_path_factory.mktemp("hf")
+    straight = _train(tmp, "a", "8", str(tmp / "a"))
+    first = _train(tmp, "b", "8", str(tmp / "b-half"), "4")
+    _finish(straight)
+    _finish(first)
+    _finish(_train(tmp, "b", "8", str(tmp / "b")))
+    return tmp
+
+
+def test_four_steps_plus_resume_in_a_new_process_equals_eight_straight(runs: Path) -> None:
+    straight, resumed = util.load_image(runs / "a"), util.load_image(runs / "b")
+    assert resumed["tensors"] == straight["tensors"]  # parameters and AdamW moments
+    assert resumed["plain"] == straight["plain"]  # LR schedule, step, losses of steps 5..8
+    assert util.load_image(runs / "b-half")["tensors"] != straight["tensors"]
+
+
+def test_the_trainer_writes_no_checkpoint_of_its_own(runs: Path) -> None:
+    assert list((runs / "a-out").iterdir()) == []
+    assert list((runs / "b-out").iterdir()) == []
+
+
+def test_save_steps_commit_with_logged_metrics_and_arguments(runs: Path) -> None:
+    with Ledger.open(runs / "b") as lg:
+        log = list(lg.log())
+        assert [c.step for c in log] == [8, 4]
+        assert all({"loss", "eval_loss", "learning_rate"} <= c.metrics.keys() for c in log)
+        assert log[0].params["learning_rate"] == 5e-3 and log[0].params["max_steps"] == 8
+        assert lg.retention() == [KeepLast(2), KeepBest("eval_loss", k=1, mode="min")]
+        best = min(log, key=lambda c: c.metrics["eval_loss"])
+        assert lg.resolve("best") == best.id
+        assert sorted(lg.checkout("HEAD")) == [
+            "__rng__",
+            "model",
+            "optimizer",
+            "scheduler",
+            "trainer_state",
+        ]
+
+
+def test_resume_writes_the_trainer_layout_loadable_without_pickle(runs: Path) -> None:
+    cb = LedgerCallback(runs / "b")
+    path = cb.resume("HEAD")
+    assert path is not None and Path(path).name == "checkpoint-8"
+    files = sorted(p.name for p in Path(path).iterdir())
+    assert files == [
+        "model.safetensors",
+        "optimizer.pt",
+        "rng_state.pth",
+        "scheduler.pt",
+        "trainer_state.json",
+    ]
+    weights = load_file(str(Path(path) / "model.safetensors"))
+    assert weights["lm_head.weight"].equal(weights["transformer.wte.weight"])  # tied, both named
+    optimizer = torch.load(Path(path) / "optimizer.pt", weights_only=True)
+    assert {"state", "param_groups"} <= optimizer.keys()
+    torch.load(Path(path) / "scheduler.pt", weights_only=True)
+    with safe_globals():  # the Trainer loads its RNG file this way
+        rng = torch.load(Path(path) / "rng_state.pth", weights_only=True)
+    assert {"python", "numpy", "cpu"} <= rng.keys()
+    assert json.loads((Path(path) / "trainer_state.json").read_text())["global_step"] == 8
+    cb._cleanup()
+    assert not Path(path).exists()
+
+
+# -- in-process checks ------------------------------------------------------------------
+
+
+class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, n: int) -> None:
+        self.ids = torch.randint(0, 32, (n, 8), generator=torch.Generator().manual_seed(n))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+@pytest.fixture(autouse=True)
+def quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _trainer(cb: LedgerCallback, out: Path, **kw: Any) -> Trainer:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        **kw,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=Tokens(16), eval_dataset=Tokens(4), callbacks=[cb]
+    )
+
+
+def test_resume_is_none_on_an_empty_ledger_and_an_error_for_unknown_names(
+    lg: Ledger, tmp_path: Path
+) -> None:
+    cb = LedgerCallback(lg)
+    assert cb.resume("HEAD") is None
+    _trainer(cb, tmp_path / "out", max_steps=2, save_steps=2).train()
+    assert lg.head is not None and lg.head.step == 2
+    with pytest.raises(RevisionNotFoundError):
+        cb.resume("nope")
+
+
+def test_a_commit_not_made_by_the_callback_is_refused(lg: Ledger) -> None:
+    lg.commit({"w": torch.zeros(1)})
+    with pytest.raises(ResumeError, match="not made by LedgerCallback"):
+        LedgerCallback(lg).resume("HEAD")
+
+
+def test_save_strategy_best_commits_only_new_bests_and_best_model_is_loaded_at_end(
+    lg: Ledger, tmp_path: Path
+) -> None:
+    cb = LedgerCallback(lg)
+    trainer = _trainer(
+        cb,
+        tmp_path / "out",
+        max_steps=8,
+        learning_rate=0.05,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="best",
+        metric_for_best_model="loss",
+        load_best_model_at_end=True,
+    )
+    trainer.train()
+    log = list(lg.log())
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    running, improving = float("inf"), []
+    for e in evals:
+        if e["eval_loss"] < running:
+            running = e["eval_loss"]
+            improving.append(e["step"])
+    assert sorted(c.step for c in log) == improving
+    assert lg.resolve("best") == log[0].id
+    best = lg.checkout("best", paths=["model"])["model"]
+    live = trainer.model.state_dict()
+    assert all(live[k].equal(v) for k, v in best.items())
+    with torch.no_grad():  # the end-of-training load really comes from the best commit
+        trainer.model.lm_head.weight.add_(1.0)
+    cb.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    assert trainer.model.lm_head.weight.equal(best["lm_head.weight"])
+
+
+def test_importing_without_transformers_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "try:\n    import ledger.adapters.transformers\n"
+        "except ImportError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert MissingExtraError.__name__ in out.stdout
+    assert "pip install 'training-ledger[transformers]'" in out.stdout
