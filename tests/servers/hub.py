@@ -87,7 +87,9 @@ class HubState:
 
     def new_commit(self, repo: Repo, files: dict[str, Blob], message: str) -> str:
         parent = repo.branches.get("main", ZERO)
-        sha = hashlib.sha1(f"{parent}{message}{sorted(files)}{len(repo.commits)}".encode()).hexdigest()
+        sha = hashlib.sha1(
+            f"{parent}{message}{sorted(files)}{len(repo.commits)}".encode()
+        ).hexdigest()
         repo.commits[sha] = files
         repo.messages[sha] = message
         repo.branches["main"] = sha
@@ -106,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hub: HubState
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # -- plumbing -------------------------------------------------------------
@@ -125,7 +127,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(doc).encode(), {"Content-Type": "application/json", **(headers or {})})
+        self._send(
+            status,
+            json.dumps(doc).encode(),
+            {"Content-Type": "application/json", **(headers or {})},
+        )
 
     def _auth(self, write: bool) -> None:
         given = self.headers.get("Authorization")
@@ -161,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = e.code
             self._json(e.status, {"error": e.message}, headers)
 
-    do_GET = do_POST = do_PUT = do_HEAD = _dispatch  # noqa: N815 - stdlib names
+    do_GET = do_POST = do_PUT = do_HEAD = _dispatch
 
     # -- routes ---------------------------------------------------------------
 
@@ -174,7 +180,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"errors": [], "warnings": []})
         if self.command == "PUT" and path.startswith("/lfs-upload/"):
             return self._lfs_put(path.rsplit("/", 1)[1])
-        api = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree|paths-info|preupload|commit)/([^/]+)(/.*)?)?$", path)
+        api = re.match(
+            r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree|paths-info|preupload|commit)/([^/]+)(/.*)?)?$",
+            path,
+        )
         if api:
             repo_id, verb, rev, rest = api.groups()
             rev = unquote(rev) if rev else "main"
@@ -219,7 +228,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(409, {"error": "You already created this model repo", "url": url})
             repo = Repo()
             self.hub.repos[repo_id] = repo
-            self.hub.new_commit(repo, {".gitattributes": Blob(b"*.bin filter=lfs\n")}, "initial commit")
+            self.hub.new_commit(
+                repo, {".gitattributes": Blob(b"*.bin filter=lfs\n")}, "initial commit"
+            )
         self._json(200, {"url": url})
 
     def _info(self, repo_id: str, rev: str) -> None:
@@ -229,7 +240,12 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"id": repo_id, "sha": sha, "siblings": siblings, "private": False})
 
     def _entry(self, path: str, blob: Blob) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": "file", "oid": blob.oid, "size": len(blob.data), "path": path}
+        doc: dict[str, Any] = {
+            "type": "file",
+            "oid": blob.oid,
+            "size": len(blob.data),
+            "path": path,
+        }
         if blob.lfs:
             doc["lfs"] = {"oid": blob.lfs, "size": len(blob.data), "pointerSize": 134}
         return doc
@@ -237,7 +253,9 @@ class Handler(BaseHTTPRequestHandler):
     def _tree(self, repo_id: str, rev: str, prefix: str) -> None:
         repo = self._repo(repo_id)
         _, files = self._files(repo, rev)
-        recursive = parse_qs(urlsplit(self.path).query).get("recursive", ["false"])[0].lower() == "true"
+        recursive = (
+            parse_qs(urlsplit(self.path).query).get("recursive", ["false"])[0].lower() == "true"
+        )
         base = prefix + "/" if prefix else ""
         out: list[dict[str, Any]] = []
         dirs: set[str] = set()
@@ -295,9 +313,15 @@ class Handler(BaseHTTPRequestHandler):
         for obj in doc["objects"]:
             entry: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"]}
             if obj["oid"] not in self.hub.lfs:
-                entry["actions"] = {"upload": {"href": f"http://{host}/lfs-upload/{obj['oid']}", "header": {}}}
+                entry["actions"] = {
+                    "upload": {"href": f"http://{host}/lfs-upload/{obj['oid']}", "header": {}}
+                }
             objects.append(entry)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), {"Content-Type": "application/vnd.git-lfs+json"})
+        self._send(
+            200,
+            json.dumps({"transfer": "basic", "objects": objects}).encode(),
+            {"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def _lfs_put(self, oid: str) -> None:
         data = self._body()
@@ -317,7 +341,9 @@ class Handler(BaseHTTPRequestHandler):
             sha, files = self._files(repo, rev)
             parent = header.get("parentCommit")
             if parent is not None and parent != sha:
-                raise HubError(412, None, "A commit has happened since. Please refresh and try again.")
+                raise HubError(
+                    412, None, "A commit has happened since. Please refresh and try again."
+                )
             files = dict(files)
             for item in lines[1:]:
                 key, value = item["key"], item["value"]
@@ -334,11 +360,22 @@ class Handler(BaseHTTPRequestHandler):
                     if files.pop(value["path"], None) is None:
                         raise HubError(404, "EntryNotFound", "A file with this name doesn't exist")
                 elif key == "deletedFolder":
-                    files = {p: b for p, b in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
+                    files = {
+                        p: b
+                        for p, b in files.items()
+                        if not p.startswith(value["path"].rstrip("/") + "/")
+                    }
             message = "\n".join(filter(None, [header.get("summary"), header.get("description")]))
             new = self.hub.new_commit(repo, files, message)
         host = self.headers["Host"]
-        self._json(200, {"commitUrl": f"http://{host}/{repo_id}/commit/{new}", "commitOid": new, "pullRequestUrl": None})
+        self._json(
+            200,
+            {
+                "commitUrl": f"http://{host}/{repo_id}/commit/{new}",
+                "commitOid": new,
+                "pullRequestUrl": None,
+            },
+        )
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
         repo = self._repo(repo_id)
