@@ -57,7 +57,7 @@ def test_a_last_layer_fine_tune_sends_about_that_layer(pushed) -> None:
 
 
 def test_clone_restores_bit_exactly(pushed, tmp_path: Path) -> None:
-    lg, remote, net = pushed
+    lg, remote, _ = pushed
     with Ledger.clone(str(remote), tmp_path / "b") as copy:
         assert copy.branches() == lg.branches()
         assert copy.remotes() == {"origin": str(remote)}
@@ -193,7 +193,7 @@ def test_lazy_checkout_from_a_url_fetches_only_missing_chunks(pushed, tmp_path: 
 
 
 def test_a_flipped_byte_in_a_remote_pack_is_refused_naming_it(pushed, tmp_path: Path) -> None:
-    lg, remote, _ = pushed
+    _, remote, _ = pushed
     packs = sorted((remote / "packs").iterdir(), key=lambda p: p.stat().st_size)
     big = packs[-1]  # the data pack
     data = bytearray(big.read_bytes())

@@ -126,7 +126,15 @@ def push(
         head = next(iter(sorted(branches)), None)
     updated = {b: c for b, c in branches.items() if old.branches.get(b) != c}
     updated.update({f"tag {t}": c for t, c in new_tags.items() if t not in old.tags})
-    if not meta and not chunks and not updated and gone == old.expired and view.refs:
+    extras_only = export_weights and type(remote).__name__ == "HubRemote"
+    if (
+        not meta
+        and not chunks
+        and not updated
+        and gone == old.expired
+        and view.refs
+        and not extras_only
+    ):
         return PushResult(remote=name, updated={}, duration_s=time.perf_counter() - started)
     keep = remote.stages_writes
     sent = [

@@ -22,7 +22,8 @@ Endpoints (``{id}`` is ``user/repo``, ``{rev}`` a branch or a 40-hex commit):
 
 Faults for tests: ``fail(n, status)`` answers the next n requests with
 ``status``; ``drop(n)`` closes the next n connections without an answer;
-``on_request`` is called with (method, path) before each request is served.
+``on_request(method, path)`` runs before each request is served; when it
+returns False the connection is closed unanswered (a server killed mid-request).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class HubState:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.uploaded_bytes = 0
+        self.served_bytes = 0
         self._fail: list[int] = []
         self._drop = 0
-        self.on_request: Callable[[str, str], None] | None = None
+        self.on_request: Callable[[str, str], bool] | None = None
 
     def fail(self, n: int, status: int = 503) -> None:
         """Answer the next ``n`` requests with ``status``."""
@@ -153,8 +155,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
                 return
             status = hub._fail.pop() if hub._fail else None
-        if hub.on_request is not None:
-            hub.on_request(self.command, path)
+        if hub.on_request is not None and not hub.on_request(self.command, path):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if status is not None:
             self._body()
             self._json(status, {"error": "injected fault"})
@@ -399,7 +403,9 @@ class Handler(BaseHTTPRequestHandler):
             if start >= len(blob.data):
                 raise HubError(416, None, "range not satisfiable")
             headers["Content-Range"] = f"bytes {start}-{end}/{len(blob.data)}"
+            self.hub.served_bytes += end + 1 - start if self.command == "GET" else 0
             return self._send(206, blob.data[start : end + 1], headers)
+        self.hub.served_bytes += len(blob.data) if self.command == "GET" else 0
         self._send(200, blob.data, headers)
 
 
@@ -412,8 +418,14 @@ class FakeHub:
         'http://127.0.0.1:41234'
     """
 
-    def __init__(self, token: str, lfs_threshold: int | None = None, port: int = 0) -> None:
-        self.state = HubState(token, lfs_threshold)
+    def __init__(
+        self,
+        token: str,
+        lfs_threshold: int | None = None,
+        port: int = 0,
+        state: HubState | None = None,
+    ) -> None:
+        self.state = state or HubState(token, lfs_threshold)
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.server.hub = self.state  # type: ignore[attr-defined]
@@ -426,6 +438,10 @@ class FakeHub:
         """Stop serving and close the socket (a killed server)."""
         self.server.shutdown()
         self.server.server_close()
+
+    def restart(self) -> FakeHub:
+        """A new server on the same port with the same repos (the service came back)."""
+        return FakeHub(self.state.token, port=self.port, state=self.state)
 
     def file(self, repo_id: str, path: str) -> bytes:
         """A file at the tip of ``main``."""
