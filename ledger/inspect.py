@@ -42,6 +42,7 @@ class ShowReport(msgspec.Struct):
     tensors: list[TensorInfo]
     values: dict[str, Any]
     logical_bytes: int
+    expired: str | None = None
 
 
 class FieldChange(msgspec.Struct):
@@ -127,7 +128,10 @@ class DuReport(msgspec.Struct):
 def show(lg: Ledger, rev: str) -> ShowReport:
     """The report behind ``ledger show REV``."""
     commit = lg.get(rev)
-    _, manifest = lg.manifest(commit.id)
+    try:
+        _, manifest = lg.manifest(commit.id)
+    except CommitExpiredError as e:  # its metadata remains; its state does not
+        return ShowReport(commit=commit, tensors=[], values={}, logical_bytes=0, expired=str(e))
     tensors = [
         TensorInfo(
             path=p, dtype=n.dtype, shape=list(n.shape), nbytes=n.nbytes, chunks=len(n.chunks)

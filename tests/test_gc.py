@@ -737,12 +737,6 @@ def test_reuse_race_randomized(small: Ledger) -> None:
     assert set(small.store.ids("chunk")) == kept_chunks(small)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api bug: branch/tag/switch do not hold the gc lock (nor re-sync the store and "
-    "check the commit is still stored), so a ref made during a gc onto an unreachable "
-    "commit points at objects that gc then deletes",
-)
 @pytest.mark.parametrize("op", ["branch", "tag", "switch"])
 def test_a_ref_made_during_gc_onto_an_unreachable_commit_survives(
     small: Ledger, monkeypatch: pytest.MonkeyPatch, op: str
@@ -752,11 +746,10 @@ def test_a_ref_made_during_gc_onto_an_unreachable_commit_survives(
     gc marks from the refs it read at its start; a ref created afterwards, onto
     a commit older than the grace period, is not seen. Commits avoid this by
     holding the gc lock shared until their ref moved; ``branch``, ``tag`` and
-    ``switch`` (detached) do not hold it. Either outcome is fine once fixed --
-    the ref is made and the commit survives, or gc won and the operation says
-    the commit is not found -- but never a ref to a swept commit. (A fix: hold
-    ``gc_lock`` shared, ``store.sync()``, then check the commit object is still
-    stored -- not only in the record cache -- before moving the ref.)
+    ``switch`` (detached) do the same, after re-reading the pack list and
+    checking the commit object is still stored. Either outcome is fine -- the
+    ref is made and the commit survives, or gc won and the operation says the
+    commit is not found -- but never a ref to a swept commit.
     """
     old = reuse_setup(small)  # old: on a force-deleted branch, its packs an hour old
     with Ledger.open(small.root, fsync=False) as collector:

@@ -13,6 +13,7 @@ the ref-update event appended (fsync'd) and the ref view rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -211,6 +212,7 @@ class LedgerCore:
             root, config, fsync=fsync, workers=workers, auto_gc=auto_gc, async_budget=async_budget
         )
         lg.refs.create()
+        (root / "gc.lock").touch()  # so that a dry-run gc creates nothing
         if fsync:
             fsync_dir(root / "objects")
         # The config file is written last: a directory without it is not yet a ledger.
@@ -432,6 +434,25 @@ class LedgerCore:
             else:
                 self.gc()
         return Commit.from_record(commit_id, record)
+
+    @contextlib.contextmanager
+    def _rooting(self, rev: str) -> Iterator[str]:
+        """Resolve ``rev`` for a new ref, safe against a concurrent gc.
+
+        Holds the gc lock shared while the caller moves the ref (like a commit),
+        after checking, with the pack list re-read, that the commit is still stored:
+        a commit reachable from no ref may have been swept by another process.
+        """
+        with self.gc_lock.hold(shared=True):
+            self.store.sync()
+            cid = self.resolve(rev)
+            if self.store.locate(bytes.fromhex(cid)) is None:
+                self._records.pop(cid, None)
+                raise RevisionNotFoundError(
+                    f"commit {cid[:12]} ({rev!r}) is no longer stored: gc removed it after "
+                    "it became unreachable"
+                )
+            yield cid
 
     def _commit_target(self, refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
         head_branch, head_id = head_target(refs)

@@ -40,12 +40,12 @@ class RefOps(LedgerCore):
         check_ref_name(name, "branch")
         with self._lock:
             self._check_open()
-            cid = self.resolve(at)
-            if BRANCH_PREFIX + name in self.refs.snapshot():
-                raise RefNameError(
-                    f"branch {name!r} already exists; pick another name or switch to it"
-                )
-            self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
+            with self._rooting(at) as cid:
+                if BRANCH_PREFIX + name in self.refs.snapshot():
+                    raise RefNameError(
+                        f"branch {name!r} already exists; pick another name or switch to it"
+                    )
+                self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
             return Commit.from_record(cid, self.record(cid))
 
     def delete_branch(self, name: str, force: bool = False) -> str:
@@ -123,12 +123,12 @@ class RefOps(LedgerCore):
         check_ref_name(name, "tag")
         with self._lock:
             self._check_open()
-            cid = self.resolve(at)
-            if TAG_PREFIX + name in self.refs.snapshot():
-                raise RefNameError(
-                    f"tag {name!r} already exists; tags never move, pick another name"
-                )
-            self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
+            with self._rooting(at) as cid:
+                if TAG_PREFIX + name in self.refs.snapshot():
+                    raise RefNameError(
+                        f"tag {name!r} already exists; tags never move, pick another name"
+                    )
+                self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
             return Commit.from_record(cid, self.record(cid))
 
     def switch(self, rev: str) -> Commit | None:
@@ -148,6 +148,6 @@ class RefOps(LedgerCore):
                 self.refs.update({HEAD: (old, SYMREF_PREFIX + ref)}, f"switch to {rev}")
                 cid = refs[ref]
             else:
-                cid = self.resolve(rev)
-                self.refs.update({HEAD: (old, cid)}, f"switch to {rev} (detached)")
+                with self._rooting(rev) as cid:
+                    self.refs.update({HEAD: (old, cid)}, f"switch to {rev} (detached)")
             return Commit.from_record(cid, self.record(cid))

@@ -141,6 +141,10 @@ def render_show(con: Console, report: ShowReport) -> None:
             for key, v in flat.items():
                 row(t, key, _clip(v))
             _block(con, t)
+    if report.expired:
+        con.print()
+        con.print(f"state: {report.expired}")
+        return
     t = table(
         "tensor",
         "dtype",
