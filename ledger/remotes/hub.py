@@ -154,6 +154,14 @@ class HubRemote(Remote):
                 raise _conflict(key, self.url)
         ops = [*self._staged, CommitOperationAdd(PREFIX + check_key(key), data)]
         summary, _, description = (message or f"ledger: update {key}").partition("\n")
+        from huggingface_hub.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
+
+        quiet_before = are_progress_bars_disabled()
+        disable_progress_bars()  # the ledger shows its own progress
         try:
             info = self.api.create_commit(
                 self.repo_id,
@@ -168,6 +176,9 @@ class HubRemote(Remote):
             if status in (409, 412):
                 raise _conflict(key, self.url) from None
             raise
+        finally:
+            if not quiet_before:
+                enable_progress_bars()
         self.sha = info.oid
         self._staged = []
 

@@ -453,3 +453,15 @@ class FakeHub:
         repo = self.state.repos[repo_id]
         files = repo.commits[repo.branches["main"]]
         files[path] = Blob(data, lfs=files[path].lfs)
+
+
+if (
+    __name__ == "__main__"
+):  # a standalone server for benchmarks: python tests/servers/hub.py PORT TOKEN
+    import sys
+    import time
+
+    hub = FakeHub(sys.argv[2], lfs_threshold=1, port=int(sys.argv[1]))
+    print(hub.endpoint, flush=True)
+    while True:
+        time.sleep(3600)
