@@ -56,12 +56,15 @@ def _finish(proc: subprocess.Popen[str]) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 batches straight (ledger a); 14, then a new process resuming to 30 (ledger b)."""
-    tmp = tmp_path_factory.mktemp("accelerate")
-    straight = _train(tmp, "a", "30", str(tmp / "a"))
-    first = _train(tmp, "b", "30", str(tmp / "b-half"), "14")
-    _finish(straight)
-    _finish(first)
-    _finish(_train(tmp, "b", "30", str(tmp / "b")))
+
+    def build(tmp: Path) -> None:
+        straight = _train(tmp, "a", "30", str(tmp / "a"))
+        first = _train(tmp, "b", "30", str(tmp / "b-half"), "14")
+        _finish(straight)
+        _finish(first)
+        _finish(_train(tmp, "b", "30", str(tmp / "b")))
+
+    tmp = util.shared_dir(tmp_path_factory, "accelerate", build)
     return tmp
 
 

@@ -61,20 +61,24 @@ def _finish(proc: subprocess.Popen[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 epochs straight (ledger a); 2 epochs, then a new process resuming to 4 (ledger b)."""
-    tmp = tmp_path_factory.mktemp("lightning")
-    straight = _train(tmp / "a", 4, tmp / "a")
-    first = _train(tmp / "b", 2, tmp / "b-half")
-    _finish(straight)
-    _finish(first)
-    resumed = _finish(_train(tmp / "b", 4, tmp / "b"))
-    return {"tmp": tmp, "resumed_log": resumed}
+
+    def build(tmp: Path) -> None:
+        straight = _train(tmp / "a", 4, tmp / "a")
+        first = _train(tmp / "b", 2, tmp / "b-half")
+        _finish(straight)
+        _finish(first)
+        (tmp / "resumed.log").write_text(_finish(_train(tmp / "b", 4, tmp / "b")))
+
+    return util.shared_dir(tmp_path_factory, "lightning", build)
 
 
-def test_two_epochs_plus_resume_in_a_new_process_equals_four_straight(runs: dict[str, Any]) -> None:
-    tmp = runs["tmp"]
-    assert "Restoring states from the checkpoint path at ledger:" in runs["resumed_log"]
+def test_two_epochs_plus_resume_in_a_new_process_equals_four_straight(runs: Path) -> None:
+    tmp = runs
+    assert (
+        "Restoring states from the checkpoint path at ledger:" in (tmp / "resumed.log").read_text()
+    )
     straight, resumed = util.load_image(tmp / "a"), util.load_image(tmp / "b")
     assert resumed["tensors"] == straight["tensors"]  # parameters, Adam moments and step
     assert resumed["plain"] == straight["plain"]  # LR schedule, EarlyStopping, global step
@@ -82,10 +86,8 @@ def test_two_epochs_plus_resume_in_a_new_process_equals_four_straight(runs: dict
     assert util.load_image(tmp / "b-half")["tensors"] != straight["tensors"]
 
 
-def test_each_epoch_commits_lightning_state_metrics_and_hyperparameters(
-    runs: dict[str, Any],
-) -> None:
-    with Ledger.open(runs["tmp"] / "b") as lg:
+def test_each_epoch_commits_lightning_state_metrics_and_hyperparameters(runs: Path) -> None:
+    with Ledger.open(runs / "b") as lg:
         log = list(lg.log())
         assert [(c.step, c.epoch) for c in log] == [(32, 3), (24, 2), (16, 1), (8, 0)]
         assert all({"train_loss", "val_loss"} <= c.metrics.keys() for c in log)

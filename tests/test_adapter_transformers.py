@@ -63,12 +63,15 @@ def _finish(proc: subprocess.Popen[str]) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 steps straight (ledger a); 4 steps, then a new process resuming to 8 (ledger b)."""
-    tmp = tmp_path_factory.mktemp("hf")
-    straight = _train(tmp, "a", "8", str(tmp / "a"))
-    first = _train(tmp, "b", "8", str(tmp / "b-half"), "4")
-    _finish(straight)
-    _finish(first)
-    _finish(_train(tmp, "b", "8", str(tmp / "b")))
+
+    def build(tmp: Path) -> None:
+        straight = _train(tmp, "a", "8", str(tmp / "a"))
+        first = _train(tmp, "b", "8", str(tmp / "b-half"), "4")
+        _finish(straight)
+        _finish(first)
+        _finish(_train(tmp, "b", "8", str(tmp / "b")))
+
+    tmp = util.shared_dir(tmp_path_factory, "hf", build)
     return tmp
 
 

@@ -1,5 +1,7 @@
 """Helpers the adapter tests and their child-process scripts share.
 
+``shared_dir`` builds a directory once per test session even when several
+xdist workers need it (the expensive multi-process training runs).
 ``bits`` turns a state into a comparable image (tensors as dtype, shape and
 raw bytes; floats as their 8 bytes), so ``==`` between two images means
 bitwise equality, NaNs and signed zeros included. ``save_image`` /
@@ -10,12 +12,15 @@ safetensors file plus JSON (no pickle).
 from __future__ import annotations
 
 import json
+import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 
@@ -96,3 +101,21 @@ def image(state: Any) -> dict[str, Any]:
         "tensors": bits(flat_tensors(state)),
         "plain": json.loads(json.dumps(flat_plain(state), sort_keys=True)),
     }
+
+
+def shared_dir(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A directory ``build`` fills once per session, shared by every xdist worker.
+
+    Module-scoped fixtures run once per worker that needs them; this runs the
+    build once, under a file lock, in the session's common temp directory.
+    """
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above the per-worker ones
+    target = root / f"shared-{name}"
+    with FileLock(str(target) + ".lock"):
+        if not (target / "DONE").exists():
+            target.mkdir(exist_ok=True)
+            build(target)
+            (target / "DONE").touch()
+    return target
