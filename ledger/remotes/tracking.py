@@ -52,6 +52,7 @@ def remotes(lg: LedgerCore) -> dict[str, str]:
 
 
 def open_named(lg: LedgerCore, name: str) -> tuple[Remote, Path]:
+    """The backend of configured remote ``name`` and the folder caching what it last said."""
     config = load_config(lg.root)
     entry = config.remotes.get(name)
     if entry is None:
@@ -93,6 +94,7 @@ def ancestors(lg: LedgerCore, tips: Iterable[str], stop: set[str] | None = None)
 
 
 def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
+    """Whether commit ``old`` is ``new`` or one of its ancestors (records must be local)."""
     stack, seen = [new], set()
     while stack:
         cid = stack.pop()
@@ -106,10 +108,17 @@ def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
 
 
 def known(lg: LedgerCore, cid: str) -> bool:
+    """Whether this ledger stores the record of commit ``cid`` (never asks a remote)."""
     return lg.store.locate(bytes.fromhex(cid)) is not None
 
 
 def strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
+    """The refs under ``prefix``, named without it.
+
+    Example:
+        >>> strip({"refs/heads/main": "ab", "HEAD": "x"}, "refs/heads/")
+        {'main': 'ab'}
+    """
     return {k[len(prefix) :]: v for k, v in refs.items() if k.startswith(prefix)}
 
 
