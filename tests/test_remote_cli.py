@@ -45,6 +45,8 @@ def test_remote_push_clone_fetch_pull_from_the_shell(tmp_path: Path) -> None:
     assert pulled.exit_code == 0 and "fast-forwarded main" in pulled.output
     with Ledger.open(a) as one, Ledger.open(b) as two:
         assert same(one.checkout("HEAD"), two.checkout("HEAD"))
+    collected = json.loads(run("--dir", str(a), "--json", "remote", "gc", "--dry-run").output)
+    assert collected["dry_run"] and collected["expired"] == []  # no retention set: all kept
 
 
 def test_remote_errors_exit_1_with_one_line(tmp_path: Path) -> None:

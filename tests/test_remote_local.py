@@ -264,3 +264,30 @@ def test_tags_and_all_branches_push(pushed, tmp_path: Path) -> None:
     with Ledger.clone(str(remote), tmp_path / "b") as copy:
         assert copy.tags() == lg.tags()
         assert copy.resolve("origin/exp") == lg.resolve("exp")
+
+
+def test_remote_gc_applies_retention_and_deletes_unneeded_packs(tmp_path: Path) -> None:
+    from ledger.retention import KeepLast
+
+    lg = new_ledger(tmp_path / "a")
+    lg.remote_add("origin", str(tmp_path / "remote"))
+    net = model()
+    for step in range(1, 5):
+        fine_tune_last(net)
+        lg.commit(state(net), step=step)
+        lg.push()  # one data pack per push: the fine-tuned layer
+    lg.set_retention(KeepLast(2))
+    dry = lg.gc_remote("origin", dry_run=True)
+    assert len(dry.expired) == 2 and dry.packs_deleted >= 1
+    assert len(list((tmp_path / "remote" / "packs").iterdir())) == 8
+    r = lg.gc_remote("origin")
+    assert r.expired == dry.expired and r.bytes_freed == dry.bytes_freed
+    assert len(list((tmp_path / "remote" / "packs").iterdir())) == 8 - r.packs_deleted
+    assert len(list((tmp_path / "remote" / "index").iterdir())) == 1
+    with Ledger.clone(str(tmp_path / "remote"), tmp_path / "b") as copy:
+        assert [c.step for c in copy.log()] == [4, 3, 2, 1]  # history stays
+        assert same(copy.checkout("HEAD~1"), lg.checkout("HEAD~1"))
+        with pytest.raises(CommitExpiredError):
+            copy.checkout("HEAD~3")
+        assert copy.verify(full=True).ok
+    assert lg.gc_remote("origin").packs_deleted == 0

@@ -16,6 +16,7 @@ from ledger.api.core import LedgerCore
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
 from ledger.remotes import tracking
+from ledger.remotes.collect import RemoteGcReport, collect_remote
 from ledger.remotes.fetch import FetchResult, PullResult
 from ledger.remotes.lazy import LazySource, resolve_url
 from ledger.remotes.push import PushResult
@@ -128,6 +129,19 @@ class RemoteOps(LedgerCore):
             self._check_open()
             name = remote or tracking.default_remote(self)
             return _fetch.pull(self, name, branch, progress)
+
+    def gc_remote(self, remote: str | None = None, dry_run: bool = False) -> RemoteGcReport:
+        """Apply this ledger's retention policies on ``remote``; delete the packs nothing needs.
+
+        Packs partly needed are kept whole. On the Hub the files leave the tip
+        of the repo, but its git history keeps them until the history is squashed.
+
+        Example:
+            >>> lg.gc_remote("origin", dry_run=True).bytes_freed  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return collect_remote(self, remote or tracking.default_remote(self), dry_run=dry_run)
 
     @classmethod
     def clone(

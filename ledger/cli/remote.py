@@ -104,6 +104,22 @@ def remote_add_command(name: str, url: str) -> None:
     confirm({"name": name, "url": url}, f"added remote {name} ({url})")
 
 
+@remote_command.command("gc")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Report what would be expired and deleted.")
+@global_options
+def remote_gc_command(name: str | None, dry_run: bool) -> None:
+    """Apply this ledger's retention on remote NAME and delete packs nothing needs."""
+    r = open_ledger().gc_remote(name, dry_run=dry_run)
+    verb = "would free" if dry_run else "freed"
+    confirm(
+        r,
+        f"{r.remote}: {verb} {human_bytes(r.bytes_freed)} in {r.packs_deleted} packs, "
+        f"expired {len(r.expired)} commits; {r.packs_kept} packs kept "
+        f"({human_bytes(r.dead_bytes_kept)} of them unneeded)",
+    )
+
+
 @click.command("push")
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)

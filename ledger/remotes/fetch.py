@@ -135,10 +135,14 @@ def fetch(lg: LedgerCore, name: str, progress: Progress | None = None) -> FetchR
 
 
 def _lacks_state(lg: LedgerCore, cid: str) -> bool:
+    """Whether this ledger holds a commit's record but not all of its state (manifest, chunks)."""
     if lg.store.locate(bytes.fromhex(cid)) is None:
         return False  # not even the record here: nothing to mark
     manifest = lg.record(cid).manifest
-    return not is_hex_id(manifest) or lg.store.locate(bytes.fromhex(manifest)) is None
+    if not is_hex_id(manifest) or lg.store.locate(bytes.fromhex(manifest)) is None:
+        return True
+    root = lg.manifest_by_id(manifest, cid).root
+    return not all(lg.store.has(bytes.fromhex(c)) for c in chunk_ids(root))
 
 
 def fetch_state(
