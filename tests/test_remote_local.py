@@ -291,3 +291,45 @@ def test_remote_gc_applies_retention_and_deletes_unneeded_packs(tmp_path: Path) 
             copy.checkout("HEAD~3")
         assert copy.verify(full=True).ok
     assert lg.gc_remote("origin").packs_deleted == 0
+
+
+def test_a_push_that_loses_the_race_leaves_the_remote_intact_and_resumes(
+    pushed, tmp_path: Path
+) -> None:
+    import fcntl
+    import os
+    import threading
+
+    lg, remote, net = pushed
+    refs = remote / "refs.json"
+    original = refs.read_bytes()
+    fine_tune_last(net)
+    lg.commit(state(net), step=2)
+    errors: list[BaseException] = []
+    fd = os.open(remote / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the push uploads its packs, then waits for the lock
+    worker = threading.Thread(target=lambda: _capture(errors, lg.push))
+    worker.start()
+    packs_before = set((remote / "packs").iterdir())
+    for _ in range(200):
+        if len(set((remote / "packs").iterdir())) > len(packs_before) + 1:
+            break
+        worker.join(0.05)
+    refs.write_bytes(original + b" ")  # another writer moved the refs meanwhile
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    worker.join()
+    assert errors and isinstance(errors[0], RemoteConflictError)
+    assert refs.read_bytes() == original + b" "  # the loser changed nothing
+    refs.write_bytes(original)
+    r = lg.push()  # the rerun finds its packs there and sends none of them again
+    assert r.commits == 1 and r.bytes_sent < 5_000
+    with Ledger.clone(str(remote), tmp_path / "b") as copy:
+        assert same(copy.checkout("HEAD"), lg.checkout("HEAD"))
+
+
+def _capture(errors: list[BaseException], fn: object) -> None:
+    try:
+        fn()  # type: ignore[operator]
+    except BaseException as e:
+        errors.append(e)
