@@ -26,6 +26,7 @@ from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
 from ledger.history.tree import chunk_ids
 from ledger.objects.hashing import is_hex_id
+from ledger.remotes import transfer
 from ledger.remotes.base import Remote
 from ledger.remotes.layout import (
     MAX_INDEX_FILES,
@@ -38,7 +39,6 @@ from ledger.remotes.layout import (
 )
 from ledger.remotes.tracking import ancestors, is_ancestor, known, open_named, strip, track
 from ledger.remotes.transfer import (
-    PACK_TARGET,
     Progress,
     RemoteView,
     cache_refs,
@@ -143,7 +143,7 @@ def push(
             remote,
             chunks,
             lg.pool,
-            target=PACK_TARGET,
+            target=transfer.PACK_TARGET,
             keep_files=keep,
             progress=progress,
         ),
