@@ -76,3 +76,20 @@ def test_rm_drops_state_keeps_history(tmp_path: Path) -> None:
     shown = run("--dir", str(root), "checkout", ids[1], "--out", str(tmp_path / "o"), "--json")
     assert shown.exit_code == 1
     assert json.loads(shown.output)["error"]["type"] == "CommitExpiredError"
+
+
+def test_gc_remote_from_the_shell_applies_retention_on_the_remote(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    build(root, n=4)
+    with Ledger.open(root) as lg:
+        lg.remote_add("origin", str(tmp_path / "remote"))
+        lg.push("origin")
+    run("--dir", str(root), "retention", "--keep-last", "1")
+    dry = run("--dir", str(root), "gc", "--remote", "origin", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    doc = json.loads(dry.output)
+    assert len(doc["expired"]) == 3
+    done = json.loads(run("--dir", str(root), "gc", "--remote", "origin", "--json").output)
+    assert done["expired"] == doc["expired"]
+    with Ledger.open(root) as lg:
+        assert lg.refs.state().expired == {}  # the local ledger is untouched

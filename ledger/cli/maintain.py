@@ -38,13 +38,27 @@ EXIT_CORRUPT = 3
     default=None,
     help="Seconds: never touch packs younger than this (default: the ledger's, 900).",
 )
+@click.option(
+    "--remote",
+    default=None,
+    help="Apply retention on this remote instead (same as `ledger remote gc NAME`).",
+)
 @global_options
-def gc_command(dry_run: bool, grace: float | None) -> None:
+def gc_command(dry_run: bool, grace: float | None, remote: str | None) -> None:
     """Expire what retention drops, then free every object nothing needs.
 
     Example: ledger gc --dry-run
     """
     lg = open_ledger()
+    if remote is not None:
+        r = lg.gc_remote(remote, dry_run=dry_run)
+        verb = "would free" if dry_run else "freed"
+        confirm(
+            r,
+            f"{r.remote}: {verb} {human_bytes(r.bytes_freed)} in {r.packs_deleted} packs, "
+            f"expired {len(r.expired)} commits",
+        )
+        return
     with progress("collecting garbage"):
         report = lg.gc(dry_run=dry_run, grace=grace)
 

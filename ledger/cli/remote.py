@@ -98,7 +98,7 @@ def remote_command(ctx: click.Context) -> None:
 @click.argument("name")
 @click.argument("url")
 @global_options
-def remote_add_command(name: str, url: str) -> None:
+def remote_add(name: str, url: str) -> None:
     """Register remote NAME at URL."""
     open_ledger().remote_add(name, url)
     confirm({"name": name, "url": url}, f"added remote {name} ({url})")
@@ -108,7 +108,7 @@ def remote_add_command(name: str, url: str) -> None:
 @click.argument("name", required=False)
 @click.option("--dry-run", is_flag=True, help="Report what would be expired and deleted.")
 @global_options
-def remote_gc_command(name: str | None, dry_run: bool) -> None:
+def remote_gc(name: str | None, dry_run: bool) -> None:
     """Apply this ledger's retention on remote NAME and delete packs nothing needs."""
     r = open_ledger().gc_remote(name, dry_run=dry_run)
     verb = "would free" if dry_run else "freed"
