@@ -55,7 +55,9 @@ def frame_bounds(log: Path) -> list[tuple[int, int]]:
 def decode_events(log: Path) -> list[RefUpdate]:
     """Every event of an intact log, decoded by the test's own frame parser."""
     data = log.read_bytes()
-    return [ev for s, e in frame_bounds(log) for ev in events_decoder.decode(data[s + FRAME.size : e])]
+    return [
+        ev for s, e in frame_bounds(log) for ev in events_decoder.decode(data[s + FRAME.size : e])
+    ]
 
 
 def make_frame(event: RefUpdate) -> bytes:
