@@ -1,0 +1,474 @@
+"""Multi-process commits: every rank stores its shard in parallel, rank 0 writes one commit.
+
+This module owns committing and restoring a training state that is split
+across the processes of a ``torch.distributed`` job. Each rank flattens its
+own shard (``DTensor`` local shards, or any per-rank dict) and writes its
+chunks into the shared ledger directory at the same time as the others;
+the ranks then send their manifest nodes (msgpack bytes, never pickle) to
+rank 0, which writes one commit whose manifest covers all ranks, after every
+rank reported its chunks durable. A rank that fails or dies makes the others
+raise ``DistributedCommitError`` within ``timeout`` and no commit appears.
+Restoring with the same world size gives each rank its own shard back
+(RNG included); with another world size, ``DTensor`` entries are resharded
+by ``torch.distributed.checkpoint``'s load planner reading the stored shards
+and every other value comes from rank 0's shard.
+
+Commit layout (docs/adapters/distributed.md): the root holds ``world_size``
+and ``ranks``, a list with one ``{"state": ..., "rng": ...}`` per rank, where
+a ``DTensor`` is stored as ``{"__dtensor__": {"global_shape", "offsets"},
+"local": <local tensor>}`` and a stateful object as its ``state_dict()``.
+
+Example:
+    >>> from ledger.adapters import distributed  # doctest: +SKIP
+    >>> distributed.commit("ckpt", {"model": model, "optim": opt}, step=step)  # doctest: +SKIP
+    >>> distributed.restore("ckpt", {"model": model, "optim": opt})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from ledger import Commit, Ledger
+from ledger.errors import StateMismatchError
+from ledger.history.records import CommitStats, DictNode, ListNode, Node, ValueNode
+from ledger.state.rng import capture_rng, restore_rng
+
+from . import _plumbing
+from ._common import (
+    AdapterError,
+    DistributedCommitError,
+    LedgerLike,
+    ResumeError,
+    metric_floats,
+    open_ledger,
+    plain_params,
+    resolve_resume,
+)
+from ._reshard import SHARD_KEY, load_resharded
+
+__all__ = ["SHARD_KEY", "commit", "restore"]
+
+
+_OK, _FAILED = b"o", b"x"
+
+
+class Channel:
+    """Byte messages between ranks over a gloo group whose operations time out.
+
+    Example:
+        >>> ch = Channel(timeout=30.0)  # doctest: +SKIP
+        >>> parts = ch.gather(b"hello")  # rank 0: one bytes per rank; others: None  # doctest: +SKIP
+    """
+
+    _groups: dict[float, Any] = {}
+
+    def __init__(self, timeout: float) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise AdapterError(
+                "ledger.adapters.distributed needs torch.distributed initialised "
+                "(dist.init_process_group); for one process use Ledger.commit"
+            )
+        self.timeout = float(timeout)
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        group = Channel._groups.get(self.timeout)
+        if group is None:
+            group = self._run(
+                "setting up the gloo group (every rank must call this)",
+                lambda: dist.new_group(backend="gloo", timeout=dt.timedelta(seconds=self.timeout)),
+            )
+            Channel._groups[self.timeout] = group
+        self.group = group
+
+    def _run(self, what: str, op: Callable[[], Any]) -> Any:
+        try:
+            return op()
+        except (RuntimeError, dist.DistError) as e:
+            raise DistributedCommitError(
+                f"rank {self.rank}: {what} failed or timed out after {self.timeout:g}s "
+                f"(another rank died or stopped answering: {e})"
+            ) from e
+
+    def gather(self, data: bytes) -> list[bytes] | None:
+        """Rank 0 gets every rank's ``data`` in rank order; the others get None."""
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        self._run("exchanging shard sizes", lambda: dist.all_gather(sizes, size, group=self.group))
+        longest = max(int(s.item()) for s in sizes)
+        buf = torch.zeros(max(longest, 1), dtype=torch.uint8)
+        if data:
+            buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        parts = [torch.empty_like(buf) for _ in range(self.world)] if self.rank == 0 else None
+        self._run(
+            "gathering shards on rank 0",
+            lambda: dist.gather(buf, parts, dst=0, group=self.group),
+        )
+        if parts is None:
+            return None
+        return [bytes(p[: int(n.item())].numpy()) for p, n in zip(parts, sizes, strict=True)]
+
+    def broadcast(self, data: bytes | None, what: str) -> bytes:
+        """Rank 0's ``data`` on every rank."""
+        size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
+        self._run(what, lambda: dist.broadcast(size, src=0, group=self.group))
+        buf = torch.zeros(max(int(size.item()), 1), dtype=torch.uint8)
+        if self.rank == 0 and data:
+            buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._run(what, lambda: dist.broadcast(buf, src=0, group=self.group))
+        return bytes(buf[: int(size.item())].numpy())
+
+    def barrier(self, what: str) -> None:
+        """Wait for every rank (or fail after the timeout)."""
+        self._run(what, lambda: dist.barrier(group=self.group))
+
+
+# -- committing ------------------------------------------------------------------------
+
+
+def commit(
+    ledger: LedgerLike,
+    state: Mapping[str, Any],
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    message: str | None = None,
+    branch: str | None = None,
+    timeout: float = 300.0,
+) -> Commit:
+    """Commit every rank's shard as one commit (call it on every rank, like a collective).
+
+    Args:
+        ledger: the shared ledger directory (every rank opens it) or an open ``Ledger``.
+        state: this rank's part: ``DTensor``/tensors, stateful objects, plain values.
+        step, epoch, metrics, params, message, branch: metadata, taken from rank 0.
+        timeout: seconds any rank waits for the others before giving up.
+
+    Returns:
+        The commit, on every rank.
+
+    Raises:
+        DistributedCommitError: a rank failed, died or timed out; no commit was made.
+        UnsupportedValueError: (on the rank whose state holds it) a value cannot be stored.
+
+    Example:
+        >>> c = distributed.commit("ckpt", {"model": model}, step=100)  # doctest: +SKIP
+    """
+    ch = Channel(timeout)
+    lg = _open_shared(ledger, ch)
+    with lg.gc_lock.hold(shared=True):  # from the first dedup decision until the ref moved
+        error: BaseException | None = None
+        try:
+            shard = {"state": expand(state), "rng": capture_rng()}
+            node, stats = _plumbing.write_subtree(lg, shard, ch.rank + 1)
+            report = _OK + _plumbing.encode_node(node) + b"\0" + _encode_stats(stats)
+        except Exception as e:  # reported to every rank, re-raised here below
+            error = e
+            report = _FAILED + f"{type(e).__name__}: {e}".encode()
+        parts = ch.gather(report)
+        outcome = None
+        if parts is not None:
+            outcome = _commit_on_rank0(
+                lg,
+                parts,
+                summary_state=state,
+                step=step,
+                epoch=epoch,
+                metrics=metrics,
+                params=params,
+                message=message,
+                branch=branch,
+            )
+        result = ch.broadcast(outcome, "learning the commit from rank 0")
+    if error is not None:
+        raise error
+    if result.startswith(_FAILED):
+        raise DistributedCommitError(result[1:].decode())
+    lg.store.sync()
+    return lg.get(result[1:].decode())
+
+
+def _open_shared(ledger: LedgerLike, ch: Channel) -> Ledger:
+    """Every rank's handle on the shared ledger; rank 0 creates it first when it is new."""
+    if isinstance(ledger, Ledger):
+        return ledger
+    if ch.rank == 0:
+        lg = open_ledger(ledger)
+    ch.barrier("waiting for rank 0 to open the ledger")
+    return lg if ch.rank == 0 else Ledger.open(ledger)
+
+
+def _commit_on_rank0(lg: Ledger, parts: list[bytes], **meta: Any) -> bytes:
+    failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(parts) if p[:1] != _OK]
+    if failed:
+        return _FAILED + ("no commit was made; " + "; ".join(failed)).encode()
+    try:
+        nodes: list[Node] = []
+        stats = CommitStats()
+        for part in parts:
+            encoded, _, encoded_stats = part[1:].rpartition(b"\0")
+            nodes.append(_plumbing.decode_node(encoded))
+            stats = _plumbing.add_stats(stats, _decode_stats(encoded_stats))
+        root = DictNode(
+            keys=["world_size", "ranks"], values=[ValueNode(len(parts)), ListNode(nodes)]
+        )
+        made = _plumbing.write_commit(
+            lg,
+            root,
+            summary_state=meta["summary_state"],
+            stats=stats,
+            message=meta["message"],
+            step=meta["step"],
+            epoch=meta["epoch"],
+            metrics=metric_floats(meta["metrics"] or {}),
+            params=plain_params(meta["params"] or {}),
+            branch=meta["branch"],
+        )
+    except Exception as e:
+        return _FAILED + f"rank 0 could not write the commit: {type(e).__name__}: {e}".encode()
+    return _OK + made.id.encode()
+
+
+def _encode_stats(stats: CommitStats) -> bytes:
+    fields = (stats.logical_bytes, stats.bytes_written, stats.chunks_total, stats.chunks_written)
+    return ",".join(map(str, (*fields, stats.tensors))).encode()
+
+
+def _decode_stats(data: bytes) -> CommitStats:
+    a, b, c, d, e = (int(x) for x in data.decode().split(","))
+    return CommitStats(
+        logical_bytes=a, bytes_written=b, chunks_total=c, chunks_written=d, tensors=e
+    )
+
+
+def expand(value: Any) -> Any:
+    """A rank's state as a storable tree: DTensors as shard records, stateful objects as state dicts.
+
+    Example:
+        >>> expand({"w": torch.ones(1)})
+        {'w': tensor([1.])}
+    """
+    if isinstance(value, DTensor):
+        (chunk,) = value.__create_chunk_list__()
+        return {
+            SHARD_KEY: {"global_shape": list(value.shape), "offsets": list(chunk.offsets)},
+            "local": value.to_local(),
+        }
+    if isinstance(value, torch.Tensor):
+        return value
+    if _stateful(value):
+        return expand(value.state_dict())
+    if isinstance(value, Mapping):
+        return {k: expand(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(expand(v) for v in value)
+    if isinstance(value, list):
+        return [expand(v) for v in value]
+    return value
+
+
+def _stateful(value: Any) -> bool:
+    return callable(getattr(value, "state_dict", None)) and callable(
+        getattr(value, "load_state_dict", None)
+    )
+
+
+# -- restoring -------------------------------------------------------------------------
+
+
+def restore(
+    ledger: LedgerLike,
+    state: MutableMapping[str, Any],
+    rev: str = "HEAD",
+    *,
+    strict: bool = True,
+    rng: bool = True,
+    timeout: float = 300.0,
+) -> Commit | None:
+    """Load a distributed commit into this rank's live state (call it on every rank).
+
+    Same world size: each rank gets exactly its own shard back (and its RNG).
+    Another world size: ``DTensor`` entries are resharded through
+    ``torch.distributed.checkpoint``'s load planner; every other value comes
+    from rank 0's shard, and the RNG is left alone.
+
+    Returns:
+        The commit, or None on an empty ledger (every rank agrees: rank 0 decides).
+
+    Raises:
+        StateMismatchError: keys, shapes or dtypes differ (nothing was changed on this rank).
+        ResumeError: the commit was not made by :func:`commit`.
+        DistributedCommitError: another rank died or timed out.
+
+    Example:
+        >>> distributed.restore("ckpt", {"model": model, "optim": opt}, "best")  # doctest: +SKIP
+    """
+    ch = Channel(timeout)
+    lg = _open_shared(ledger, ch)
+    chosen = resolve_resume(lg, rev) if ch.rank == 0 else None
+    cid = ch.broadcast(chosen.encode() if chosen else b"", "learning the revision from rank 0")
+    if not cid:
+        return None
+    lg.store.sync()
+    commit_id = cid.decode()
+    root = lg.manifest(commit_id)[1].root
+    stored_world = _world_size(root, commit_id)
+    if stored_world == ch.world:
+        tree = _rank_tree(lg, commit_id, ch.rank)
+        apply(state, tree["state"], strict=strict)
+        if rng:
+            restore_rng(tree["rng"])
+    else:
+        load_resharded(lg, commit_id, root, state, ch.group)
+        apply(state, _rank_tree(lg, commit_id, 0)["state"], strict=strict, tensors=False)
+    ch.barrier("waiting for every rank to restore")
+    return lg.get(commit_id)
+
+
+def _world_size(root: DictNode, cid: str) -> int:
+    stored = dict(zip(root.keys, root.values, strict=True))
+    size, ranks = stored.get("world_size"), stored.get("ranks")
+    if not (isinstance(size, ValueNode) and isinstance(ranks, ListNode)):
+        raise ResumeError(
+            f"commit {cid[:12]} was not made by ledger.adapters.distributed.commit; "
+            "restore it with Ledger.restore"
+        )
+    return int(size.value)  # type: ignore[arg-type]
+
+
+def _rank_tree(lg: Ledger, cid: str, rank: int) -> dict[str, Any]:
+    tree = lg.checkout(cid, paths=[f"ranks/{rank}"])["ranks"][0]
+    assert isinstance(tree, dict)
+    return tree
+
+
+def apply(
+    live: MutableMapping[Any, Any], stored: Mapping[Any, Any], *, strict: bool, tensors: bool = True
+) -> None:
+    """Load a stored shard tree into live objects; everything is checked before anything changes.
+
+    With ``tensors=False`` tensor and DTensor entries are left as they are
+    (a reshard already loaded them) and only the other values are taken.
+    """
+    plan = _Plan(strict=strict, tensors=tensors)
+    plan.mapping(live, stored, ())
+    if plan.problems:
+        shown = "; ".join(plan.problems[:8])
+        raise StateMismatchError(f"cannot restore: {shown}; nothing was changed on this rank")
+    for act in plan.actions:
+        act()
+
+
+class _Plan:
+    """Collects the changes a restore makes (run only when there is no problem)."""
+
+    def __init__(self, *, strict: bool, tensors: bool) -> None:
+        self.strict = strict
+        self.tensors = tensors
+        self.actions: list[Callable[[], None]] = []
+        self.problems: list[str] = []
+
+    def mapping(
+        self, live: MutableMapping[Any, Any], stored: Mapping[Any, Any], path: tuple[Any, ...]
+    ) -> None:
+        for key, value in stored.items():
+            if key in live:
+                self.slot(live, key, value, (*path, key))
+            elif self.strict and path == ():
+                self.problems.append(
+                    f"{_where((*path, key))} is in the commit but not in the live state"
+                )
+            else:
+                self._assign(live, key, _plain_value(value))
+        if self.strict and path == ():
+            for key in live:
+                if key not in stored:
+                    self.problems.append(
+                        f"{_where((key,))} is in the live state but not in the commit"
+                    )
+
+    def slot(self, container: Any, key: Any, stored: Any, path: tuple[Any, ...]) -> None:
+        live = container[key]
+        if isinstance(live, DTensor) or _is_record(stored):
+            self._shard(live, stored, path)
+        elif isinstance(live, torch.Tensor):
+            self._tensor(live, stored, path)
+        elif _stateful(live):
+            current = dict(live.state_dict())
+            if not isinstance(stored, Mapping):
+                self.problems.append(
+                    f"{_where(path)}: a stateful object live, {type(stored).__name__} stored"
+                )
+                return
+            self.mapping(current, stored, path)
+            self.actions.append(lambda: live.load_state_dict(current))
+        elif isinstance(live, MutableMapping) and isinstance(stored, Mapping):
+            self.mapping(live, stored, path)
+        elif isinstance(live, list) and isinstance(stored, list) and len(live) == len(stored):
+            for i, item in enumerate(stored):
+                self.slot(live, i, item, (*path, i))
+        elif isinstance(live, tuple) and isinstance(stored, tuple) and len(live) == len(stored):
+            rebuilt = list(live)
+            for i, item in enumerate(stored):
+                self.slot(rebuilt, i, item, (*path, i))
+            self.actions.append(lambda: container.__setitem__(key, tuple(rebuilt)))
+        else:
+            self._assign(container, key, _plain_value(stored))
+
+    def _shard(self, live: Any, stored: Any, path: tuple[Any, ...]) -> None:
+        if not self.tensors:
+            return
+        if not (isinstance(live, DTensor) and _is_record(stored)):
+            self.problems.append(f"{_where(path)}: a sharded tensor on one side only")
+            return
+        (chunk,) = live.__create_chunk_list__()
+        info = stored[SHARD_KEY]
+        if list(live.shape) != info["global_shape"] or list(chunk.offsets) != info["offsets"]:
+            self.problems.append(
+                f"{_where(path)}: shard at {list(chunk.offsets)} of {list(live.shape)} live, "
+                f"at {info['offsets']} of {info['global_shape']} stored"
+            )
+            return
+        self._tensor(live.to_local(), stored["local"], path)
+
+    def _tensor(self, live: torch.Tensor, stored: Any, path: tuple[Any, ...]) -> None:
+        if not self.tensors:
+            return
+        if not isinstance(stored, torch.Tensor):
+            self.problems.append(f"{_where(path)}: a tensor live, {type(stored).__name__} stored")
+        elif live.shape != stored.shape or live.dtype != stored.dtype:
+            self.problems.append(
+                f"{_where(path)}: {live.dtype}{list(live.shape)} live, {stored.dtype}{list(stored.shape)} stored"
+            )
+        else:
+
+            def act() -> None:
+                with torch.no_grad():
+                    live.copy_(stored)
+
+            self.actions.append(act)
+
+    def _assign(self, container: Any, key: Any, value: Any) -> None:
+        self.actions.append(lambda: container.__setitem__(key, value))
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, Mapping) and SHARD_KEY in value
+
+
+def _plain_value(value: Any) -> Any:
+    """A stored value for a slot the live state has no object for (records become their local tensor)."""
+    if _is_record(value):
+        return value["local"]
+    return value
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    return "state" + "".join(f"[{p!r}]" for p in path)
