@@ -5,8 +5,9 @@ This module owns the ledger equivalents of ``Accelerator.save_state`` and
 data loaders, the grad scaler, every object registered with
 ``register_for_checkpointing``, the accelerator's step counter and the global
 RNG, committed as one commit and restored in place. It is rank-aware: every
-process calls it, the main process writes the commit and moves refs, and the
-others wait at a barrier. It never pickles (Accelerate's own ``save_state``
+process calls it; with several processes each one stores its own part
+(``ledger.adapters.distributed``) and the main process alone writes the
+commit and moves refs. It never pickles (Accelerate's own ``save_state``
 pickles samplers and custom objects; here they go through ``state_dict``).
 
 Example:
@@ -31,7 +32,8 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without a
 
 from ledger import Commit, Ledger
 from ledger.errors import StateMismatchError
-from ledger.history.records import ListNode
+from ledger.history.records import DictNode, ListNode
+from ledger.state.rng import restore_rng
 
 from ._common import (
     LedgerLike,
@@ -137,6 +139,11 @@ def save_state(
 ) -> Commit | None:
     """Commit everything ``accelerator.save_state`` would save (call it on every process).
 
+    One process: one ordinary commit. Several processes: every process
+    stores its own part (its RNG, its loader positions; replicated weights
+    deduplicate to one copy) through ``ledger.adapters.distributed``, and the
+    main process writes the one commit and moves the branch.
+
     Args:
         accelerator: the ``Accelerator`` whose prepared and registered objects are saved.
         ledger: a ledger directory (created when missing) or an open ``Ledger``.
@@ -144,7 +151,7 @@ def save_state(
             (``step`` defaults to the accelerator's step counter).
 
     Returns:
-        The commit on the main process, None on the others.
+        The commit (on every process).
 
     Example:
         >>> save_state(accelerator, "ckpt", step=step, metrics={"loss": loss.item()})  # doctest: +SKIP
@@ -156,21 +163,20 @@ def save_state(
             "commit right after an optimizer step",
             stacklevel=2,
         )
-    lg = _ledger(ledger, accelerator)
-    commit = None
-    if accelerator.is_main_process:
-        assert lg is not None
-        commit = lg.commit(
-            accelerator_state(accelerator),
-            message,
-            step=accelerator.step if step is None else step,
-            epoch=epoch,
-            metrics=metric_floats(metrics or {}),
-            params=plain_params(params or {}),
-            branch=branch,
-        )
-    accelerator.wait_for_everyone()
-    return commit
+    meta: dict[str, Any] = {
+        "step": accelerator.step if step is None else step,
+        "epoch": epoch,
+        "metrics": metric_floats(metrics or {}),
+        "params": plain_params(params or {}),
+        "message": message,
+        "branch": branch,
+    }
+    if accelerator.num_processes > 1:
+        from . import distributed
+
+        return distributed.commit(ledger, accelerator_state(accelerator), **meta)
+    lg = _open(ledger, accelerator)
+    return lg.commit(accelerator_state(accelerator), meta.pop("message"), **meta)
 
 
 def load_state(
@@ -179,8 +185,11 @@ def load_state(
     """Restore ``rev`` into the accelerator's objects, like ``accelerator.load_state``.
 
     Call it after ``accelerator.prepare`` and ``register_for_checkpointing``,
-    on every process. Returns the commit (its ``step``, ``epoch`` and
-    ``metrics`` tell where the run was), or None on an empty ledger.
+    on every process. A commit made by several processes gives each process
+    its own part back (same number of processes) or rank 0's part (another
+    number); a commit made by one process restores into every process.
+    Returns the commit (its ``step``, ``epoch`` and ``metrics`` tell where
+    the run was), or None on an empty ledger.
 
     Raises:
         RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
@@ -191,19 +200,46 @@ def load_state(
         >>> commit = load_state(accelerator, "ckpt", "best")  # doctest: +SKIP
         >>> start = 0 if commit is None else commit.step + 1  # doctest: +SKIP
     """
-    lg = _ledger(ledger, accelerator, reading=True)
-    assert lg is not None
+    lg = _open(ledger, accelerator)
     cid = resolve_resume(lg, rev)
     if cid is None:
         return None
     root = lg.manifest(cid)[1].root
-    stored = dict(zip(map(str, root.keys), root.values, strict=True))
+    sharded = "ranks" in root.keys
+    _check_layout(_saved_state(root) if sharded else root, accelerator_state(accelerator), cid, rev)
+    state = accelerator_state(accelerator)
+    if sharded:
+        from . import distributed
+
+        if accelerator.num_processes > 1:
+            return distributed.restore(lg, state, cid, strict=strict)
+        part = lg.checkout(cid, paths=["ranks/0"])["ranks"][0]
+        distributed.apply(state, part["state"], strict=strict)
+        restore_rng(part["rng"])
+        return lg.get(cid)
+    try:
+        return lg.restore(state, cid, strict=strict)
+    finally:
+        accelerator.wait_for_everyone()
+
+
+def _saved_state(root: DictNode) -> DictNode:
+    """Rank 0's ``state`` node of a commit made by several processes."""
+    ranks = root.values[root.keys.index("ranks")]
+    assert isinstance(ranks, ListNode) and isinstance(ranks.items[0], DictNode)
+    part = ranks.items[0]
+    state = part.values[part.keys.index("state")]
+    assert isinstance(state, DictNode)
+    return state
+
+
+def _check_layout(stored_node: DictNode, state: dict[str, Any], cid: str, rev: str) -> None:
+    stored = dict(zip(map(str, stored_node.keys), stored_node.values, strict=True))
     if not set(_KEYS) <= stored.keys():
         raise ResumeError(
             f"commit {cid[:12]} ({rev}) was not made by ledger.adapters.accelerate.save_state "
             f"(it has {sorted(stored)[:8]}); restore it with Ledger.restore instead"
         )
-    state = accelerator_state(accelerator)
     for key, live in state.items():
         node = stored.get(key)
         if isinstance(live, list) and isinstance(node, ListNode) and len(node.items) != len(live):
@@ -212,15 +248,13 @@ def load_state(
                 f"{len(live)}; prepare and register the same objects as the run that saved it "
                 "(nothing was changed)"
             )
-    try:
-        return lg.restore(state, cid, strict=strict)
-    finally:
-        accelerator.wait_for_everyone()
 
 
-def _ledger(ledger: LedgerLike, accelerator: Accelerator, reading: bool = False) -> Ledger | None:
-    if isinstance(ledger, Ledger):
-        return ledger
-    if reading or accelerator.is_main_process:
+def _open(ledger: LedgerLike, accelerator: Accelerator) -> Ledger:
+    """Every process's handle; the main process creates a new ledger before the others open it."""
+    if isinstance(ledger, Ledger) or accelerator.num_processes == 1:
         return open_ledger(ledger)
-    return None
+    if accelerator.is_main_process:
+        lg = open_ledger(ledger)
+    accelerator.wait_for_everyone()
+    return lg if accelerator.is_main_process else Ledger.open(ledger)

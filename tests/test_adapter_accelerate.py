@@ -1,6 +1,8 @@
 """``ledger.adapters.accelerate``: save_state/load_state of everything an Accelerator tracks.
 
-The exact-resume test (tests/scripts/adapter_accelerate_train.py) trains 30
+A two-process gloo job (tests/scripts/adapter_accelerate_ddp.py) commits
+once, and each process gets its own RNG back. The exact-resume test
+(tests/scripts/adapter_accelerate_train.py) trains 30
 batches straight and 14 + resume in a new process + 16: dropout, a shuffled
 stateful loader resumed mid-epoch, gradient accumulation, AdamW, StepLR and
 an object registered for checkpointing; parameters, optimizer, scheduler,
@@ -11,6 +13,8 @@ resume point are bitwise equal.
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +191,41 @@ def test_importing_without_accelerate_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert MissingExtraError.__name__ in out.stdout
     assert "pip install 'training-ledger[accelerate]'" in out.stdout
+
+
+def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(SCRIPTS / "adapter_accelerate_ddp.py"),
+                str(tmp_path / "lg"),
+                str(tmp_path),
+            ],
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    saved = [util.load_image(tmp_path / f"rank{r}-saved") for r in range(2)]
+    assert saved[0] != saved[1]  # each process's own RNG stream
+    for rank in range(2):
+        assert util.load_image(tmp_path / f"rank{rank}") == saved[rank]
+    with Ledger.open(tmp_path / "lg") as lg:
+        assert len(list(lg.log())) == 1
+        assert lg.checkout("HEAD", paths=["world_size"])["world_size"] == 2
