@@ -256,7 +256,13 @@ def expand(value: Any) -> Any:
         {'w': tensor([1.])}
     """
     if isinstance(value, DTensor):
-        (chunk,) = value.__create_chunk_list__()
+        chunks = value.__create_chunk_list__()
+        if len(chunks) != 1:
+            raise AdapterError(
+                f"a DTensor with {len(chunks)} local chunks (placements {value.placements}) "
+                "cannot be committed yet; redistribute it to Shard/Replicate placements"
+            )
+        (chunk,) = chunks
         return {
             SHARD_KEY: {"global_shape": list(value.shape), "offsets": list(chunk.offsets)},
             "local": value.to_local(),
