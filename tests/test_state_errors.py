@@ -555,3 +555,13 @@ def test_numpy_float_params_are_accepted_as_plain_floats(lg: Ledger) -> None:
     c = lg.commit({"w": torch.ones(2)}, params={"lr": np.float64(0.1), "wd": [np.float64(0.01)]})
     assert lg.get(c.id).params == {"lr": 0.1, "wd": [0.01]}
     assert type(lg.get(c.id).params["lr"]) is float
+
+
+def test_strict_restore_refuses_a_list_of_another_length(lg: Ledger) -> None:
+    lg.commit({"xs": [torch.zeros(2), torch.ones(2)]}, rng=False)
+    live = {"xs": [torch.zeros(2)]}
+    with pytest.raises(StateMismatchError, match="a list of 1 in the live state, 2 in the commit"):
+        lg.restore(live, rng=False)
+    assert len(live["xs"]) == 1
+    lg.restore(live, strict=False, rng=False)  # non-strict: the stored list replaces it
+    assert [t.tolist() for t in live["xs"]] == [[0.0, 0.0], [1.0, 1.0]]

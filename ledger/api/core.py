@@ -290,6 +290,22 @@ class LedgerCore:
         blocking: Literal[False],
     ) -> CommitHandle: ...
 
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: bool,
+    ) -> Commit | CommitHandle: ...
+
     def commit(
         self,
         state: Mapping[Any, Any],

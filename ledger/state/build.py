@@ -411,6 +411,11 @@ class Restorer:
             for i, child in enumerate(node.items):
                 self._into_slot(live, i, child, (*path, i))
             return True
+        if isinstance(live, MutableSequence) and isinstance(node, ListNode) and self.strict:
+            self._mismatch(
+                path, f"a list of {len(live)} in the live state, {len(node.items)} in the commit"
+            )
+            return True
         if self.strict and _kind(live) != _kind(node) and _kind(live) != "value":
             self._mismatch(path, f"{_kind(live)} in the live state, {_kind(node)} in the commit")
             return True
