@@ -557,7 +557,7 @@ def test_numpy_float_params_are_accepted_as_plain_floats(lg: Ledger) -> None:
     assert type(lg.get(c.id).params["lr"]) is float
 
 
-def test_strict_restore_refuses_a_list_of_another_length(lg: Ledger) -> None:
+def test_strict_restore_refuses_a_list_of_live_objects_of_another_length(lg: Ledger) -> None:
     lg.commit({"xs": [torch.zeros(2), torch.ones(2)]}, rng=False)
     live = {"xs": [torch.zeros(2)]}
     with pytest.raises(StateMismatchError, match="a list of 1 in the live state, 2 in the commit"):
@@ -565,3 +565,7 @@ def test_strict_restore_refuses_a_list_of_another_length(lg: Ledger) -> None:
     assert len(live["xs"]) == 1
     lg.restore(live, strict=False, rng=False)  # non-strict: the stored list replaces it
     assert [t.tolist() for t in live["xs"]] == [[0.0, 0.0], [1.0, 1.0]]
+    lg.commit({"losses": [0.5, 0.25]}, rng=False)
+    plain: dict[str, Any] = {"losses": []}
+    lg.restore(plain, rng=False)  # a list of plain values is simply replaced
+    assert plain["losses"] == [0.5, 0.25]

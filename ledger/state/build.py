@@ -411,7 +411,14 @@ class Restorer:
             for i, child in enumerate(node.items):
                 self._into_slot(live, i, child, (*path, i))
             return True
-        if isinstance(live, MutableSequence) and isinstance(node, ListNode) and self.strict:
+        if (
+            isinstance(live, MutableSequence)
+            and isinstance(node, ListNode)
+            and self.strict
+            and any(_kind(v) not in ("value", "list", "tuple", "mapping") for v in live)
+        ):
+            # A list of live objects (tensors, optimizers ...) of another length is a
+            # different structure; a list of plain values is simply replaced.
             self._mismatch(
                 path, f"a list of {len(live)} in the live state, {len(node.items)} in the commit"
             )
