@@ -34,6 +34,8 @@ from ledger.objects.packs import (
 )
 
 DEFAULT_MAX_PACK_BYTES = 1 << 30
+# Background write-back granularity of a pack being written (see PackWriter._note_written).
+FLUSH_BYTES = 64 << 20
 RECENT_MAX = 1 << 18
 Located = tuple[str, IndexEntry]
 
@@ -73,6 +75,7 @@ class ObjectStore:
         self._entries: dict[str, list[IndexEntry]] = {}
         # xxh3-128 + length of recently seen chunks -> their blake3 id (see PackWriter).
         self.recent: dict[bytes, bytes] = {}
+        self._flusher: ThreadPoolExecutor | None = None
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
@@ -274,8 +277,18 @@ class ObjectStore:
         """A writer that packs new objects; call ``finish()`` to make them durable and visible."""
         return PackWriter(self, pool, compress=compress, max_pack_bytes=max_pack_bytes)
 
+    def flusher(self) -> ThreadPoolExecutor:
+        """The one thread that runs background fdatasync calls for pack writers."""
+        with self._lock:
+            if self._flusher is None:
+                self._flusher = ThreadPoolExecutor(1, thread_name_prefix="ledger-flush")
+            return self._flusher
+
     def close(self) -> None:
         """Close every open pack file."""
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
         with self._lock:
             for fd in self._fds.values():
                 with contextlib.suppress(OSError):
@@ -319,6 +332,8 @@ class PackWriter:
         self._tmp: Path | None = None
         self._pos = 0
         self._done: list[str] = []
+        self._unflushed = 0
+        self._flush_future: Future[None] | None = None
 
     def _prepare_chunk(self, data: memoryview, itemsize: int | None) -> _Prepared:
         # Cheap pre-check: a chunk whose xxh3-128 (and length) this process saw
@@ -348,6 +363,7 @@ class PackWriter:
         assert self._fh is not None
         with disk_errors("a pack"):
             self._fh.write(blob)
+            self._note_written(len(blob))
         self._entries.append(IndexEntry(oid, kind, codec, self._pos, len(blob), raw_length))
         self._pending.add(oid)
         self._pos += len(blob)
@@ -364,6 +380,27 @@ class PackWriter:
             self._fh.write(HEADER.pack(PACK_MAGIC, PACK_VERSION))
         self._pos = HEADER.size
 
+    def _note_written(self, n: int) -> None:
+        """Start write-back of what is written so far in the background, every FLUSH_BYTES.
+
+        The final fsync then has only the tail left: the disk works while the
+        pool hashes and encodes, instead of after (what safetensors' one write +
+        one fsync does).
+        """
+        self._unflushed += n
+        if not self.store.fsync or self._unflushed < FLUSH_BYTES or self._fh is None:
+            return
+        if self._flush_future is not None and not self._flush_future.done():
+            return
+        self._fh.flush()
+        self._flush_future = self.store.flusher().submit(_datasync, self._fh.fileno())
+        self._unflushed = 0
+
+    def _wait_flush(self) -> None:
+        future, self._flush_future = self._flush_future, None
+        if future is not None:
+            future.result()
+
     def _seal(self) -> None:
         if self._fh is None or self._tmp is None:
             return
@@ -371,6 +408,7 @@ class PackWriter:
         with disk_errors("a pack"):
             self._fh.write(tail)
             self._fh.flush()
+            self._wait_flush()
             if self.store.fsync:
                 os.fsync(self._fh.fileno())
             self._fh.close()
@@ -394,6 +432,7 @@ class PackWriter:
         assert self._fh is not None
         with disk_errors("a pack"):
             self._fh.write(blob)
+            self._note_written(len(blob))
         self._entries.append(
             IndexEntry(entry.id, entry.kind, entry.codec, self._pos, len(blob), entry.raw_length)
         )
@@ -453,6 +492,8 @@ class PackWriter:
 
     def abort(self) -> None:
         """Drop the unsealed pack; sealed packs stay (they are valid, only unreferenced)."""
+        with contextlib.suppress(OSError):
+            self._wait_flush()  # never close the descriptor under a running fdatasync
         if self._fh is not None:
             with contextlib.suppress(OSError):
                 self._fh.close()
@@ -461,3 +502,7 @@ class PackWriter:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
             self._tmp = None
+
+
+def _datasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)
