@@ -129,3 +129,26 @@ def test_truncated_or_padded_bgzstd_blobs_are_refused(cut: int) -> None:
     damaged = blob[: len(blob) - cut] if cut else blob + b"\0"
     with pytest.raises(CorruptionError):
         decoder("bgzstd").decode_into(memoryview(damaged), memoryview(bytearray(len(raw))))
+
+
+def test_auto_policy_stores_raw_when_the_disk_outruns_the_codec() -> None:
+    from ledger.objects.store import Rates
+
+    rates = Rates()
+    assert rates.min_saving(2) == 0.02  # nothing measured yet: compress whenever it saves
+    rates.note_codec(1 << 22, 1 / 256)  # 1 GiB/s per worker
+    rates.note_disk(1 << 30, 1 / 1.5)  # 1.5 GiB/s write-back
+    threshold = rates.min_saving(2)
+    assert threshold == pytest.approx(0.75)
+    fp32 = (torch.randn(1 << 20) * 0.02).view(torch.uint8).numpy().tobytes()
+    name, _ = encode_chunk(memoryview(fp32), float_itemsize=4, compress=True, min_saving=threshold)
+    assert name == "raw"  # trained-like fp32 saves ~15-25%: not worth it on this "disk"
+    zeros = bytes(1 << 20)
+    assert (
+        encode_chunk(memoryview(zeros), float_itemsize=4, compress=True, min_saving=threshold)[0]
+        != "raw"
+    )
+    rates.note_disk(1 << 30, 20.0)  # a slow disk: now any real saving pays
+    for _ in range(20):
+        rates.note_disk(1 << 30, 20.0)
+    assert rates.min_saving(2) < 0.05

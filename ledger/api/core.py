@@ -124,7 +124,7 @@ class LedgerCore:
         create: bool = False,
         fsync: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        compress: bool = True,
+        compress: bool | Literal["auto"] = "auto",
         workers: int | None = None,
         auto_gc: int | None = None,
         async_budget: int | None = None,
@@ -136,7 +136,9 @@ class LedgerCore:
             create: make a new ledger if ``path`` is missing or empty.
             fsync: make every commit durable before it returns (turn off only for tests).
             chunk_size: bytes per chunk for a new ledger (fixed once created).
-            compress: let a new ledger compress chunks when that saves space.
+            compress: for a new ledger: True tries the codecs on every chunk, False
+                stores raw bytes, "auto" (default) compresses when the saving is
+                worth the time on this machine's disk and CPU (measured).
             workers: threads for hashing, compressing and reading.
             auto_gc: run :meth:`gc` after every this many commits (None: never).
             async_budget: most bytes a ``commit(blocking=False)`` may copy to
@@ -200,7 +202,7 @@ class LedgerCore:
         root: Path,
         *,
         chunk_size: int,
-        compress: bool,
+        compress: bool | Literal["auto"],
         fsync: bool,
         workers: int | None,
         auto_gc: int | None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -29,7 +29,9 @@ class LedgerConfig(msgspec.Struct, kw_only=True):
     format: int = FORMAT_VERSION
     created: dt.datetime
     chunk_size: int
-    compress: bool = True
+    # True: always try the codecs; False: store raw; "auto": compress only when the
+    # measured disk is slower than the codec makes worthwhile (see objects/store.py).
+    compress: bool | Literal["auto"] = "auto"
     gc_grace: float = 900.0
 
 

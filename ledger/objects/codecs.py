@@ -120,7 +120,7 @@ class ByteGroupZstdCodec(Codec):
     def __init__(self, itemsize: int = 4) -> None:
         self.itemsize = itemsize
 
-    def encode(self, raw: memoryview) -> bytes | memoryview:
+    def encode(self, raw: memoryview, min_saving: float = MIN_SAVING) -> bytes | memoryview:
         size = self.itemsize
         n = len(raw) // size
         if n * size != len(raw) or size not in (2, 4, 8):
@@ -130,8 +130,8 @@ class ByteGroupZstdCodec(Codec):
         head = [bytes([size])]
         for i in range(size):
             plane = memoryview(planes[i].data)
-            packed = _compress_if_worth(plane)
-            if packed is not None and len(packed) < len(plane) * (1 - MIN_SAVING):
+            packed = _compress_if_worth(plane, min_saving)
+            if packed is not None and len(packed) < len(plane) * (1 - min_saving):
                 head.append(_PLANE_HEAD.pack(1, len(packed)))
                 parts.append(packed)
             else:
@@ -168,11 +168,11 @@ class ByteGroupZstdCodec(Codec):
             raise CorruptionError("bgzstd object has trailing bytes")
 
 
-def _compress_if_worth(data: memoryview) -> bytes | None:
-    """zstd of ``data``, or None when a sample shows it will not shrink."""
+def _compress_if_worth(data: memoryview, min_saving: float = MIN_SAVING) -> bytes | None:
+    """zstd of ``data``, or None when a sample shows it will not shrink by ``min_saving``."""
     if len(data) > 4 * SAMPLE_BYTES:
         sample = data[:SAMPLE_BYTES]
-        if len(_compressor().compress(sample)) >= len(sample) * (1 - MIN_SAVING):
+        if len(_compressor().compress(sample)) >= len(sample) * (1 - min_saving):
             return None
     return _compressor().compress(data)
 
@@ -201,7 +201,7 @@ def decoder(name: str) -> Codec:
 
 
 def encode_chunk(
-    raw: memoryview, *, float_itemsize: int | None, compress: bool
+    raw: memoryview, *, float_itemsize: int | None, compress: bool, min_saving: float = MIN_SAVING
 ) -> tuple[str, bytes | memoryview]:
     """Pick a codec for one chunk and encode it; keep raw bytes unless encoding saves enough.
 
@@ -209,6 +209,8 @@ def encode_chunk(
         raw: the chunk's bytes.
         float_itemsize: element size when the chunk holds 16/32/64-bit floats, else None.
         compress: False stores every chunk raw (for disks faster than the codec).
+        min_saving: the fraction an encoding must save to be kept (raised by the
+            "auto" policy when the disk is faster than the codec).
 
     Example:
         >>> encode_chunk(memoryview(b"a" * 1000), float_itemsize=None, compress=True)[0]
@@ -217,13 +219,13 @@ def encode_chunk(
     if not compress or len(raw) < 64:
         return "raw", raw
     if float_itemsize in (2, 4, 8) and len(raw) % float_itemsize == 0:
-        blob = _BG[float_itemsize].encode(raw)
+        blob = _BG[float_itemsize].encode(raw, min_saving)
         name = "bgzstd"
     else:
-        packed = _compress_if_worth(raw)
+        packed = _compress_if_worth(raw, min_saving)
         if packed is None:
             return "raw", raw
         blob, name = packed, "zstd"
-    if len(blob) < len(raw) * (1 - MIN_SAVING):
+    if len(blob) < len(raw) * (1 - min_saving):
         return name, blob
     return "raw", raw

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import BinaryIO, Protocol
 import xxhash
 
 from ledger.errors import CorruptionError, ObjectMissingError
-from ledger.objects.codecs import decoder, encode_chunk
+from ledger.objects.codecs import MIN_SAVING, decoder, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.packs import (
@@ -76,6 +77,7 @@ class ObjectStore:
         # xxh3-128 + length of recently seen chunks -> their blake3 id (see PackWriter).
         self.recent: dict[bytes, bytes] = {}
         self._flusher: ThreadPoolExecutor | None = None
+        self.rates = Rates()
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
@@ -271,7 +273,7 @@ class ObjectStore:
         self,
         pool: ThreadPoolExecutor | None,
         *,
-        compress: bool = True,
+        compress: bool | str = True,
         max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES,
     ) -> PackWriter:
         """A writer that packs new objects; call ``finish()`` to make them durable and visible."""
@@ -296,6 +298,37 @@ class ObjectStore:
             self._fds.clear()
 
 
+class Rates:
+    """Measured speeds of this machine: the codec (bytes/s per worker) and disk write-back.
+
+    They drive ``compress="auto"``: an encoding must save at least the fraction
+    ``disk / (codec * workers)`` of a chunk, or the chunk is stored raw: when the
+    disk is faster than the codec, compressing only slows the commit down.
+    """
+
+    def __init__(self) -> None:
+        self.codec: float | None = None
+        self.disk: float | None = None
+
+    @staticmethod
+    def _ema(old: float | None, new: float) -> float:
+        return new if old is None else 0.7 * old + 0.3 * new
+
+    def note_codec(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0 and nbytes >= 1 << 16:
+            self.codec = self._ema(self.codec, nbytes / seconds)
+
+    def note_disk(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0 and nbytes >= 1 << 20:
+            self.disk = self._ema(self.disk, nbytes / seconds)
+
+    def min_saving(self, workers: int) -> float:
+        """The saving an encoding must reach to be worth its time (auto policy)."""
+        if self.codec is None or self.disk is None:
+            return MIN_SAVING
+        return min(0.95, max(MIN_SAVING, self.disk / (self.codec * max(1, workers))))
+
+
 class WriteStats:
     """What a writer stored: new objects and bytes, and the logical bytes it was given."""
 
@@ -317,7 +350,7 @@ class PackWriter:
         store: ObjectStore,
         pool: ThreadPoolExecutor | None,
         *,
-        compress: bool,
+        compress: bool | str,
         max_pack_bytes: int,
     ) -> None:
         self.store = store
@@ -351,7 +384,19 @@ class PackWriter:
         oid = hash_bytes(data)
         if self.store.has(oid) or oid in self._pending:
             return oid, None, None
-        codec, blob = encode_chunk(data, float_itemsize=itemsize, compress=self.compress)
+        if self.compress == "auto":
+            workers = self.pool._max_workers if self.pool is not None else 1
+            started = time.perf_counter()
+            codec, blob = encode_chunk(
+                data,
+                float_itemsize=itemsize,
+                compress=True,
+                min_saving=self.store.rates.min_saving(workers),
+            )
+            if codec != "raw":  # a full encode ran: that is the codec's speed
+                self.store.rates.note_codec(len(data), time.perf_counter() - started)
+        else:
+            codec, blob = encode_chunk(data, float_itemsize=itemsize, compress=bool(self.compress))
         return oid, codec, blob
 
     def _write(self, kind: str, prepared: _Prepared, raw_length: int) -> None:
@@ -393,7 +438,9 @@ class PackWriter:
         if self._flush_future is not None and not self._flush_future.done():
             return
         self._fh.flush()
-        self._flush_future = self.store.flusher().submit(_datasync, self._fh.fileno())
+        self._flush_future = self.store.flusher().submit(
+            _datasync, self._fh.fileno(), self._unflushed, self.store.rates
+        )
         self._unflushed = 0
 
     def _wait_flush(self) -> None:
@@ -504,5 +551,7 @@ class PackWriter:
             self._tmp = None
 
 
-def _datasync(fd: int) -> None:
+def _datasync(fd: int, nbytes: int, rates: Rates) -> None:
+    started = time.perf_counter()
     getattr(os, "fdatasync", os.fsync)(fd)
+    rates.note_disk(nbytes, time.perf_counter() - started)

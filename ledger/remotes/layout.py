@@ -20,6 +20,7 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -63,7 +64,7 @@ class RemoteRefs(msgspec.Struct, tag="remote-refs", kw_only=True):
     kind: str = REMOTE_KIND
     format: int = REMOTE_FORMAT
     chunk_size: int
-    compress: bool = True
+    compress: bool | Literal["auto"] = "auto"
     head: str | None = None
     branches: dict[str, str] = {}
     tags: dict[str, str] = {}
