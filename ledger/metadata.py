@@ -254,6 +254,15 @@ def model_summary(state: Mapping[Any, Any]) -> dict[str, Any]:
     return out
 
 
+def prefetch() -> None:
+    """Gather the once-per-process parts now (a background thread at ``Ledger.open``),
+    so the first commit does not pay for listing packages and running git."""
+    installed_packages()
+    code_info()
+    environment_info()
+    _static_hardware()
+
+
 def capture(
     state: Mapping[Any, Any], data: Mapping[str, Any] | None, packages_blob: str | None
 ) -> dict[str, Any]:

@@ -113,6 +113,7 @@ class LedgerCore:
         self._commits_since_gc = 0
         self._custom: dict[str, list[CustomPolicy]] = {}
         self._pending = Pending()
+        threading.Thread(target=metadata.prefetch, name="ledger-metadata", daemon=True).start()
         self._gc_due = False
         self.async_budget = async_budget if async_budget is not None else _default_budget()
 
