@@ -135,7 +135,7 @@ def test_auto_policy_stores_raw_when_the_disk_outruns_the_codec() -> None:
     from ledger.objects.store import Rates
 
     rates = Rates()
-    assert rates.min_saving(2) == 0.02  # nothing measured yet: compress whenever it saves
+    assert rates.min_saving(2) == 0.25  # nothing measured yet: only clear savings (bf16, zeros)
     rates.note_codec(1 << 22, 1 / 256)  # 1 GiB/s per worker
     rates.note_disk(1 << 30, 1 / 1.5)  # 1.5 GiB/s write-back
     threshold = rates.min_saving(2)

@@ -120,18 +120,35 @@ class ByteGroupZstdCodec(Codec):
     def __init__(self, itemsize: int = 4) -> None:
         self.itemsize = itemsize
 
+    def worth(self, raw: memoryview, min_saving: float) -> set[int] | None:
+        """Planes worth compressing, judged on a prefix; None when the whole chunk
+        would not save ``min_saving`` (then nothing is transposed or compressed)."""
+        size = self.itemsize
+        rows = SAMPLE_BYTES
+        if len(raw) < 4 * rows * size:
+            return set(range(size))  # small: just try every plane
+        head = np.frombuffer(raw[: rows * size], dtype=np.uint8).reshape(rows, size).T.copy()
+        savings = [1 - len(_compressor().compress(head[i].data)) / rows for i in range(size)]
+        useful = {i for i, saving in enumerate(savings) if saving >= MIN_SAVING}
+        if sum(savings[i] for i in useful) / size < min_saving:
+            return None
+        return useful
+
     def encode(self, raw: memoryview, min_saving: float = MIN_SAVING) -> bytes | memoryview:
         size = self.itemsize
         n = len(raw) // size
         if n * size != len(raw) or size not in (2, 4, 8):
             raise ValueError(f"bgzstd needs whole {size}-byte elements, got {len(raw)} bytes")
+        useful = self.worth(raw, min_saving)
+        if useful is None:
+            return raw
         planes = np.frombuffer(raw, dtype=np.uint8).reshape(n, size).T.copy()
         parts: list[bytes | memoryview] = []
         head = [bytes([size])]
         for i in range(size):
             plane = memoryview(planes[i].data)
-            packed = _compress_if_worth(plane, min_saving)
-            if packed is not None and len(packed) < len(plane) * (1 - min_saving):
+            packed = _compressor().compress(plane) if i in useful else None
+            if packed is not None and len(packed) < len(plane) * (1 - MIN_SAVING):
                 head.append(_PLANE_HEAD.pack(1, len(packed)))
                 parts.append(packed)
             else:
