@@ -9,6 +9,7 @@ an error naming the value's path in the state.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -260,8 +261,13 @@ class Flattener:
         the caller's tensors.
         """
         for job in self.jobs:
-            job.data = memoryview(bytearray(job.data))
-            job.keep = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only source only warns; we never write it
+                source = torch.frombuffer(job.data, dtype=torch.uint8)
+            copy = torch.empty(len(job.data), dtype=torch.uint8)
+            copy.copy_(source)  # torch's copy runs on every core: ~3x a single memcpy
+            job.data = memoryview(copy.numpy())  # type: ignore[arg-type]
+            job.keep = copy
 
     def assign(self, ids: list[str]) -> None:
         """Fill each job's node with its chunk ids (``ids`` in :meth:`chunks` order)."""
