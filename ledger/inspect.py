@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from ledger.errors import CommitExpiredError
+from ledger.history.graph import ancestors
 from ledger.history.records import ArrayNode, Commit, TensorNode
 from ledger.history.refs import BRANCH_PREFIX
 from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
@@ -270,20 +271,6 @@ def _compare(
     )
 
 
-def _ancestors(lg: Ledger, tip: str) -> list[str]:
-    seen: list[str] = []
-    stack = [tip]
-    visited: set[str] = set()
-    while stack:
-        cid = stack.pop()
-        if cid in visited:
-            continue
-        visited.add(cid)
-        seen.append(cid)
-        stack.extend(lg.record(cid).parents)
-    return seen
-
-
 def du(lg: Ledger) -> DuReport:
     """The report behind ``ledger du``."""
     lg.store.refresh()
@@ -311,7 +298,7 @@ def du(lg: Ledger) -> DuReport:
     branch_chunks: dict[str, set[str]] = {}
     usages = []
     for name, tip in lg.branches().items():
-        history = _ancestors(lg, tip)
+        history = list(ancestors(lambda c: lg.record(c).parents, [tip]))
         chunks: set[str] = (
             set().union(*(refs_by_commit.get(c, set()) for c in history)) if history else set()
         )

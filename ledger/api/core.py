@@ -40,7 +40,6 @@ from ledger.api.inputs import (
     _opt_int,
     _read_config,
     _refuse_newer,
-    _strip,
 )
 from ledger.errors import (
     ClosedLedgerError,
@@ -54,6 +53,7 @@ from ledger.errors import (
     UnsupportedValueError,
 )
 from ledger.history.gc import GcReport, collect
+from ledger.history.graph import refs_under
 from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
@@ -638,9 +638,9 @@ class LedgerCore:
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""
         self._check_open()
-        return _strip(self.refs.snapshot(), BRANCH_PREFIX)
+        return refs_under(self.refs.snapshot(), BRANCH_PREFIX)
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
         self._check_open()
-        return _strip(self.refs.snapshot(), TAG_PREFIX)
+        return refs_under(self.refs.snapshot(), TAG_PREFIX)

@@ -124,10 +124,6 @@ def _interrupted_init(root: Path) -> bool:
     return not (packs.is_dir() and any(packs.iterdir()))
 
 
-def _strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k[len(prefix) :]: v for k, v in sorted(refs.items()) if k.startswith(prefix)}
-
-
 def _opt_int(value: Any, name: str) -> int | None:
     if value is None:
         return None

@@ -12,6 +12,7 @@ from ledger.errors import (
     RefNameError,
     UnmergedBranchError,
 )
+from ledger.history.graph import ancestors
 from ledger.history.records import (
     Commit,
 )
@@ -68,28 +69,18 @@ class RefOps(LedgerCore):
                 raise RefNameError(
                     f"branch {name!r} is checked out (HEAD); switch to another branch first"
                 )
-            if not force and not self._reached_by_others(tip, ref, refs):
+            others = [
+                cid
+                for other, cid in refs.items()
+                if other != ref and other.startswith((BRANCH_PREFIX, TAG_PREFIX))
+            ]
+            if not force and tip not in ancestors(lambda c: self.record(c).parents, others):
                 raise UnmergedBranchError(
                     f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
                     "tag it, or pass force=True (`ledger branch -D`) to delete it anyway"
                 )
             self.refs.update({ref: (tip, None)}, f"delete branch {name}")
             return tip
-
-    def _reached_by_others(self, tip: str, skip: str, refs: dict[str, str]) -> bool:
-        for ref, cid in refs.items():
-            if ref == skip or not ref.startswith((BRANCH_PREFIX, TAG_PREFIX)):
-                continue
-            stack, seen = [cid], set()
-            while stack:
-                cur = stack.pop()
-                if cur == tip:
-                    return True
-                if cur in seen:
-                    continue
-                seen.add(cur)
-                stack.extend(self.record(cur).parents)
-        return False
 
     def rename_branch(self, old: str, new: str) -> None:
         """Rename a branch (HEAD follows it if attached), atomically.

@@ -28,6 +28,7 @@ from typing import Protocol
 import msgspec
 
 from ledger.errors import CorruptionError, LedgerError
+from ledger.history.graph import ancestors
 from ledger.history.records import Commit, CommitRecord, Expire, Manifest, utcnow
 from ledger.history.refs import (
     BRANCH_PREFIX,
@@ -81,21 +82,16 @@ def reachable_commits(
     head = refs.get(HEAD)
     if head is not None and not head.startswith(SYMREF_PREFIX):
         roots.append(head)
-    seen: set[str] = set()
-    order: list[str] = []
-    stack = list(roots)
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        order.append(cid)
+
+    def parents_of(cid: str) -> list[str]:
         try:
-            stack.extend(reader.record(cid).parents)
+            return reader.record(cid).parents
         except LedgerError as e:
             if errors is not None:
                 errors.append(f"commit {cid[:12]}: {e}")
-    return order
+            return []
+
+    return list(ancestors(parents_of, roots))
 
 
 def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:

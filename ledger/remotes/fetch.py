@@ -32,12 +32,13 @@ from ledger.errors import (
     RemoteCorruptionError,
     RemoteError,
 )
+from ledger.history.graph import refs_under
 from ledger.history.records import Expire, utcnow
 from ledger.history.refs import BRANCH_PREFIX, HEAD, REMOTE_PREFIX, SYMREF_PREFIX, TAG_PREFIX
 from ledger.history.tree import chunk_ids
 from ledger.objects.hashing import is_hex_id
 from ledger.remotes.config import RemoteEntry, RemotesConfig, load_config, open_remote, save_config
-from ledger.remotes.tracking import ancestors, is_ancestor, open_named, strip
+from ledger.remotes.tracking import ancestors, is_ancestor, open_named
 from ledger.remotes.transfer import Progress, RemoteView, download, load_view
 
 if TYPE_CHECKING:
@@ -262,4 +263,4 @@ def _first_parents(lg: LedgerCore, tip: str, depth: int) -> list[str]:
 
 def tracking_branches(lg: LedgerCore, name: str) -> dict[str, str]:
     """Branch -> commit as of the last contact with remote ``name``."""
-    return strip(lg.refs.snapshot(), f"{REMOTE_PREFIX}{name}/")
+    return refs_under(lg.refs.snapshot(), f"{REMOTE_PREFIX}{name}/")

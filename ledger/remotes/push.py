@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ledger.errors import DetachedHeadError, DivergedError, RefNameError, RemoteConflictError
+from ledger.history.graph import refs_under
 from ledger.history.records import Expiry, utcnow
 from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
@@ -37,7 +38,7 @@ from ledger.remotes.layout import (
     encode_refs,
     index_key,
 )
-from ledger.remotes.tracking import ancestors, is_ancestor, known, open_named, strip, track
+from ledger.remotes.tracking import ancestors, is_ancestor, known, open_named, track
 from ledger.remotes.transfer import (
     Progress,
     RemoteView,
@@ -104,7 +105,7 @@ def push(
                 )
         branches[b] = tip
     if tags:
-        for t, cid in strip(local, TAG_PREFIX).items():
+        for t, cid in refs_under(local, TAG_PREFIX).items():
             if old.tags.get(t, cid) != cid:
                 raise RefNameError(
                     f"tag {t!r} is at {old.tags[t][:12]} on remote {name} but at {cid[:12]} "
@@ -199,7 +200,7 @@ def push(
 
 
 def _push_branches(local: dict[str, str], branch: str | None, all_branches: bool) -> list[str]:
-    names = strip(local, BRANCH_PREFIX)
+    names = refs_under(local, BRANCH_PREFIX)
     if all_branches:
         return sorted(names)
     if branch is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ledger.errors import RemoteError
+from ledger.history import graph
 from ledger.history.refs import REMOTE_PREFIX
 from ledger.remotes.base import Remote
 from ledger.remotes.config import (
@@ -95,31 +96,12 @@ def ancestors(lg: LedgerCore, tips: Iterable[str], stop: set[str] | None = None)
 
 def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
     """Whether commit ``old`` is ``new`` or one of its ancestors (records must be local)."""
-    stack, seen = [new], set()
-    while stack:
-        cid = stack.pop()
-        if cid == old:
-            return True
-        if cid in seen:
-            continue
-        seen.add(cid)
-        stack.extend(lg.record(cid).parents)
-    return False
+    return old in graph.ancestors(lambda cid: lg.record(cid).parents, [new])
 
 
 def known(lg: LedgerCore, cid: str) -> bool:
     """Whether this ledger stores the record of commit ``cid`` (never asks a remote)."""
     return lg.store.locate(bytes.fromhex(cid)) is not None
-
-
-def strip(refs: dict[str, str], prefix: str) -> dict[str, str]:
-    """The refs under ``prefix``, named without it.
-
-    Example:
-        >>> strip({"refs/heads/main": "ab", "HEAD": "x"}, "refs/heads/")
-        {'main': 'ab'}
-    """
-    return {k[len(prefix) :]: v for k, v in refs.items() if k.startswith(prefix)}
 
 
 def track(lg: LedgerCore, name: str, tips: dict[str, str], reason: str) -> None:
