@@ -410,6 +410,14 @@ class PackWriter:
         oid, codec, blob = prepared
         if codec is None or blob is None or oid in self._pending or self.store.has(oid):
             return
+        self._append(oid, kind, codec, blob, raw_length)
+        if kind == "chunk":
+            self.stats.chunks_written += 1
+
+    def _append(
+        self, oid: bytes, kind: str, codec: str, blob: bytes | memoryview, raw_length: int
+    ) -> None:
+        """Write one encoded object at the end of the open pack and index it."""
         if self._fh is None:
             self._open()
         assert self._fh is not None
@@ -419,8 +427,6 @@ class PackWriter:
         self._entries.append(IndexEntry(oid, kind, codec, self._pos, len(blob), raw_length))
         self._pending.add(oid)
         self._pos += len(blob)
-        if kind == "chunk":
-            self.stats.chunks_written += 1
         self.stats.bytes_written += len(blob)
         if self._pos >= self.max_pack_bytes:
             self._seal()
@@ -479,22 +485,8 @@ class PackWriter:
 
     def put_encoded(self, entry: IndexEntry, blob: bytes) -> None:
         """Copy an already-encoded object (gc repacking): same id, kind, codec, raw length."""
-        if entry.id in self._pending:
-            return
-        if self._fh is None:
-            self._open()
-        assert self._fh is not None
-        with disk_errors("a pack"):
-            self._fh.write(blob)
-            self._note_written(len(blob))
-        self._entries.append(
-            IndexEntry(entry.id, entry.kind, entry.codec, self._pos, len(blob), entry.raw_length)
-        )
-        self._pending.add(entry.id)
-        self._pos += len(blob)
-        self.stats.bytes_written += len(blob)
-        if self._pos >= self.max_pack_bytes:
-            self._seal()
+        if entry.id not in self._pending:
+            self._append(entry.id, entry.kind, entry.codec, blob, entry.raw_length)
 
     def put(self, kind: str, data: bytes, *, float_itemsize: int | None = None) -> str:
         """Store one object (if new) and return its hex id."""
