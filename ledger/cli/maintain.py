@@ -21,6 +21,7 @@ from ledger.cli._common import (
     progress,
     short,
 )
+from ledger.cli.remote import confirm_remote_gc
 from ledger.history.records import Policy
 from ledger.history.retention import describe
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
@@ -51,13 +52,7 @@ def gc_command(dry_run: bool, grace: float | None, remote: str | None) -> None:
     """
     lg = open_ledger()
     if remote is not None:
-        r = lg.gc_remote(remote, dry_run=dry_run)
-        verb = "would free" if dry_run else "freed"
-        confirm(
-            r,
-            f"{r.remote}: {verb} {human_bytes(r.bytes_freed)} in {r.packs_deleted} packs, "
-            f"expired {len(r.expired)} commits",
-        )
+        confirm_remote_gc(lg.gc_remote(remote, dry_run=dry_run), dry_run)
         return
     with progress("collecting garbage"):
         report = lg.gc(dry_run=dry_run, grace=grace)

@@ -37,6 +37,7 @@ from ledger.cli._common import (
     options,
     short,
 )
+from ledger.remotes.collect import RemoteGcReport
 
 
 class _Bar:
@@ -110,7 +111,11 @@ def remote_add(name: str, url: str) -> None:
 @global_options
 def remote_gc(name: str | None, dry_run: bool) -> None:
     """Apply this ledger's retention on remote NAME and delete packs nothing needs."""
-    r = open_ledger().gc_remote(name, dry_run=dry_run)
+    confirm_remote_gc(open_ledger().gc_remote(name, dry_run=dry_run), dry_run)
+
+
+def confirm_remote_gc(r: RemoteGcReport, dry_run: bool) -> None:
+    """Print a remote gc's result (``ledger remote gc`` and ``ledger gc --remote``)."""
     verb = "would free" if dry_run else "freed"
     confirm(
         r,
