@@ -81,6 +81,7 @@ from ledger.objects.store import ObjectStore
 from ledger.pending import CommitHandle, Pending
 from ledger.state.flatten import Flattener
 from ledger.state.rng import capture_rng
+from ledger.state.unchanged import UnchangedTensors
 
 L = TypeVar("L", bound="LedgerCore")
 
@@ -97,6 +98,7 @@ class LedgerCore:
         workers: int | None,
         auto_gc: int | None = None,
         async_budget: int | None = None,
+        trust_versions: bool = False,
     ) -> None:
         self.root = root
         self.config = config
@@ -116,6 +118,7 @@ class LedgerCore:
         threading.Thread(target=metadata.prefetch, name="ledger-metadata", daemon=True).start()
         self._gc_due = False
         self.async_budget = async_budget if async_budget is not None else _default_budget()
+        self.unchanged = UnchangedTensors() if trust_versions else None
 
     @classmethod
     def open(
@@ -129,6 +132,7 @@ class LedgerCore:
         workers: int | None = None,
         auto_gc: int | None = None,
         async_budget: int | None = None,
+        trust_versions: bool = False,
     ) -> L:
         """Open the ledger in directory ``path`` (the ledger directory itself).
 
@@ -145,6 +149,13 @@ class LedgerCore:
             async_budget: most bytes a ``commit(blocking=False)`` may copy to
                 snapshot the state (default: half the machine's RAM); a larger
                 state is committed synchronously, with a warning.
+            trust_versions: skip re-reading a tensor this process committed before
+                when its storage, version counter and a sample of 8 bytes per 4 KiB
+                page are unchanged (see docs/design-decisions.md): unchanged
+                tensors then cost nearly nothing, even on a GPU. A sparse write
+                that bypasses torch's version counter (through ``.data``, numpy, a
+                C extension) and misses every sampled page would go unseen, so
+                the default (False) reads every byte.
 
         Raises:
             NotALedgerError: ``path`` is not a ledger (and ``create`` is False, or it is not empty).
@@ -155,16 +166,16 @@ class LedgerCore:
         """
         root = Path(path)
         cfg_path = root / CONFIG_FILE
+        # How this process uses the ledger (the config file holds what is fixed at creation).
+        settings: dict[str, Any] = {
+            "fsync": fsync,
+            "workers": workers,
+            "auto_gc": auto_gc,
+            "async_budget": async_budget,
+            "trust_versions": trust_versions,
+        }
         if cfg_path.is_file():
-            config = _read_config(cfg_path)
-            return cls(
-                root,
-                config,
-                fsync=fsync,
-                workers=workers,
-                auto_gc=auto_gc,
-                async_budget=async_budget,
-            )
+            return cls(root, _read_config(cfg_path), **settings)
         if root.exists() and not root.is_dir():
             raise NotALedgerError(f"{root} is a file, not a ledger directory")
         if create and _interrupted_init(root):
@@ -187,15 +198,7 @@ class LedgerCore:
             raise UnsupportedValueError(
                 f"chunk_size={chunk_size} must be a multiple of 64 and at least 4096"
             )
-        return cls._create(
-            root,
-            chunk_size=chunk_size,
-            compress=compress,
-            fsync=fsync,
-            workers=workers,
-            auto_gc=auto_gc,
-            async_budget=async_budget,
-        )
+        return cls._create(root, chunk_size=chunk_size, compress=compress, **settings)
 
     @classmethod
     def _create(
@@ -204,25 +207,20 @@ class LedgerCore:
         *,
         chunk_size: int,
         compress: bool | Literal["auto"],
-        fsync: bool,
-        workers: int | None,
-        auto_gc: int | None,
-        async_budget: int | None,
+        **settings: Any,
     ) -> L:
         root.mkdir(parents=True, exist_ok=True)
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
-        lg = cls(
-            root, config, fsync=fsync, workers=workers, auto_gc=auto_gc, async_budget=async_budget
-        )
+        lg = cls(root, config, **settings)
         lg.refs.create()
         (root / "gc.lock").touch()  # so that a dry-run gc creates nothing
-        if fsync:
+        if lg.fsync:
             fsync_dir(root / "objects")
         # The config file is written last: a directory without it is not yet a ledger.
         atomic_write(
             root / CONFIG_FILE,
             msgspec.json.format(msgspec.json.encode(config)) + b"\n",
-            fsync=fsync,
+            fsync=lg.fsync,
             tmp_dir=lg.store.tmp_dir,
         )
         return lg
@@ -361,7 +359,7 @@ class LedgerCore:
                 check_ref_name(branch, "branch")
             elif self.current_branch is None:
                 self._commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
-            flat = Flattener(self.config.chunk_size)
+            flat = Flattener(self.config.chunk_size, unchanged=self.unchanged, has=self.store.has)
             root = flat.flatten_root(state, capture_rng() if rng else None)
             packages = metadata.installed_packages()
             draft = _Draft(
@@ -378,7 +376,7 @@ class LedgerCore:
             )
             if blocking:
                 return self._write_commit(draft, started)
-            size = sum(len(job.data) for job in flat.jobs)
+            size = flat.pending_bytes()
             if size > self.async_budget:
                 warnings.warn(
                     f"the state ({size / 2**30:.2f} GiB) exceeds the async commit memory budget "
@@ -409,6 +407,7 @@ class LedgerCore:
             expected = refs.get(BRANCH_PREFIX + target)
             writer = self.store.writer(self.pool, compress=self.config.compress)
             try:
+                draft.flat.check_reused(self.store.has)
                 draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
                 manifest = Manifest(
                     format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=draft.root
@@ -416,10 +415,11 @@ class LedgerCore:
                 manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
                 writer.put("blob", draft.packages)
                 stats = CommitStats(
-                    logical_bytes=writer.stats.logical_bytes,
+                    logical_bytes=writer.stats.logical_bytes + draft.flat.reused_bytes,
                     bytes_written=writer.stats.bytes_written,
-                    chunks_total=writer.stats.chunks_total,
+                    chunks_total=writer.stats.chunks_total + draft.flat.reused_chunks,
                     chunks_written=writer.stats.chunks_written,
+                    chunks_trusted=draft.flat.reused_chunks,
                     tensors=draft.flat.tensors,
                     duration_s=round(time.perf_counter() - started, 6),
                 )

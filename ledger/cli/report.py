@@ -169,7 +169,8 @@ def _stats(c: Commit) -> dict[str, Any]:
     return {
         "logical": human_bytes(s.logical_bytes),
         "written": human_bytes(s.bytes_written),
-        "chunks written": f"{s.chunks_written} of {s.chunks_total}",
+        "chunks written": f"{s.chunks_written} of {s.chunks_total}"
+        + (f" ({s.chunks_trusted} unchanged, not read)" if s.chunks_trusted else ""),
         "tensors": s.tensors,
         "duration": f"{s.duration_s:.3f}s",
     }

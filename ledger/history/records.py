@@ -149,6 +149,8 @@ class CommitStats(msgspec.Struct):
     bytes_written: int = 0
     chunks_total: int = 0
     chunks_written: int = 0
+    # Chunks taken as unchanged without reading them (Ledger.open(trust_versions=True)).
+    chunks_trusted: int = 0
     tensors: int = 0
     duration_s: float = 0.0
 

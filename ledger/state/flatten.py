@@ -10,13 +10,13 @@ an error naming the value's path in the state.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from ledger.errors import UnsupportedValueError
+from ledger.errors import ObjectMissingError, UnsupportedValueError
 from ledger.history.records import (
     AliasNode,
     ArrayNode,
@@ -33,6 +33,7 @@ from ledger.history.records import (
 )
 from ledger.state.dtypes import as_bits, float_itemsize, torch_dtype_name
 from ledger.state.rng import RNG_KEY
+from ledger.state.unchanged import Probe, UnchangedTensors
 
 _INT64 = (-(2**63), 2**63 - 1)
 # Integer mapping keys are stored as msgpack integers: int64 or uint64.
@@ -56,15 +57,31 @@ def _is_stateful(value: Any) -> bool:
 
 
 class TensorJob:
-    """One tensor's bytes waiting to be chunked and stored into ``node.chunks``."""
+    """One tensor's bytes waiting to be chunked and stored into ``node.chunks``.
+
+    A job with ``reuse`` set is a tensor found unchanged (see
+    :mod:`ledger.state.unchanged`): its chunk ids are known and its bytes are
+    not read, unless those chunks turn out to be gone (:meth:`Flattener.check_reused`).
+    """
 
     def __init__(
-        self, data: memoryview, itemsize: int | None, node: TensorNode | ArrayNode, keep: Any
+        self,
+        data: memoryview,
+        itemsize: int | None,
+        node: TensorNode | ArrayNode,
+        keep: Any,
+        *,
+        probe: Probe | None = None,
+        reuse: list[str] | None = None,
+        where: str = "",
     ) -> None:
         self.data = data
         self.itemsize = itemsize
         self.node = node
         self.keep = keep  # the tensor/array owning ``data`` (kept alive until stored)
+        self.probe = probe
+        self.reuse = reuse
+        self.where = where
 
 
 class Flattener:
@@ -77,10 +94,21 @@ class Flattener:
         (['step', 'w'], 1)
     """
 
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(
+        self,
+        chunk_size: int,
+        *,
+        unchanged: UnchangedTensors | None = None,
+        has: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self.chunk_size = chunk_size
         self.jobs: list[TensorJob] = []
         self.tensors = 0
+        # Version-counter fast path (opt-in): ``has`` says whether a chunk is stored.
+        self.unchanged = unchanged
+        self.has = has
+        self.reused_chunks = 0
+        self.reused_bytes = 0
         self._aliases: dict[tuple[Any, ...], int] = {}
         # Every tensor keyed in _aliases stays alive while flattening: a temporary one
         # (from a state_dict() call) freed early could hand its address to another
@@ -201,25 +229,29 @@ class Flattener:
         if key is not None:
             self._aliases[key] = node_id
             self._alive.append(t)
-        source = t if t.device.type == "cpu" else t.cpu()
-        if not source.is_contiguous():
-            # Through as_bits: torch cannot copy some dtypes (int1..7) directly.
-            source = as_bits(source).contiguous().view(t.dtype)
-        nbytes = source.numel() * source.element_size()
+        probe = reuse = None
+        if self.unchanged is not None and self.has is not None:
+            probe = self.unchanged.probe(t)
+            if probe is not None:
+                reuse = self.unchanged.lookup(probe, self.has)
         node = TensorNode(
             dtype=torch_dtype_name(t.dtype),
             shape=list(t.shape),
-            nbytes=nbytes,
+            nbytes=t.numel() * t.element_size(),
             chunks=[],
             device=str(t.device),
             id=node_id,
         )
-        if nbytes:
-            # as_strided, not reshape(-1): a contiguous tensor may still carry any
-            # stride on size-1 dims (t[::2] of one element), which view() refuses.
-            flat = source.as_strided((source.numel(),), (1,))
-            data = memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
-            self.jobs.append(TensorJob(data, float_itemsize(t.dtype), node, source))
+        if reuse is not None:
+            # Unchanged since this process stored it: no copy, no read. ``keep`` is the
+            # live tensor, read only if the chunks vanished before the commit lands.
+            empty = memoryview(b"")
+            job = TensorJob(empty, None, node, t, probe=probe, reuse=reuse, where=where)
+            self.jobs.append(job)
+        elif node.nbytes:
+            data, keep = _bytes_of(t)
+            itemsize = float_itemsize(t.dtype)
+            self.jobs.append(TensorJob(data, itemsize, node, keep, probe=probe, where=where))
         self.tensors += 1
         return node
 
@@ -248,11 +280,41 @@ class Flattener:
         return node
 
     def chunks(self) -> Iterator[tuple[memoryview, int | None]]:
-        """Every job's chunks in order: slices of at most ``chunk_size`` bytes."""
+        """Every job's chunks in order: slices of at most ``chunk_size`` bytes.
+
+        Jobs whose chunks are reused yield nothing.
+        """
         size = self.chunk_size
         for job in self.jobs:
+            if job.reuse is not None:
+                continue
             for start in range(0, len(job.data), size):
                 yield job.data[start : start + size], job.itemsize
+
+    def pending_bytes(self) -> int:
+        """Bytes that must be read (and, for an async commit, copied) to store this state."""
+        return sum(len(job.data) for job in self.jobs if job.reuse is None)
+
+    def check_reused(self, has: Callable[[bytes], bool]) -> None:
+        """Make sure every reused chunk is still stored (call under the gc lock).
+
+        A tensor whose chunks vanished meanwhile (a gc in another process) is
+        read again from the live tensor; after :meth:`snapshot` there is none.
+
+        Raises:
+            ObjectMissingError: an async commit's reused chunks were collected.
+        """
+        for job in self.jobs:
+            if job.reuse is None or all(has(bytes.fromhex(c)) for c in job.reuse):
+                continue
+            if job.keep is None:
+                raise ObjectMissingError(
+                    f"{job.where}: the stored chunks of this unchanged tensor were removed by a "
+                    "gc in another process while the commit was pending; commit again"
+                )
+            job.data, job.keep = _bytes_of(job.keep)
+            job.itemsize = float_itemsize(job.keep.dtype)
+            job.reuse = None
 
     def snapshot(self) -> None:
         """Copy every job's bytes, so later changes to the live tensors cannot leak in.
@@ -261,6 +323,9 @@ class Flattener:
         the caller's tensors.
         """
         for job in self.jobs:
+            if job.reuse is not None:
+                job.keep = None  # unchanged: nothing to copy, and the live tensor is let go
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a read-only source only warns; we never write it
                 source = torch.frombuffer(job.data, dtype=torch.uint8)
@@ -273,10 +338,33 @@ class Flattener:
         """Fill each job's node with its chunk ids (``ids`` in :meth:`chunks` order)."""
         pos = 0
         for job in self.jobs:
+            if job.reuse is not None:
+                job.node.chunks.extend(job.reuse)
+                self.reused_chunks += len(job.reuse)
+                self.reused_bytes += job.node.nbytes
+                continue
             count = -(-len(job.data) // self.chunk_size)
             job.node.chunks.extend(ids[pos : pos + count])
             pos += count
+            if job.probe is not None and self.unchanged is not None:
+                self.unchanged.remember(job.probe, job.node.chunks)
+        if self.unchanged is not None:
+            self.unchanged.prune()
         self.jobs = []
+
+
+def _bytes_of(t: torch.Tensor) -> tuple[memoryview, torch.Tensor]:
+    """A zero-copy byte view of ``t`` on the CPU (copied when on a device or strided)."""
+    source = t if t.device.type == "cpu" else t.cpu()
+    if not source.is_contiguous():
+        # Through as_bits: torch cannot copy some dtypes (int1..7) directly.
+        source = as_bits(source).contiguous().view(t.dtype)
+    if source.numel() == 0:
+        return memoryview(b""), source
+    # as_strided, not reshape(-1): a contiguous tensor may still carry any
+    # stride on size-1 dims (t[::2] of one element), which view() refuses.
+    flat = source.as_strided((source.numel(),), (1,))
+    return memoryview(flat.view(torch.uint8).numpy()), source  # type: ignore[arg-type]
 
 
 def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
