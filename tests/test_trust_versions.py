@@ -172,8 +172,9 @@ def stored_chunk(lg: Ledger, rev: str) -> str:
     return chunks[0]
 
 
-def test_the_sample_sees_every_page_and_the_tail() -> None:
-    w = torch.zeros(BIG + 3, dtype=torch.uint8)
+@pytest.mark.parametrize("size", [BIG, BIG + 3])  # word-aligned gather, byte-wise gather
+def test_the_sample_sees_every_page_and_the_tail(size: int) -> None:
+    w = torch.zeros(size, dtype=torch.uint8)
     before = sample_digest(w)
     for pos in (0, SAMPLE_STRIDE, 5 * SAMPLE_STRIDE + 7, w.numel() - 1):
         changed = w.clone()

@@ -61,10 +61,14 @@ def sample_digest(t: torch.Tensor) -> bytes:
     """
     flat = as_bits(t.as_strided((t.numel(),), (1,))).view(torch.uint8)
     n = flat.numel()
-    pages = (n - SAMPLE_WIDTH) // SAMPLE_STRIDE + 1
-    picked = flat.as_strided((pages, SAMPLE_WIDTH), (SAMPLE_STRIDE, 1))
-    tail = flat[n - SAMPLE_WIDTH :]
-    both = torch.cat([picked.reshape(-1), tail]).cpu()
+    if n % SAMPLE_WIDTH == 0 and flat.data_ptr() % SAMPLE_WIDTH == 0:
+        # One aligned word per page: a strided copy of int64s, ~2x the byte-wise gather.
+        words = flat.view(torch.int64)
+        both = torch.cat([words[:: SAMPLE_STRIDE // SAMPLE_WIDTH], words[-1:]]).cpu()
+    else:
+        pages = (n - SAMPLE_WIDTH) // SAMPLE_STRIDE + 1
+        picked = flat.as_strided((pages, SAMPLE_WIDTH), (SAMPLE_STRIDE, 1))
+        both = torch.cat([picked.reshape(-1), flat[n - SAMPLE_WIDTH :]]).cpu()
     return xxhash.xxh3_128_digest(memoryview(both.numpy()))  # type: ignore[arg-type]
 
 
