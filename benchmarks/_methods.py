@@ -141,10 +141,14 @@ def ledger_available() -> bool:
     return True
 
 
-def ledger_open(path: Path, fsync: bool = True, create: bool = False) -> Any:
-    """``Ledger.open(path, create=..., fsync=...)``."""
+def ledger_open(
+    path: Path, fsync: bool = True, create: bool = False, trust_versions: bool = False
+) -> Any:
+    """``Ledger.open(path, create=..., fsync=..., trust_versions=...)``."""
     from ledger import Ledger
 
+    if trust_versions:  # an older ledger has no such option: fail loudly, not silently
+        return Ledger.open(path, create=create, fsync=fsync, trust_versions=True)
     return Ledger.open(path, create=create, fsync=fsync)
 
 

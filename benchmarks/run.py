@@ -96,6 +96,7 @@ CASES: tuple[Case, ...] = (
     Case("dcp.load.cold", "dcp", "dcp.load (in place)", "restore", cache="cold"),
     Case("ledger.commit.fsync", "ledger", "ledger commit", "commit", True),
     Case("ledger.commit.nofsync", "ledger", "ledger commit", "commit", False),
+    Case("ledger.trusted.fsync", "ledger", "ledger commit, trust_versions", "commit", True),
     Case("ledger.restore.warm", "ledger", "ledger restore", "restore", cache="warm"),
     Case("ledger.restore.cold", "ledger", "ledger restore", "restore", cache="cold"),
     Case("ledger.checkout.warm", "ledger", "ledger checkout", "restore", cache="warm"),
@@ -224,7 +225,8 @@ def work_commit(case: Case, args: argparse.Namespace, workdir: Path) -> list[Rec
     recs = {op: new_record(case, nbytes, op) for op in ("full", "unchanged", "incremental")}
     for i in range(args.repeat):
         d = workdir / f"rep{i}"
-        lg = m.ledger_open(d, fsync=case.fsync, create=True)
+        trust = ".trusted." in case.key
+        lg = m.ledger_open(d, fsync=case.fsync, create=True, trust_versions=trust)
         pf = prefault_bytes(args, nbytes)
         Meter(recs["full"], pf)(partial(m.ledger_commit, lg, model, opt, step=0))
         recs["full"].disk_bytes = dir_bytes(d)
