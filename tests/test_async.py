@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from ledger import Ledger
 from ledger.errors import DiskFullError
 from ledger.objects import store as store_module
+from ledger.pending import BACKGROUND_NICE
 
 
 def test_values_changed_after_the_call_do_not_leak_into_the_commit(lg: Ledger) -> None:
@@ -121,3 +123,16 @@ def test_sigterm_drains_a_started_commit_before_the_process_dies(tmp_path: Path)
     with Ledger.open(tmp_path / "ckpt") as lg:
         assert lg.head is not None and lg.head.step == 1
         assert lg.verify(full=True).ok
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_background_commit_threads_run_at_a_lower_cpu_priority(lg: Ledger) -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    mine = nice()
+    handle = lg.commit({"w": torch.ones(1 << 16)}, rng=False, blocking=False)
+    handle.result()
+    assert lg.background_pool.submit(nice).result() == min(19, mine + BACKGROUND_NICE)
+    assert lg.pool.submit(nice).result() == mine  # blocking commits and reads: unchanged
+    assert nice() == mine

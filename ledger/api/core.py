@@ -78,7 +78,7 @@ from ledger.history.revisions import head_target, resolve
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore
-from ledger.pending import CommitHandle, Pending
+from ledger.pending import CommitHandle, Pending, lower_priority
 from ledger.state.flatten import Flattener
 from ledger.state.rng import capture_rng
 from ledger.state.unchanged import UnchangedTensors
@@ -107,6 +107,7 @@ class LedgerCore:
         self.refs = RefStore(root, fsync=fsync)
         self._workers = workers or max(2, min(8, os.cpu_count() or 2))
         self._pool: ThreadPoolExecutor | None = None
+        self._background_pool: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._records: dict[str, CommitRecord] = {}
         self._closed = False
@@ -243,8 +244,9 @@ class LedgerCore:
             finally:
                 self._closed = True
                 self._pending.shutdown()
-                if self._pool is not None:
-                    self._pool.shutdown(wait=True)
+                for pool in (self._pool, self._background_pool):
+                    if pool is not None:
+                        pool.shutdown(wait=True)
                 self.store.close()
 
     def _check_open(self) -> None:
@@ -258,6 +260,15 @@ class LedgerCore:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger")
         return self._pool
+
+    @property
+    def background_pool(self) -> ThreadPoolExecutor:
+        """The worker threads of async commits, at a lower CPU priority than the caller."""
+        if self._background_pool is None:
+            self._background_pool = ThreadPoolExecutor(
+                self._workers, thread_name_prefix="ledger-bg", initializer=lower_priority
+            )
+        return self._background_pool
 
     @overload
     def commit(
@@ -375,7 +386,7 @@ class LedgerCore:
                 params=_clean_params(params),
             )
             if blocking:
-                return self._write_commit(draft, started)
+                return self._write_commit(draft, started, self.pool)
             size = flat.pending_bytes()
             if size > self.async_budget:
                 warnings.warn(
@@ -383,9 +394,10 @@ class LedgerCore:
                     f"({self.async_budget / 2**30:.2f} GiB): committing synchronously",
                     stacklevel=2,
                 )
-                return CommitHandle(_done(self._write_commit(draft, started)))
+                return CommitHandle(_done(self._write_commit(draft, started, self.pool)))
             flat.snapshot()
-            return self._pending.submit(lambda: self._write_commit(draft, started))
+            pool = self.background_pool
+            return self._pending.submit(lambda: self._write_commit(draft, started, pool))
 
     def wait(self) -> Commit | None:
         """Wait for the pending background commit; return it (None if there was none).
@@ -398,14 +410,14 @@ class LedgerCore:
         """
         return self._pending.wait()
 
-    def _write_commit(self, draft: _Draft, started: float) -> Commit:
+    def _write_commit(self, draft: _Draft, started: float, pool: ThreadPoolExecutor) -> Commit:
         # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
         with self.gc_lock.hold(shared=True):
             self.store.sync()
             refs = self.refs.snapshot()
             target, parent = self._commit_target(refs, draft.branch)
             expected = refs.get(BRANCH_PREFIX + target)
-            writer = self.store.writer(self.pool, compress=self.config.compress)
+            writer = self.store.writer(pool, compress=self.config.compress)
             try:
                 draft.flat.check_reused(self.store.has)
                 draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
