@@ -141,15 +141,11 @@ def ledger_available() -> bool:
     return True
 
 
-def ledger_open(
-    path: Path, fsync: bool = True, create: bool = False, trust_versions: bool = False
-) -> Any:
-    """``Ledger.open(path, create=..., fsync=..., trust_versions=...)``."""
+def ledger_open(path: Path, fsync: bool = True, create: bool = False, **options: Any) -> Any:
+    """``Ledger.open(path, create=..., fsync=..., **options)`` (compress, trust_versions)."""
     from ledger import Ledger
 
-    if trust_versions:  # an older ledger has no such option: fail loudly, not silently
-        return Ledger.open(path, create=create, fsync=fsync, trust_versions=True)
-    return Ledger.open(path, create=create, fsync=fsync)
+    return Ledger.open(path, create=create, fsync=fsync, **options)
 
 
 def ledger_commit(lg: Any, model: Model, opt: Optim, step: int = 0) -> Any:

@@ -97,6 +97,7 @@ CASES: tuple[Case, ...] = (
     Case("ledger.commit.fsync", "ledger", "ledger commit", "commit", True),
     Case("ledger.commit.nofsync", "ledger", "ledger commit", "commit", False),
     Case("ledger.trusted.fsync", "ledger", "ledger commit, trust_versions", "commit", True),
+    Case("ledger.compressed.fsync", "ledger", "ledger commit, compress=True", "commit", True),
     Case("ledger.restore.warm", "ledger", "ledger restore", "restore", cache="warm"),
     Case("ledger.restore.cold", "ledger", "ledger restore", "restore", cache="cold"),
     Case("ledger.checkout.warm", "ledger", "ledger checkout", "restore", cache="warm"),
@@ -225,8 +226,10 @@ def work_commit(case: Case, args: argparse.Namespace, workdir: Path) -> list[Rec
     recs = {op: new_record(case, nbytes, op) for op in ("full", "unchanged", "incremental")}
     for i in range(args.repeat):
         d = workdir / f"rep{i}"
-        trust = ".trusted." in case.key
-        lg = m.ledger_open(d, fsync=case.fsync, create=True, trust_versions=trust)
+        options = {"trust_versions": True} if ".trusted." in case.key else {}
+        if ".compressed." in case.key:
+            options["compress"] = True
+        lg = m.ledger_open(d, fsync=case.fsync, create=True, **options)
         pf = prefault_bytes(args, nbytes)
         Meter(recs["full"], pf)(partial(m.ledger_commit, lg, model, opt, step=0))
         recs["full"].disk_bytes = dir_bytes(d)
