@@ -136,3 +136,16 @@ def test_background_commit_threads_run_at_a_lower_cpu_priority(lg: Ledger) -> No
     assert lg.background_pool.submit(nice).result() == min(19, mine + BACKGROUND_NICE)
     assert lg.pool.submit(nice).result() == mine  # blocking commits and reads: unchanged
     assert nice() == mine
+
+
+def test_snapshot_buffers_are_reused_only_after_the_commit_that_used_them(lg: Ledger) -> None:
+    w = torch.randn(1 << 18)
+    handles, wanted = [], []
+    for _ in range(4):
+        wanted.append(w.clone())
+        handles.append(lg.commit({"w": w}, rng=False, blocking=False))
+        w += 1.0  # the next snapshot overwrites the buffers this one used
+    for handle, want in zip(handles, wanted, strict=True):
+        assert torch.equal(lg.checkout(handle.result().id)["w"], want)
+    staged = lg._staging.take(w.numel() * 4)
+    assert staged is not None and torch.equal(staged.view(torch.float32), wanted[-1])

@@ -79,7 +79,7 @@ from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore
 from ledger.pending import CommitHandle, Pending, lower_priority
-from ledger.state.flatten import Flattener
+from ledger.state.flatten import Flattener, Staging
 from ledger.state.rng import capture_rng
 from ledger.state.unchanged import UnchangedTensors
 
@@ -120,6 +120,7 @@ class LedgerCore:
         self._gc_due = False
         self.async_budget = async_budget if async_budget is not None else _default_budget()
         self.unchanged = UnchangedTensors() if trust_versions else None
+        self._staging = Staging()
 
     @classmethod
     def open(
@@ -244,6 +245,7 @@ class LedgerCore:
             finally:
                 self._closed = True
                 self._pending.shutdown()
+                self._staging.clear()
                 for pool in (self._pool, self._background_pool):
                     if pool is not None:
                         pool.shutdown(wait=True)
@@ -395,7 +397,7 @@ class LedgerCore:
                     stacklevel=2,
                 )
                 return CommitHandle(_done(self._write_commit(draft, started, self.pool)))
-            flat.snapshot()
+            flat.snapshot(self._staging)
             pool = self.background_pool
             return self._pending.submit(lambda: self._write_commit(draft, started, pool))
 

@@ -74,11 +74,14 @@ class TensorJob:
         probe: Probe | None = None,
         reuse: list[str] | None = None,
         where: str = "",
+        private: bool = False,
     ) -> None:
         self.data = data
         self.itemsize = itemsize
         self.node = node
         self.keep = keep  # the tensor/array owning ``data`` (kept alive until stored)
+        # ``data`` is already a copy no caller can write (of a GPU or strided tensor).
+        self.private = private
         self.probe = probe
         self.reuse = reuse
         self.where = where
@@ -251,7 +254,9 @@ class Flattener:
         elif node.nbytes:
             data, keep = _bytes_of(t)
             itemsize = float_itemsize(t.dtype)
-            self.jobs.append(TensorJob(data, itemsize, node, keep, probe=probe, where=where))
+            private = keep is not t
+            job = TensorJob(data, itemsize, node, keep, probe=probe, where=where, private=private)
+            self.jobs.append(job)
         self.tensors += 1
         return node
 
@@ -312,27 +317,39 @@ class Flattener:
                     f"{job.where}: the stored chunks of this unchanged tensor were removed by a "
                     "gc in another process while the commit was pending; commit again"
                 )
-            job.data, job.keep = _bytes_of(job.keep)
+            live = job.keep
+            job.data, job.keep = _bytes_of(live)
+            job.private = job.keep is not live
             job.itemsize = float_itemsize(job.keep.dtype)
             job.reuse = None
 
-    def snapshot(self) -> None:
+    def snapshot(self, staging: Staging | None = None) -> None:
         """Copy every job's bytes, so later changes to the live tensors cannot leak in.
 
         Used by asynchronous commits: afterwards the jobs hold no reference to
-        the caller's tensors.
+        the caller's tensors. Buffers come from ``staging`` when given (and go
+        back to it for the next snapshot).
         """
+        used: list[torch.Tensor] = []
         for job in self.jobs:
             if job.reuse is not None:
                 job.keep = None  # unchanged: nothing to copy, and the live tensor is let go
                 continue
+            if job.private:
+                continue  # already a host copy of a GPU or strided tensor
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a read-only source only warns; we never write it
                 source = torch.frombuffer(job.data, dtype=torch.uint8)
-            copy = torch.empty(len(job.data), dtype=torch.uint8)
+            copy = staging.take(len(job.data)) if staging is not None else None
+            if copy is None:
+                copy = torch.empty(len(job.data), dtype=torch.uint8)
             copy.copy_(source)  # torch's copy runs on every core: ~3x a single memcpy
             job.data = memoryview(copy.numpy())  # type: ignore[arg-type]
             job.keep = copy
+            job.private = True
+            used.append(copy)
+        if staging is not None:
+            staging.hold(used)
 
     def assign(self, ids: list[str]) -> None:
         """Fill each job's node with its chunk ids (``ids`` in :meth:`chunks` order)."""
@@ -351,6 +368,42 @@ class Flattener:
         if self.unchanged is not None:
             self.unchanged.prune()
         self.jobs = []
+
+
+class Staging:
+    """Snapshot buffers kept from one async commit for the next one.
+
+    A fresh buffer costs a page fault per 4 KiB on first write (and far more
+    on VMs that hand pages back to the host); a training loop that commits
+    the same state every N steps reuses the same buffers instead. Safe because
+    a commit waits for the previous one before it snapshots, so the buffers
+    handed out are never still being written. Holds one snapshot's worth of
+    memory (at most the async budget) between commits.
+
+    Example:
+        >>> s = Staging()
+        >>> s.hold([torch.empty(8, dtype=torch.uint8)])
+        >>> s.take(8) is not None, s.take(8)
+        (True, None)
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[torch.Tensor]] = {}
+
+    def take(self, nbytes: int) -> torch.Tensor | None:
+        """A kept buffer of exactly ``nbytes`` bytes, or None."""
+        free = self._free.get(nbytes)
+        return free.pop() if free else None
+
+    def hold(self, buffers: list[torch.Tensor]) -> None:
+        """Keep ``buffers`` (the last snapshot's) for the next snapshot; drop the rest."""
+        self._free = {}
+        for buf in buffers:
+            self._free.setdefault(buf.numel(), []).append(buf)
+
+    def clear(self) -> None:
+        """Let every kept buffer go."""
+        self._free = {}
 
 
 def _bytes_of(t: torch.Tensor) -> tuple[memoryview, torch.Tensor]:
