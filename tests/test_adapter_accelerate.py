@@ -12,18 +12,17 @@ resume point are bitwise equal.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from accelerate import Accelerator
+from helpers import SCRIPTS, load_script
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -32,19 +31,10 @@ from ledger.adapters._common import MissingExtraError, ResumeError
 from ledger.adapters.accelerate import load_state, save_state
 from ledger.errors import RevisionNotFoundError, StateMismatchError
 
-SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = SCRIPTS / "adapter_accelerate_train.py"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-util = _load("adapter_util")
+util = load_script("adapter_util")
 
 
 def _train(tmp: Path, run: str, *argv: str) -> subprocess.Popen[str]:

@@ -11,34 +11,24 @@ that leave no commit behind and end the other ranks within the timeout.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from helpers import SCRIPTS, load_script
 from safetensors.torch import load_file
 
 from ledger import Ledger
 from ledger.adapters._common import AdapterError
 
-SCRIPTS = Path(__file__).parent / "scripts"
 WORKER = SCRIPTS / "adapter_dist_worker.py"
 FULL = torch.arange(30, dtype=torch.float32).reshape(10, 3) * 1.5
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-util = _load("adapter_util")
+util = load_script("adapter_util")
 
 
 class Job:

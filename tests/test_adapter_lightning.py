@@ -8,18 +8,17 @@ parameters, optimizer, scheduler and EarlyStopping state bitwise.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from helpers import SCRIPTS, load_script
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -30,19 +29,10 @@ from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO
 from ledger.errors import RevisionNotFoundError, UnsupportedValueError
 from ledger.retention import KeepBest, KeepLast
 
-SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = SCRIPTS / "adapter_lightning_train.py"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-util = _load("adapter_util")
+util = load_script("adapter_util")
 
 
 def _train(ledger: Path, epochs: int, image: Path) -> subprocess.Popen[str]:

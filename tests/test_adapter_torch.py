@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers import load_script
 from torch import nn
 
 from ledger import Ledger
@@ -17,18 +16,7 @@ from ledger.adapters.torch import Checkpointer
 from ledger.errors import CommitExpiredError, RevisionNotFoundError, StateMismatchError
 from ledger.retention import KeepBest, KeepLast
 
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).parent / "scripts" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-util = _load("adapter_util")
+util = load_script("adapter_util")
 
 
 class Run:

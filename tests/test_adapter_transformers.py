@@ -10,7 +10,6 @@ bitwise. The Trainer's output directory stays empty.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,11 +17,11 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers import SCRIPTS, load_script
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import safe_globals
@@ -34,19 +33,10 @@ from ledger.errors import RevisionNotFoundError
 from ledger.retention import KeepBest, KeepLast
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-SCRIPTS = Path(__file__).parent / "scripts"
 TRAIN = SCRIPTS / "adapter_hf_train.py"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-util = _load("adapter_util")
+util = load_script("adapter_util")
 
 
 def _train(tmp: Path, run: str, *argv: str) -> subprocess.Popen[str]:

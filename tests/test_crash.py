@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import random
 import signal
@@ -23,11 +22,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers import SCRIPTS, load_script
 
 import ledger.objects.durable as durable_mod
 import ledger.objects.store as store_mod
@@ -36,20 +35,10 @@ from ledger.errors import CorruptionError, DiskFullError, ObjectMissingError
 from ledger.history.eventlog import EventLog
 from ledger.objects.packs import read_pack_index
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
 CHUNK = 64 * 1024
 
 
-def load_child() -> ModuleType:
-    """The crash child script as a module (for ``make_state`` and ``digest``)."""
-    spec = importlib.util.spec_from_file_location("crash_commit", SCRIPTS / "crash_commit.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-child = load_child()
+child = load_script("crash_commit")  # for ``make_state`` and ``digest``
 
 
 def packs(root: Path) -> set[str]:

@@ -21,17 +21,16 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import SCRIPTS, load_script
 
 import ledger.history.gc as gc_mod
 import ledger.objects.store as store_mod
@@ -48,18 +47,7 @@ from ledger.history.tree import chunk_ids
 from ledger.objects.packs import FOOTER_MAGIC
 from ledger.retention import KeepEvery, KeepLast
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load("gc_state")
+gs = load_script("gc_state")
 N = 4096  # float32 per tensor: 16 KiB, four 4 KiB chunks
 
 

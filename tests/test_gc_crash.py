@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import shutil
@@ -27,27 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers import SCRIPTS, load_script
 
 from ledger import Ledger
 from ledger.errors import CommitExpiredError
 from ledger.history.gc import reachable_commits
 from ledger.retention import KeepEvery, KeepLast
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load("gc_state")
+gs = load_script("gc_state")
 CHUNK = 4096
 # The policies of every ledger here; ``promised`` below mirrors them.
 WIDE = (KeepLast(2), KeepEvery(4))

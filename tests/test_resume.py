@@ -10,34 +10,22 @@ shows the comparison is sensitive enough to catch a broken resume.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import struct
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from helpers import SCRIPTS, load_script
 
 from ledger import Ledger
 from ledger.state.rng import RNG_KEY
 
-SCRIPT = Path(__file__).parent / "scripts" / "resume_train.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("resume_train", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load_script()
+SCRIPT = SCRIPTS / "resume_train.py"
+rt = load_script("resume_train")
 
 
 @pytest.fixture(autouse=True)

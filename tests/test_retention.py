@@ -18,18 +18,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers import load_script
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -46,18 +45,7 @@ from ledger.history.records import Commit, Expire
 from ledger.history.tree import chunk_ids
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
 
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load("gc_state")
+gs = load_script("gc_state")
 N = 1024  # float32 per tensor: one 4 KiB chunk each with chunk_size=4096
 
 
