@@ -60,15 +60,12 @@ def small(ledger_dir: Path) -> Iterator[Ledger]:
 
 def commit(lg: Ledger, run: int, i: int, branch: str | None = None) -> Commit:
     """Commit state ``(run, i)`` with step ``i``."""
-    return lg.commit(
-        gs.make_state(run, i, N), message=gs.message(run, i), step=i, branch=branch, rng=False
-    )
+    return gs.commit_state(lg, run, i, N, branch=branch)
 
 
 def restores(lg: Ledger, cid: str) -> bool:
     """Whether ``cid`` checks out bit-exactly to the state its message names."""
-    run, i = gs.parse(lg.get(cid).message)
-    return bool(gs.digest(lg.checkout(cid)) == gs.digest(gs.make_state(run, i, N)))
+    return gs.restores(lg, cid, N)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -107,9 +107,7 @@ def prunable_ledger(root: Path, *, fsync: bool) -> dict[str, str]:
 
 
 def commit(lg: Ledger, run: int, i: int, branch: str) -> str:
-    return lg.commit(
-        gs.make_state(run, i), message=gs.message(run, i), step=i, branch=branch, rng=False
-    ).id
+    return gs.commit_state(lg, run, i, branch=branch).id
 
 
 # -- SIGKILL during gc ------------------------------------------------------------------------

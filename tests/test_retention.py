@@ -60,14 +60,8 @@ def commit(
     lg: Ledger, run: int, i: int, *, branch: str | None = None, loss: float | None = None
 ) -> Commit:
     """Commit state ``(run, i)`` with step ``i`` (and metric ``loss`` when given)."""
-    return lg.commit(
-        gs.make_state(run, i, N),
-        message=gs.message(run, i),
-        step=i,
-        metrics=None if loss is None else {"loss": loss},
-        branch=branch,
-        rng=False,
-    )
+    metrics = None if loss is None else {"loss": loss}
+    return gs.commit_state(lg, run, i, N, branch=branch, metrics=metrics)
 
 
 def commits(lg: Ledger, run: int, steps: range, branch: str | None = None) -> dict[int, str]:
@@ -77,9 +71,7 @@ def commits(lg: Ledger, run: int, steps: range, branch: str | None = None) -> di
 
 def restores(lg: Ledger, cid: str) -> bool:
     """Whether ``cid`` checks out bit-exactly to the state its message names."""
-    got = lg.checkout(cid)
-    run, i = gs.parse(lg.get(cid).message)
-    return bool(gs.digest(got) == gs.digest(gs.make_state(run, i, N)))
+    return gs.restores(lg, cid, N)
 
 
 def expired_ids(lg: Ledger) -> set[str]:

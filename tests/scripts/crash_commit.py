@@ -4,16 +4,18 @@ Usage: ``python crash_commit.py LEDGER_DIR RUN``. Opens the ledger with
 ``fsync=True``, prints ``ready``, then commits a changing state in a loop. After
 each ``commit()`` returns it prints ``<commit id> <digest of the state>`` and
 flushes, so the parent knows exactly which commits were reported as done.
-``digest`` is imported by the parent to check restored states.
+``digest`` is imported by the parent to check restored states (it imports
+``gc_state`` from its own folder, which is on ``sys.path`` when it runs as a
+script and when :func:`helpers.load_script` loads it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Any
 
 import torch
+from gc_state import tree_digest
 
 USER_KEYS = ("fixed", "moving", "small", "meta", "nested")
 
@@ -32,29 +34,7 @@ def make_state(run: int, i: int) -> dict[str, Any]:
 
 def digest(tree: Any) -> str:
     """A hash of the user part of a state (tensors by dtype, shape and bytes; plain values by repr)."""
-    h = hashlib.sha256()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous()
-            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(value, dict):
-            h.update(b"{")
-            for k in sorted(value, key=repr):
-                h.update(repr(k).encode())
-                walk(value[k])
-            h.update(b"}")
-        elif isinstance(value, list | tuple):
-            h.update(b"(" if isinstance(value, tuple) else b"[")
-            for v in value:
-                walk(v)
-            h.update(b")")
-        else:
-            h.update(repr(value).encode())
-
-    walk({k: tree[k] for k in USER_KEYS})
-    return h.hexdigest()
+    return tree_digest(tree, USER_KEYS)
 
 
 def main() -> None:

@@ -15,20 +15,11 @@ Prints ``exit`` at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
-
-def _gc_state() -> ModuleType:
-    path = Path(__file__).resolve().parent / "gc_state.py"
-    spec = importlib.util.spec_from_file_location("gc_state", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import gc_state as gs
 
 
 def main() -> None:
@@ -46,7 +37,6 @@ def main() -> None:
     from ledger import Ledger
     from ledger.errors import RefConflictError
 
-    gs = _gc_state()
     out = sys.stdout
     with Ledger.open(args.root, fsync=False) as lg:
         out.write("ready\n")
@@ -56,13 +46,7 @@ def main() -> None:
         i = 0
         while i < args.count:
             try:
-                c = lg.commit(
-                    gs.make_state(args.run, i),
-                    message=gs.message(args.run, i),
-                    step=i,
-                    branch=args.branch,
-                    rng=False,
-                )
+                c = gs.commit_state(lg, args.run, i, branch=args.branch)
             except RefConflictError:
                 out.write(f"conflict {i}\n")
                 out.flush()

@@ -19,21 +19,12 @@ sleeps after each gc; ``--slow-gc`` widens the windows inside gc (see
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-
-def _gc_state() -> ModuleType:
-    path = Path(__file__).resolve().parent / "gc_state.py"
-    spec = importlib.util.spec_from_file_location("gc_state", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import gc_state as gs
 
 
 def widen_gc_windows(lg: Any, seconds: float) -> None:
@@ -73,7 +64,6 @@ def main() -> None:
 
     from ledger import Ledger
 
-    gs = _gc_state()
     lg = Ledger.open(args.root, fsync=args.fsync)
     if args.slow_gc:
         widen_gc_windows(lg, args.slow_gc)
@@ -87,13 +77,7 @@ def main() -> None:
             break
         for _ in range(args.commit_every):
             branch = branches[i % len(branches)]
-            c = lg.commit(
-                gs.make_state(args.run, i),
-                message=gs.message(args.run, i),
-                step=i,
-                branch=branch,
-                rng=False,
-            )
+            c = gs.commit_state(lg, args.run, i, branch=branch)
             out.write(f"commit {branch} {c.id}\n")
             out.flush()
             i += 1

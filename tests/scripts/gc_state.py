@@ -1,11 +1,11 @@
 """Deterministic training states for the retention / gc / verify tests and their children.
 
-Not a test and not a child process by itself: ``tests/test_gc*.py``,
-``tests/test_retention.py``, ``tests/test_verify.py`` and the ``gc_*.py``
-children load it by path. A state is a pure function of ``(run, i)``, so a
-parent can recompute what any commit must restore to from the commit's
-message (``run R commit I``) alone, even after the child that made it was
-SIGKILLed.
+Not a test and not a child process by itself: ``tests/test_gc*.py`` and
+``tests/test_retention.py`` load it by path, the ``gc_*.py`` children import
+it (``crash_commit.py`` uses its :func:`tree_digest`). A state is a pure
+function of ``(run, i)``, so a parent can recompute what any commit must
+restore to from the commit's message (``run R commit I``) alone, even after
+the child that made it was SIGKILLed.
 
 Each state has a tensor shared by every commit (deduplicated), one of four
 ``pool`` tensors (shared by every fourth commit, so packs end up partly
@@ -47,8 +47,34 @@ def parse(msg: str | None) -> tuple[int, int]:
     return int(words[1]), int(words[3])
 
 
-def digest(tree: Any) -> str:
-    """A hash of a state's user keys: tensors by dtype, shape and raw bytes; values by repr."""
+def commit_state(
+    lg: Any,
+    run: int,
+    i: int,
+    n: int = 4096,
+    *,
+    branch: str | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Any:
+    """Commit state ``(run, i)`` to the ledger ``lg``: named by its message, step ``i``, no RNG."""
+    return lg.commit(
+        make_state(run, i, n),
+        message=message(run, i),
+        step=i,
+        metrics=metrics,
+        branch=branch,
+        rng=False,
+    )
+
+
+def restores(lg: Any, cid: str, n: int = 4096) -> bool:
+    """Whether ``cid`` checks out bit-exactly to the state its message names."""
+    run, i = parse(lg.get(cid).message)
+    return bool(digest(lg.checkout(cid)) == digest(make_state(run, i, n)))
+
+
+def tree_digest(tree: Any, keys: tuple[str, ...]) -> str:
+    """A hash of ``tree[k]`` for ``k`` in ``keys``: tensors by dtype, shape and raw bytes; values by repr."""
     h = hashlib.sha256()
 
     def walk(value: Any) -> None:
@@ -63,12 +89,17 @@ def digest(tree: Any) -> str:
                 walk(value[k])
             h.update(b"}")
         elif isinstance(value, list | tuple):
-            h.update(b"[")
+            h.update(b"(" if isinstance(value, tuple) else b"[")
             for v in value:
                 walk(v)
-            h.update(b"]")
+            h.update(b")")
         else:
             h.update(repr(value).encode())
 
-    walk({k: tree[k] for k in KEYS})
+    walk({k: tree[k] for k in keys})
     return h.hexdigest()
+
+
+def digest(tree: Any) -> str:
+    """A hash of a state's user keys (:data:`KEYS`), see :func:`tree_digest`."""
+    return tree_digest(tree, KEYS)
