@@ -14,18 +14,6 @@ HASH_BYTES = 32
 HEX_LEN = 2 * HASH_BYTES
 
 
-def hasher() -> blake3.blake3:
-    """A streaming hasher for object ids: ``update()`` pieces, then ``digest()``.
-
-    Example:
-        >>> h = hasher()
-        >>> _ = h.update(b"a"), h.update(b"b")
-        >>> h.digest() == hash_bytes(b"ab")
-        True
-    """
-    return blake3.blake3(max_threads=1)
-
-
 def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
     """The 32-byte blake3 digest of ``data`` (releases the GIL for large inputs).
 
@@ -33,9 +21,9 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
         >>> hash_bytes(b"").hex()[:16]
         'af1349b9f5f9a1a6'
     """
-    h = hasher()
-    h.update(data)
-    return h.digest()
+    hasher = blake3.blake3(max_threads=1)
+    hasher.update(data)
+    return hasher.digest()
 
 
 def is_hex_id(text: str) -> bool:

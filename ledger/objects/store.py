@@ -23,7 +23,7 @@ import xxhash
 from ledger.errors import CorruptionError, ObjectMissingError
 from ledger.objects.codecs import MIN_SAVING, decoder, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
-from ledger.objects.hashing import hash_bytes, hasher
+from ledger.objects.hashing import hash_bytes
 from ledger.objects.packs import (
     HEADER,
     PACK_MAGIC,
@@ -374,35 +374,21 @@ class PackWriter:
         self._done: list[str] = []
         self._unflushed = 0
         self._flush_future: Future[None] | None = None
-        # Whether the last chunk was new (set by worker threads; a stale read only
-        # costs one extra or one wasted pass, never a wrong id).
-        self._speculate = False
 
     def _prepare_chunk(self, data: memoryview, itemsize: int | None) -> _Prepared:
         # Cheap pre-check: a chunk whose xxh3-128 (and length) this process saw
         # recently is the same bytes; when its object is still stored, skip the
-        # blake3 hash and the codec entirely. While chunks keep missing (a first
-        # commit, a changed tensor), both hashes are taken in one pass instead.
-        oid = None
-        if self._speculate:
-            digest, oid = _both_hashes(data)
-        else:
-            digest = xxhash.xxh3_128_digest(data)
-        key = digest + len(data).to_bytes(8, "little")
+        # blake3 hash and the codec entirely.
+        key = xxhash.xxh3_128_digest(data) + len(data).to_bytes(8, "little")
         known = self.store.recent.get(key)
         if known is not None and (self.store.has(known) or known in self._pending):
-            self._speculate = False
             return known, None, None
-        self._speculate = True
-        prepared = self._prepare(data, itemsize, oid)
+        prepared = self._prepare(data, itemsize)
         self.store.remember(key, prepared[0])
         return prepared
 
-    def _prepare(
-        self, data: memoryview, itemsize: int | None, oid: bytes | None = None
-    ) -> _Prepared:
-        if oid is None:
-            oid = hash_bytes(data)
+    def _prepare(self, data: memoryview, itemsize: int | None) -> _Prepared:
+        oid = hash_bytes(data)
         if self.store.has(oid) or oid in self._pending:
             return oid, None, None
         if self.compress == "auto":
@@ -562,26 +548,6 @@ class PackWriter:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
             self._tmp = None
-
-
-# Pieces small enough to stay in a core's L2 between the two hashes.
-FUSED_PIECE = 256 << 10
-
-
-def _both_hashes(data: memoryview) -> tuple[bytes, bytes]:
-    """xxh3-128 and blake3 of ``data`` in one pass over memory (piece by piece).
-
-    Example:
-        >>> _both_hashes(memoryview(b"abc"))[1] == hash_bytes(b"abc")
-        True
-    """
-    fast = xxhash.xxh3_128()
-    strong = hasher()
-    for start in range(0, len(data), FUSED_PIECE):
-        piece = data[start : start + FUSED_PIECE]
-        fast.update(piece)
-        strong.update(piece)
-    return fast.digest(), strong.digest()
 
 
 def _datasync(fd: int, nbytes: int, rates: Rates) -> None:
