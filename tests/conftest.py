@@ -22,6 +22,8 @@ settings.register_profile("slow", deadline=None, max_examples=400)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
+# the shared test helpers (tests/helpers.py) report failed asserts like a test does
+pytest.register_assert_rewrite("helpers")
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
 """Helpers shared by the test modules (not a test module; tests/ is on ``sys.path`` under pytest).
 
 ``SCRIPTS`` is the folder of the child-process scripts; :func:`load_script`
-imports one of them by path, for the helpers the tests share with it.
+imports one of them by path, for the helpers the tests share with it;
+:func:`start` and :func:`finish` run one as a child process.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -27,3 +30,23 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def start(
+    script: Path, *args: str | int | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Run ``script`` with this interpreter; stdout and stderr go to one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
+    """Wait for a child from :func:`start`; assert it exited 0 and return its output."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out

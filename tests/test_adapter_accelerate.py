@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, finish, load_script, start
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -38,13 +38,7 @@ util = load_script("adapter_util")
 
 
 def _train(tmp: Path, run: str, *argv: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, str(TRAIN), str(tmp / run), *argv]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen[str]) -> None:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    return start(TRAIN, tmp / run, *argv)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +48,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def build(tmp: Path) -> None:
         straight = _train(tmp, "a", "30", str(tmp / "a"))
         first = _train(tmp, "b", "30", str(tmp / "b-half"), "14")
-        _finish(straight)
-        _finish(first)
-        _finish(_train(tmp, "b", "30", str(tmp / "b")))
+        finish(straight)
+        finish(first)
+        finish(_train(tmp, "b", "30", str(tmp / "b")))
 
     tmp = util.shared_dir(tmp_path_factory, "accelerate", build)
     return tmp
@@ -188,13 +182,10 @@ def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(SCRIPTS / "adapter_accelerate_ddp.py"),
-                str(tmp_path / "lg"),
-                str(tmp_path),
-            ],
+        start(
+            SCRIPTS / "adapter_accelerate_ddp.py",
+            tmp_path / "lg",
+            tmp_path,
             env={
                 **os.environ,
                 "RANK": str(rank),
@@ -203,15 +194,11 @@ def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path
                 "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(port),
             },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
         for rank in range(2)
     ]
     for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out
+        finish(proc)
     saved = [util.load_image(tmp_path / f"rank{r}-saved") for r in range(2)]
     assert saved[0] != saved[1]  # each process's own RNG stream
     for rank in range(2):

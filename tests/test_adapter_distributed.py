@@ -11,14 +11,12 @@ that leave no commit behind and end the other ranks within the timeout.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, load_script, start
 from safetensors.torch import load_file
 
 from ledger import Ledger
@@ -39,22 +37,7 @@ class Job:
         self.out.mkdir()
         init = self.out / "rendezvous"
         self.procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(WORKER),
-                    scenario,
-                    str(rank),
-                    str(world),
-                    str(init),
-                    str(ledger),
-                    str(self.out),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for rank in range(world)
+            start(WORKER, scenario, rank, world, init, ledger, self.out) for rank in range(world)
         ]
 
     def wait(self, ranks: list[int] | None = None, timeout: float = 120) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, finish, load_script, start
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -36,18 +36,7 @@ util = load_script("adapter_util")
 
 
 def _train(ledger: Path, epochs: int, image: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(TRAIN), str(ledger), str(epochs), str(image)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    return out
+    return start(TRAIN, ledger, epochs, image)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +46,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def build(tmp: Path) -> None:
         straight = _train(tmp / "a", 4, tmp / "a")
         first = _train(tmp / "b", 2, tmp / "b-half")
-        _finish(straight)
-        _finish(first)
-        (tmp / "resumed.log").write_text(_finish(_train(tmp / "b", 4, tmp / "b")))
+        finish(straight)
+        finish(first)
+        (tmp / "resumed.log").write_text(finish(_train(tmp / "b", 4, tmp / "b")))
 
     return util.shared_dir(tmp_path_factory, "lightning", build)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, finish, load_script, start
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import safe_globals
@@ -40,14 +40,7 @@ util = load_script("adapter_util")
 
 
 def _train(tmp: Path, run: str, *argv: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, str(TRAIN), str(tmp / run), str(tmp / f"{run}-out"), *argv]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen[str]) -> str:
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    return out
+    return start(TRAIN, tmp / run, tmp / f"{run}-out", *argv)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +50,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     def build(tmp: Path) -> None:
         straight = _train(tmp, "a", "8", str(tmp / "a"))
         first = _train(tmp, "b", "8", str(tmp / "b-half"), "4")
-        _finish(straight)
-        _finish(first)
-        _finish(_train(tmp, "b", "8", str(tmp / "b")))
+        finish(straight)
+        finish(first)
+        finish(_train(tmp, "b", "8", str(tmp / "b")))
 
     tmp = util.shared_dir(tmp_path_factory, "hf", build)
     return tmp
