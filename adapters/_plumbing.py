@@ -5,10 +5,10 @@ does not offer yet: write one part of a state (its chunks, durably) and get
 its manifest node back; later, write one commit whose manifest is a tree
 assembled from such nodes. It follows ``Ledger.commit``'s write order
 exactly (chunks, then manifest, then commit object, then the ref event, all
-under the shared gc lock) using the ledger's own plumbing (``Flattener``,
-the object store's ``PackWriter``, records, the ref store). It must never
-invent an on-disk format: every object it writes is one ``Ledger.commit``
-writes too. When the core grows ``Ledger.stage``/``Ledger.commit_tree``,
+under the shared gc lock): subtrees go through the ledger's ``Flattener`` and
+the object store's ``PackWriter``; the commit itself through the very code
+``Ledger.commit`` uses (``_commit_tree``). It must never invent an on-disk
+format. When the core grows a public ``Ledger.stage``/``Ledger.commit_tree``,
 this module becomes two calls.
 """
 
@@ -22,25 +22,20 @@ import msgspec
 
 from ledger import Commit, Ledger
 from ledger import metadata as ledger_metadata
-from ledger.errors import DetachedHeadError
+from ledger.api.inputs import _Draft
 from ledger.history.records import (
-    FORMAT_VERSION,
     AliasNode,
-    CommitRecord,
     CommitStats,
     DictNode,
     ListNode,
-    Manifest,
     Node,
     StatefulNode,
     TensorNode,
     TupleNode,
     msgpack_encoder,
-    utcnow,
 )
-from ledger.history.refs import BRANCH_PREFIX, check_ref_name
-from ledger.history.revisions import head_target
 from ledger.objects.hashing import hash_bytes
+from ledger.objects.store import PackWriter
 from ledger.state.flatten import Flattener
 
 _node_decoder: msgspec.msgpack.Decoder[Node] = msgspec.msgpack.Decoder(Node)
@@ -137,46 +132,24 @@ def write_commit(
     """
     started = time.perf_counter()
     packages = ledger_metadata.installed_packages()
-    meta = ledger_metadata.capture(summary_state, None, hash_bytes(packages).hex())
-    lg.store.sync()
-    refs = lg.refs.snapshot()
-    head_branch, head_id = head_target(refs)
-    if branch is not None:
-        target = check_ref_name(branch, "branch")
-        parent = refs.get(BRANCH_PREFIX + target, head_id)
-    elif head_branch is None:
-        raise DetachedHeadError(
-            f"HEAD is detached at {head_id and head_id[:12]}; pass branch='name' to commit"
-        )
-    else:
-        target, parent = head_branch, head_id
-    expected = refs.get(BRANCH_PREFIX + target)
-    writer = lg.store.writer(lg.pool, compress=lg.config.compress)
-    try:
-        manifest = Manifest(format=FORMAT_VERSION, chunk_size=lg.config.chunk_size, root=root)
-        manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
-        writer.put("blob", packages)
-        record = CommitRecord(
-            manifest=manifest_id,
-            parents=[parent] if parent else [],
-            time=utcnow(),
-            branch=target,
-            step=step,
-            epoch=epoch,
-            message=message,
-            metrics=metrics,
-            params=params,
-            meta=meta,
-            stats=msgspec.structs.replace(
-                stats, duration_s=round(stats.duration_s + time.perf_counter() - started, 6)
-            ),
-        )
-        commit_id = writer.put("commit", msgpack_encoder.encode(record))
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-    lg.refs.update({BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}")
+    draft = _Draft(
+        flat=Flattener(lg.config.chunk_size),  # no chunks left to store: see write_subtree
+        root=root,
+        branch=branch,
+        packages=packages,
+        meta=ledger_metadata.capture(summary_state, None, hash_bytes(packages).hex()),
+        step=step,
+        epoch=epoch,
+        message=message,
+        metrics=metrics,
+        params=params,
+    )
+
+    def total(_writer: PackWriter) -> CommitStats:
+        spent = stats.duration_s + time.perf_counter() - started
+        return msgspec.structs.replace(stats, duration_s=round(spent, 6))
+
+    commit_id, record = lg._commit_tree(draft, lg.pool, lambda _writer: None, total)
     return Commit.from_record(commit_id, record)
 
 

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -77,7 +77,7 @@ from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.hashing import hash_bytes
-from ledger.objects.store import ObjectStore
+from ledger.objects.store import ObjectStore, PackWriter
 from ledger.pending import CommitHandle, Pending, lower_priority
 from ledger.state.flatten import Flattener, Staging
 from ledger.state.rng import capture_rng
@@ -413,51 +413,24 @@ class LedgerCore:
         return self._pending.wait()
 
     def _write_commit(self, draft: _Draft, started: float, pool: ThreadPoolExecutor) -> Commit:
+        def store_chunks(writer: PackWriter) -> None:
+            draft.flat.check_reused(self.store.has)
+            draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
+
+        def stats(writer: PackWriter) -> CommitStats:
+            return CommitStats(
+                logical_bytes=writer.stats.logical_bytes + draft.flat.reused_bytes,
+                bytes_written=writer.stats.bytes_written,
+                chunks_total=writer.stats.chunks_total + draft.flat.reused_chunks,
+                chunks_written=writer.stats.chunks_written,
+                chunks_trusted=draft.flat.reused_chunks,
+                tensors=draft.flat.tensors,
+                duration_s=round(time.perf_counter() - started, 6),
+            )
+
         # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
         with self.gc_lock.hold(shared=True):
-            self.store.sync()
-            refs = self.refs.snapshot()
-            target, parent = self._commit_target(refs, draft.branch)
-            expected = refs.get(BRANCH_PREFIX + target)
-            writer = self.store.writer(pool, compress=self.config.compress)
-            try:
-                draft.flat.check_reused(self.store.has)
-                draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
-                manifest = Manifest(
-                    format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=draft.root
-                )
-                manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
-                writer.put("blob", draft.packages)
-                stats = CommitStats(
-                    logical_bytes=writer.stats.logical_bytes + draft.flat.reused_bytes,
-                    bytes_written=writer.stats.bytes_written,
-                    chunks_total=writer.stats.chunks_total + draft.flat.reused_chunks,
-                    chunks_written=writer.stats.chunks_written,
-                    chunks_trusted=draft.flat.reused_chunks,
-                    tensors=draft.flat.tensors,
-                    duration_s=round(time.perf_counter() - started, 6),
-                )
-                record = CommitRecord(
-                    manifest=manifest_id,
-                    parents=[parent] if parent else [],
-                    time=utcnow(),
-                    branch=target,
-                    step=draft.step,
-                    epoch=draft.epoch,
-                    message=draft.message,
-                    metrics=draft.metrics,
-                    params=draft.params,
-                    meta=draft.meta,
-                    stats=stats,
-                )
-                commit_id = writer.put("commit", msgpack_encoder.encode(record))
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            self.refs.update(
-                {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
-            )
+            commit_id, record = self._commit_tree(draft, pool, store_chunks, stats)
         self._records[commit_id] = record
         self._commits_since_gc += 1
         if self.auto_gc and self._commits_since_gc >= self.auto_gc:
@@ -467,6 +440,59 @@ class LedgerCore:
             else:
                 self.gc()
         return Commit.from_record(commit_id, record)
+
+    def _commit_tree(
+        self,
+        draft: _Draft,
+        pool: ThreadPoolExecutor,
+        store_chunks: Callable[[PackWriter], None],
+        stats: Callable[[PackWriter], CommitStats],
+    ) -> tuple[str, CommitRecord]:
+        """Write a commit of ``draft.root`` in the invariant's order; the caller holds the gc
+        lock shared.
+
+        ``store_chunks`` stores the chunks the tree names that are not durable yet
+        (the multi-writer adapters stored theirs before: they pass a no-op); then
+        come the manifest, the commit object, and the compare-and-swap ref move.
+
+        Raises:
+            DetachedHeadError: HEAD is detached and ``draft.branch`` is not given.
+            RefConflictError: another writer moved the branch meanwhile.
+        """
+        self.store.sync()
+        refs = self.refs.snapshot()
+        target, parent = self._commit_target(refs, draft.branch)
+        expected = refs.get(BRANCH_PREFIX + target)
+        writer = self.store.writer(pool, compress=self.config.compress)
+        try:
+            store_chunks(writer)
+            manifest = Manifest(
+                format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=draft.root
+            )
+            manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
+            writer.put("blob", draft.packages)
+            record = CommitRecord(
+                manifest=manifest_id,
+                parents=[parent] if parent else [],
+                time=utcnow(),
+                branch=target,
+                step=draft.step,
+                epoch=draft.epoch,
+                message=draft.message,
+                metrics=draft.metrics,
+                params=draft.params,
+                meta=draft.meta,
+                stats=stats(writer),
+            )
+            commit_id = writer.put("commit", msgpack_encoder.encode(record))
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        self.refs.update(
+            {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
+        )
+        return commit_id, record
 
     @contextlib.contextmanager
     def _rooting(self, rev: str) -> Iterator[str]:
