@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from ledger import Ledger
+from ledger.cli import cli
 from ledger.errors import ObjectMissingError
 from ledger.state.unchanged import SAMPLE_STRIDE, UnchangedTensors, sample_digest
 
@@ -198,3 +200,17 @@ def test_probes_refuse_what_the_fast_path_cannot_identify() -> None:
     del w, probe
     seen.prune()
     assert len(seen) == 0
+
+
+def test_ledger_show_says_how_many_chunks_were_trusted(ledger_dir: Path) -> None:
+    w = torch.randn(BIG)
+    with Ledger.open(ledger_dir, create=True, fsync=False, trust_versions=True) as lg:
+        first = lg.commit({"w": w, "small": torch.ones(4)}, rng=False)
+        second = lg.commit({"w": w, "small": torch.ones(4)}, rng=False)
+    trusted = second.stats.chunks_trusted
+    assert trusted > 0
+    shown = CliRunner().invoke(cli, ["--dir", str(ledger_dir), "show", second.id[:12]])
+    assert shown.exit_code == 0, shown.output
+    assert f"{trusted} unchanged, not read" in shown.output
+    plain = CliRunner().invoke(cli, ["--dir", str(ledger_dir), "show", first.id[:12]])
+    assert "not read" not in plain.output
