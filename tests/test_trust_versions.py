@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from ledger import Ledger
 from ledger.cli import cli
 from ledger.errors import ObjectMissingError
+from ledger.state.dtypes import TORCH_DTYPES, as_bits
 from ledger.state.unchanged import SAMPLE_STRIDE, UnchangedTensors, sample_digest
 
 BIG = 1 << 18  # 1 MiB of fp32: above the fast path's 64 KiB floor
@@ -214,3 +215,20 @@ def test_ledger_show_says_how_many_chunks_were_trusted(ledger_dir: Path) -> None
     assert f"{trusted} unchanged, not read" in shown.output
     plain = CliRunner().invoke(cli, ["--dir", str(ledger_dir), "show", first.id[:12]])
     assert "not read" not in plain.output
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_DTYPES))
+def test_every_dtype_is_trusted_when_unchanged_and_read_when_changed(
+    tlg: Ledger, name: str
+) -> None:
+    raw = torch.randint(
+        0, 256, (1 << 17,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    value = raw.view(TORCH_DTYPES[name])
+    tlg.commit({"v": value}, rng=False)
+    assert tlg.commit({"v": value}, rng=False).stats.chunks_trusted > 0
+    raw.data[::SAMPLE_STRIDE] += 1  # every sampled page, behind the counter's back
+    assert tlg.commit({"v": value}, rng=False).stats.chunks_trusted == 0
+    back = stored(tlg, "v")
+    assert back.dtype == value.dtype
+    assert torch.equal(as_bits(back).view(torch.uint8), raw)
