@@ -216,6 +216,7 @@ class LedgerCore:
         lg = cls(root, config, **settings)
         lg.refs.create()
         (root / "gc.lock").touch()  # so that a dry-run gc creates nothing
+        (root / "gc.intent").touch()
         if lg.fsync:
             fsync_dir(root / "objects")
         # The config file is written last: a directory without it is not yet a ledger.

@@ -110,7 +110,7 @@ def _default_budget() -> int:
         return 4 << 30
 
 
-_INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "objects"}
+_INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "gc.intent", "objects"}
 
 
 def _interrupted_init(root: Path) -> bool:

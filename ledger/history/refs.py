@@ -136,6 +136,14 @@ class WriteLock:
 class GcLock:
     """``<ledger>/gc.lock``: commits hold it shared, gc exclusively (see gc.py).
 
+    A turnstile, ``<ledger>/gc.intent``, keeps a stream of commits from
+    starving gc: gc takes the turnstile exclusively before it waits for the
+    lock, and a commit passes the turnstile (shared, released at once) before
+    it takes the lock shared. Once gc is waiting, new commits queue behind it;
+    the commits already inside finish, then gc runs. A shared hold must not be
+    nested in another shared hold of the same lock (it would wait behind a
+    queued gc that waits for the outer hold).
+
     Example:
         >>> import tempfile
         >>> lock = GcLock(Path(tempfile.mkdtemp()) / "gc.lock")
@@ -145,31 +153,46 @@ class GcLock:
 
     def __init__(self, path: Path, timeout: float = 3600.0) -> None:
         self.path = path
+        self.intent = path.with_name("gc.intent")
         self.timeout = timeout
 
     @contextlib.contextmanager
     def hold(self, *, shared: bool) -> Iterator[None]:
         """Hold the lock shared (commits) or exclusive (gc) for the block."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        turnstile = self._flock(self.intent, shared, deadline)
         try:
-            if fcntl is not None:
-                mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-                deadline = time.monotonic() + self.timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            who = "a gc" if shared else "a commit"
-                            raise LockTimeoutError(
-                                f"{who} has held {self.path} for over {self.timeout:.0f}s; "
-                                "retry when it finishes"
-                            ) from None
-                        time.sleep(0.005)
+            fd = self._flock(self.path, shared, deadline)
+        except BaseException:
+            os.close(turnstile)
+            raise
+        if shared:
+            os.close(turnstile)  # passed: let a waiting gc in behind us
+        try:
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the flock
+            if not shared:
+                os.close(turnstile)
+
+    def _flock(self, path: Path, shared: bool, deadline: float) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover - Windows: best effort
+            return fd
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    who = "a gc" if shared else "a commit"
+                    raise LockTimeoutError(
+                        f"{who} has held {self.path} for over {self.timeout:.0f}s; "
+                        "retry when it finishes"
+                    ) from None
+                time.sleep(0.005)
 
 
 class RefStore:
