@@ -99,20 +99,32 @@ def read_pack_index(path: Path) -> list[IndexEntry]:
         decoded = _index_decoder.decode(index)
     except msgspec.DecodeError as e:
         raise CorruptionError(f"pack {path.name} index cannot be decoded: {e}") from e
-    for entry in decoded.entries:
-        if (
-            len(entry.id) != HASH_BYTES
-            or entry.kind not in KINDS
-            or entry.codec not in CODEC_NAMES
-            or entry.offset < HEADER.size
-            or entry.length < 0
-            or entry.raw_length < 0
-            or entry.raw_length > MAX_OBJECT_BYTES
-            or (entry.codec == "raw" and entry.length != entry.raw_length)
-            or entry.offset + entry.length > offset
-        ):
-            raise CorruptionError(f"pack {path.name} has an invalid index entry")
+    if not all(entry_is_valid(entry, offset) for entry in decoded.entries):
+        raise CorruptionError(f"pack {path.name} has an invalid index entry")
     return decoded.entries
+
+
+def entry_is_valid(entry: IndexEntry, blobs_end: int) -> bool:
+    """Whether an index entry read from an untrusted pack or index can be used.
+
+    Args:
+        entry: the entry.
+        blobs_end: the offset its blob must end by.
+
+    Example:
+        >>> entry_is_valid(IndexEntry(b"x" * 32, "chunk", "raw", 8, 4, 4), 12)
+        True
+    """
+    return not (
+        len(entry.id) != HASH_BYTES
+        or entry.kind not in KINDS
+        or entry.codec not in CODEC_NAMES
+        or entry.offset < HEADER.size
+        or entry.length < 0
+        or not 0 <= entry.raw_length <= MAX_OBJECT_BYTES
+        or (entry.codec == "raw" and entry.length != entry.raw_length)
+        or entry.offset + entry.length > blobs_end
+    )
 
 
 def pread_exact(fd: int, out: memoryview, offset: int, what: str) -> None:

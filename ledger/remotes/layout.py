@@ -26,18 +26,18 @@ import msgspec
 
 from ledger.errors import FormatVersionError, RemoteCorruptionError
 from ledger.history.refs import check_ref_name
-from ledger.objects.codecs import CODEC_NAMES, decoder
+from ledger.objects.codecs import decoder
 from ledger.objects.durable import temp_path
-from ledger.objects.hashing import HASH_BYTES, hash_bytes, is_hex_id
+from ledger.objects.hashing import hash_bytes, is_hex_id
 from ledger.objects.packs import (
     FOOTER,
     HEADER,
-    KINDS,
     MAX_OBJECT_BYTES,
     PACK_MAGIC,
     PACK_VERSION,
     IndexEntry,
     encode_pack_tail,
+    entry_is_valid,
 )
 
 REMOTE_KIND = "training-ledger-remote"
@@ -192,20 +192,10 @@ def decode_index(data: bytes, name: str, where: str) -> list[PackRecord]:
         if not is_hex_id(pack.name) or not 0 < pack.size <= MAX_PACK_BYTES:
             raise RemoteCorruptionError(f"index {name[:12]} on {where} lists an invalid pack")
         end = pack.size - FOOTER.size
-        for entry in pack.entries:
-            if (
-                len(entry.id) != HASH_BYTES
-                or entry.kind not in KINDS
-                or entry.codec not in CODEC_NAMES
-                or entry.offset < HEADER.size
-                or entry.length < 0
-                or not 0 <= entry.raw_length <= MAX_OBJECT_BYTES
-                or (entry.codec == "raw" and entry.length != entry.raw_length)
-                or entry.offset + entry.length > end
-            ):
-                raise RemoteCorruptionError(
-                    f"index {name[:12]} on {where}: pack {pack.name[:12]} has an invalid entry"
-                )
+        if not all(entry_is_valid(entry, end) for entry in pack.entries):
+            raise RemoteCorruptionError(
+                f"index {name[:12]} on {where}: pack {pack.name[:12]} has an invalid entry"
+            )
     return index.packs
 
 
