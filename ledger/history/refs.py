@@ -106,24 +106,13 @@ class WriteLock:
                     self._release()
 
     def _acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:  # pragma: no cover - Windows: best effort, single writer
-            self._fd = fd
-            return
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise LockTimeoutError(
-                        f"another process has held {self.path} for over {self.timeout:.0f}s; "
-                        "if no ledger process is running, retry"
-                    ) from None
-                time.sleep(0.005)
+        self._fd = _open_locked(
+            self.path,
+            shared=False,
+            deadline=time.monotonic() + self.timeout,
+            busy=f"another process has held {self.path} for over {self.timeout:.0f}s; "
+            "if no ledger process is running, retry",
+        )
 
     def _release(self) -> None:
         if self._fd is not None:
@@ -160,9 +149,11 @@ class GcLock:
     def hold(self, *, shared: bool) -> Iterator[None]:
         """Hold the lock shared (commits) or exclusive (gc) for the block."""
         deadline = time.monotonic() + self.timeout
-        turnstile = self._flock(self.intent, shared, deadline)
+        who = "a gc" if shared else "a commit"
+        busy = f"{who} has held {self.path} for over {self.timeout:.0f}s; retry when it finishes"
+        turnstile = _open_locked(self.intent, shared=shared, deadline=deadline, busy=busy)
         try:
-            fd = self._flock(self.path, shared, deadline)
+            fd = _open_locked(self.path, shared=shared, deadline=deadline, busy=busy)
         except BaseException:
             os.close(turnstile)
             raise
@@ -175,24 +166,26 @@ class GcLock:
             if not shared:
                 os.close(turnstile)
 
-    def _flock(self, path: Path, shared: bool, deadline: float) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:  # pragma: no cover - Windows: best effort
+
+def _open_locked(path: Path, *, shared: bool, deadline: float, busy: str) -> int:
+    """Open ``path`` and flock it, polling until ``deadline``; the descriptor holds the lock.
+
+    Raises:
+        LockTimeoutError: still held by another process at ``deadline`` (``busy`` says so).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:  # pragma: no cover - Windows: best effort, single writer
+        return fd
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return fd
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    who = "a gc" if shared else "a commit"
-                    raise LockTimeoutError(
-                        f"{who} has held {self.path} for over {self.timeout:.0f}s; "
-                        "retry when it finishes"
-                    ) from None
-                time.sleep(0.005)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise LockTimeoutError(busy) from None
+            time.sleep(0.005)
 
 
 class RefStore:
