@@ -415,7 +415,7 @@ class LedgerCore:
 
     def _write_commit(self, draft: _Draft, started: float, pool: ThreadPoolExecutor) -> Commit:
         def store_chunks(writer: PackWriter) -> None:
-            draft.flat.check_reused(self.store.has)
+            draft.flat.check_reused()
             draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
 
         def stats(writer: PackWriter) -> CommitStats:

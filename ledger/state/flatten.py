@@ -300,8 +300,9 @@ class Flattener:
         """Bytes that must be read (and, for an async commit, copied) to store this state."""
         return sum(len(job.data) for job in self.jobs if job.reuse is None)
 
-    def check_reused(self, has: Callable[[bytes], bool]) -> None:
-        """Make sure every reused chunk is still stored (call under the gc lock).
+    def check_reused(self) -> None:
+        """Make sure every reused chunk is still stored (call under the gc lock, after the
+        store re-read its pack list: ``has`` then sees what another process's gc left).
 
         A tensor whose chunks vanished meanwhile (a gc in another process) is
         read again from the live tensor; after :meth:`snapshot` there is none.
@@ -310,7 +311,10 @@ class Flattener:
             ObjectMissingError: an async commit's reused chunks were collected.
         """
         for job in self.jobs:
-            if job.reuse is None or all(has(bytes.fromhex(c)) for c in job.reuse):
+            if job.reuse is None:
+                continue
+            assert self.has is not None  # reuse is only ever set when it is
+            if all(self.has(bytes.fromhex(c)) for c in job.reuse):
                 continue
             if job.keep is None:
                 raise ObjectMissingError(
