@@ -175,6 +175,80 @@ def test_restore_in_the_same_process_after_more_training_rewinds_exactly(lg: Led
     assert live_image(t) == after_11
 
 
+def _adamw(steps: int, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        model(torch.randn(4, 6)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def _state_storages(opt: torch.optim.Optimizer) -> dict[tuple[int, str], int]:
+    return {
+        (i, name): t.untyped_storage().data_ptr()
+        for i, p in enumerate(opt.param_groups[0]["params"])
+        for name, t in opt.state[p].items()
+    }
+
+
+def _commit_adamw(lg: Ledger) -> tuple[str, Any]:
+    """Commit a 3-step AdamW run; return the commit id and the optimizer's state image."""
+    model, opt = _adamw(3)
+    return lg.commit({"model": model, "optim": opt}, rng=False).id, bits(opt.state_dict())
+
+
+def test_restore_reads_optimizer_state_into_the_live_state_tensors(lg: Ledger) -> None:
+    """A stepped optimizer keeps its state tensors: the stored moments are read into them."""
+    model, opt = _adamw(3)
+    c = lg.commit({"model": model, "optim": opt}, rng=False)
+    expected = bits(opt.state_dict())
+    before = _state_storages(opt)
+    _, other = _adamw(5, seed=1)  # different values, same shapes
+    opt.load_state_dict(other.state_dict())
+    opt.param_groups[0]["lr"] = 0.5
+    assert bits(opt.state_dict()) != expected
+    moved = _state_storages(opt)
+    lg.restore({"model": model, "optim": opt}, c.id, rng=False)
+    assert bits(opt.state_dict()) == expected  # moments, steps and lr, bit for bit
+    assert _state_storages(opt) == moved != before  # the live tensors, filled in place
+
+
+def test_restore_into_an_optimizer_with_a_load_hook_or_other_dtype_gets_new_tensors(
+    lg: Ledger,
+) -> None:
+    """Where torch's load would not keep the live tensors, the restore builds new ones, exactly."""
+    cid, expected = _commit_adamw(lg)
+    hooked_model, hooked = _adamw(2, seed=1)
+    seen: list[int] = []
+    hooked.register_load_state_dict_pre_hook(lambda o, sd: seen.append(len(sd["state"])))
+    hooked_ptrs = _state_storages(hooked)
+    lg.restore({"model": hooked_model, "optim": hooked}, cid, rng=False)
+    assert seen == [2 * 2]  # four parameters, the hook ran once
+    assert bits(hooked.state_dict()) == expected
+    assert set(_state_storages(hooked).values()).isdisjoint(hooked_ptrs.values())
+
+    odd_model, odd = _adamw(2, seed=2)
+    for st in odd.state.values():  # moments held in float64: not the stored dtype
+        st["exp_avg"] = st["exp_avg"].double()
+    lg.restore({"model": odd_model, "optim": odd}, cid, rng=False)
+    assert bits(odd.state_dict()) == expected
+
+
+def test_restore_into_an_optimizer_sharing_one_tensor_between_entries_is_exact(
+    lg: Ledger,
+) -> None:
+    """Two state entries on one live tensor: only one may be read in place, the other is new."""
+    cid, expected = _commit_adamw(lg)
+    live_model, live = _adamw(2, seed=1)
+    first = next(iter(live.state.values()))
+    first["exp_avg_sq"] = first["exp_avg"]  # one storage under two names
+    lg.restore({"model": live_model, "optim": live}, cid, rng=False)
+    assert bits(live.state_dict()) == expected
+
+
 def _draw() -> tuple[float, float, bytes]:
     return (
         random.random(),

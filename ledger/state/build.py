@@ -86,6 +86,8 @@ class Builder:
         self.reads: list[tuple[bytes, memoryview, str]] = []
         self.by_id: dict[int, torch.Tensor] = {}
         self.nodes_by_id: dict[int, tuple[TensorNode, Path_]] = {}
+        # Storages of live tensors that chunks are read straight into.
+        self.targets: set[int] = set()
         # Read into page-locked buffers when tensors will be copied on to a GPU.
         self.pin = False
         self.devices: dict[int, str] = {}
@@ -157,7 +159,9 @@ class Builder:
         if dest.numel() != node.nbytes:
             return False
         self._buffer(node.nbytes, node.chunks, path, into=dest)
-        self.by_id.setdefault(node.id, live)
+        if node.id >= 0:
+            self.by_id.setdefault(node.id, live)
+        self.targets.add(live.untyped_storage().data_ptr())
         return True
 
     def tensor(self, node: TensorNode, path: Path_) -> torch.Tensor:
@@ -470,6 +474,7 @@ class Restorer:
                     )
         if isinstance(live, torch.optim.Optimizer):
             self._optimizer_groups(live, node.state, path)
+            self._optimizer_in_place(live, node.state, path)
         if is_module and self._module_in_place(live, node, path):
             return
         tree = self.b.build(node.state, path)
@@ -507,6 +512,63 @@ class Restorer:
                 path,
                 f"optimizer with parameter groups of sizes {have} live, {stored} in the commit",
             )
+
+    def _optimizer_in_place(self, live: torch.optim.Optimizer, node: Node, path: Path_) -> None:
+        """Read stored optimizer state straight into the live optimizer's state tensors.
+
+        A resumed optimizer that has stepped already holds a tensor per state
+        entry (AdamW's ``exp_avg`` ...). Where the stored entry has the same
+        dtype and shape as a contiguous CPU tensor that owns its storage, the
+        chunks are read into that tensor, and the tree handed to
+        ``Optimizer.load_state_dict`` holds the live tensor itself, which torch
+        keeps (its cast to the parameter's dtype and device returns the same
+        tensor). No second copy of the state is made. Only for optimizers that
+        load with torch's own ``load_state_dict``, without load hooks; anything
+        else gets new tensors, as before.
+        """
+        if (
+            self.problems
+            or type(live).load_state_dict is not torch.optim.Optimizer.load_state_dict
+            or live._optimizer_load_state_dict_pre_hooks
+            or live._optimizer_load_state_dict_post_hooks
+            or not isinstance(node, DictNode)
+        ):
+            return
+        fields = dict(zip(node.keys, node.values, strict=True))
+        state, groups = fields.get("state"), fields.get("param_groups")
+        if not isinstance(state, DictNode) or not isinstance(groups, ListNode):
+            return
+        saved_ids: list[Any] = []
+        for group in groups.items:
+            params = (
+                group.values[group.keys.index("params")]
+                if isinstance(group, DictNode) and "params" in group.keys
+                else None
+            )
+            if not isinstance(params, ListNode) or not all(
+                isinstance(v, ValueNode) for v in params.items
+            ):
+                return
+            saved_ids += [v.value for v in params.items if isinstance(v, ValueNode)]
+        live_params = [p for g in live.param_groups for p in g["params"]]
+        if len(saved_ids) != len(live_params):
+            return
+        by_saved_id = dict(zip(saved_ids, live_params, strict=True))
+        for key, entry in zip(state.keys, state.values, strict=True):
+            param = by_saved_id.get(key)
+            if param is None or param not in live.state or not isinstance(entry, DictNode):
+                continue
+            have = live.state[param]
+            for name, child in zip(entry.keys, entry.values, strict=True):
+                t = have.get(name)
+                if (
+                    isinstance(t, torch.Tensor)
+                    and isinstance(child, TensorNode)
+                    and t.storage_offset() == 0
+                    and t.numel() * t.element_size() == t.untyped_storage().nbytes()
+                    and t.untyped_storage().data_ptr() not in self.b.targets
+                ):
+                    self.b.tensor_into(child, t, (*path, "state", key, name))
 
     def _module_in_place(self, live: torch.nn.Module, node: StatefulNode, path: Path_) -> bool:
         """Read a module's tensors straight into its parameters and buffers when that is exact.
