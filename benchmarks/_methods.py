@@ -165,9 +165,9 @@ def ledger_restore(path: Path, model: Model, opt: Optim) -> None:
     lg.restore({"model": model, "optim": opt}, "HEAD")
 
 
-def ledger_checkout(path: Path) -> Any:
-    """Open the ledger and ``checkout`` HEAD: a nested dict of new tensors."""
-    return ledger_open(path).checkout("HEAD")
+def ledger_checkout(path: Path, mmap: bool = False) -> Any:
+    """Open the ledger and ``checkout`` HEAD: a nested dict of new (or mapped) tensors."""
+    return ledger_open(path).checkout("HEAD", mmap=mmap)
 
 
 def ledger_save(model: Model, opt: Optim, path: Path, fsync: bool) -> None:

@@ -102,6 +102,8 @@ CASES: tuple[Case, ...] = (
     Case("ledger.restore.cold", "ledger", "ledger restore", "restore", cache="cold"),
     Case("ledger.checkout.warm", "ledger", "ledger checkout", "restore", cache="warm"),
     Case("ledger.checkout.cold", "ledger", "ledger checkout", "restore", cache="cold"),
+    Case("ledger.checkout_mmap.warm", "ledger", "ledger checkout, mmap", "restore", cache="warm"),
+    Case("ledger.checkout_mmap.cold", "ledger", "ledger checkout, mmap", "restore", cache="cold"),
 )
 CASE_BY_KEY = {c.key: c for c in CASES}
 SAVE_BASELINE = "safetensors.save.fsync"
@@ -265,8 +267,8 @@ def work_restore(case: Case, args: argparse.Namespace, workdir: Path) -> list[Re
     fn: Callable[[], Any]
     if kind == "torch.load":
         fn = partial(m.torch_load, src)
-    elif kind == "ledger.checkout":
-        fn = partial(m.ledger_checkout, src)
+    elif kind in ("ledger.checkout", "ledger.checkout_mmap"):
+        fn = partial(m.ledger_checkout, src, mmap=kind.endswith("mmap"))
     else:  # restore into a second, preallocated model + optimizer (other values)
         live = model2, opt2 = build_state(args.size_mb, seed=1)
         dest = live_tensors(model2, opt2)
@@ -292,7 +294,8 @@ def work_restore(case: Case, args: argparse.Namespace, workdir: Path) -> list[Re
 
     if live is not None:
         rec.verified = digests(live_tensors(*live)) == want
-    elif case.method == "torch" and isinstance(result, dict):
+    elif kind in ("torch.load", "ledger.checkout", "ledger.checkout_mmap"):
+        assert isinstance(result, dict)
         rec.verified = digests(flatten(result["model"], result["optim"])) == want
     return [rec]
 

@@ -107,6 +107,7 @@ def assert_tensor(actual: Any, dtype: torch.dtype, shape: tuple[int, ...], data:
     assert tuple(actual.shape) == tuple(shape)
     assert actual.device.type == "cpu"
     assert actual.is_contiguous()
+    assert actual.data_ptr() % actual.element_size() == 0  # aligned, mapped or not
     assert tensor_bytes(actual) == data
 
 
@@ -183,9 +184,11 @@ def test_every_torch_dtype_comes_back_bit_exact_in_every_shape_and_view(
     c = small.commit(state, rng=False)
     assert c.stats.tensors == len(state)
     tree = small.checkout(c.id)
-    assert list(tree) == list(state)
+    mapped = small.checkout(c.id, mmap=True)  # raw chunks mapped from the pack, not copied
+    assert list(tree) == list(state) == list(mapped)
     for key, (shape, data) in expect.items():
         assert_tensor(tree[key], dtype, shape, data)
+        assert_tensor(mapped[key], dtype, shape, data)
 
 
 def test_dtype_table_covers_bfloat16_float8_complex_bool_and_unsigned() -> None:
@@ -237,8 +240,10 @@ def test_random_tensors_of_any_dtype_shape_and_view_round_trip_bit_exact(
         state[f"t{i}"] = value
         expect[f"t{i}"] = (value.dtype, tuple(value.shape), data)
     tree = round_trip(small, state)
+    mapped = small.checkout(mmap=True)
     for key, (dtype, shape, data) in expect.items():
         assert_tensor(tree[key], dtype, shape, data)
+        assert_tensor(mapped[key], dtype, shape, data)
 
 
 def _float_bits_tensor(dtype: torch.dtype, bits: list[int], repeat: int) -> torch.Tensor:

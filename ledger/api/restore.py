@@ -34,6 +34,7 @@ class Restoring(LedgerCore):
         rev: str = "HEAD",
         map_location: str | torch.device | None = "cpu",
         paths: list[str] | None = None,
+        mmap: bool = False,
     ) -> dict[Any, Any]:
         """Read a commit's state as a nested dict of tensors and plain values (moves nothing).
 
@@ -43,15 +44,24 @@ class Restoring(LedgerCore):
                 was saved when that device exists (else on the CPU).
             paths: read only these parts, e.g. ``["model"]`` or ``["optim/state"]``;
                 only their chunks are read.
+            mmap: CPU tensors whose chunks lie uncompressed and in order in one
+                pack are mapped from it copy-on-write instead of copied into new
+                memory (the rest is read as usual). Every byte is still hashed
+                before this returns; writes to the tensors stay private. The
+                bytes live in the page cache, so the kernel may drop clean pages
+                and read them from disk again later, unhashed: use the default
+                where a disk may rot under a long-lived process.
 
         Example:
             >>> weights = lg.checkout("best", paths=["model"])["model"]  # doctest: +SKIP
+            >>> frozen = lg.checkout("base", mmap=True)  # doctest: +SKIP
         """
         with self._lock:
             self._check_open()
             cid, manifest = self.manifest(rev)
             builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
             builder.pin = _to_cuda(map_location)
+            builder.mmap = mmap and not builder.pin
             builder.index(manifest.root, ())
             tree = builder.build(manifest.root, (), parse_paths(paths))
             builder.load()

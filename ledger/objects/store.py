@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import mmap
 import os
 import threading
 import time
@@ -203,6 +204,48 @@ class ObjectStore:
                     fd = os.open(self.packs_dir / f"{pack}.pack", os.O_RDONLY)
                     self._fds[pack] = fd
         return fd
+
+    def raw_run(self, oids: Sequence[bytes]) -> tuple[str, int] | None:
+        """Where objects ``oids`` lie back to back, uncompressed, in one pack: (pack, offset).
+
+        None when any is not stored here (yet), is encoded, or they are not
+        consecutive in one pack; the caller then reads them one by one.
+        """
+        found = [self._index.get(oid) for oid in oids]
+        if not found or found[0] is None:
+            return None
+        pack, first = found[0]
+        pos = first.offset
+        for located in found:
+            if located is None or located[0] != pack or located[1].codec != "raw":
+                return None
+            if located[1].offset != pos:
+                return None
+            pos += located[1].length
+        return pack, first.offset
+
+    def map_pack(self, name: str) -> mmap.mmap:
+        """Pack ``name`` mapped copy-on-write: writes to the mapping never reach the file.
+
+        The mapping keeps the pack's bytes (and disk space) alive after a gc
+        deletes the file, until the last buffer over it is released.
+
+        Raises:
+            FileNotFoundError: a concurrent gc removed the pack.
+        """
+        fd = os.open(self.packs_dir / f"{name}.pack", os.O_RDONLY)
+        try:
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+
+    def check(self, oid: bytes, data: memoryview, what: str, pack: str) -> None:
+        """Raise CorruptionError unless ``data`` hashes to ``oid`` (bytes read in place)."""
+        if hash_bytes(data) != oid:
+            raise CorruptionError(
+                f"object {oid.hex()[:12]} ({what}) in pack {pack[:12]} fails its hash check: "
+                "the stored bytes are damaged"
+            )
 
     def read_into(self, oid: bytes, out: memoryview, what: str) -> None:
         """Like :meth:`_read_into`, re-syncing once if the pack vanished under a concurrent gc."""

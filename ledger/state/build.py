@@ -11,8 +11,9 @@ anything stored, and it treats every manifest field as untrusted.
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable, Mapping, MutableMapping, MutableSequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,10 @@ class Builder:
         self.targets: set[int] = set()
         # Read into page-locked buffers when tensors will be copied on to a GPU.
         self.pin = False
+        # Map raw chunks of the packs instead of reading them (checkout(mmap=True)).
+        self.mmap = False
+        self.maps: dict[str, mmap.mmap] = {}
+        self.checks: list[tuple[bytes, memoryview, str, str]] = []
         self.devices: dict[int, str] = {}
 
     def index(self, node: Node, path: Path_) -> None:
@@ -109,7 +114,12 @@ class Builder:
         return f"{format_path(path)} in commit {self.commit}"
 
     def _buffer(
-        self, nbytes: int, chunks: list[str], path: Path_, into: torch.Tensor | None = None
+        self,
+        nbytes: int,
+        chunks: list[str],
+        path: Path_,
+        into: torch.Tensor | None = None,
+        align: int = 1,
     ) -> torch.Tensor:
         where = self._where(path)
         size = self.chunk_size
@@ -128,11 +138,41 @@ class Builder:
                     f"{where}: chunk {i} is {located[1].raw_length} bytes, expected {expect}"
                 )
             oids.append(oid)
+        if into is None and self.mmap and oids:
+            mapped = self._mapped(nbytes, oids, where, align)
+            if mapped is not None:
+                return mapped
         buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin) if into is None else into
         view = memoryview(buf.numpy())  # type: ignore[arg-type]
         for i, oid in enumerate(oids):
             self.reads.append((oid, view[i * size : (i + 1) * size], where))
         return buf
+
+    def _mapped(
+        self, nbytes: int, oids: list[bytes], where: str, align: int
+    ) -> torch.Tensor | None:
+        """The bytes of ``oids`` as a copy-on-write view of their pack, or None to read them.
+
+        Only where the chunks lie back to back, uncompressed, in one pack, at an
+        offset aligned for the dtype; their hashes are checked in :meth:`load`.
+        """
+        run = self.store.raw_run(oids)
+        if run is None or run[1] % align:
+            return None
+        pack, offset = run
+        mm = self.maps.get(pack)
+        if mm is None:
+            try:
+                mm = self.maps[pack] = self.store.map_pack(pack)
+            except (FileNotFoundError, ValueError, OSError):
+                return None  # gone under a concurrent gc, or not mappable: read it
+        if offset + nbytes > len(mm):
+            return None
+        view = memoryview(mm)[offset : offset + nbytes]
+        size = self.chunk_size
+        for i, oid in enumerate(oids):
+            self.checks.append((oid, view[i * size : (i + 1) * size], where, pack))
+        return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset)
 
     def tensor_into(self, node: TensorNode | AliasNode, live: torch.Tensor, path: Path_) -> bool:
         """Queue ``node``'s chunks to be read straight into ``live``'s memory, if it can take them.
@@ -173,7 +213,7 @@ class Builder:
             raise CorruptionError(
                 f"{self._where(path)}: shape {node.shape} of {node.dtype} is not {node.nbytes} bytes"
             )
-        buf = self._buffer(node.nbytes, node.chunks, path)
+        buf = self._buffer(node.nbytes, node.chunks, path, align=dtype.itemsize)
         t = (
             buf.view(dtype).reshape(node.shape)
             if node.nbytes
@@ -198,7 +238,7 @@ class Builder:
             raise CorruptionError(
                 f"{self._where(path)}: shape {node.shape} of {node.dtype} is not {node.nbytes} bytes"
             )
-        buf = self._buffer(node.nbytes, node.chunks, path)
+        buf = self._buffer(node.nbytes, node.chunks, path, align=dtype.itemsize)
         arr = buf.numpy().view(dtype).reshape(node.shape)
         return _Scalar(arr) if node.scalar else arr  # type: ignore[return-value]
 
@@ -243,7 +283,14 @@ class Builder:
     def load(self) -> None:
         """Read every queued chunk into its tensor, in parallel, hash-checked."""
         reads, self.reads = self.reads, []
-        self.store.read_many(reads, self.pool)
+        checks, self.checks = self.checks, []
+        futures = [self.pool.submit(self.store.check, *job) for job in checks]
+        try:
+            self.store.read_many(reads, self.pool)
+        finally:
+            wait(futures)  # no check left running over buffers the caller may drop
+        for f in futures:
+            f.result()
 
 
 class _Scalar:

@@ -1,0 +1,163 @@
+"""``checkout(mmap=True)``: tensors mapped copy-on-write from their packs, every byte hashed.
+
+What must hold:
+
+* the same values as the default checkout, for every dtype, odd sizes, tensors
+  of many chunks, tied tensors and numpy arrays; chunks that are compressed or
+  not back to back in one pack are read as usual;
+* mapped tensors really are views of the pack file (no copy), and writing to
+  them changes neither the pack nor a later checkout;
+* a damaged chunk fails the checkout, naming the tensor, as the default does;
+* a gc that deletes the pack leaves the mapped tensors intact.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ledger import Ledger
+from ledger.errors import CorruptionError
+
+CHUNK = 4096
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger.open(
+        tmp_path / "raw", create=True, fsync=False, chunk_size=CHUNK, compress=False
+    ) as lg:
+        yield lg
+
+
+def state(seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    tied = torch.randn(33, 17, generator=g)
+    return {
+        "model": {
+            "big": torch.randn(3 * CHUNK + 5, generator=g),  # four chunks, a ragged tail
+            "tied_a": tied,
+            "tied_b": tied,  # stored once, an alias
+            "f64": torch.randn(129, generator=g, dtype=torch.float64),
+            "bf16": torch.randn(1001, generator=g).to(torch.bfloat16),
+            "i8": torch.randint(-128, 127, (77,), generator=g, dtype=torch.int8),
+            "f64_after_odd": torch.randn(9, generator=g, dtype=torch.float64),  # misaligned
+            "bool": torch.rand(50, generator=g) > 0.5,
+            "c64": torch.randn(40, generator=g, dtype=torch.complex64),
+            "scalar": torch.tensor(3.5),
+            "empty": torch.zeros(0, 4),
+        },
+        "arr": np.arange(1000, dtype=np.int16),
+        "step": 7,
+    }
+
+
+def bits(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().contiguous().reshape(-1)
+        return (str(t.dtype), tuple(value.shape), t.view(torch.uint8).numpy().tobytes())
+    if isinstance(value, np.ndarray):
+        return (str(value.dtype), value.shape, value.tobytes())
+    if isinstance(value, dict):
+        return {k: bits(v) for k, v in value.items() if k != "__rng__"}
+    return value
+
+
+def pack_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``.pack`` files (Linux)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].endswith(".pack"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def mapped(t: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+    return any(lo <= t.data_ptr() < hi for lo, hi in ranges)
+
+
+def test_mapped_checkout_equals_the_default_for_every_kind_of_value(raw: Ledger) -> None:
+    c = raw.commit(state(), rng=False)
+    expected = bits(raw.checkout(c.id))
+    got = raw.checkout(c.id, mmap=True)
+    assert bits(got) == expected == bits(state())
+    model = got["model"]
+    assert model["tied_a"].data_ptr() == model["tied_b"].data_ptr()  # still one tensor
+    for name, t in model.items():  # f64_after_odd lies at an odd offset: copied, aligned
+        assert t.data_ptr() % t.element_size() == 0, name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_mapped_tensors_are_views_of_the_pack_and_writes_stay_private(raw: Ledger) -> None:
+    c = raw.commit(state(), rng=False)
+    (pack,) = (raw.root / "objects" / "packs").glob("*.pack")
+    on_disk = pack.read_bytes()
+    got = raw.checkout(c.id, mmap=True)
+    ranges = pack_mappings()
+    big = got["model"]["big"]
+    assert mapped(big, ranges)
+    assert not mapped(raw.checkout(c.id)["model"]["big"], ranges)  # the default copies
+    big.add_(1.0)  # copy-on-write: only this process's pages change
+    got["arr"][:] = 0
+    assert pack.read_bytes() == on_disk
+    assert bits(raw.checkout(c.id, mmap=True)) == bits(state())
+    assert raw.verify(full=True).ok
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_compressed_or_scattered_chunks_are_read_instead(tmp_path: Path) -> None:
+    with Ledger.open(
+        tmp_path / "z", create=True, fsync=False, chunk_size=CHUNK, compress=True
+    ) as lg:
+        s = {"zeros": torch.zeros(4 * CHUNK), "noise": torch.randn(4 * CHUNK)}
+        c = lg.commit(s, rng=False)
+        got = lg.checkout(c.id, mmap=True)
+        assert bits(got) == bits(s)
+        assert not mapped(got["zeros"], pack_mappings())  # zeros compress: decoded into memory
+    with Ledger.open(
+        tmp_path / "r", create=True, fsync=False, chunk_size=CHUNK, compress=False
+    ) as lg:
+        s = {"w": torch.randn(4 * CHUNK)}
+        lg.commit(s, rng=False)
+        s["w"][CHUNK : 2 * CHUNK] += 1  # one chunk in a new pack, three in the old one
+        c = lg.commit(s, rng=False)
+        got = lg.checkout(c.id, mmap=True)
+        assert bits(got) == bits(s)
+        assert not mapped(got["w"], pack_mappings())
+
+
+def test_a_damaged_chunk_fails_the_mapped_checkout_naming_the_tensor(raw: Ledger) -> None:
+    c = raw.commit(state(), rng=False)
+    node = raw.manifest(c.id)[1].root
+    model = node.values[node.keys.index("model")]
+    big = model.values[model.keys.index("big")]
+    found = raw.store.locate(bytes.fromhex(big.chunks[2]))
+    assert found is not None
+    path = raw.store.pack_path(found[0])
+    with open(path, "r+b") as f:
+        f.seek(found[1].offset + 100)
+        byte = f.read(1)
+        f.seek(found[1].offset + 100)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(CorruptionError, match=r"model.*big.*fails its hash check"):
+        raw.checkout(c.id, mmap=True)
+
+
+def test_mapped_tensors_outlive_a_gc_that_deletes_their_pack(raw: Ledger) -> None:
+    raw.commit({"keep": torch.ones(3)}, rng=False)
+    side = raw.commit(state(1), rng=False, branch="side")
+    packs = raw.root / "objects" / "packs"
+    before = set(packs.glob("*.pack"))
+    got = raw.checkout(side.id, mmap=True)
+    raw.delete_branch("side", force=True)
+    raw.gc(grace=0)
+    assert set(packs.glob("*.pack")) < before  # the side commit's pack is gone
+    assert bits(got) == bits(state(1))
