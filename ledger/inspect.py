@@ -206,6 +206,9 @@ def _tensor_diff(lg: Ledger, a_id: str, b_id: str) -> TensorDiff:
     unchanged = len(ta.keys() & tb.keys()) - len(changed_paths)
     builder_a = Builder(lg.store, lg.pool, a_id, ma.chunk_size)
     builder_b = Builder(lg.store, lg.pool, b_id, mb.chunk_size)
+    # Read-only comparison: map raw chunks from the packs (hashed all the same)
+    # instead of holding private copies of both sides' changed tensors.
+    builder_a.mmap = builder_b.mmap = True
     pairs: list[tuple[str, torch.Tensor | None, torch.Tensor | None, TensorNode | ArrayNode]] = []
     for p in sorted(changed_paths):
         na, nb = ta[p], tb[p]

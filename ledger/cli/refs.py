@@ -157,7 +157,7 @@ def checkout_command(rev: str, new_branch: str | None, out: Path | None, force: 
     if out is not None:
         exported = lg.get(rev)
         with progress(f"reading {short(exported.id)}"):
-            state = lg.checkout(exported.id)
+            state = lg.checkout(exported.id, mmap=True)  # only read, to be written out
         written = write_safetensors_dir(state, exported, out, force=force)
         files = ", ".join(written.files)
         confirm(written, f"wrote {short(exported.id)} to {out}: {files} and metadata.json")
