@@ -8,7 +8,8 @@ What must hold:
 * mapped tensors really are views of the pack file (no copy), and writing to
   them changes neither the pack nor a later checkout;
 * a damaged chunk fails the checkout, naming the tensor, as the default does;
-* a gc that deletes the pack leaves the mapped tensors intact.
+* a gc that deletes the pack, or repacks its live chunks elsewhere, leaves the
+  mapped tensors intact.
 """
 
 from __future__ import annotations
@@ -161,3 +162,20 @@ def test_mapped_tensors_outlive_a_gc_that_deletes_their_pack(raw: Ledger) -> Non
     raw.gc(grace=0)
     assert set(packs.glob("*.pack")) < before  # the side commit's pack is gone
     assert bits(got) == bits(state(1))
+
+
+def test_mapped_tensors_outlive_a_gc_that_repacks_their_pack(raw: Ledger) -> None:
+    """gc copies the live chunks of a mostly dead pack into a new one; old mappings stay valid."""
+    keep, drop = torch.randn(2 * CHUNK), torch.randn(64 * CHUNK)
+    side = raw.commit({"keep": keep, "drop": drop}, rng=False, branch="side")
+    packs = raw.root / "objects" / "packs"
+    (old,) = packs.glob("*.pack")
+    raw.commit({"keep": keep}, rng=False)  # main shares "keep"'s chunks with side
+    before = raw.checkout(side.id, mmap=True)
+    raw.delete_branch("side", force=True)
+    raw.gc(grace=0)
+    assert not old.exists()  # repacked: "keep" now lives in a new pack
+    after = raw.checkout("HEAD", mmap=True)
+    assert torch.equal(before["keep"], keep) and torch.equal(after["keep"], keep)
+    assert torch.equal(before["drop"], drop)  # its chunks are gone from every pack now
+    assert raw.verify(full=True).ok
