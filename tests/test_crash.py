@@ -33,6 +33,7 @@ import ledger.objects.store as store_mod
 from ledger import Ledger, LedgerError
 from ledger.errors import CorruptionError, DiskFullError, ObjectMissingError
 from ledger.history.eventlog import EventLog
+from ledger.objects import direct
 from ledger.objects.packs import read_pack_index
 
 CHUNK = 64 * 1024
@@ -367,10 +368,15 @@ FULL_DISK = {
 }
 
 
+@pytest.mark.parametrize("io", ["direct", "buffered"])
 @pytest.mark.parametrize("where", list(FULL_DISK))
 def test_full_disk_mid_commit_is_disk_full_error_and_moves_nothing(
-    durable_ledger: Ledger, monkeypatch: pytest.MonkeyPatch, where: str
+    durable_ledger: Ledger, monkeypatch: pytest.MonkeyPatch, where: str, io: str
 ) -> None:
+    if io == "buffered":  # packs through the page cache (no O_DIRECT, or LEDGER_DIRECT_IO=0)
+        monkeypatch.setenv("LEDGER_DIRECT_IO", "0")
+    else:  # 64 KiB per direct write, so a budget can run out part-way through a pack
+        monkeypatch.setattr(direct, "BUFFER", 64 << 10)
     lg = durable_ledger
     root = lg.root
     first = lg.commit(state(1, n=200_000), rng=False)

@@ -22,6 +22,7 @@ from typing import BinaryIO, Protocol
 import xxhash
 
 from ledger.errors import CorruptionError, ObjectMissingError
+from ledger.objects import direct
 from ledger.objects.codecs import MIN_SAVING, decoder, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
 from ledger.objects.hashing import hash_bytes
@@ -81,6 +82,7 @@ class ObjectStore:
         self.recent: dict[bytes, bytes] = {}
         self._flusher: ThreadPoolExecutor | None = None
         self.rates = Rates()
+        self.buffers = direct.Buffers()  # aligned buffers of packs written with O_DIRECT
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
@@ -411,12 +413,13 @@ class PackWriter:
         self.window = 2 * max(1, pool._max_workers) + 2 if pool is not None else 1
         self._entries: list[IndexEntry] = []
         self._pending: set[bytes] = set()
-        self._fh: BinaryIO | None = None
+        self._fh: BinaryIO | direct.DirectFile | None = None
         self._tmp: Path | None = None
         self._pos = 0
         self._done: list[str] = []
         self._unflushed = 0
         self._flush_future: Future[None] | None = None
+        self._direct = False
 
     def _prepare_chunk(self, data: memoryview, itemsize: int | None) -> _Prepared:
         # Cheap pre-check: a chunk whose xxh3-128 (and length) this process saw
@@ -476,8 +479,17 @@ class PackWriter:
 
     def _open(self) -> None:
         self._tmp = temp_path(self.store.tmp_dir, ".pack")
+        self._direct = False
         with disk_errors("a pack"):
-            self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in _seal/abort
+            if self.store.fsync and direct.enabled():
+                # A durable pack goes around the page cache (see ledger.objects.direct).
+                with contextlib.suppress(OSError):  # refused here (EINVAL): plain writes
+                    raw = open(self._tmp, "wb", buffering=0, opener=direct.direct_opener)  # noqa: SIM115
+                    self._fh = direct.DirectFile(raw, self.store.flusher(), self.store.buffers)
+                    self._direct = True
+            if not self._direct:
+                self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in _seal/abort
+            assert self._fh is not None
             self._fh.write(HEADER.pack(PACK_MAGIC, PACK_VERSION))
         self._pos = HEADER.size
 
@@ -489,6 +501,8 @@ class PackWriter:
         one fsync does).
         """
         self._unflushed += n
+        if self._direct:
+            return  # direct writes reach the disk as they go
         if not self.store.fsync or self._unflushed < FLUSH_BYTES or self._fh is None:
             return
         if self._flush_future is not None and not self._flush_future.done():
