@@ -483,9 +483,15 @@ class PackWriter:
         with disk_errors("a pack"):
             if self.store.fsync and direct.enabled():
                 # A durable pack goes around the page cache (see ledger.objects.direct).
+                raw = None
                 with contextlib.suppress(OSError):  # refused here (EINVAL): plain writes
                     raw = open(self._tmp, "wb", buffering=0, opener=direct.direct_opener)  # noqa: SIM115
-                    self._fh = direct.DirectFile(raw, self.store.flusher(), self.store.buffers)
+                if raw is not None:
+                    try:
+                        self._fh = direct.DirectFile(raw, self.store.flusher(), self.store.buffers)
+                    except BaseException:
+                        raw.close()
+                        raise
                     self._direct = True
             if not self._direct:
                 self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in _seal/abort
