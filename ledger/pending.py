@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from ledger.history.records import Commit
+from ledger.threads import block_signals
 
 # How much nicer (Linux, per thread) background commit threads are than the caller.
 BACKGROUND_NICE = 10
@@ -38,6 +39,7 @@ def lower_priority() -> None:
     Example:
         >>> ThreadPoolExecutor(2, initializer=lower_priority)  # doctest: +SKIP
     """
+    block_signals()  # and leave SIGTERM/SIGINT to the main thread (ledger.threads)
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):

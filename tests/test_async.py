@@ -149,3 +149,36 @@ def test_snapshot_buffers_are_reused_only_after_the_commit_that_used_them(lg: Le
         assert torch.equal(lg.checkout(handle.result().id)["w"], want)
     staged = lg._staging.take(w.numel() * 4)
     assert staged is not None and torch.equal(staged.view(torch.float32), wanted[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc/self/task (Linux)")
+def test_ledger_threads_leave_sigterm_and_sigint_to_the_main_thread(ledger_dir: Path) -> None:
+    """A signal handed to an idle worker would not wake a main thread asleep in C (see threads.py)."""
+    with Ledger.open(ledger_dir, create=True, fsync=True) as lg:
+        big = 3 << 20  # 12 MiB: more than one O_DIRECT buffer, so the flush thread starts
+        lg.commit({"w": torch.randn(big)}, rng=False)
+        lg.commit({"w": torch.randn(big)}, rng=False, blocking=False).result()
+        lg.checkout()
+        blocked = {
+            t.name: int(
+                next(
+                    line.split()[1]
+                    for line in Path(f"/proc/self/task/{t.native_id}/status")
+                    .read_text()
+                    .splitlines()
+                    if line.startswith("SigBlk:")
+                ),
+                16,
+            )
+            for t in threading.enumerate()
+        }
+    term, intr = 1 << (signal.SIGTERM - 1), 1 << (signal.SIGINT - 1)
+    workers = {name: mask for name, mask in blocked.items() if name.startswith("ledger")}
+    assert {name.rstrip("_0123456789") for name in workers} >= {
+        "ledger",
+        "ledger-bg",
+        "ledger-commit",
+        "ledger-flush",
+    }
+    assert all(mask & term and mask & intr for mask in workers.values()), workers
+    assert not blocked[threading.main_thread().name] & term  # the main thread still takes them

@@ -82,6 +82,7 @@ from ledger.pending import CommitHandle, Pending, lower_priority
 from ledger.state.flatten import Flattener, Staging
 from ledger.state.rng import capture_rng
 from ledger.state.unchanged import UnchangedTensors
+from ledger.threads import block_signals
 
 L = TypeVar("L", bound="LedgerCore")
 
@@ -261,7 +262,9 @@ class LedgerCore:
     def pool(self) -> ThreadPoolExecutor:
         """The worker threads shared by commits and reads."""
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger")
+            self._pool = ThreadPoolExecutor(
+                self._workers, thread_name_prefix="ledger", initializer=block_signals
+            )
         return self._pool
 
     @property

@@ -35,6 +35,7 @@ from ledger.objects.packs import (
     pread_exact,
     read_pack_index,
 )
+from ledger.threads import block_signals
 
 DEFAULT_MAX_PACK_BYTES = 1 << 30
 # What compress="auto" asks an encoding to save before it has measured this machine.
@@ -330,7 +331,9 @@ class ObjectStore:
         """The one thread that runs background fdatasync calls for pack writers."""
         with self._lock:
             if self._flusher is None:
-                self._flusher = ThreadPoolExecutor(1, thread_name_prefix="ledger-flush")
+                self._flusher = ThreadPoolExecutor(
+                    1, thread_name_prefix="ledger-flush", initializer=block_signals
+                )
             return self._flusher
 
     def close(self) -> None:
