@@ -35,6 +35,7 @@ from ledger.remotes.layout import (
     object_map,
     pack_key,
 )
+from ledger.threads import block_signals
 
 #: Data packs are sealed at this size (docs/remotes.md, "Pack size", benchmarks/push.py).
 PACK_TARGET = 64 << 20
@@ -193,7 +194,9 @@ def download(
     writer = store.writer(None, compress=False)
     stored = received = 0
     try:
-        with ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="ledger-fetch") as pool:
+        with ThreadPoolExecutor(
+            DOWNLOAD_THREADS, thread_name_prefix="ledger-fetch", initializer=block_signals
+        ) as pool:
             window: collections.deque[Future[list[tuple[IndexEntry, bytes]]]] = collections.deque()
             pending = iter(jobs)
             for pack, span in pending:
