@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from ledger import Ledger
 from ledger.objects import direct
 
 pytestmark = pytest.mark.skipif(not direct.O_DIRECT, reason="O_DIRECT is Linux-only")
+fcntl = pytest.importorskip("fcntl")
 
 SMALL = 4 * direct.BLOCK  # per-buffer size in these tests: many buffers per file
 
