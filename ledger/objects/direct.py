@@ -22,6 +22,7 @@ open, or on a write), the file falls back to plain writes;
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import mmap
 import os
@@ -64,7 +65,8 @@ class Buffers:
                 buf = self._free.pop()
                 if len(buf) == BUFFER:
                     return buf
-                buf.close()  # from before BUFFER changed (tests shrink it)
+                with contextlib.suppress(BufferError):  # a view still alive: let gc free it
+                    buf.close()  # from before BUFFER changed (tests shrink it)
         return mmap.mmap(-1, BUFFER)
 
     def give(self, buf: mmap.mmap) -> None:
@@ -72,7 +74,8 @@ class Buffers:
             if len(self._free) < DEPTH:
                 self._free.append(buf)
                 return
-        buf.close()
+        with contextlib.suppress(BufferError):
+            buf.close()
 
 
 class DirectFile:
