@@ -43,6 +43,7 @@ from ledger import Ledger, LedgerError
 from ledger.errors import CommitExpiredError, PolicyError, RefNameError, RevisionNotFoundError
 from ledger.history.records import Commit, Expire
 from ledger.history.tree import chunk_ids
+from ledger.objects import direct
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
 
 gs = load_script("gc_state")
@@ -522,11 +523,14 @@ class LedgerLife(RuleBasedStateMachine):
     manifests and commit records that reachable, kept commits need.
     """
 
+    FSYNC = False  # DurableLedgerLife: durable packs (O_DIRECT on Linux)
+    MMAP = False  # DurableLedgerLife: read kept commits through checkout(mmap=True)
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="ledger-life-"))
         self.root = self.tmp / "ckpt"
-        self.lg = Ledger.open(self.root, create=True, fsync=False, chunk_size=4096)
+        self.lg = Ledger.open(self.root, create=True, fsync=self.FSYNC, chunk_size=4096)
         self.commits: dict[str, ModelCommit] = {}
         self.order: list[str] = []
         self.branches: dict[str, str] = {}
@@ -716,12 +720,12 @@ class LedgerLife(RuleBasedStateMachine):
                 self.lg.checkout(cid)
             assert self.lg.get(cid).step == self.commits[cid].step  # history remains
         else:
-            assert same_state(self.lg.checkout(cid), self.commits[cid].state)
+            assert same_state(self.lg.checkout(cid, mmap=self.MMAP), self.commits[cid].state)
 
     @rule()
     def reopen(self) -> None:
         self.lg.close()
-        self.lg = Ledger.open(self.root, fsync=False)
+        self.lg = Ledger.open(self.root, fsync=self.FSYNC)
         assert self.lg.retention() == self.wide
 
     # -- after every step --------------------------------------------------------------
@@ -738,7 +742,8 @@ class LedgerLife(RuleBasedStateMachine):
                 with pytest.raises(CommitExpiredError):
                     self.lg.checkout(cid)
             else:
-                assert same_state(self.lg.checkout(cid), self.commits[cid].state), cid[:12]
+                got = self.lg.checkout(cid, mmap=self.MMAP)
+                assert same_state(got, self.commits[cid].state), cid[:12]
 
 
 def all_objects(lg: Ledger) -> set[bytes]:
@@ -762,3 +767,34 @@ LedgerLife.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_ledger_life = LedgerLife.TestCase
+
+
+class DurableLedgerLife(LedgerLife):
+    """The same life with fsync on (packs written with O_DIRECT) and mapped checkouts.
+
+    One 4 KiB block per direct write, so even these small packs take the aligned
+    path, not only the plain tail.
+    """
+
+    FSYNC = True
+    MMAP = True
+
+    def __init__(self) -> None:
+        self.saved_buffer = direct.BUFFER
+        direct.BUFFER = direct.BLOCK
+        super().__init__()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            direct.BUFFER = self.saved_buffer
+
+
+DurableLedgerLife.TestCase.settings = settings(
+    max_examples=100 if _SLOW else 12,
+    stateful_step_count=60 if _SLOW else 30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_durable_ledger_life = DurableLedgerLife.TestCase
