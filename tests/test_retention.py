@@ -760,12 +760,19 @@ def snapshot_files(root: Path) -> dict[str, bytes]:
 
 
 _SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"
-LedgerLife.TestCase.settings = settings(
-    max_examples=300 if _SLOW else 60,
-    stateful_step_count=60 if _SLOW else 40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+
+
+def life_settings(examples: int, steps: int, slow_examples: int) -> settings:
+    """Settings of a ledger-life machine (more under ``HYPOTHESIS_PROFILE=slow``)."""
+    return settings(
+        max_examples=slow_examples if _SLOW else examples,
+        stateful_step_count=60 if _SLOW else steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+LedgerLife.TestCase.settings = life_settings(60, 40, slow_examples=300)
 test_ledger_life = LedgerLife.TestCase
 
 
@@ -791,10 +798,5 @@ class DurableLedgerLife(LedgerLife):
             direct.BUFFER = self.saved_buffer
 
 
-DurableLedgerLife.TestCase.settings = settings(
-    max_examples=100 if _SLOW else 12,
-    stateful_step_count=60 if _SLOW else 30,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+DurableLedgerLife.TestCase.settings = life_settings(12, 30, slow_examples=100)
 test_durable_ledger_life = DurableLedgerLife.TestCase
