@@ -208,25 +208,6 @@ class ObjectStore:
                     self._fds[pack] = fd
         return fd
 
-    def raw_run(self, oids: Sequence[bytes]) -> tuple[str, int] | None:
-        """Where objects ``oids`` lie back to back, uncompressed, in one pack: (pack, offset).
-
-        None when any is not stored here (yet), is encoded, or they are not
-        consecutive in one pack; the caller then reads them one by one.
-        """
-        found = [self._index.get(oid) for oid in oids]
-        if not found or found[0] is None:
-            return None
-        pack, first = found[0]
-        pos = first.offset
-        for located in found:
-            if located is None or located[0] != pack or located[1].codec != "raw":
-                return None
-            if located[1].offset != pos:
-                return None
-            pos += located[1].length
-        return pack, first.offset
-
     def map_pack(self, name: str) -> mmap.mmap:
         """Pack ``name`` mapped copy-on-write: writes to the mapping never reach the file.
 
@@ -285,8 +266,7 @@ class ObjectStore:
                 decoder(entry.codec).decode_into(memoryview(blob), out)
             except CorruptionError as e:
                 raise CorruptionError(f"{label} cannot be decoded: {e}") from e
-        if hash_bytes(out) != oid:
-            raise CorruptionError(f"{label} fails its hash check: the stored bytes are damaged")
+        self.check(oid, out, what, pack)
 
     def read(self, oid: bytes, what: str) -> bytes:
         """The raw bytes of object ``oid``, hash-checked."""
@@ -395,6 +375,30 @@ class WriteStats:
 
 
 _Prepared = tuple[bytes, str | None, "bytes | memoryview | None"]
+
+
+def raw_run(found: Sequence[Located | None]) -> tuple[str, int] | None:
+    """Where located objects lie back to back, uncompressed, in one pack: (pack, offset).
+
+    None when any is not stored here (yet), is encoded, or they are not
+    consecutive in one pack; the caller then reads them one by one.
+
+    Example:
+        >>> raw_run([("p", IndexEntry(b"a" * 32, "chunk", "raw", 8, 4, 4)),
+        ...          ("p", IndexEntry(b"b" * 32, "chunk", "raw", 12, 4, 4))])
+        ('p', 8)
+    """
+    if not found or found[0] is None:
+        return None
+    pack, first = found[0]
+    pos = first.offset
+    for located in found:
+        if located is None or located[0] != pack or located[1].codec != "raw":
+            return None
+        if located[1].offset != pos:
+            return None
+        pos += located[1].length
+    return pack, first.offset
 
 
 class PackWriter:

@@ -34,7 +34,7 @@ from ledger.history.records import (
     TupleNode,
     ValueNode,
 )
-from ledger.objects.store import ObjectStore
+from ledger.objects.store import Located, ObjectStore, raw_run
 from ledger.state.dtypes import as_bits, numpy_dtype, torch_dtype
 from ledger.state.flatten import format_path
 
@@ -126,6 +126,7 @@ class Builder:
         if nbytes < 0 or len(chunks) != math.ceil(nbytes / size):
             raise CorruptionError(f"{where}: {len(chunks)} chunks do not cover {nbytes} bytes")
         oids = []
+        found: list[Located | None] = []
         for i, cid in enumerate(chunks):
             try:
                 oid = bytes.fromhex(cid)
@@ -138,25 +139,34 @@ class Builder:
                     f"{where}: chunk {i} is {located[1].raw_length} bytes, expected {expect}"
                 )
             oids.append(oid)
-        if into is None and self.mmap and oids:
-            mapped = self._mapped(nbytes, oids, where, align)
-            if mapped is not None:
-                return mapped
-        buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin) if into is None else into
+            found.append(located)
+        mapped = self._mapped(nbytes, found, align) if into is None and self.mmap else None
+        if mapped is not None:
+            buf, pack = mapped
+        else:
+            buf = (
+                into
+                if into is not None
+                else torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            )
         view = memoryview(buf.numpy())  # type: ignore[arg-type]
         for i, oid in enumerate(oids):
-            self.reads.append((oid, view[i * size : (i + 1) * size], where))
+            chunk = view[i * size : (i + 1) * size]
+            if mapped is not None:
+                self.checks.append((oid, chunk, where, pack))  # in place: only hashed
+            else:
+                self.reads.append((oid, chunk, where))
         return buf
 
     def _mapped(
-        self, nbytes: int, oids: list[bytes], where: str, align: int
-    ) -> torch.Tensor | None:
-        """The bytes of ``oids`` as a copy-on-write view of their pack, or None to read them.
+        self, nbytes: int, found: list[Located | None], align: int
+    ) -> tuple[torch.Tensor, str] | None:
+        """The chunks' bytes as a copy-on-write view of their pack (and its name), or None.
 
         Only where the chunks lie back to back, uncompressed, in one pack, at an
         offset aligned for the dtype; their hashes are checked in :meth:`load`.
         """
-        run = self.store.raw_run(oids)
+        run = raw_run(found)
         if run is None or run[1] % align:
             return None
         pack, offset = run
@@ -168,11 +178,7 @@ class Builder:
                 return None  # gone under a concurrent gc, or not mappable: read it
         if offset + nbytes > len(mm):
             return None
-        view = memoryview(mm)[offset : offset + nbytes]
-        size = self.chunk_size
-        for i, oid in enumerate(oids):
-            self.checks.append((oid, view[i * size : (i + 1) * size], where, pack))
-        return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset)
+        return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset), pack
 
     def tensor_into(self, node: TensorNode | AliasNode, live: torch.Tensor, path: Path_) -> bool:
         """Queue ``node``'s chunks to be read straight into ``live``'s memory, if it can take them.
