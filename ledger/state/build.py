@@ -548,17 +548,10 @@ class Restorer:
         Without this, a mismatch surfaces as torch's ValueError while other live
         objects have already been loaded.
         """
-        groups = None
-        if isinstance(node, DictNode) and "param_groups" in node.keys:
-            groups = node.values[node.keys.index("param_groups")]
-        if not isinstance(groups, ListNode):
+        groups = _stored_params(node)
+        if groups is None:
             return
-        stored: list[int | None] = []
-        for group in groups.items:
-            params = None
-            if isinstance(group, DictNode) and "params" in group.keys:
-                params = group.values[group.keys.index("params")]
-            stored.append(len(params.items) if isinstance(params, ListNode) else None)
+        stored = [len(params.items) if params is not None else None for params in groups]
         have = [len(g["params"]) for g in live.param_groups]
         if stored != have:
             self._mismatch(
@@ -587,20 +580,13 @@ class Restorer:
             or not isinstance(node, DictNode)
         ):
             return
-        fields = dict(zip(node.keys, node.values, strict=True))
-        state, groups = fields.get("state"), fields.get("param_groups")
-        if not isinstance(state, DictNode) or not isinstance(groups, ListNode):
+        state = _field(node, "state")
+        groups = _stored_params(node)
+        if not isinstance(state, DictNode) or groups is None:
             return
         saved_ids: list[Any] = []
-        for group in groups.items:
-            params = (
-                group.values[group.keys.index("params")]
-                if isinstance(group, DictNode) and "params" in group.keys
-                else None
-            )
-            if not isinstance(params, ListNode) or not all(
-                isinstance(v, ValueNode) for v in params.items
-            ):
+        for params in groups:
+            if params is None or not all(isinstance(v, ValueNode) for v in params.items):
                 return
             saved_ids += [v.value for v in params.items if isinstance(v, ValueNode)]
         live_params = [p for g in live.param_groups for p in g["params"]]
@@ -663,6 +649,22 @@ class Restorer:
         """Run every planned change (after :meth:`Builder.load`)."""
         for act in self.actions:
             act()
+
+
+def _field(node: Node, key: str) -> Node | None:
+    """The child ``key`` of a dict node, or None."""
+    if isinstance(node, DictNode) and key in node.keys:
+        return node.values[node.keys.index(key)]
+    return None
+
+
+def _stored_params(optimizer_state: Node) -> list[ListNode | None] | None:
+    """Each stored parameter group's ``params`` list (None where malformed), or None."""
+    groups = _field(optimizer_state, "param_groups")
+    if not isinstance(groups, ListNode):
+        return None
+    params = [_field(group, "params") for group in groups.items]
+    return [p if isinstance(p, ListNode) else None for p in params]
 
 
 _CUSTOM_LOAD_OK = (torch.nn.modules.batchnorm._NormBase,)
