@@ -30,6 +30,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no O_DIRECT either
+    fcntl = None  # type: ignore[assignment]
+
 BLOCK = 4096
 """Alignment of every direct write (buffer address, length and file offset)."""
 
@@ -154,14 +159,10 @@ class DirectFile:
                 self._plain()  # a short write left the offset unaligned
 
     def _direct(self) -> bool:
-        import fcntl
-
-        return bool(fcntl.fcntl(self.fileno(), fcntl.F_GETFL) & O_DIRECT)
+        return fcntl is not None and bool(fcntl.fcntl(self.fileno(), fcntl.F_GETFL) & O_DIRECT)
 
     def _plain(self) -> None:
-        if O_DIRECT:
-            import fcntl
-
+        if fcntl is not None and O_DIRECT:
             flags = fcntl.fcntl(self.fileno(), fcntl.F_GETFL)
             fcntl.fcntl(self.fileno(), fcntl.F_SETFL, flags & ~O_DIRECT)
 
