@@ -2,17 +2,23 @@
 
 ``SCRIPTS`` is the folder of the child-process scripts; :func:`load_script`
 imports one of them by path, for the helpers the tests share with it;
-:func:`start` and :func:`finish` run one as a child process.
+:func:`start` and :func:`finish` run one as a child process; :func:`bits` is a
+comparable image of a state, for bit-exact comparisons.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import struct
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
@@ -50,3 +56,24 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
+
+
+def bits(value: Any) -> Any:
+    """A comparable image of a state: tensors and arrays as (dtype, shape, bytes), floats as bytes."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return (
+            "tensor",
+            str(t.dtype),
+            tuple(t.shape),
+            t.reshape(-1).view(torch.uint8).numpy().tobytes(),
+        )
+    if isinstance(value, np.ndarray):
+        return ("array", str(value.dtype), value.shape, value.tobytes())
+    if isinstance(value, float):
+        return ("float", struct.pack("<d", value))
+    if isinstance(value, dict):
+        return {k: bits(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [bits(v) for v in value])
+    return value

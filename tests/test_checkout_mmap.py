@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import bits
 
 from ledger import Ledger
 from ledger.errors import CorruptionError
@@ -57,17 +58,6 @@ def state(seed: int = 0) -> dict[str, Any]:
         "arr": np.arange(1000, dtype=np.int16),
         "step": 7,
     }
-
-
-def bits(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        t = value.detach().contiguous().reshape(-1)
-        return (str(t.dtype), tuple(value.shape), t.view(torch.uint8).numpy().tobytes())
-    if isinstance(value, np.ndarray):
-        return (str(value.dtype), value.shape, value.tobytes())
-    if isinstance(value, dict):
-        return {k: bits(v) for k, v in value.items() if k != "__rng__"}
-    return value
 
 
 def pack_mappings() -> list[tuple[int, int]]:

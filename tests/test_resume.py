@@ -11,7 +11,6 @@ shows the comparison is sensitive enough to catch a broken resume.
 from __future__ import annotations
 
 import random
-import struct
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, bits, load_script
 
 from ledger import Ledger
 from ledger.state.rng import RNG_KEY
@@ -35,25 +34,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def bits(value: Any) -> Any:
-    """A comparable image of a state: tensors as (dtype, shape, bytes), floats as bytes."""
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        return (
-            "tensor",
-            str(t.dtype),
-            tuple(t.shape),
-            t.reshape(-1).view(torch.uint8).numpy().tobytes(),
-        )
-    if isinstance(value, float):
-        return ("float", struct.pack("<d", value))
-    if isinstance(value, dict):
-        return {k: bits(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return (type(value).__name__, [bits(v) for v in value])
-    return value
 
 
 def live_image(trainer: Any) -> dict[str, Any]:
