@@ -24,7 +24,6 @@ import torch
 
 from ledger import Ledger
 from ledger.errors import EmptyLedgerError, LedgerError, UnsupportedValueError
-from ledger.history.refs import BRANCH_PREFIX
 from ledger.retention import KeepBest, KeepLast
 
 LedgerLike = str | os.PathLike[str] | Ledger
@@ -108,16 +107,12 @@ def resolve_resume(lg: Ledger, rev: str) -> str | None:
 def move_branch(lg: Ledger, name: str, commit_id: str, reason: str) -> None:
     """Point branch ``name`` at ``commit_id`` (creating it), as one compare-and-swap ref move.
 
-    ``Ledger`` has no public "move a branch" yet; this is the same ref update a
-    commit makes, through the ledger's ref store.
-
     Raises:
         RefConflictError: another writer moved the branch meanwhile.
     """
-    lg.resolve(commit_id)  # waits for a pending commit and checks the id exists
-    old = lg.branches().get(name)
+    old = lg.branches().get(name)  # waits for a pending commit first
     if old != commit_id:
-        lg.refs.update({BRANCH_PREFIX + name: (old, commit_id)}, reason)
+        lg.move_branch(name, commit_id, expected=old, reason=reason)
 
 
 def better(value: float, best: float | None, mode: str) -> bool:

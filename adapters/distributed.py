@@ -34,12 +34,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from ledger import Commit, Ledger
+from ledger import Commit, Ledger, Part, Stage
 from ledger.errors import StateMismatchError
-from ledger.history.records import CommitStats, DictNode, ListNode, Node, ValueNode
+from ledger.history.records import DictNode, ListNode, ValueNode
 from ledger.state.rng import capture_rng, restore_rng
 
-from . import _plumbing
 from ._common import (
     AdapterError,
     DistributedCommitError,
@@ -163,12 +162,12 @@ def commit(
     """
     ch = Channel(timeout)
     lg = _open_shared(ledger, ch)
-    with lg.gc_lock.hold(shared=True):  # from the first dedup decision until the ref moved
+    with lg.stage() as stage:  # from the first dedup decision until rank 0 moved the ref
         error: BaseException | None = None
         try:
-            shard = {"state": expand(state), "rng": capture_rng()}
-            node, stats = _plumbing.write_subtree(lg, shard, ch.rank + 1)
-            report = _OK + _plumbing.encode_node(node) + b"\0" + _encode_stats(stats)
+            shard = stage.write(expand(state))
+            rng = stage.write(capture_rng())
+            report = _OK + _pair(shard.encode(), rng.encode())
         except Exception as e:  # reported to every rank, re-raised here below
             error = e
             report = _FAILED + f"{type(e).__name__}: {e}".encode()
@@ -176,9 +175,9 @@ def commit(
         outcome = None
         if parts is not None:
             outcome = _commit_on_rank0(
-                lg,
+                stage,
                 parts,
-                summary_state=state,
+                summary=state,
                 step=step,
                 epoch=epoch,
                 metrics=metrics,
@@ -191,7 +190,7 @@ def commit(
         raise error
     if result.startswith(_FAILED):
         raise DistributedCommitError(result[1:].decode())
-    lg.store.sync()
+    lg.refresh()
     return lg.get(result[1:].decode())
 
 
@@ -205,47 +204,37 @@ def _open_shared(ledger: LedgerLike, ch: Channel) -> Ledger:
     return lg if ch.rank == 0 else Ledger.open(ledger)
 
 
-def _commit_on_rank0(lg: Ledger, parts: list[bytes], **meta: Any) -> bytes:
-    failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(parts) if p[:1] != _OK]
+def _commit_on_rank0(stage: Stage, reports: list[bytes], **meta: Any) -> bytes:
+    failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(reports) if p[:1] != _OK]
     if failed:
         return _FAILED + ("no commit was made; " + "; ".join(failed)).encode()
     try:
-        nodes: list[Node] = []
-        stats = CommitStats()
-        for part in parts:
-            encoded, _, encoded_stats = part[1:].rpartition(b"\0")
-            nodes.append(_plumbing.decode_node(encoded))
-            stats = _plumbing.add_stats(stats, _decode_stats(encoded_stats))
-        root = DictNode(
-            keys=["world_size", "ranks"], values=[ValueNode(len(parts)), ListNode(nodes)]
-        )
-        made = _plumbing.write_commit(
-            lg,
-            root,
-            summary_state=meta["summary_state"],
-            stats=stats,
-            message=meta["message"],
+        ranks = []
+        for report in reports:
+            shard, rng = _unpair(report[1:])
+            ranks.append({"state": Part.decode(shard), "rng": Part.decode(rng)})
+        made = stage.commit(
+            {"world_size": len(ranks), "ranks": ranks},
+            meta["message"],
             step=meta["step"],
             epoch=meta["epoch"],
             metrics=metric_floats(meta["metrics"] or {}),
             params=plain_params(meta["params"] or {}),
             branch=meta["branch"],
+            summary=meta["summary"],
         )
     except Exception as e:
         return _FAILED + f"rank 0 could not write the commit: {type(e).__name__}: {e}".encode()
     return _OK + made.id.encode()
 
 
-def _encode_stats(stats: CommitStats) -> bytes:
-    fields = (stats.logical_bytes, stats.bytes_written, stats.chunks_total, stats.chunks_written)
-    return ",".join(map(str, (*fields, stats.tensors))).encode()
+def _pair(a: bytes, b: bytes) -> bytes:
+    return len(a).to_bytes(8, "little") + a + b
 
 
-def _decode_stats(data: bytes) -> CommitStats:
-    a, b, c, d, e = (int(x) for x in data.decode().split(","))
-    return CommitStats(
-        logical_bytes=a, bytes_written=b, chunks_total=c, chunks_written=d, tensors=e
-    )
+def _unpair(data: bytes) -> tuple[bytes, bytes]:
+    n = int.from_bytes(data[:8], "little")
+    return data[8 : 8 + n], data[8 + n :]
 
 
 def expand(value: Any) -> Any:
@@ -322,7 +311,7 @@ def restore(
     cid = ch.broadcast(chosen.encode() if chosen else b"", "learning the revision from rank 0")
     if not cid:
         return None
-    lg.store.sync()
+    lg.refresh()
     commit_id = cid.decode()
     root = lg.manifest(commit_id)[1].root
     stored_world = _world_size(root, commit_id)

@@ -4,9 +4,9 @@ Example:
     >>> from ledger import Ledger, LedgerError
 """
 
-from ledger.api import Ledger
+from ledger.api import Ledger, Part, Stage
 from ledger.errors import LedgerError
 from ledger.history.records import Commit
 
-__all__ = ["Commit", "Ledger", "LedgerError"]
+__all__ = ["Commit", "Ledger", "LedgerError", "Part", "Stage"]
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ operations, maintenance, reports and remotes, each in its own module of this pac
 
 from __future__ import annotations
 
+from ledger.api.commit import Committing
 from ledger.api.core import LedgerCore
 from ledger.api.inputs import CONFIG_FILE, DEFAULT_CHUNK_SIZE
 from ledger.api.maintain import Maintenance
@@ -13,12 +14,21 @@ from ledger.api.refs import RefOps
 from ledger.api.remotes import RemoteOps
 from ledger.api.reports import Reports
 from ledger.api.restore import Restoring
+from ledger.api.staging import Part, Stage
 from ledger.pending import CommitHandle
 
-__all__ = ["CONFIG_FILE", "DEFAULT_CHUNK_SIZE", "CommitHandle", "Ledger", "LedgerCore"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_CHUNK_SIZE",
+    "CommitHandle",
+    "Ledger",
+    "LedgerCore",
+    "Part",
+    "Stage",
+]
 
 
-class Ledger(Restoring, RefOps, Maintenance, Reports, RemoteOps, LedgerCore):
+class Ledger(Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, LedgerCore):
     """A ledger directory: commits of training state, branches, tags and HEAD.
 
     Example:

@@ -17,13 +17,11 @@ import contextlib
 import os
 import shutil
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -31,13 +29,8 @@ from ledger import metadata
 from ledger.api.inputs import (
     CONFIG_FILE,
     DEFAULT_CHUNK_SIZE,
-    _clean_metrics,
-    _clean_params,
     _default_budget,
-    _done,
-    _Draft,
     _interrupted_init,
-    _opt_int,
     _read_config,
     _refuse_newer,
 )
@@ -45,7 +38,6 @@ from ledger.errors import (
     ClosedLedgerError,
     CommitExpiredError,
     CorruptionError,
-    DetachedHeadError,
     EmptyLedgerError,
     FormatVersionError,
     NotALedgerError,
@@ -58,12 +50,10 @@ from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
     CommitRecord,
-    CommitStats,
     LedgerConfig,
     Manifest,
     commit_decoder,
     manifest_decoder,
-    msgpack_encoder,
     utcnow,
 )
 from ledger.history.refs import (
@@ -71,16 +61,13 @@ from ledger.history.refs import (
     TAG_PREFIX,
     GcLock,
     RefStore,
-    check_ref_name,
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
 from ledger.objects.durable import atomic_write, fsync_dir
-from ledger.objects.hashing import hash_bytes
-from ledger.objects.store import ObjectStore, PackWriter
-from ledger.pending import CommitHandle, Pending, lower_priority
-from ledger.state.flatten import Flattener, Staging
-from ledger.state.rng import capture_rng
+from ledger.objects.store import ObjectStore
+from ledger.pending import Pending, lower_priority
+from ledger.state.flatten import Staging
 from ledger.state.unchanged import UnchangedTensors
 from ledger.threads import block_signals
 
@@ -276,228 +263,6 @@ class LedgerCore:
             )
         return self._background_pool
 
-    @overload
-    def commit(
-        self,
-        state: Mapping[Any, Any],
-        message: str | None = ...,
-        *,
-        step: int | None = ...,
-        epoch: int | None = ...,
-        metrics: Mapping[str, Any] | None = ...,
-        params: Mapping[str, Any] | None = ...,
-        branch: str | None = ...,
-        rng: bool = ...,
-        data: Mapping[str, Any] | None = ...,
-        blocking: Literal[True] = ...,
-    ) -> Commit: ...
-
-    @overload
-    def commit(
-        self,
-        state: Mapping[Any, Any],
-        message: str | None = ...,
-        *,
-        step: int | None = ...,
-        epoch: int | None = ...,
-        metrics: Mapping[str, Any] | None = ...,
-        params: Mapping[str, Any] | None = ...,
-        branch: str | None = ...,
-        rng: bool = ...,
-        data: Mapping[str, Any] | None = ...,
-        blocking: Literal[False],
-    ) -> CommitHandle: ...
-
-    @overload
-    def commit(
-        self,
-        state: Mapping[Any, Any],
-        message: str | None = ...,
-        *,
-        step: int | None = ...,
-        epoch: int | None = ...,
-        metrics: Mapping[str, Any] | None = ...,
-        params: Mapping[str, Any] | None = ...,
-        branch: str | None = ...,
-        rng: bool = ...,
-        data: Mapping[str, Any] | None = ...,
-        blocking: bool,
-    ) -> Commit | CommitHandle: ...
-
-    def commit(
-        self,
-        state: Mapping[Any, Any],
-        message: str | None = None,
-        *,
-        step: int | None = None,
-        epoch: int | None = None,
-        metrics: Mapping[str, Any] | None = None,
-        params: Mapping[str, Any] | None = None,
-        branch: str | None = None,
-        rng: bool = True,
-        data: Mapping[str, Any] | None = None,
-        blocking: bool = True,
-    ) -> Commit | CommitHandle:
-        """Store ``state`` as a new commit on the current branch (or on ``branch``).
-
-        Args:
-            state: mapping of tensors, arrays, stateful objects (modules,
-                optimizers, schedulers ...), generators, containers and plain values.
-            message: a note for the log.
-            step: global training step.
-            epoch: training epoch.
-            metrics: name -> number (loss, accuracy ...).
-            params: hyper-parameters (plain values, lists, dicts).
-            branch: commit to this branch (created at HEAD if missing) without moving HEAD.
-            rng: also capture the global RNG of torch, CUDA, numpy and Python.
-            data: data lineage: dataset names, revisions, fingerprints (plain values).
-            blocking: False returns a :class:`CommitHandle` as soon as the state
-                is snapshotted (copied) and writes it in the background; the next
-                call on this ledger waits for it and raises its error, if any.
-
-        Returns:
-            The new :class:`Commit` (a :class:`CommitHandle` when not blocking).
-
-        Raises:
-            UnsupportedValueError: a value cannot be stored (its path is named).
-            DetachedHeadError: HEAD is detached and ``branch`` is not given.
-            RefConflictError: another writer moved the branch meanwhile.
-
-        Example:
-            >>> c = lg.commit({"model": model, "optim": opt}, step=100, metrics={"loss": 0.3})  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            if self._gc_due:
-                self._gc_due = False
-                self.gc()
-            started = time.perf_counter()
-            if branch is not None:
-                check_ref_name(branch, "branch")
-            elif self.current_branch is None:
-                self._commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
-            flat = Flattener(self.config.chunk_size, unchanged=self.unchanged, has=self.store.has)
-            root = flat.flatten_root(state, capture_rng() if rng else None)
-            packages = metadata.installed_packages()
-            draft = _Draft(
-                flat=flat,
-                root=root,
-                branch=branch,
-                packages=packages,
-                meta=metadata.capture(state, _clean_params(data), hash_bytes(packages).hex()),
-                step=_opt_int(step, "step"),
-                epoch=_opt_int(epoch, "epoch"),
-                message=message,
-                metrics=_clean_metrics(metrics),
-                params=_clean_params(params),
-            )
-            if blocking:
-                return self._write_commit(draft, started, self.pool)
-            size = flat.pending_bytes()
-            if size > self.async_budget:
-                warnings.warn(
-                    f"the state ({size / 2**30:.2f} GiB) exceeds the async commit memory budget "
-                    f"({self.async_budget / 2**30:.2f} GiB): committing synchronously",
-                    stacklevel=2,
-                )
-                return CommitHandle(_done(self._write_commit(draft, started, self.pool)))
-            flat.snapshot(self._staging)
-            pool = self.background_pool
-            return self._pending.submit(lambda: self._write_commit(draft, started, pool))
-
-    def wait(self) -> Commit | None:
-        """Wait for the pending background commit; return it (None if there was none).
-
-        Raises:
-            Whatever the background commit raised (once).
-
-        Example:
-            >>> lg.commit(state, blocking=False); lg.wait()  # doctest: +SKIP
-        """
-        return self._pending.wait()
-
-    def _write_commit(self, draft: _Draft, started: float, pool: ThreadPoolExecutor) -> Commit:
-        def store_chunks(writer: PackWriter) -> None:
-            draft.flat.check_reused()
-            draft.flat.assign(writer.put_chunks(draft.flat.chunks()))
-
-        def stats(writer: PackWriter) -> CommitStats:
-            return CommitStats(
-                logical_bytes=writer.stats.logical_bytes + draft.flat.reused_bytes,
-                bytes_written=writer.stats.bytes_written,
-                chunks_total=writer.stats.chunks_total + draft.flat.reused_chunks,
-                chunks_written=writer.stats.chunks_written,
-                chunks_trusted=draft.flat.reused_chunks,
-                tensors=draft.flat.tensors,
-                duration_s=round(time.perf_counter() - started, 6),
-            )
-
-        # Shared gc lock from the first dedup decision until the ref moved (see gc.py).
-        with self.gc_lock.hold(shared=True):
-            commit_id, record = self._commit_tree(draft, pool, store_chunks, stats)
-        self._records[commit_id] = record
-        self._commits_since_gc += 1
-        if self.auto_gc and self._commits_since_gc >= self.auto_gc:
-            self._commits_since_gc = 0
-            if self._pending.in_writer():
-                self._gc_due = True  # run by the next call, on the caller's thread
-            else:
-                self.gc()
-        return Commit.from_record(commit_id, record)
-
-    def _commit_tree(
-        self,
-        draft: _Draft,
-        pool: ThreadPoolExecutor,
-        store_chunks: Callable[[PackWriter], None],
-        stats: Callable[[PackWriter], CommitStats],
-    ) -> tuple[str, CommitRecord]:
-        """Write a commit of ``draft.root`` in the invariant's order; the caller holds the gc
-        lock shared.
-
-        ``store_chunks`` stores the chunks the tree names that are not durable yet
-        (the multi-writer adapters stored theirs before: they pass a no-op); then
-        come the manifest, the commit object, and the compare-and-swap ref move.
-
-        Raises:
-            DetachedHeadError: HEAD is detached and ``draft.branch`` is not given.
-            RefConflictError: another writer moved the branch meanwhile.
-        """
-        self.store.sync()
-        refs = self.refs.snapshot()
-        target, parent = self._commit_target(refs, draft.branch)
-        expected = refs.get(BRANCH_PREFIX + target)
-        writer = self.store.writer(pool, compress=self.config.compress)
-        try:
-            store_chunks(writer)
-            manifest = Manifest(
-                format=FORMAT_VERSION, chunk_size=self.config.chunk_size, root=draft.root
-            )
-            manifest_id = writer.put("manifest", msgpack_encoder.encode(manifest))
-            writer.put("blob", draft.packages)
-            record = CommitRecord(
-                manifest=manifest_id,
-                parents=[parent] if parent else [],
-                time=utcnow(),
-                branch=target,
-                step=draft.step,
-                epoch=draft.epoch,
-                message=draft.message,
-                metrics=draft.metrics,
-                params=draft.params,
-                meta=draft.meta,
-                stats=stats(writer),
-            )
-            commit_id = writer.put("commit", msgpack_encoder.encode(record))
-            writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        self.refs.update(
-            {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
-        )
-        return commit_id, record
-
     @contextlib.contextmanager
     def _rooting(self, rev: str) -> Iterator[str]:
         """Resolve ``rev`` for a new ref, safe against a concurrent gc.
@@ -517,20 +282,18 @@ class LedgerCore:
                 )
             yield cid
 
-    def _commit_target(self, refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
-        head_branch, head_id = head_target(refs)
-        if branch is not None:
-            check_ref_name(branch, "branch")
-            existing = refs.get(BRANCH_PREFIX + branch)
-            if existing is not None:
-                return branch, existing
-            return branch, head_id
-        if head_branch is None:
-            raise DetachedHeadError(
-                f"HEAD is detached at {head_id and head_id[:12]}; pass branch='name' to commit, "
-                "or switch to a branch first"
-            )
-        return head_branch, head_id
+    def refresh(self) -> None:
+        """See what other processes wrote since this ledger was opened: their new packs
+        (commits, chunks), and the packs another process's gc removed.
+
+        Reads pick up new packs on their own when they miss an object; call this
+        after another process told you it committed (as the distributed adapter does).
+
+        Example:
+            >>> lg.refresh(); lg.get(commit_id_from_rank0)  # doctest: +SKIP
+        """
+        self._check_open()
+        self.store.sync()
 
     def record(self, commit_id: str) -> CommitRecord:
         """The stored record of a commit (by full id), hash-checked and cached."""

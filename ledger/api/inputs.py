@@ -25,13 +25,11 @@ from ledger.history.records import (
     FORMAT_VERSION,
     LEDGER_KIND,
     Commit,
-    DictNode,
     LedgerConfig,
     config_decoder,
     unknown_tags,
 )
 from ledger.state.build import Builder, device_available
-from ledger.state.flatten import Flattener
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 CONFIG_FILE = "LEDGER"
@@ -66,35 +64,6 @@ def _read_config(path: Path) -> LedgerConfig:
         return config_decoder.decode(path.read_bytes())
     except msgspec.ValidationError as e:
         raise NotALedgerError(f"{path} is not a valid ledger config ({e})") from e
-
-
-class _Draft:
-    """A commit prepared on the caller's thread, written by :meth:`Ledger._write_commit`."""
-
-    def __init__(
-        self,
-        *,
-        flat: Flattener,
-        root: DictNode,
-        branch: str | None,
-        packages: bytes,
-        meta: dict[str, Any],
-        step: int | None,
-        epoch: int | None,
-        message: str | None,
-        metrics: dict[str, float],
-        params: dict[str, Any],
-    ) -> None:
-        self.flat = flat
-        self.root = root
-        self.branch = branch
-        self.packages = packages
-        self.meta = meta
-        self.step = step
-        self.epoch = epoch
-        self.message = message
-        self.metrics = metrics
-        self.params = params
 
 
 def _done(commit: Commit) -> Future[Commit]:

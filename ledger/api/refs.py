@@ -49,6 +49,40 @@ class RefOps(LedgerCore):
                 self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
             return Commit.from_record(cid, self.record(cid))
 
+    def move_branch(
+        self, name: str, to: str, *, expected: str | None, reason: str | None = None
+    ) -> Commit:
+        """Point branch ``name`` at revision ``to`` if it still points at ``expected``.
+
+        The one compare-and-swap ref move, for callers that keep their own
+        pointers (a ``best`` branch, an importer appending to a branch): if
+        another writer moved the branch since the caller read ``expected``,
+        nothing moves and ``RefConflictError`` says so.
+
+        Args:
+            name: the branch.
+            to: the revision it should point at.
+            expected: the full commit id it points at now; None: it must not exist yet.
+            reason: the note recorded in the event log.
+
+        Raises:
+            RefConflictError: the branch does not point at ``expected``.
+            RevisionNotFoundError: ``to`` names nothing (or gc removed it).
+            RefNameError: ``name`` is not a valid branch name.
+
+        Example:
+            >>> old = lg.branches().get("best")  # doctest: +SKIP
+            >>> lg.move_branch("best", "main~2", expected=old)  # doctest: +SKIP
+        """
+        check_ref_name(name, "branch")
+        with self._lock:
+            self._check_open()
+            with self._rooting(to) as cid:
+                self.refs.update(
+                    {BRANCH_PREFIX + name: (expected, cid)}, reason or f"move branch {name} to {to}"
+                )
+            return Commit.from_record(cid, self.record(cid))
+
     def delete_branch(self, name: str, force: bool = False) -> str:
         """Delete a branch; returns the commit id it pointed at.
 

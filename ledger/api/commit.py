@@ -1,0 +1,213 @@
+"""Committing on the facade: ``commit`` (blocking or in the background), ``wait`` and ``stage``.
+
+This module owns turning a live state into a draft on the caller's thread
+(flattening, the async snapshot, the memory budget) and handing it to the
+one commit-writing path, :class:`ledger.api.staging.Stage`; it also hands
+out stages to callers that build commits from parts, and runs the automatic
+gc after commits. It writes nothing itself.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, overload
+
+from ledger.api.core import LedgerCore
+from ledger.api.inputs import _done
+from ledger.api.staging import Draft, Stage, commit_target, draft_of
+from ledger.history.records import Commit, CommitRecord
+from ledger.pending import CommitHandle
+from ledger.state.flatten import Flattener
+from ledger.state.rng import capture_rng
+
+
+class Committing(LedgerCore):
+    """Commits of live state, and staged commits built from parts."""
+
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: Literal[True] = ...,
+    ) -> Commit: ...
+
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: Literal[False],
+    ) -> CommitHandle: ...
+
+    @overload
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = ...,
+        *,
+        step: int | None = ...,
+        epoch: int | None = ...,
+        metrics: Mapping[str, Any] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        branch: str | None = ...,
+        rng: bool = ...,
+        data: Mapping[str, Any] | None = ...,
+        blocking: bool,
+    ) -> Commit | CommitHandle: ...
+
+    def commit(
+        self,
+        state: Mapping[Any, Any],
+        message: str | None = None,
+        *,
+        step: int | None = None,
+        epoch: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        branch: str | None = None,
+        rng: bool = True,
+        data: Mapping[str, Any] | None = None,
+        blocking: bool = True,
+    ) -> Commit | CommitHandle:
+        """Store ``state`` as a new commit on the current branch (or on ``branch``).
+
+        Args:
+            state: mapping of tensors, arrays, stateful objects (modules,
+                optimizers, schedulers ...), generators, containers and plain values.
+            message: a note for the log.
+            step: global training step.
+            epoch: training epoch.
+            metrics: name -> number (loss, accuracy ...).
+            params: hyper-parameters (plain values, lists, dicts).
+            branch: commit to this branch (created at HEAD if missing) without moving HEAD.
+            rng: also capture the global RNG of torch, CUDA, numpy and Python.
+            data: data lineage: dataset names, revisions, fingerprints (plain values).
+            blocking: False returns a :class:`CommitHandle` as soon as the state
+                is snapshotted (copied) and writes it in the background; the next
+                call on this ledger waits for it and raises its error, if any.
+
+        Returns:
+            The new :class:`Commit` (a :class:`CommitHandle` when not blocking).
+
+        Raises:
+            UnsupportedValueError: a value cannot be stored (its path is named).
+            DetachedHeadError: HEAD is detached and ``branch`` is not given.
+            RefConflictError: another writer moved the branch meanwhile.
+
+        Example:
+            >>> c = lg.commit({"model": model, "optim": opt}, step=100, metrics={"loss": 0.3})  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            if self._gc_due:
+                self._gc_due = False
+                self.gc()
+            started = time.perf_counter()
+            if branch is None:
+                commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
+            flat = Flattener(self.config.chunk_size, unchanged=self.unchanged, has=self.store.has)
+            root = flat.flatten_root(state, capture_rng() if rng else None)
+            draft = draft_of(
+                flat,
+                root,
+                state,
+                message=message,
+                step=step,
+                epoch=epoch,
+                metrics=metrics,
+                params=params,
+                data=data,
+                branch=branch,
+                started=started,
+            )
+            if blocking:
+                return self._write_commit(draft, self.pool)
+            size = flat.pending_bytes()
+            if size > self.async_budget:
+                warnings.warn(
+                    f"the state ({size / 2**30:.2f} GiB) exceeds the async commit memory budget "
+                    f"({self.async_budget / 2**30:.2f} GiB): committing synchronously",
+                    stacklevel=2,
+                )
+                return CommitHandle(_done(self._write_commit(draft, self.pool)))
+            flat.snapshot(self._staging)
+            pool = self.background_pool
+            return self._pending.submit(lambda: self._write_commit(draft, pool))
+
+    def wait(self) -> Commit | None:
+        """Wait for the pending background commit; return it (None if there was none).
+
+        Raises:
+            Whatever the background commit raised (once).
+
+        Example:
+            >>> lg.commit(state, blocking=False); lg.wait()  # doctest: +SKIP
+        """
+        return self._pending.wait()
+
+    def stage(self) -> Stage:
+        """A staging session: store parts of a commit now, commit a tree of them later.
+
+        The session holds the gc lock shared from entry until exit, so chunks
+        it stored or decided to reuse are safe from gc until the commit naming
+        them has moved its ref. Parts (:class:`~ledger.api.staging.Part`) encode
+        to bytes, so other processes of the same ledger can write theirs and
+        send them to the one that commits. ``commit()`` itself takes this path.
+
+        Example:
+            >>> with lg.stage() as st:  # doctest: +SKIP
+            ...     parts = [st.write({"w": torch.ones(4)}), st.write({"w": torch.zeros(4)})]
+            ...     c = st.commit({"world_size": 2, "ranks": parts}, step=10)
+            >>> lg.checkout(c.id)["ranks"][1]["w"]  # doctest: +SKIP
+            tensor([0., 0., 0., 0.])
+        """
+        self._check_open()
+        return self._stage(self.pool)
+
+    def _stage(self, pool: ThreadPoolExecutor) -> Stage:
+        return Stage(
+            store=self.store,
+            refs=self.refs,
+            gc_lock=self.gc_lock,
+            config=self.config,
+            pool=pool,
+            on_commit=self._committed,
+            on_close=self._after_commits,
+        )
+
+    def _write_commit(self, draft: Draft, pool: ThreadPoolExecutor) -> Commit:
+        with self._stage(pool) as stage:
+            return stage.write_draft(draft)
+
+    def _committed(self, commit_id: str, record: CommitRecord) -> None:
+        self._records[commit_id] = record
+        self._commits_since_gc += 1
+
+    def _after_commits(self) -> None:
+        """Run the automatic gc when it is due (outside any stage: gc takes the lock exclusive)."""
+        if self.auto_gc and self._commits_since_gc >= self.auto_gc:
+            self._commits_since_gc = 0
+            if self._pending.in_writer():
+                self._gc_due = True  # run by the next call, on the caller's thread
+            else:
+                self.gc()
