@@ -8,49 +8,93 @@ formatting, and never import the rest of the package.
 
 from __future__ import annotations
 
+import errno as _errno
+from typing import Any
+
 
 class LedgerError(Exception):
     """Base class of every error the user can cause.
+
+    Besides its message, an error carries what a program needs to act on it
+    as keyword fields (the ref, the expected and actual ids, the object and
+    pack, the path in the state), readable as attributes and, all together,
+    as :attr:`fields`; ``--json`` errors of the CLI include them. Messages
+    say what happened and what to do in library terms; the CLI adds the
+    shell command to run, where there is one.
 
     The CLI prints these as one or two lines without a traceback.
 
     Example:
         >>> try:
-        ...     raise RevisionNotFoundError("no revision named 'nope'")
+        ...     raise RevisionNotFoundError("no revision named 'nope'", revision="nope")
         ... except LedgerError as e:
-        ...     print(e)
-        no revision named 'nope'
+        ...     print(e, e.revision, e.fields)
+        no revision named 'nope' nope {'revision': 'nope'}
     """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", /, **fields: Any) -> None:
+        super().__init__(message)
+        self._init_fields(fields)
+
+    def _init_fields(self, fields: dict[str, Any]) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self._fields = {name: value for name, value in fields.items() if value is not None}
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The keyword fields this error was raised with (those that are not None)."""
+        return dict(getattr(self, "_fields", {}))
 
 
 class NotALedgerError(LedgerError):
     """The directory is missing, empty without ``create=True``, or holds something else."""
 
+    path: str | None = None
+    exists: bool | None = None
+
 
 class FormatVersionError(LedgerError):
     """The ledger was written by a newer format version than this package reads."""
 
+    found: int | None = None
+    supported: int | None = None
 
-class RevisionNotFoundError(LedgerError):
+
+class RevisionNotFoundError(LedgerError, LookupError):
     """A revision names no branch, tag or commit."""
 
+    revision: str | None = None
 
-class AmbiguousRevisionError(LedgerError):
+
+class AmbiguousRevisionError(LedgerError, LookupError):
     """A commit-id prefix matches more than one commit."""
+
+    revision: str | None = None
+    candidates: list[str] | None = None
 
 
 class RefConflictError(LedgerError):
     """A compare-and-swap ref update lost a race: the ref moved since it was read."""
 
+    ref: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+
 
 class RefNameError(LedgerError):
     """A branch or tag name is invalid or already taken."""
 
+    name: str | None = None
+
 
 class UnmergedBranchError(LedgerError):
     """Deleting a branch would leave its commits reachable from no ref."""
+
+    branch: str | None = None
+    commit: str | None = None
 
 
 class PolicyError(LedgerError):
@@ -60,47 +104,84 @@ class PolicyError(LedgerError):
 class CommitExpiredError(LedgerError):
     """The commit's state was dropped by retention or ``expire``; its history remains."""
 
+    commit: str | None = None
+    reason: str | None = None
+
 
 class DetachedHeadError(LedgerError):
     """``commit()`` was called with HEAD detached and no ``branch=``."""
+
+    commit: str | None = None
 
 
 class EmptyLedgerError(LedgerError):
     """An operation needs a commit but the ledger (or branch) has none yet."""
 
 
-class UnsupportedValueError(LedgerError):
-    """A value in the state cannot be stored (it names its path in the state)."""
+class UnsupportedValueError(LedgerError, ValueError):
+    """A value in the state cannot be stored, or an argument is invalid (its path is named)."""
+
+    path: str | None = None
 
 
-class StateMismatchError(LedgerError):
+class StateMismatchError(LedgerError, ValueError):
     """``restore`` found keys, shapes or dtypes that differ between the live state and the commit."""
+
+    paths: list[str] | None = None
+    commit: str | None = None
 
 
 class CorruptionError(LedgerError):
     """Stored bytes fail their hash check, are truncated, or cannot be decoded."""
 
     exit_code = 3
+    object: str | None = None
+    pack: str | None = None
+    path: str | None = None
 
 
 class ObjectMissingError(CorruptionError):
     """An object that a commit references is not in the store."""
 
 
-class LockTimeoutError(LedgerError):
+class LockTimeoutError(LedgerError, TimeoutError):
     """Another process holds the ledger's lock for longer than we are willing to wait."""
 
+    path: str | None = None
+    timeout: float | None = None
 
-class DiskFullError(LedgerError):
-    """A write failed because the disk is full; nothing partial became visible."""
+
+class DiskFullError(LedgerError, OSError):
+    """A write failed because the disk is full; nothing partial became visible.
+
+    An ``OSError`` with ``errno`` ``ENOSPC``, so code that handles a full disk
+    already handles this one.
+
+    Example:
+        >>> e = DiskFullError("the disk is full", path="/ckpt")
+        >>> e.errno == _errno.ENOSPC, str(e), e.path
+        (True, 'the disk is full', '/ckpt')
+    """
+
+    path: str | None = None
+
+    def __init__(self, message: str = "", /, **fields: Any) -> None:
+        OSError.__init__(self, _errno.ENOSPC, message)
+        self._init_fields(fields)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
-class ClosedLedgerError(LedgerError):
-    """The ledger was used after ``close()``."""
+class ClosedLedgerError(LedgerError, ValueError):
+    """The ledger (or a stage) was used after ``close()``, as a closed file raises ValueError."""
 
 
 class RemoteError(LedgerError):
     """A remote cannot be used: unknown name, bad URL, unreachable after retries, not a ledger remote."""
+
+    remote: str | None = None
+    url: str | None = None
 
 
 class RemoteURLError(RemoteError):
@@ -110,10 +191,19 @@ class RemoteURLError(RemoteError):
 class RemoteConflictError(RefConflictError):
     """A push lost the compare-and-swap on the remote's refs: someone pushed since it read them."""
 
+    remote: str | None = None
+    url: str | None = None
+
 
 class DivergedError(LedgerError):
     """A pull or push would not be a fast-forward: both sides have commits the other lacks."""
 
+    branch: str | None = None
+    local: str | None = None
+    remote: str | None = None
+
 
 class RemoteCorruptionError(CorruptionError):
     """Data read from a remote fails its checks (hash, size, name, format); nothing was stored."""
+
+    url: str | None = None

@@ -167,26 +167,29 @@ class LedgerCore:
         if cfg_path.is_file():
             return cls(root, _read_config(cfg_path), **settings)
         if root.exists() and not root.is_dir():
-            raise NotALedgerError(f"{root} is a file, not a ledger directory")
+            raise NotALedgerError(f"{root} is a file, not a ledger directory", path=str(root))
         if create and _interrupted_init(root):
             shutil.rmtree(root)
         if root.is_dir() and any(root.iterdir()):
             if _interrupted_init(root):
                 raise NotALedgerError(
-                    f"{root} holds an interrupted `ledger init` (no {CONFIG_FILE} file, no data); "
-                    "pass create=True to start it over"
+                    f"{root} holds an interrupted init (no {CONFIG_FILE} file, no data); "
+                    "pass create=True to start it over",
+                    path=str(root),
                 )
             raise NotALedgerError(
                 f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
-                "choose an empty or new directory"
+                "choose an empty or new directory",
+                path=str(root),
             )
         if not create:
             raise NotALedgerError(
-                f"no ledger at {root}; pass create=True or run `ledger init {root}`"
+                f"no ledger at {root}; pass create=True to make one", path=str(root), exists=False
             )
         if chunk_size < 4096 or chunk_size % 64:
             raise UnsupportedValueError(
-                f"chunk_size={chunk_size} must be a multiple of 64 and at least 4096"
+                f"chunk_size={chunk_size} must be a multiple of 64 and at least 4096",
+                path="chunk_size",
             )
         return cls._create(root, chunk_size=chunk_size, compress=compress, **settings)
 
@@ -278,7 +281,8 @@ class LedgerCore:
                 self._records.pop(cid, None)
                 raise RevisionNotFoundError(
                     f"commit {cid[:12]} ({rev!r}) is no longer stored: gc removed it after "
-                    "it became unreachable"
+                    "it became unreachable",
+                    revision=rev,
                 )
             yield cid
 
@@ -302,16 +306,22 @@ class LedgerCore:
             try:
                 oid = bytes.fromhex(commit_id)
             except ValueError:
-                raise RevisionNotFoundError(f"{commit_id!r} is not a commit id") from None
+                raise RevisionNotFoundError(
+                    f"{commit_id!r} is not a commit id", revision=commit_id
+                ) from None
             data = self.store.read(oid, f"commit {commit_id[:12]}")
             try:
                 rec = commit_decoder.decode(data)
             except msgspec.DecodeError as e:
                 _refuse_newer(data, f"commit {commit_id[:12]}")
-                raise CorruptionError(f"commit {commit_id[:12]} cannot be decoded: {e}") from e
+                raise CorruptionError(
+                    f"commit {commit_id[:12]} cannot be decoded: {e}", object=commit_id
+                ) from e
             if rec.format > FORMAT_VERSION:
                 raise FormatVersionError(
-                    f"commit {commit_id[:12]} has format {rec.format}; upgrade training-ledger"
+                    f"commit {commit_id[:12]} has format {rec.format}; upgrade training-ledger",
+                    found=rec.format,
+                    supported=FORMAT_VERSION,
                 )
             self._records[commit_id] = rec
         return rec
@@ -338,7 +348,9 @@ class LedgerCore:
         if expiry is not None:
             raise CommitExpiredError(
                 f"commit {cid[:12]} (step {rec.step}) was expired at {expiry.time:%Y-%m-%d %H:%M:%S} "
-                f"UTC: {expiry.reason}; its metadata remains (log, show, diff), its state does not"
+                f"UTC: {expiry.reason}; its metadata remains (log, show, diff), its state does not",
+                commit=cid,
+                reason=expiry.reason,
             )
         return cid, self.manifest_by_id(rec.manifest, cid)
 
@@ -349,10 +361,14 @@ class LedgerCore:
             manifest = manifest_decoder.decode(data)
         except msgspec.DecodeError as e:
             _refuse_newer(data, f"the manifest of commit {cid[:12]}")
-            raise CorruptionError(f"manifest of commit {cid[:12]} cannot be decoded: {e}") from e
+            raise CorruptionError(
+                f"manifest of commit {cid[:12]} cannot be decoded: {e}", object=manifest_id
+            ) from e
         if manifest.format > FORMAT_VERSION:
             raise FormatVersionError(
-                f"commit {cid[:12]} has manifest format {manifest.format}; upgrade training-ledger"
+                f"commit {cid[:12]} has manifest format {manifest.format}; upgrade training-ledger",
+                found=manifest.format,
+                supported=FORMAT_VERSION,
             )
         return manifest
 

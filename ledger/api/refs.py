@@ -44,7 +44,8 @@ class RefOps(LedgerCore):
             with self._rooting(at) as cid:
                 if BRANCH_PREFIX + name in self.refs.snapshot():
                     raise RefNameError(
-                        f"branch {name!r} already exists; pick another name or switch to it"
+                        f"branch {name!r} already exists; pick another name or switch to it",
+                        name=name,
                     )
                 self.refs.update({BRANCH_PREFIX + name: (None, cid)}, f"branch {name} at {at}")
             return Commit.from_record(cid, self.record(cid))
@@ -98,10 +99,11 @@ class RefOps(LedgerCore):
             ref = BRANCH_PREFIX + name
             tip = refs.get(ref)
             if tip is None:
-                raise RefNameError(f"no branch named {name!r}; see `ledger branch`")
+                raise RefNameError(f"no branch named {name!r}", name=name)
             if head_target(refs)[0] == name:
                 raise RefNameError(
-                    f"branch {name!r} is checked out (HEAD); switch to another branch first"
+                    f"branch {name!r} is checked out (HEAD); switch to another branch first",
+                    name=name,
                 )
             others = [
                 cid
@@ -111,7 +113,9 @@ class RefOps(LedgerCore):
             if not force and tip not in ancestors(lambda c: self.record(c).parents, others):
                 raise UnmergedBranchError(
                     f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
-                    "tag it, or pass force=True (`ledger branch -D`) to delete it anyway"
+                    "tag it, or pass force=True to delete it anyway",
+                    branch=name,
+                    commit=tip,
                 )
             self.refs.update({ref: (tip, None)}, f"delete branch {name}")
             return tip
@@ -128,9 +132,9 @@ class RefOps(LedgerCore):
             refs = self.refs.snapshot()
             tip = refs.get(BRANCH_PREFIX + old)
             if tip is None:
-                raise RefNameError(f"no branch named {old!r}; see `ledger branch`")
+                raise RefNameError(f"no branch named {old!r}", name=old)
             if BRANCH_PREFIX + new in refs:
-                raise RefNameError(f"branch {new!r} already exists; pick another name")
+                raise RefNameError(f"branch {new!r} already exists; pick another name", name=new)
             changes: dict[str, tuple[str | None, str | None]] = {
                 BRANCH_PREFIX + old: (tip, None),
                 BRANCH_PREFIX + new: (None, tip),
@@ -151,7 +155,8 @@ class RefOps(LedgerCore):
             with self._rooting(at) as cid:
                 if TAG_PREFIX + name in self.refs.snapshot():
                     raise RefNameError(
-                        f"tag {name!r} already exists; tags never move, pick another name"
+                        f"tag {name!r} already exists; tags never move, pick another name",
+                        name=name,
                     )
                 self.refs.update({TAG_PREFIX + name: (None, cid)}, f"tag {name} at {at}")
             return Commit.from_record(cid, self.record(cid))

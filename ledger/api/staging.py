@@ -197,7 +197,8 @@ def commit_target(refs: dict[str, str], branch: str | None) -> tuple[str, str | 
     if head_branch is None:
         raise DetachedHeadError(
             f"HEAD is detached at {head_id and head_id[:12]}; pass branch='name' to commit, "
-            "or switch to a branch first"
+            "or switch to a branch first",
+            commit=head_id,
         )
     return head_branch, head_id
 

@@ -22,6 +22,7 @@ import click
 import ledger
 from ledger.cli import export, log, maintain, refs, remote, report
 from ledger.cli._common import Options, global_options, to_json
+from ledger.cli.hints import hint_for
 from ledger.errors import LedgerError
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -36,12 +37,27 @@ def _wants_json(args: Sequence[str]) -> bool:
     return "--json" in args[:end]
 
 
-def _report(opts: Options, kind: str, message: str, code: int) -> int:
-    """Print an error: the JSON document under ``--json``, else ``error: ...`` on stderr."""
+def _report(
+    opts: Options,
+    kind: str,
+    message: str,
+    code: int,
+    fields: dict[str, Any] | None = None,
+    hint: str | None = None,
+) -> int:
+    """Print an error: the JSON document under ``--json`` (with the error's fields and the
+    hint), else ``error: ...`` and ``hint: ...`` on stderr."""
     if opts.json:
-        click.echo(to_json({"error": {"type": kind, "message": message, "exit_code": code}}))
+        doc: dict[str, Any] = {"type": kind, "message": message, "exit_code": code}
+        if fields:
+            doc["fields"] = fields
+        if hint:
+            doc["hint"] = hint
+        click.echo(to_json({"error": doc}))
     else:
         click.echo(f"error: {message}", err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
     return code
 
 
@@ -93,7 +109,8 @@ class LedgerGroup(click.Group):
         except click.Abort:
             return _report(opts, "Interrupted", "interrupted", EXIT_INTERRUPTED)
         except LedgerError as e:
-            return _report(opts, type(e).__name__, str(e), int(getattr(e, "exit_code", EXIT_USER)))
+            code = int(getattr(e, "exit_code", EXIT_USER))
+            return _report(opts, type(e).__name__, str(e), code, e.fields, hint_for(e))
         except OSError as e:
             return _report(opts, type(e).__name__, str(e), EXIT_USER)
         except Exception as e:

@@ -76,7 +76,8 @@ def check_ref_name(name: str, what: str) -> str:
     if bad:
         raise RefNameError(
             f"{what} name {name!r} is not valid: use letters, digits and . _ / -, "
-            "start with a letter or digit, no '..', not 'HEAD'"
+            "start with a letter or digit, no '..', not 'HEAD'",
+            name=name,
         )
     return name
 
@@ -151,7 +152,9 @@ class GcLock:
         deadline = time.monotonic() + self.timeout
         who = "a gc" if shared else "a commit"
         busy = f"{who} has held {self.path} for over {self.timeout:.0f}s; retry when it finishes"
-        turnstile = _open_locked(self.intent, shared=shared, deadline=deadline, busy=busy)
+        turnstile = _open_locked(
+            self.intent, shared=shared, deadline=deadline, busy=busy, lock=self.path
+        )
         try:
             fd = _open_locked(self.path, shared=shared, deadline=deadline, busy=busy)
         except BaseException:
@@ -167,8 +170,12 @@ class GcLock:
                 os.close(turnstile)
 
 
-def _open_locked(path: Path, *, shared: bool, deadline: float, busy: str) -> int:
+def _open_locked(
+    path: Path, *, shared: bool, deadline: float, busy: str, lock: Path | None = None
+) -> int:
     """Open ``path`` and flock it, polling until ``deadline``; the descriptor holds the lock.
+
+    ``lock`` is the lock an error names (default ``path``: a turnstile names its lock).
 
     Raises:
         LockTimeoutError: still held by another process at ``deadline`` (``busy`` says so).
@@ -184,7 +191,7 @@ def _open_locked(path: Path, *, shared: bool, deadline: float, busy: str) -> int
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise LockTimeoutError(busy) from None
+                raise LockTimeoutError(busy, path=str(lock or path)) from None
             time.sleep(0.005)
 
 
@@ -278,7 +285,10 @@ class RefStore:
                 if state.refs.get(ref) != old:
                     raise RefConflictError(
                         f"{_describe(ref)} moved to {_short(state.refs.get(ref))} while this "
-                        f"writer expected {_short(old)}; re-read and retry (nothing was changed)"
+                        f"writer expected {_short(old)}; re-read and retry (nothing was changed)",
+                        ref=ref,
+                        expected=old,
+                        actual=state.refs.get(ref),
                     )
             now = utcnow()
             events: list[Event] = [

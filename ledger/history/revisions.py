@@ -62,13 +62,14 @@ def resolve(
         steps += 1 if token in ("^", "~") else int(token[1:])
         base = base[: m.start()]
     if not base:
-        raise RevisionNotFoundError(f"revision {rev!r} is empty")
+        raise RevisionNotFoundError(f"revision {rev!r} is empty", revision=rev)
     cid = _resolve_base(base, refs, commit_ids)
     for walked in range(steps):
         parent = first_parent(cid)
         if parent is None:
             raise RevisionNotFoundError(
-                f"revision {rev!r} goes back {steps} commits but history ends after {walked}"
+                f"revision {rev!r} goes back {steps} commits but history ends after {walked}",
+                revision=rev,
             )
         cid = parent
     return cid
@@ -93,8 +94,8 @@ def _resolve_base(base: str, refs: dict[str, str], commit_ids: Callable[[], Iter
         if len(matches) > 1:
             shown = ", ".join(sorted(m[:12] for m in matches)[:5])
             raise AmbiguousRevisionError(
-                f"revision {base!r} matches {len(matches)} commits ({shown}); give more characters"
+                f"revision {base!r} matches {len(matches)} commits ({shown}); give more characters",
+                revision=base,
+                candidates=sorted(matches),
             )
-    raise RevisionNotFoundError(
-        f"no branch, tag or commit named {base!r}; see `ledger log --all` or `ledger branch`"
-    )
+    raise RevisionNotFoundError(f"no branch, tag or commit named {base!r}", revision=base)

@@ -1,0 +1,85 @@
+"""The shell command that fixes an error, added by the CLI under the library's message.
+
+This module owns turning a :class:`~ledger.errors.LedgerError` (its class and
+fields) into a one-line hint naming a ``ledger`` command. The library's
+messages speak in library terms (``create=True``, ``force=True``); only the
+command line knows which shell command does the same, so the hints live here.
+It must never change or parse an error's message.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+from ledger.errors import (
+    AmbiguousRevisionError,
+    CorruptionError,
+    DetachedHeadError,
+    DivergedError,
+    LedgerError,
+    NotALedgerError,
+    RefNameError,
+    RemoteConflictError,
+    RevisionNotFoundError,
+    UnmergedBranchError,
+)
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _not_a_ledger(e: LedgerError) -> str | None:
+    path = getattr(e, "path", None)
+    if path is not None and getattr(e, "exists", True) is False:
+        return f"create it with `ledger init --dir {_q(path)}`"
+    return None
+
+
+def _unmerged(e: LedgerError) -> str | None:
+    branch = getattr(e, "branch", None)
+    return f"`ledger branch -D {_q(branch)}` deletes it anyway" if branch else None
+
+
+def _conflict(e: LedgerError) -> str | None:
+    remote = getattr(e, "remote", None)
+    return (
+        f"run `ledger fetch {_q(remote)}` and retry" if remote else "run `ledger fetch` and retry"
+    )
+
+
+def _diverged(e: LedgerError) -> str | None:
+    branch = getattr(e, "branch", None)
+    if branch is None:
+        return None
+    return f"keep both: `ledger branch {_q(str(branch) + '-local')}`, then reset this one"
+
+
+_HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
+    (NotALedgerError, _not_a_ledger),
+    (AmbiguousRevisionError, lambda e: "`ledger log --all` shows the full ids"),
+    (
+        RevisionNotFoundError,
+        lambda e: "`ledger log --all` lists the commits, `ledger branch` the branches",
+    ),
+    (UnmergedBranchError, _unmerged),
+    (RefNameError, lambda e: "`ledger branch` lists the branches, `ledger tag` the tags"),
+    (DetachedHeadError, lambda e: "`ledger switch BRANCH` attaches HEAD to a branch"),
+    (RemoteConflictError, _conflict),
+    (DivergedError, _diverged),
+    (CorruptionError, lambda e: "`ledger verify --full` lists everything damaged"),
+]
+
+
+def hint_for(error: LedgerError) -> str | None:
+    """The shell command that helps with ``error``, or None.
+
+    Example:
+        >>> hint_for(UnmergedBranchError("branch 'x' is unmerged", branch="x"))
+        '`ledger branch -D x` deletes it anyway'
+    """
+    for kind, make in _HINTS:
+        if isinstance(error, kind):
+            return make(error)
+    return None
