@@ -120,6 +120,14 @@ def test_stage_used_outside_with_is_refused(lg: Ledger) -> None:
         stage.__enter__()
 
 
+def test_commit_inside_an_open_stage_is_refused(lg: Ledger) -> None:
+    with lg.stage() as stage:
+        with pytest.raises(UnsupportedValueError, match=r"stage\.commit"):
+            lg.commit({"w": torch.ones(1)})
+        inside = stage.commit({"w": torch.ones(1)})
+    assert lg.commit({"w": torch.zeros(1)}).parents == [inside.id]
+
+
 def test_stage_commit_errors_name_the_path_and_commit_nothing(lg: Ledger) -> None:
     with lg.stage() as stage:
         part = stage.write({"w": torch.ones(2)})

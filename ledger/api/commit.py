@@ -18,6 +18,7 @@ from typing import Any, Literal, overload
 from ledger.api.core import LedgerCore
 from ledger.api.inputs import _done
 from ledger.api.staging import Draft, Stage, commit_target, draft_of
+from ledger.errors import UnsupportedValueError
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
 from ledger.state.flatten import Flattener
@@ -122,6 +123,11 @@ class Committing(LedgerCore):
             if self._gc_due:
                 self._gc_due = False
                 self.gc()
+            if any(stage.is_open for stage in self._stages):
+                raise UnsupportedValueError(
+                    "a stage of this ledger is open: commit through it (stage.commit(...)) "
+                    "or close it first; a commit inside a stage could deadlock behind a gc"
+                )
             started = time.perf_counter()
             if branch is None:
                 commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
@@ -182,7 +188,9 @@ class Committing(LedgerCore):
             tensor([0., 0., 0., 0.])
         """
         self._check_open()
-        return self._stage(self.pool)
+        stage = self._stage(self.pool)
+        self._stages.add(stage)
+        return stage
 
     def _stage(self, pool: ThreadPoolExecutor) -> Stage:
         return Stage(

@@ -17,11 +17,12 @@ import contextlib
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -71,6 +72,9 @@ from ledger.state.flatten import Staging
 from ledger.state.unchanged import UnchangedTensors
 from ledger.threads import block_signals
 
+if TYPE_CHECKING:
+    from ledger.api.staging import Stage
+
 L = TypeVar("L", bound="LedgerCore")
 
 
@@ -109,6 +113,7 @@ class LedgerCore:
         self.async_budget = async_budget if async_budget is not None else _default_budget()
         self.unchanged = UnchangedTensors() if trust_versions else None
         self._staging = Staging()
+        self._stages: weakref.WeakSet[Stage] = weakref.WeakSet()  # handed out by stage()
 
     @classmethod
     def open(

@@ -257,6 +257,11 @@ class Stage:
             if self.on_close is not None and self.commits:
                 self.on_close()  # after the lock is released: it may run gc
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the stage is between ``__enter__`` and ``__exit__`` (holding the gc lock)."""
+        return self._hold is not None
+
     def _check_open(self) -> None:
         if self._hold is None:
             raise ClosedLedgerError(
