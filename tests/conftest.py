@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh ledger per test, hypothesis profiles."""
+"""Shared fixtures: a fresh ledger per test (default or 4 KiB chunks), hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def ledger_dir(tmp_path: Path) -> Path:
 def lg(ledger_dir: Path) -> Iterator[Ledger]:
     """A new, open ledger (fsync off: durability has its own tests)."""
     with Ledger.open(ledger_dir, create=True, fsync=False) as opened:
+        yield opened
+
+
+@pytest.fixture
+def small(ledger_dir: Path) -> Iterator[Ledger]:
+    """Like ``lg`` (the same directory), with 4 KiB chunks: modest tensors span several."""
+    with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as opened:
         yield opened
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import bits
+from helpers import bits, flip_stored_byte
 
 from ledger import Ledger
 from ledger.errors import CorruptionError
@@ -130,14 +130,7 @@ def test_a_damaged_chunk_fails_the_mapped_checkout_naming_the_tensor(raw: Ledger
     node = raw.manifest(c.id)[1].root
     model = node.values[node.keys.index("model")]
     big = model.values[model.keys.index("big")]
-    found = raw.store.locate(bytes.fromhex(big.chunks[2]))
-    assert found is not None
-    path = raw.store.pack_path(found[0])
-    with open(path, "r+b") as f:
-        f.seek(found[1].offset + 100)
-        byte = f.read(1)
-        f.seek(found[1].offset + 100)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_stored_byte(raw, big.chunks[2], at=100, mask=0x01)
     with pytest.raises(CorruptionError, match=r"model.*big.*fails its hash check"):
         raw.checkout(c.id, mmap=True)
 

@@ -23,19 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from helpers import damage_chunks, run_cli
 from safetensors.torch import load_file
 
 from ledger import Ledger
-from ledger.cli import cli
 from ledger.cli.graph import draw, topo_order
-from ledger.objects.packs import read_pack_index
-
-
-def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
-    """Invoke the command in-process; ``$LEDGER_DIR`` is unset unless ``env`` sets it."""
-    merged: dict[str, str | None] = {"LEDGER_DIR": None, **(env or {})}
-    return CliRunner(env=merged).invoke(cli, list(args), catch_exceptions=False)
 
 
 def as_json(doc: Any) -> Any:
@@ -112,7 +104,7 @@ def opened(history: History) -> Iterator[Ledger]:
 
 def test_log_graph_draws_both_branches_exactly(history: History) -> None:
     h = history
-    result = run("--dir", str(h.dir), "log", "--graph")
+    result = run_cli("--dir", str(h.dir), "log", "--graph")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 5
@@ -140,7 +132,7 @@ def test_graph_joins_three_forks_like_git() -> None:
 
 
 def test_log_line_has_id_branch_step_metrics_message_and_age(history: History) -> None:
-    result = run("--dir", str(history.dir), "log")
+    result = run_cli("--dir", str(history.dir), "log")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert [line[:12] for line in lines] == [history.c2[:12], history.c1[:12], history.c0[:12]]
@@ -153,17 +145,17 @@ def test_log_line_has_id_branch_step_metrics_message_and_age(history: History) -
 
 def test_log_all_merges_branches_by_time_and_n_limits(history: History) -> None:
     h = history
-    result = run("--dir", str(h.dir), "log", "--all")
+    result = run_cli("--dir", str(h.dir), "log", "--all")
     assert [line[:12] for line in result.stdout.splitlines()] == [
         c[:12] for c in (h.c2, h.e1, h.c1, h.c0)
     ]
-    result = run("--dir", str(h.dir), "log", "exp", "-n", "2")
+    result = run_cli("--dir", str(h.dir), "log", "exp", "-n", "2")
     assert [line[:12] for line in result.stdout.splitlines()] == [h.e1[:12], h.c1[:12]]
     assert "(exp) step 3" in result.stdout
 
 
 def test_log_json_holds_the_commits_and_graph(history: History, opened: Ledger) -> None:
-    result = run("--dir", str(history.dir), "--json", "log", "--graph")
+    result = run_cli("--dir", str(history.dir), "--json", "log", "--graph")
     doc = json.loads(result.stdout)
     ids = [c["id"] for c in doc["commits"]]
     assert ids == [history.c2, history.e1, history.c1, history.c0]
@@ -175,10 +167,10 @@ def test_log_json_holds_the_commits_and_graph(history: History, opened: Ledger) 
 
 
 def test_show_json_is_the_api_report(history: History, opened: Ledger) -> None:
-    result = run("--dir", str(history.dir), "show", "exp", "--json")
+    result = run_cli("--dir", str(history.dir), "show", "exp", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout) == as_json(opened.show("exp"))
-    text = run("--dir", str(history.dir), "show", "exp").stdout
+    text = run_cli("--dir", str(history.dir), "show", "exp").stdout
     assert f"commit {history.e1}" in text
     assert "model/weight" in text and "ema" in text
 
@@ -189,7 +181,7 @@ def test_diff_shows_changed_tensor_bytes_and_metric_delta(history: History) -> N
     bytes_changed = int((wa.view(torch.uint8) != wb.view(torch.uint8)).sum())
     rel_l2 = float((wb - wa).double().norm() / wa.double().norm())
 
-    doc = json.loads(run("--dir", str(h.dir), "diff", "main~1", "exp", "--json").stdout)
+    doc = json.loads(run_cli("--dir", str(h.dir), "diff", "main~1", "exp", "--json").stdout)
     [changed] = doc["tensors"]["changed"]
     assert changed["path"] == "model/weight"
     assert changed["bytes_changed"] == bytes_changed
@@ -200,7 +192,7 @@ def test_diff_shows_changed_tensor_bytes_and_metric_delta(history: History) -> N
     loss = next(m for m in doc["metrics"] if m["name"] == "loss")
     assert loss["delta"] == pytest.approx(-0.1)
 
-    text = run("--dir", str(h.dir), "diff", "main~1", "exp").stdout
+    text = run_cli("--dir", str(h.dir), "diff", "main~1", "exp").stdout
     assert "tensors: 1 changed, 1 added, 0 removed, 1 unchanged" in text
     weight_row = next(line for line in text.splitlines() if line.startswith("model/weight"))
     assert weight_row.split()[3:6] == [str(bytes_changed), f"{rel_l2:.4g}", "1"]
@@ -211,7 +203,7 @@ def test_diff_shows_changed_tensor_bytes_and_metric_delta(history: History) -> N
         return [line.split()[0] for line in out.splitlines() if line.startswith(("acc", "loss"))]
 
     assert metric_rows(text) == ["loss"], "equal metrics are hidden without --all"
-    every = run("--dir", str(h.dir), "diff", "main~1", "exp", "--all").stdout
+    every = run_cli("--dir", str(h.dir), "diff", "main~1", "exp", "--all").stdout
     assert metric_rows(every) == ["acc", "loss"]
 
 
@@ -223,10 +215,10 @@ def test_du_figures_match_the_api_and_dedup_repeated_commits(tmp_path: Path) -> 
         lg.commit(state, step=9, rng=False, branch="exp")
         expected = lg.du()
     assert expected.dedup_ratio > 1
-    doc = json.loads(run("--dir", str(tmp_path / "ckpt"), "du", "--json").stdout)
+    doc = json.loads(run_cli("--dir", str(tmp_path / "ckpt"), "du", "--json").stdout)
     assert doc == as_json(expected)
     assert doc["dedup_ratio"] == pytest.approx(5.0)
-    text = run("--dir", str(tmp_path / "ckpt"), "du").stdout
+    text = run_cli("--dir", str(tmp_path / "ckpt"), "du").stdout
     assert f"dedup ratio {expected.dedup_ratio:.2f}x" in " ".join(text.split())
     branches = {line.split()[0]: line.split()[1] for line in text.splitlines()[-2:]}
     assert branches == {"exp": "5", "main": "4"}
@@ -239,7 +231,7 @@ def test_export_log_parquet_round_trips_with_dtypes(
     history: History, opened: Ledger, tmp_path: Path
 ) -> None:
     out = tmp_path / "log.parquet"
-    result = run("--dir", str(history.dir), "export-log", "--format", "parquet", str(out))
+    result = run_cli("--dir", str(history.dir), "export-log", "--format", "parquet", str(out))
     assert result.exit_code == 0
     table = pq.read_table(out)
     assert table.schema.field("step").type == pa.int64()
@@ -250,10 +242,10 @@ def test_export_log_parquet_round_trips_with_dtypes(
 
 
 def test_export_log_csv_and_jsonl_have_one_row_per_commit(history: History, tmp_path: Path) -> None:
-    run("--dir", str(history.dir), "export-log", str(tmp_path / "log.csv"))
+    run_cli("--dir", str(history.dir), "export-log", str(tmp_path / "log.csv"))
     csv_lines = (tmp_path / "log.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith('"id","branch","parents"')
-    run("--dir", str(history.dir), "export-log", "--format", "jsonl", str(tmp_path / "log.x"))
+    run_cli("--dir", str(history.dir), "export-log", "--format", "jsonl", str(tmp_path / "log.x"))
     rows = [json.loads(line) for line in (tmp_path / "log.x").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 3]
     assert rows[2]["params.lr"] == 0.01 and rows[2]["parents"] == [history.c1]
@@ -261,13 +253,13 @@ def test_export_log_csv_and_jsonl_have_one_row_per_commit(history: History, tmp_
 
 def test_plot_writes_a_png_per_branch_series(history: History, tmp_path: Path) -> None:
     out = tmp_path / "loss.png"
-    result = run("--dir", str(history.dir), "--json", "plot", "loss", "-o", str(out))
+    result = run_cli("--dir", str(history.dir), "--json", "plot", "loss", "-o", str(out))
     assert result.exit_code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     series = json.loads(result.stdout)["series"]
     assert series["main"] == {"step": [1, 2, 3], "value": [1.0, 0.5, 0.25]}
     assert series["exp"] == {"step": [1, 2, 3], "value": [1.0, 0.5, 0.4]}
-    missing = run("--dir", str(history.dir), "plot", "nope", "-o", str(tmp_path / "x.png"))
+    missing = run_cli("--dir", str(history.dir), "plot", "nope", "-o", str(tmp_path / "x.png"))
     assert missing.exit_code == 1 and "no commit" in missing.stderr
 
 
@@ -287,7 +279,9 @@ def test_checkout_out_writes_safetensors_others_can_load(tmp_path: Path) -> None
     with Ledger.open(tmp_path / "ckpt", create=True, fsync=False) as lg:
         commit = lg.commit(state, step=7, metrics={"loss": 0.1})
     out = tmp_path / "export"
-    result = run("--dir", str(tmp_path / "ckpt"), "checkout", "HEAD", "--out", str(out), "--json")
+    result = run_cli(
+        "--dir", str(tmp_path / "ckpt"), "checkout", "HEAD", "--out", str(out), "--json"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["files"] == {
         "model.safetensors": "model",
@@ -306,7 +300,7 @@ def test_checkout_out_writes_safetensors_others_can_load(tmp_path: Path) -> None
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["commit"]["id"] == commit.id and meta["commit"]["metrics"] == {"loss": 0.1}
     assert meta["values"] == {"step": 7, "config": {"name": "tiny", "sizes": [3, 3]}}
-    again = run("--dir", str(tmp_path / "ckpt"), "checkout", "HEAD", "--out", str(out))
+    again = run_cli("--dir", str(tmp_path / "ckpt"), "checkout", "HEAD", "--out", str(out))
     assert again.exit_code == 1 and "not empty" in again.stderr
 
 
@@ -315,34 +309,34 @@ def test_checkout_out_writes_safetensors_others_can_load(tmp_path: Path) -> None
 
 def test_checkout_moves_head_and_b_forks_a_branch(own_history: History) -> None:
     d = str(own_history.dir)
-    assert run("--dir", d, "checkout", "exp").stdout.startswith("switched to branch exp")
-    assert run("--dir", d, "checkout", "main~1", "-q").stdout == ""
+    assert run_cli("--dir", d, "checkout", "exp").stdout.startswith("switched to branch exp")
+    assert run_cli("--dir", d, "checkout", "main~1", "-q").stdout == ""
     with Ledger.open(own_history.dir) as lg:
         head = lg.head
         assert lg.current_branch is None and head is not None and head.id == own_history.c1
-    run("--dir", d, "checkout", "-b", "retry", "main~2")
+    run_cli("--dir", d, "checkout", "-b", "retry", "main~2")
     with Ledger.open(own_history.dir) as lg:
         assert lg.current_branch == "retry" and lg.branches()["retry"] == own_history.c0
 
 
 def test_branch_and_tag_create_list_rename_delete(own_history: History) -> None:
     d = str(own_history.dir)
-    assert run("--dir", d, "branch", "b2", "exp").exit_code == 0
-    listing = run("--dir", d, "branch").stdout.splitlines()
+    assert run_cli("--dir", d, "branch", "b2", "exp").exit_code == 0
+    listing = run_cli("--dir", d, "branch").stdout.splitlines()
     assert [line.split()[:2] for line in listing] == [
         ["b2", own_history.e1[:12]],
         ["exp", own_history.e1[:12]],
         ["*", "main"],
     ]
-    assert run("--dir", d, "branch", "-m", "b2", "b3").exit_code == 0
-    assert run("--dir", d, "branch", "-d", "b3").exit_code == 0
-    refused = run("--dir", d, "branch", "-d", "exp")
+    assert run_cli("--dir", d, "branch", "-m", "b2", "b3").exit_code == 0
+    assert run_cli("--dir", d, "branch", "-d", "b3").exit_code == 0
+    refused = run_cli("--dir", d, "branch", "-d", "exp")
     assert refused.exit_code == 1 and "-D" in refused.stderr
-    assert run("--dir", d, "branch", "-D", "exp").exit_code == 0
-    assert run("--dir", d, "tag", "v1", "main~1").exit_code == 0
-    tags = json.loads(run("--dir", d, "tag", "--json").stdout)
+    assert run_cli("--dir", d, "branch", "-D", "exp").exit_code == 0
+    assert run_cli("--dir", d, "tag", "v1", "main~1").exit_code == 0
+    tags = json.loads(run_cli("--dir", d, "tag", "--json").stdout)
     assert tags == {"tags": [{"name": "v1", "commit": own_history.c1}]}
-    branches = json.loads(run("--dir", d, "branch", "--json").stdout)
+    branches = json.loads(run_cli("--dir", d, "branch", "--json").stdout)
     assert branches["current"] == "main" and [b["name"] for b in branches["branches"]] == ["main"]
 
 
@@ -350,12 +344,12 @@ def test_init_makes_dot_ledger_here_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run("init")
+    result = run_cli("init")
     assert result.exit_code == 0 and "initialized" in result.stdout
     assert (tmp_path / ".ledger" / "LEDGER").is_file()
-    doc = json.loads(run("init", str(tmp_path / "other"), "--json").stdout)
+    doc = json.loads(run_cli("init", str(tmp_path / "other"), "--json").stdout)
     assert doc == {"path": str(tmp_path / "other"), "created": True}
-    assert json.loads(run("init", "--json").stdout)["created"] is False
+    assert json.loads(run_cli("init", "--json").stdout)["created"] is False
 
 
 # -- global options and discovery -------------------------------------------------------
@@ -364,7 +358,7 @@ def test_init_makes_dot_ledger_here_by_default(
 def test_global_options_work_before_and_after_the_subcommand(history: History) -> None:
     d = str(history.dir)
     outputs = {
-        run(*args).stdout
+        run_cli(*args).stdout
         for args in (
             ("--dir", d, "--json", "log"),
             ("log", "--dir", d, "--json"),
@@ -378,9 +372,9 @@ def test_global_options_work_before_and_after_the_subcommand(history: History) -
 
 def test_quiet_silences_confirmations_before_or_after(own_history: History) -> None:
     d = str(own_history.dir)
-    assert run("--dir", d, "branch", "x1").stdout.startswith("created branch x1")
-    assert run("-q", "--dir", d, "branch", "x2").stdout == ""
-    assert run("--dir", d, "branch", "x3", "--quiet").stdout == ""
+    assert run_cli("--dir", d, "branch", "x1").stdout.startswith("created branch x1")
+    assert run_cli("-q", "--dir", d, "branch", "x2").stdout == ""
+    assert run_cli("--dir", d, "branch", "x3", "--quiet").stdout == ""
 
 
 def test_ledger_is_found_via_env_then_parent_dirs(
@@ -395,12 +389,12 @@ def test_ledger_is_found_via_env_then_parent_dirs(
     monkeypatch.chdir(deep)
 
     def head_id(**env: str) -> str:
-        return json.loads(run("show", "--json", env=dict(env)).stdout)["commit"]["id"]
+        return json.loads(run_cli("show", "--json", env=dict(env)).stdout)["commit"]["id"]
 
     assert head_id() == found_by_walk
     assert head_id(LEDGER_DIR=str(tmp_path / "elsewhere")) == found_by_env
     monkeypatch.chdir(tmp_path)
-    missing = run("log")
+    missing = run_cli("log")
     assert missing.exit_code == 1
     assert "no ledger found" in missing.stderr and "ledger init" in missing.stderr
 
@@ -409,11 +403,11 @@ def test_ledger_is_found_via_env_then_parent_dirs(
 
 
 def test_unknown_revision_exits_1_with_one_line_and_json_error(history: History) -> None:
-    result = run("--dir", str(history.dir), "show", "nope")
+    result = run_cli("--dir", str(history.dir), "show", "nope")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "nope" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 2
-    result = run("--dir", str(history.dir), "diff", "main", "nope", "--json")
+    result = run_cli("--dir", str(history.dir), "diff", "main", "nope", "--json")
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
     assert error["type"] == "RevisionNotFoundError" and "nope" in error["message"]
@@ -430,35 +424,21 @@ def test_unknown_revision_exits_1_with_one_line_and_json_error(history: History)
     ],
 )
 def test_bad_usage_exits_2(history: History, args: tuple[str, ...]) -> None:
-    result = run("--dir", str(history.dir), *args)
+    result = run_cli("--dir", str(history.dir), *args)
     assert result.exit_code == 2, result.output
-    as_doc = run("--dir", str(history.dir), "--json", *args)
+    as_doc = run_cli("--dir", str(history.dir), "--json", *args)
     assert as_doc.exit_code == 2 and "error" in json.loads(as_doc.stdout)
-
-
-def _damage_every_chunk(ledger_dir: Path) -> int:
-    damaged = 0
-    for pack in ledger_dir.rglob("*.pack"):
-        entries = [e for e in read_pack_index(pack) if e.kind == "chunk"]
-        with open(pack, "r+b") as f:
-            for e in entries:
-                f.seek(e.offset)
-                byte = f.read(1)
-                f.seek(e.offset)
-                f.write(bytes([byte[0] ^ 0xFF]))
-                damaged += 1
-    return damaged
 
 
 def test_corrupted_chunk_exits_3_from_checkout_out_and_diff(
     own_history: History, tmp_path: Path
 ) -> None:
-    assert _damage_every_chunk(own_history.dir) > 0
+    assert sum(map(damage_chunks, own_history.dir.rglob("*.pack"))) > 0
     d = str(own_history.dir)
-    result = run("--dir", d, "checkout", "exp", "--out", str(tmp_path / "out"))
+    result = run_cli("--dir", d, "checkout", "exp", "--out", str(tmp_path / "out"))
     assert result.exit_code == 3, result.output
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    result = run("--dir", d, "--json", "diff", "main~1", "exp")
+    result = run_cli("--dir", d, "--json", "diff", "main~1", "exp")
     assert result.exit_code == 3
     assert json.loads(result.stdout)["error"]["type"] == "CorruptionError"
 
@@ -470,7 +450,7 @@ def test_internal_bug_exits_4_with_traceback(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(Ledger, "du", broken)
-    result = run("--dir", str(history.dir), "du")
+    result = run_cli("--dir", str(history.dir), "du")
     assert result.exit_code == 4
     assert "Traceback" in result.stderr and "RuntimeError: boom" in result.stderr
 

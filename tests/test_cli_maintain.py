@@ -6,15 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from click.testing import CliRunner, Result
+from helpers import flip_byte, run_cli
 
 from ledger import Ledger
-from ledger.cli import cli
 from ledger.objects.packs import read_pack_index
-
-
-def run(*args: str) -> Result:
-    return CliRunner(env={"LEDGER_DIR": None}).invoke(cli, list(args), catch_exceptions=False)
 
 
 def build(root: Path, n: int = 5) -> list[str]:
@@ -31,49 +26,51 @@ def build(root: Path, n: int = 5) -> list[str]:
 def test_retention_set_from_the_shell_is_applied_by_gc(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     ids = build(root)
-    result = run(
+    result = run_cli(
         "--dir", str(root), "retention", "--keep-last", "2", "--keep-best", "loss:1:max", "--json"
     )
     assert result.exit_code == 0
     assert json.loads(result.output) == {
         "retention": {"*": ["KeepLast(2)", "KeepBest('loss', k=1, mode='max')"]}
     }
-    dry = json.loads(run("--dir", str(root), "gc", "--dry-run", "--grace", "0", "--json").output)
+    dry = json.loads(
+        run_cli("--dir", str(root), "gc", "--dry-run", "--grace", "0", "--json").output
+    )
     assert dry["dry_run"] is True and sorted(dry["expired"]) == sorted(ids[1:3])
-    done = json.loads(run("gc", "--grace", "0", "--json", "--dir", str(root)).output)
+    done = json.loads(run_cli("gc", "--grace", "0", "--json", "--dir", str(root)).output)
     assert sorted(done["expired"]) == sorted(ids[1:3]) and done["bytes_freed"] > 0
     with Ledger.open(root) as lg:
         assert lg.checkout(ids[0])["w"].numel() == 256  # kept by KeepBest (loss 5, max)
         assert [c.id for c in lg.log()] == ids[::-1]  # history stays whole
-    failed = run("--dir", str(root), "checkout", ids[1], "--out", str(tmp_path / "out"))
+    failed = run_cli("--dir", str(root), "checkout", ids[1], "--out", str(tmp_path / "out"))
     assert failed.exit_code == 1 and "expired" in failed.output
 
 
 def test_verify_exits_3_naming_a_damaged_chunk_and_0_when_whole(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     build(root, n=2)
-    ok = run("--dir", str(root), "verify", "--full", "--json")
+    ok = run_cli("--dir", str(root), "verify", "--full", "--json")
     assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
     pack = next((root / "objects" / "packs").glob("*.pack"))
     entry = next(e for e in read_pack_index(pack) if e.kind == "chunk")
-    data = bytearray(pack.read_bytes())
-    data[entry.offset + entry.length // 2] ^= 0xFF
-    pack.write_bytes(bytes(data))
-    bad = run("--dir", str(root), "verify", "--full")
+    flip_byte(pack, entry.offset + entry.length // 2)
+    bad = run_cli("--dir", str(root), "verify", "--full")
     assert bad.exit_code == 3
     assert "problem:" in bad.output and "w chunk 0" in bad.output and "FAILED" in bad.output
-    assert run("--dir", str(root), "verify").exit_code == 0  # without --full nothing is re-hashed
+    assert (
+        run_cli("--dir", str(root), "verify").exit_code == 0
+    )  # without --full nothing is re-hashed
 
 
 def test_rm_drops_state_keeps_history(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     ids = build(root, n=3)
-    assert run("--dir", str(root), "rm", "HEAD~1", "--reason", "licence").exit_code == 0
-    run("--dir", str(root), "gc", "--grace", "0")
+    assert run_cli("--dir", str(root), "rm", "HEAD~1", "--reason", "licence").exit_code == 0
+    run_cli("--dir", str(root), "gc", "--grace", "0")
     with Ledger.open(root) as lg:
         assert lg.refs.state().expired[ids[1]].reason == "licence"
         assert len(list(lg.log())) == 3
-    shown = run("--dir", str(root), "checkout", ids[1], "--out", str(tmp_path / "o"), "--json")
+    shown = run_cli("--dir", str(root), "checkout", ids[1], "--out", str(tmp_path / "o"), "--json")
     assert shown.exit_code == 1
     assert json.loads(shown.output)["error"]["type"] == "CommitExpiredError"
 
@@ -84,12 +81,12 @@ def test_gc_remote_from_the_shell_applies_retention_on_the_remote(tmp_path: Path
     with Ledger.open(root) as lg:
         lg.remote_add("origin", str(tmp_path / "remote"))
         lg.push("origin")
-    run("--dir", str(root), "retention", "--keep-last", "1")
-    dry = run("--dir", str(root), "gc", "--remote", "origin", "--dry-run", "--json")
+    run_cli("--dir", str(root), "retention", "--keep-last", "1")
+    dry = run_cli("--dir", str(root), "gc", "--remote", "origin", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.output
     doc = json.loads(dry.output)
     assert len(doc["expired"]) == 3
-    done = json.loads(run("--dir", str(root), "gc", "--remote", "origin", "--json").output)
+    done = json.loads(run_cli("--dir", str(root), "gc", "--remote", "origin", "--json").output)
     assert done["expired"] == doc["expired"]
     with Ledger.open(root) as lg:
         assert lg.refs.state().expired == {}  # the local ledger is untouched

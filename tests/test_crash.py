@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -26,7 +25,17 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import SCRIPTS, load_script
+from helpers import (
+    SCRIPTS,
+    FullFile,
+    bits,
+    commit_in_new_pack,
+    enospc,
+    fd_path,
+    load_script,
+    pack_ids,
+    random_state,
+)
 
 import ledger.objects.durable as durable_mod
 import ledger.objects.store as store_mod
@@ -40,11 +49,6 @@ CHUNK = 64 * 1024
 
 
 child = load_script("crash_commit")  # for ``make_state`` and ``digest``
-
-
-def packs(root: Path) -> set[str]:
-    """Names of the files in ``objects/packs``."""
-    return {p.name for p in (root / "objects" / "packs").iterdir()}
 
 
 def tmp_files(root: Path) -> set[str]:
@@ -75,8 +79,8 @@ def verify_after_crash(
     """Everything invariant 2 promises after a crash, then one more commit."""
     with Ledger.open(root, fsync=True) as lg:
         assert lg.store.damaged == {}, "a crash left a partial pack visible in objects/packs"
-        for name in packs(root):
-            read_pack_index(root / "objects" / "packs" / name)
+        for pack in pack_ids(root):
+            read_pack_index(lg.store.pack_path(pack))
         assert lg.current_branch == "main"
         head = lg.head
         if head is None:  # killed before the very first commit finished
@@ -183,23 +187,9 @@ def test_sigkill_many_times(ledger_dir: Path, python: str) -> None:
 # -- (b) damaged packs ---------------------------------------------------------------------
 
 
-def state(seed: int, n: int = 50_000) -> dict[str, Any]:
-    """A state of random tensors, distinct per ``seed``."""
-    g = torch.Generator().manual_seed(seed)
-    return {"w": torch.randn(n, generator=g), "b": torch.randn(100, generator=g), "seed": seed}
-
-
-def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Bitwise equality of two states made by :func:`state`."""
-    return torch.equal(a["w"], b["w"]) and torch.equal(a["b"], b["b"]) and a["seed"] == b["seed"]
-
-
-def commit_in_new_pack(lg: Ledger, s: dict[str, Any]) -> tuple[str, str]:
-    """Commit ``s``; return its id and the one pack the commit wrote."""
-    before = packs(lg.root)
-    c = lg.commit(s, rng=False)
-    (new,) = packs(lg.root) - before
-    return c.id, new.removesuffix(".pack")
+def state(seed: int) -> dict[str, Any]:
+    """A state of random tensors, distinct per ``seed``, 200 KB of them."""
+    return random_state(seed, 50_000)
 
 
 def truncate(path: Path, fraction: float) -> None:
@@ -224,9 +214,9 @@ def test_torn_unreferenced_pack_does_not_block_the_ledger(
 
     with Ledger.open(ledger_dir, fsync=False) as lg:
         assert orphan in lg.store.damaged
-        assert same(lg.checkout(a), state(1))
+        assert bits(lg.checkout(a)) == bits(state(1))
         b = lg.commit(state(2), rng=False)
-        assert same(lg.checkout("HEAD"), state(2))
+        assert bits(lg.checkout("HEAD")) == bits(state(2))
         assert [c.id for c in lg.log()] == [b.id, a]
 
 
@@ -247,12 +237,12 @@ def test_torn_referenced_pack_names_what_is_missing(ledger_dir: Path, fraction: 
         with pytest.raises(CorruptionError):
             list(lg.log("main"))
         # The other commit (its own pack) is untouched.
-        assert same(lg.checkout(a), state(1))
+        assert bits(lg.checkout(a)) == bits(state(1))
         # Committing the same state again stores its chunks anew instead of
         # deduplicating against the damaged pack, so the new commit is whole.
         c = lg.commit(state(2), rng=False, branch="repair")
         assert c.stats.chunks_written == c.stats.chunks_total
-        assert same(lg.checkout(c.id), state(2))
+        assert bits(lg.checkout(c.id)) == bits(state(2))
 
 
 def test_missing_chunk_error_names_the_tensor_and_commit(ledger_dir: Path) -> None:
@@ -274,37 +264,18 @@ def test_missing_chunk_error_names_the_tensor_and_commit(ledger_dir: Path) -> No
 # -- (c) a full disk -------------------------------------------------------------------------
 
 
-class FullFile:
-    """A file object whose writes fail with ENOSPC once ``budget`` bytes are used up."""
+def full_after(budget: int) -> Callable[[Any], bool]:
+    """For :class:`FullFile`: the disk fills once ``budget`` bytes are written (all files)."""
+    left = [budget]
 
-    def __init__(self, f: Any, budget: list[int]) -> None:
-        self._f = f
-        self._budget = budget
-
-    def write(self, data: Any) -> int:
+    def full(data: Any) -> bool:
         n = memoryview(data).nbytes
-        if n > self._budget[0]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._budget[0] -= n
-        return int(self._f.write(data))
+        if n > left[0]:
+            return True
+        left[0] -= n
+        return False
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-    def __enter__(self) -> FullFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._f.close()
-
-
-def fd_path(fd: int) -> str:
-    """The path an open file descriptor refers to."""
-    return os.readlink(f"/proc/self/fd/{fd}")
-
-
-def enospc() -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return full
 
 
 @pytest.fixture
@@ -316,11 +287,11 @@ def durable_ledger(ledger_dir: Path) -> Iterator[Ledger]:
 
 def inject_pack_write(budget: int) -> Callable[[pytest.MonkeyPatch], None]:
     def inject(mp: pytest.MonkeyPatch) -> None:
-        left = [budget]
+        full = full_after(budget)
 
         def fake_open(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
             f = open(path, mode, *a, **kw)  # noqa: SIM115 - wrapped and closed by the caller
-            return FullFile(f, left) if "w" in mode else f
+            return FullFile(f, full) if "w" in mode else f
 
         mp.setattr(store_mod, "open", fake_open, raising=False)
 
@@ -379,15 +350,15 @@ def test_full_disk_mid_commit_is_disk_full_error_and_moves_nothing(
         monkeypatch.setattr(direct, "BUFFER", 64 << 10)
     lg = durable_ledger
     root = lg.root
-    first = lg.commit(state(1, n=200_000), rng=False)
+    first = lg.commit(random_state(1, 200_000), rng=False)
     refs_before = lg.refs.snapshot()
     log_before = (root / "events.log").read_bytes()
-    packs_before, tmp_before = packs(root), tmp_files(root)
+    packs_before, tmp_before = pack_ids(root), tmp_files(root)
 
     with monkeypatch.context() as mp:
         FULL_DISK[where](mp)
         with pytest.raises(DiskFullError) as info:
-            lg.commit(state(2, n=200_000), rng=False)
+            lg.commit(random_state(2, 200_000), rng=False)
     assert isinstance(info.value, LedgerError)
     assert "disk is full" in str(info.value)
     # No ref moved, the log is byte-for-byte what it was, nothing half-written is left.
@@ -395,16 +366,16 @@ def test_full_disk_mid_commit_is_disk_full_error_and_moves_nothing(
     assert (root / "events.log").read_bytes() == log_before
     assert tmp_files(root) == tmp_before
     if where.startswith("pack"):
-        assert packs(root) == packs_before, "a partial pack became visible"
-    for name in packs(root):  # any pack that is visible is whole
-        read_pack_index(root / "objects" / "packs" / name)
+        assert pack_ids(root) == packs_before, "a partial pack became visible"
+    for pack in pack_ids(root):  # any pack that is visible is whole
+        read_pack_index(lg.store.pack_path(pack))
     # With space again, the ledger commits and restores as if nothing happened.
     with Ledger.open(root, fsync=True) as again:
         assert again.refs.snapshot() == refs_before
-        c = again.commit(state(2, n=200_000), rng=False)
+        c = again.commit(random_state(2, 200_000), rng=False)
         assert c.parents == [first.id]
-        assert same(again.checkout("HEAD"), state(2, n=200_000))
-        assert same(again.checkout(first.id), state(1, n=200_000))
+        assert bits(again.checkout("HEAD")) == bits(random_state(2, 200_000))
+        assert bits(again.checkout(first.id)) == bits(random_state(1, 200_000))
     c2 = lg.commit(state(3), rng=False)
     assert c2.parents == [c.id]
 
@@ -421,7 +392,7 @@ def test_full_disk_while_writing_the_ref_view_keeps_the_commit(
 
         def fake_open(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
             f = real_open(path, mode, *a, **kw)
-            return FullFile(f, [0]) if "w" in mode else f
+            return FullFile(f, full_after(0)) if "w" in mode else f
 
         mp.setattr(durable_mod, "open", fake_open, raising=False)
         second = lg.commit(state(2), rng=False)
@@ -432,7 +403,7 @@ def test_full_disk_while_writing_the_ref_view_keeps_the_commit(
     with Ledger.open(lg.root) as again:
         assert again.resolve("main") == second.id
         assert again.refs.snapshot() == again.refs.replay()
-        assert same(again.checkout("HEAD"), state(2))
+        assert bits(again.checkout("HEAD")) == bits(state(2))
 
 
 # -- (d) write order -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import dir_bytes
 
 from ledger import Ledger
 from ledger.history.records import DictNode, Node, StatefulNode, TensorNode
@@ -25,11 +26,6 @@ KIB = 1024
 CHUNK = 64 * KIB
 METADATA_LIMIT = 64 * KIB
 WIDTH = 256  # each hidden Linear: 256 KiB of fp32 weight = 4 chunks, plus a 1 KiB bias
-
-
-def dir_bytes(root: Path) -> int:
-    """Bytes of every file in the ledger directory."""
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def packs(lg: Ledger) -> set[Path]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import blake3
 import pytest
-import torch
+from helpers import tiny_state
 
 from ledger import Ledger, LedgerError
 from ledger.errors import (
@@ -29,14 +29,9 @@ from ledger.history.revisions import resolve
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def state(i: int) -> dict[str, Any]:
-    """A small state that differs per ``i``."""
-    return {"w": torch.full((4,), float(i)), "step": i}
-
-
 def commit_n(lg: Ledger, n: int, start: int = 0, **kw: Any) -> list[str]:
     """Make ``n`` commits (no RNG capture, to keep them cheap); return their ids in order."""
-    return [lg.commit(state(i), step=i, rng=False, **kw).id for i in range(start, start + n)]
+    return [lg.commit(tiny_state(i), step=i, rng=False, **kw).id for i in range(start, start + n)]
 
 
 # -- HEAD --------------------------------------------------------------------------
@@ -72,7 +67,7 @@ def test_switch_to_branch_attaches_and_commit_moves_that_branch(lg: Ledger) -> N
     switched = lg.switch("exp")
     assert switched is not None and switched.id == ids[0]
     assert lg.current_branch == "exp"
-    c = lg.commit(state(9), rng=False)
+    c = lg.commit(tiny_state(9), rng=False)
     assert c.parents == [ids[0]]
     assert lg.branches() == {"exp": c.id, "main": ids[1]}
     head = lg.head
@@ -93,7 +88,7 @@ def test_switch_to_non_branch_detaches_and_commit_refuses(lg: Ledger, how: str) 
     assert head is not None and head.id == ids[0]
     before = lg.refs.snapshot()
     with pytest.raises(DetachedHeadError, match="detached"):
-        lg.commit(state(5), rng=False)
+        lg.commit(tiny_state(5), rng=False)
     assert lg.refs.snapshot() == before, "a refused commit moved a ref"
     assert isinstance(DetachedHeadError("x"), LedgerError)
 
@@ -101,7 +96,7 @@ def test_switch_to_non_branch_detaches_and_commit_refuses(lg: Ledger, how: str) 
 def test_detached_commit_with_branch_creates_it_at_head(lg: Ledger) -> None:
     ids = commit_n(lg, 2)
     lg.switch(ids[0])
-    c = lg.commit(state(7), rng=False, branch="fix")
+    c = lg.commit(tiny_state(7), rng=False, branch="fix")
     assert c.parents == [ids[0]]
     assert lg.branches()["fix"] == c.id
     assert lg.branches()["main"] == ids[1]
@@ -112,7 +107,7 @@ def test_detached_commit_with_branch_creates_it_at_head(lg: Ledger) -> None:
 
 def test_commit_to_new_branch_starts_at_head_and_keeps_head(lg: Ledger) -> None:
     ids = commit_n(lg, 2)
-    c = lg.commit(state(7), rng=False, branch="b")
+    c = lg.commit(tiny_state(7), rng=False, branch="b")
     assert c.parents == [ids[1]], "a new branch must start at HEAD's commit"
     assert lg.branches() == {"b": c.id, "main": ids[1]}
     assert lg.current_branch == "main"
@@ -123,14 +118,14 @@ def test_commit_to_new_branch_starts_at_head_and_keeps_head(lg: Ledger) -> None:
 def test_commit_to_existing_branch_uses_its_tip_as_parent(lg: Ledger) -> None:
     ids = commit_n(lg, 3)
     lg.branch("old", at=ids[0])
-    c = lg.commit(state(8), rng=False, branch="old")
+    c = lg.commit(tiny_state(8), rng=False, branch="old")
     assert c.parents == [ids[0]], "the parent must be the branch tip, not HEAD"
     assert lg.branches() == {"main": ids[2], "old": c.id}
     assert lg.current_branch == "main"
 
 
 def test_unchanged_state_still_makes_a_new_commit(lg: Ledger) -> None:
-    s = state(1)
+    s = tiny_state(1)
     a = lg.commit(s, rng=False)
     b = lg.commit(s, rng=False)
     assert a.id != b.id
@@ -280,7 +275,7 @@ def test_invalid_ref_names_are_refused(lg: Ledger, name: str) -> None:
     with pytest.raises(RefNameError):
         lg.tag(name)
     with pytest.raises(RefNameError):
-        lg.commit(state(1), rng=False, branch=name)
+        lg.commit(tiny_state(1), rng=False, branch=name)
     assert lg.refs.snapshot() == before
 
 
@@ -315,7 +310,7 @@ def test_tags_never_move(lg: Ledger) -> None:
     lg.switch("v1")
     assert lg.current_branch is None, "switching to a tag must detach, never attach to the tag"
     with pytest.raises(DetachedHeadError):
-        lg.commit(state(1), rng=False)
+        lg.commit(tiny_state(1), rng=False)
     assert lg.tags() == {"v1": ids[0]}
 
 
@@ -325,7 +320,7 @@ def test_tags_never_move(lg: Ledger) -> None:
 def test_commit_time_is_aware_utc_and_survives_reopen(ledger_dir: Path) -> None:
     before = dt.datetime.now(dt.timezone.utc)
     with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
-        c = lg.commit(state(1), rng=False)
+        c = lg.commit(tiny_state(1), rng=False)
     after = dt.datetime.now(dt.timezone.utc)
     assert c.time.tzinfo is not None and c.time.utcoffset() == dt.timedelta(0)
     assert before <= c.time <= after
@@ -337,7 +332,7 @@ def test_commit_time_is_aware_utc_and_survives_reopen(ledger_dir: Path) -> None:
 
 def test_commit_id_is_blake3_of_the_stored_commit_object(lg: Ledger) -> None:
     commit_n(lg, 1)
-    c = lg.commit(state(2), message="m", step=3, epoch=1, metrics={"loss": 0.5}, rng=False)
+    c = lg.commit(tiny_state(2), message="m", step=3, epoch=1, metrics={"loss": 0.5}, rng=False)
     assert HEX64.match(c.id)
     raw = lg.store.read(bytes.fromhex(c.id), "commit")
     assert blake3.blake3(raw).hexdigest() == c.id

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import tiny_state
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -66,11 +67,6 @@ def make_frame(event: RefUpdate) -> bytes:
     return FRAME.pack(b"LGEV", len(payload), zlib.crc32(payload)) + payload
 
 
-def tiny(i: int) -> dict[str, Any]:
-    """A small state distinct per ``i``."""
-    return {"w": torch.full((3,), float(i)), "i": i}
-
-
 def everything(lg: Ledger) -> dict[str, Any]:
     """Everything a user can see of the refs: names, HEAD, resolutions, logs."""
     refs = lg.refs.snapshot()
@@ -86,10 +82,10 @@ def everything(lg: Ledger) -> dict[str, Any]:
 
 def populated(lg: Ledger) -> list[str]:
     """A ledger with two branches, a tag and a detached HEAD."""
-    ids = [lg.commit(tiny(i), rng=False).id for i in range(3)]
+    ids = [lg.commit(tiny_state(i), rng=False).id for i in range(3)]
     lg.branch("exp", at="main~1")
     lg.switch("exp")
-    ids.append(lg.commit(tiny(10), rng=False).id)
+    ids.append(lg.commit(tiny_state(10), rng=False).id)
     lg.tag("v1", at="main")
     lg.switch("v1")
     return ids
@@ -124,7 +120,7 @@ def test_refs_view_can_be_lost_or_damaged(ledger_dir: Path, damage: str) -> None
     with Ledger.open(ledger_dir) as lg:
         assert everything(lg) == expected
         # The next write rebuilds the view, and the ledger keeps working.
-        c = lg.commit(tiny(99), rng=False, branch="exp")
+        c = lg.commit(tiny_state(99), rng=False, branch="exp")
         assert lg.resolve("exp") == c.id
     assert view.read_bytes() != b""
     with Ledger.open(ledger_dir) as lg:
@@ -135,7 +131,7 @@ def test_refs_view_can_be_lost_or_damaged(ledger_dir: Path, damage: str) -> None
 def test_stale_view_catches_up_from_the_log(ledger_dir: Path) -> None:
     """A view written before later events is extended by replaying only what follows it."""
     with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
-        lg.commit(tiny(0), rng=False)
+        lg.commit(tiny_state(0), rng=False)
         old_view = (ledger_dir / "refs").read_bytes()
         populated(lg)
         expected = everything(lg)
@@ -198,7 +194,7 @@ class RefsMachine(RuleBasedStateMachine):
     def commit_on_head(self) -> None:
         self.n += 1
         ref = f"refs/heads/{self.head_branch()}"
-        c = self.lg.commit(tiny(self.n), rng=False)
+        c = self.lg.commit(tiny_state(self.n), rng=False)
         assert c.parents == ([self.model[ref]] if ref in self.model else [])
         self.model[ref] = c.id
         self.made.append(c.id)
@@ -208,7 +204,7 @@ class RefsMachine(RuleBasedStateMachine):
     def commit_to_existing_branch(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(self.branches()))
         self.n += 1
-        c = self.lg.commit(tiny(self.n), rng=False, branch=name)
+        c = self.lg.commit(tiny_state(self.n), rng=False, branch=name)
         assert c.parents == [self.model["refs/heads/" + name]]
         self.model["refs/heads/" + name] = c.id
         self.made.append(c.id)
@@ -292,8 +288,8 @@ TestRefsMachine.settings = settings(max_examples=25, stateful_step_count=25, dea
 
 
 def test_stale_cas_raises_and_changes_nothing(lg: Ledger) -> None:
-    a = lg.commit(tiny(1), rng=False).id
-    b = lg.commit(tiny(2), rng=False).id
+    a = lg.commit(tiny_state(1), rng=False).id
+    b = lg.commit(tiny_state(2), rng=False).id
     log = lg.root / "events.log"
     before_log, before_refs = log.read_bytes(), lg.refs.snapshot()
     with pytest.raises(RefConflictError, match="branch 'main'") as info:
@@ -318,9 +314,9 @@ def test_second_instance_with_stale_tip_loses(ledger_dir: Path) -> None:
         Ledger.open(ledger_dir, create=True, fsync=False) as one,
         Ledger.open(ledger_dir, fsync=False) as two,
     ):
-        base = one.commit(tiny(0), rng=False).id
+        base = one.commit(tiny_state(0), rng=False).id
         tip_seen_by_two = two.resolve("main")
-        won = one.commit(tiny(1), rng=False)
+        won = one.commit(tiny_state(1), rng=False)
         with pytest.raises(RefConflictError):
             two.refs.update({"refs/heads/main": (tip_seen_by_two, base)}, "stale writer")
         assert two.resolve("main") == won.id
@@ -335,14 +331,14 @@ def test_commit_race_in_one_process_loser_gets_conflict(
         Ledger.open(ledger_dir, create=True, fsync=False) as slow,
         Ledger.open(ledger_dir, fsync=False) as fast,
     ):
-        base = slow.commit(tiny(0), rng=False).id
+        base = slow.commit(tiny_state(0), rng=False).id
         commits_before = {oid.hex() for oid in slow.store.ids("commit")}
         real_update = slow.refs.update
         rival: list[str] = []
 
         def update_after_rival(changes: dict[str, Any], reason: str, *a: Any, **kw: Any) -> None:
             if not rival and "refs/heads/main" in changes:
-                rival.append(fast.commit(tiny(50), rng=False).id)
+                rival.append(fast.commit(tiny_state(50), rng=False).id)
             real_update(changes, reason, *a, **kw)
 
         monkeypatch.setattr(slow.refs, "update", update_after_rival)
@@ -401,7 +397,7 @@ RACER = textwrap.dedent(
 
 def test_two_processes_race_for_one_branch(ledger_dir: Path, tmp_path: Path, python: str) -> None:
     with Ledger.open(ledger_dir, create=True, fsync=True) as lg:
-        base = lg.commit(tiny(0), rng=False).id
+        base = lg.commit(tiny_state(0), rng=False).id
     sync = tmp_path / "sync"
     sync.mkdir()
     procs = [
@@ -443,7 +439,7 @@ def test_two_processes_race_for_one_branch(ledger_dir: Path, tmp_path: Path, pyt
             assert lg.checkout(cid)["w"].numel() in (3, 5000)
         assert lg.refs.replay() == lg.refs.snapshot()
         frame_bounds(ledger_dir / "events.log")
-        retry = lg.commit(tiny(7), rng=False)
+        retry = lg.commit(tiny_state(7), rng=False)
         assert retry.parents == [winner]
 
 
@@ -492,7 +488,7 @@ def test_torn_tail_is_ignored_then_cut_by_next_writer(
         assert lg.refs.torn_bytes == len(torn_tails()[tail])
         assert log.read_bytes().startswith(valid) and log.stat().st_size > len(valid)
         # The next writer cuts the tail off before appending.
-        c = lg.commit(tiny(5), rng=False, branch="exp")
+        c = lg.commit(tiny_state(5), rng=False, branch="exp")
     data = log.read_bytes()
     assert data.startswith(valid)
     bounds = frame_bounds(log)  # asserts the file ends at a frame boundary
@@ -540,14 +536,14 @@ def test_damaged_middle_frame_is_corruption(ledger_dir: Path, where: str) -> Non
             _ = lg.head
         # A writer must not "repair" it by cutting the damaged frame and what follows.
         with pytest.raises(CorruptionError):
-            lg.commit(tiny(3), rng=False)
+            lg.commit(tiny_state(3), rng=False)
         with pytest.raises(CorruptionError):
             lg.refs.update({"refs/tags/x": (None, "a" * 64)}, "x")
     assert log.read_bytes() == damaged
 
 
 def test_damaged_header_is_corruption(lg: Ledger) -> None:
-    lg.commit(tiny(0), rng=False)
+    lg.commit(tiny_state(0), rng=False)
     log = lg.root / "events.log"
     data = bytearray(log.read_bytes())
     data[0] ^= 1
@@ -563,11 +559,11 @@ def test_readers_see_the_log_written_by_another_instance(ledger_dir: Path) -> No
         Ledger.open(ledger_dir, create=True, fsync=False) as a,
         Ledger.open(ledger_dir, fsync=False) as b,
     ):
-        c = a.commit(tiny(0), rng=False)
+        c = a.commit(tiny_state(0), rng=False)
         assert b.resolve("main") == c.id
         b.branch("exp")
         b.switch("exp")
         assert a.current_branch == "exp"
-        d = a.commit(tiny(1), rng=False)
+        d = a.commit(tiny_state(1), rng=False)
         assert b.branches() == {"exp": d.id, "main": c.id}
         assert os.path.exists(ledger_dir / "lock")

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import load_script
+from helpers import dir_bytes, load_script, object_ids, tree_bytes
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -47,14 +47,7 @@ from ledger.objects import direct
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
 
 gs = load_script("gc_state")
-N = 1024  # float32 per tensor: one 4 KiB chunk each with chunk_size=4096
-
-
-@pytest.fixture
-def small(ledger_dir: Path) -> Any:
-    """A ledger with 4 KiB chunks (so every tensor is one chunk)."""
-    with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as opened:
-        yield opened
+N = 1024  # float32 per tensor: one 4 KiB chunk each in the ``small`` ledger
 
 
 def commit(
@@ -678,7 +671,7 @@ class LedgerLife(RuleBasedStateMachine):
     @rule()
     def gc(self) -> None:
         due = self.due()
-        ids_before = all_objects(self.lg)
+        ids_before = object_ids(self.lg)
         size_before = dir_bytes(self.root / "objects" / "packs")
         report = self.lg.gc(grace=0)
         assert report.expired == sorted(due)
@@ -694,14 +687,14 @@ class LedgerLife(RuleBasedStateMachine):
         assert {o.hex() for o in store.ids("manifest")} == {self.commits[c].manifest for c in kept}
         assert {o.hex() for o in store.ids("commit")} == reachable
         # The report counts what really left the disk.
-        assert report.objects_freed == len(ids_before - all_objects(self.lg))
+        assert report.objects_freed == len(ids_before - object_ids(self.lg))
         assert report.bytes_freed == size_before - dir_bytes(self.root / "objects" / "packs")
 
     @rule()
     def gc_dry_run(self) -> None:
-        before = snapshot_files(self.root)
+        before = tree_bytes(self.root)
         report = self.lg.gc(dry_run=True, grace=0)
-        after = snapshot_files(self.root)
+        after = tree_bytes(self.root)
         # Only empty lock files may appear (a ledger that never took them lacks them).
         created = {k: v for k, v in after.items() if k not in before}
         assert set(created) <= {"gc.lock", "gc.intent"} and not any(created.values())
@@ -744,19 +737,6 @@ class LedgerLife(RuleBasedStateMachine):
             else:
                 got = self.lg.checkout(cid, mmap=self.MMAP)
                 assert same_state(got, self.commits[cid].state), cid[:12]
-
-
-def all_objects(lg: Ledger) -> set[bytes]:
-    lg.store.sync()
-    return {o for kind in ("chunk", "manifest", "commit", "blob") for o in lg.store.ids(kind)}
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir())
-
-
-def snapshot_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 _SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"

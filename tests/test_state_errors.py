@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import flip_stored_byte, tree_bytes
 
 from ledger import Ledger, LedgerError
 from ledger.errors import (
@@ -56,15 +57,6 @@ def snapshot(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return (type(value).__name__, [snapshot(v) for v in value])
     return (type(value).__name__, repr(value))
-
-
-def stored_files(lg: Ledger) -> dict[str, bytes]:
-    """Every file of the ledger with its bytes (to prove a failed call wrote nothing)."""
-    return {
-        str(p.relative_to(lg.root)): p.read_bytes()
-        for p in sorted(lg.root.rglob("*"))
-        if p.is_file() and p.name != "lock"
-    }
 
 
 def linear(seed: int, out: int = 3, bias: bool = True) -> torch.nn.Linear:
@@ -140,7 +132,7 @@ UNSUPPORTED: dict[str, tuple[Callable[[], dict[Any, Any]], str, str]] = {
 def test_unsupported_values_are_refused_naming_their_path(lg: Ledger, case: str) -> None:
     make, path, words = UNSUPPORTED[case]
     good = lg.commit({"w": torch.arange(4.0)})
-    files = stored_files(lg)
+    files = tree_bytes(lg.root, skip={"lock"})
 
     with pytest.raises(UnsupportedValueError) as info:
         lg.commit({"fine": torch.ones(3), **make()})
@@ -149,7 +141,7 @@ def test_unsupported_values_are_refused_naming_their_path(lg: Ledger, case: str)
     assert message.startswith(path + ":") or f"{path}:" in message, message
     assert words in message, message
     assert isinstance(info.value, LedgerError)
-    assert stored_files(lg) == files  # no pack, no event, no temp file
+    assert tree_bytes(lg.root, skip={"lock"}) == files  # no pack, no event, no temp file
     assert lg.head is not None and lg.head.id == good.id
     assert torch.equal(lg.checkout()["w"], torch.arange(4.0))
 
@@ -244,7 +236,7 @@ def test_a_mismatched_restore_is_refused_and_changes_nothing(
     changes, words = MISMATCHES[case]
     live = live_state(**changes)
     before = snapshot(live)
-    files = stored_files(lg)
+    files = tree_bytes(lg.root, skip={"lock"})
 
     with pytest.raises(StateMismatchError) as info:
         lg.restore(live)
@@ -252,7 +244,7 @@ def test_a_mismatched_restore_is_refused_and_changes_nothing(
     assert words in str(info.value)
     assert "nothing was changed" in str(info.value)
     assert snapshot(live) == before  # bitwise: no live object was touched
-    assert stored_files(lg) == files
+    assert tree_bytes(lg.root, skip={"lock"}) == files
     # The ledger itself is fine: a matching live state restores exactly.
     good = live_state()
     lg.restore(good)
@@ -338,26 +330,6 @@ def _tensor_node(lg: Ledger, rev: str, *path: str) -> TensorNode:
     return node
 
 
-def flip_byte_in_chunk(lg: Ledger, chunk_id: str) -> None:
-    """Flip one byte in the middle of a chunk's stored bytes, in its pack file."""
-    located = lg.store.locate(bytes.fromhex(chunk_id))
-    assert located is not None
-    pack, entry = located
-    path = lg.store.packs_dir / f"{pack}.pack"
-    at = entry.offset + entry.length // 2
-    with open(path, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)[0]
-        f.seek(at)
-        f.write(bytes([byte ^ 0x5A]))
-
-
-@pytest.fixture
-def small(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "small", create=True, fsync=False, chunk_size=4096) as opened:
-        yield opened
-
-
 @pytest.mark.parametrize("fill", ["random", "compressible"])
 def test_a_corrupted_chunk_is_refused_naming_the_tensor_and_commit(
     small: Ledger, fill: str
@@ -376,7 +348,7 @@ def test_a_corrupted_chunk_is_refused_naming_the_tensor_and_commit(
     assert lg.store.locate(bytes.fromhex(node.chunks[1]))[1].codec == (  # type: ignore[index]
         "raw" if fill == "random" else "bgzstd"
     )
-    flip_byte_in_chunk(lg, node.chunks[1])
+    flip_stored_byte(lg, node.chunks[1], mask=0x5A)
 
     with pytest.raises(CorruptionError) as info:
         lg.checkout(first.id)

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import run_cli
 
 from ledger import Ledger
-from ledger.cli import cli
 from ledger.errors import ObjectMissingError
 from ledger.state.dtypes import TORCH_DTYPES, as_bits
 from ledger.state.unchanged import SAMPLE_STRIDE, UnchangedTensors, sample_digest
@@ -210,10 +209,10 @@ def test_ledger_show_says_how_many_chunks_were_trusted(ledger_dir: Path) -> None
         second = lg.commit({"w": w, "small": torch.ones(4)}, rng=False)
     trusted = second.stats.chunks_trusted
     assert trusted > 0
-    shown = CliRunner().invoke(cli, ["--dir", str(ledger_dir), "show", second.id[:12]])
+    shown = run_cli("--dir", ledger_dir, "show", second.id[:12])
     assert shown.exit_code == 0, shown.output
     assert f"{trusted} unchanged, not read" in shown.output
-    plain = CliRunner().invoke(cli, ["--dir", str(ledger_dir), "show", first.id[:12]])
+    plain = run_cli("--dir", ledger_dir, "show", first.id[:12])
     assert "not read" not in plain.output
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import CorruptionError, FormatVersionError
+from ledger.errors import CorruptionError, FormatVersionError, PolicyError
 from ledger.history.records import Event, events_decoder, msgpack_encoder, unknown_tags
 from ledger.objects.durable import disk_errors, fsync_dir
 
@@ -100,20 +100,31 @@ class EventLog:
                 self._check_torn(data, cur, pos)
                 return LogRead(events=events, end=pos + cur, torn_bytes=len(data) - cur)
             payload, nxt = frame
-            try:
-                events.extend(events_decoder.decode(payload))
-            except msgspec.DecodeError as e:
-                newer = unknown_tags(payload)
-                if newer:
-                    raise FormatVersionError(
-                        f"{self.path} holds events of kinds {sorted(newer)} written by a newer "
-                        "training-ledger; upgrade: pip install -U training-ledger"
-                    ) from e
-                raise CorruptionError(
-                    f"{self.path}: event at byte {pos + cur} cannot be decoded ({e})"
-                ) from e
+            events.extend(self._decode(payload, pos + cur))
             cur = nxt
         return LogRead(events=events, end=pos + cur, torn_bytes=0)
+
+    def _decode(self, payload: bytes, at: int) -> list[Event]:
+        """The events of an intact frame at byte ``at``; anything else is a LedgerError."""
+        # An intact frame is still untrusted bytes: a policy that fails its own check
+        # (PolicyError from __post_init__) or nesting deeper than the interpreter can
+        # recurse is corruption of this file, like any other undecodable payload.
+        try:
+            return events_decoder.decode(payload)
+        except (msgspec.DecodeError, PolicyError, RecursionError) as e:
+            error = e
+        try:
+            newer = unknown_tags(payload)
+        except RecursionError:
+            newer = set()
+        if newer:
+            raise FormatVersionError(
+                f"{self.path} holds events of kinds {sorted(newer)} written by a newer "
+                "training-ledger; upgrade: pip install -U training-ledger"
+            ) from error
+        raise CorruptionError(
+            f"{self.path}: event at byte {at} cannot be decoded ({error})"
+        ) from error
 
     def _check_torn(self, data: bytes, cur: int, base: int) -> None:
         probe = data.find(FRAME_MAGIC, cur + 1)

@@ -85,6 +85,8 @@ def read_pack_index(path: Path) -> list[IndexEntry]:
             raise CorruptionError(
                 f"pack {path.name} has format {version}; upgrade training-ledger to read it"
             )
+        if version < 1:
+            raise CorruptionError(f"pack {path.name} has format {version}, which never existed")
         f.seek(size - FOOTER.size)
         offset, length, digest, end = FOOTER.unpack(f.read(FOOTER.size))
         if end != FOOTER_MAGIC:
@@ -99,6 +101,10 @@ def read_pack_index(path: Path) -> list[IndexEntry]:
         decoded = _index_decoder.decode(index)
     except msgspec.DecodeError as e:
         raise CorruptionError(f"pack {path.name} index cannot be decoded: {e}") from e
+    if decoded.format != version:
+        raise CorruptionError(
+            f"pack {path.name} index has format {decoded.format} in a format {version} pack"
+        )
     if not all(entry_is_valid(entry, offset) for entry in decoded.entries):
         raise CorruptionError(f"pack {path.name} has an invalid index entry")
     return decoded.entries
