@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from helpers import SCRIPTS, finish, load_script, start
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -158,6 +159,11 @@ def test_different_registered_objects_change_nothing(lg: Ledger) -> None:
 
 
 def test_saving_mid_accumulation_warns(lg: Ledger) -> None:
+    # Accelerate keeps its state in process-wide singletons; a Trainer test run before this
+    # one in the same process leaves gradient_accumulation_steps=1 behind, and then the
+    # accumulate() block below would sync at once and nothing would be mid-accumulation.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
     model = accelerator.prepare(nn.Linear(2, 1))
     with accelerator.accumulate(model):
