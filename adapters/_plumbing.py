@@ -23,17 +23,8 @@ import msgspec
 from ledger import Commit, Ledger
 from ledger import metadata as ledger_metadata
 from ledger.api.inputs import _Draft
-from ledger.history.records import (
-    AliasNode,
-    CommitStats,
-    DictNode,
-    ListNode,
-    Node,
-    StatefulNode,
-    TensorNode,
-    TupleNode,
-    msgpack_encoder,
-)
+from ledger.history.records import CommitStats, msgpack_encoder
+from ledger.manifest import AliasNode, DictNode, ListNode, Node, StatefulNode, TensorNode, TupleNode
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import PackWriter
 from ledger.state.flatten import Flattener

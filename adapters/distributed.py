@@ -36,7 +36,8 @@ from torch.distributed.tensor import DTensor
 
 from ledger import Commit, Ledger
 from ledger.errors import StateMismatchError
-from ledger.history.records import CommitStats, DictNode, ListNode, Node, ValueNode
+from ledger.history.records import CommitStats
+from ledger.manifest import DictNode, ListNode, Node, ValueNode
 from ledger.state.rng import capture_rng, restore_rng
 
 from . import _plumbing

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ledger import Ledger
-from ledger.history.records import DictNode, Node, StatefulNode, TensorNode
+from ledger.manifest import DictNode, Node, StatefulNode, TensorNode
 from ledger.objects.packs import IndexEntry, read_pack_index
 
 KIB = 1024

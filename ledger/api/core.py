@@ -60,9 +60,7 @@ from ledger.history.records import (
     CommitRecord,
     CommitStats,
     LedgerConfig,
-    Manifest,
     commit_decoder,
-    manifest_decoder,
     msgpack_encoder,
     utcnow,
 )
@@ -75,6 +73,7 @@ from ledger.history.refs import (
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
+from ledger.manifest import Manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore, PackWriter

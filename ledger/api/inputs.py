@@ -25,11 +25,11 @@ from ledger.history.records import (
     FORMAT_VERSION,
     LEDGER_KIND,
     Commit,
-    DictNode,
     LedgerConfig,
     config_decoder,
     unknown_tags,
 )
+from ledger.manifest import DictNode
 from ledger.state.build import Builder, device_available
 from ledger.state.flatten import Flattener
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ledger.errors import CorruptionError, LedgerError, StateMismatchError
-from ledger.history.records import (
+from ledger.manifest import (
     AliasNode,
     ArrayNode,
     BigIntNode,
