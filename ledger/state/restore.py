@@ -6,7 +6,8 @@ optimizers and other ``load_state_dict`` objects), collects every mismatch of
 keys, shapes and dtypes, and raises them together before any live object is
 touched. Where it is exact, tensor bytes go straight into the live tensors'
 memory (:meth:`Builder.tensor_into`); everything else is built and handed to
-``load_state_dict``. It must never execute anything stored.
+``load_state_dict``. Which modules and optimizers torch loads plainly is
+``ledger.state.torch_compat``'s to say. It must never execute anything stored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ledger.manifest import (
 from ledger.state.build import Builder, Path_, finalize
 from ledger.state.dtypes import as_bits
 from ledger.state.flatten import format_path
+from ledger.state.torch_compat import module_loads_plainly, optimizer_loads_plainly
 
 
 class Restorer:
@@ -247,13 +249,7 @@ class Restorer:
         load with torch's own ``load_state_dict``, without load hooks; anything
         else gets new tensors, as before.
         """
-        if (
-            self.problems
-            or type(live).load_state_dict is not torch.optim.Optimizer.load_state_dict
-            or live._optimizer_load_state_dict_pre_hooks
-            or live._optimizer_load_state_dict_post_hooks
-            or not isinstance(node, DictNode)
-        ):
+        if self.problems or not optimizer_loads_plainly(live) or not isinstance(node, DictNode):
             return
         state = _field(node, "state")
         groups = _stored_params(node)
@@ -291,7 +287,7 @@ class Restorer:
         no ``_load_from_state_dict`` overrides, no extra state) and whose every
         stored entry is a tensor matching a contiguous CPU tensor of the module.
         """
-        if not isinstance(node.state, DictNode) or self.problems or not _plain_loading(live):
+        if not isinstance(node.state, DictNode) or self.problems or not module_loads_plainly(live):
             return False
         targets = live.state_dict(keep_vars=True)
         stored = dict(zip(node.state.keys, node.state.values, strict=True))
@@ -340,24 +336,6 @@ def _stored_params(optimizer_state: Node) -> list[ListNode | None] | None:
         return None
     params = [_field(group, "params") for group in groups.items]
     return [p if isinstance(p, ListNode) else None for p in params]
-
-
-_CUSTOM_LOAD_OK = (torch.nn.modules.batchnorm._NormBase,)
-
-
-def _plain_loading(module: torch.nn.Module) -> bool:
-    """Whether loading a state dict into ``module`` is a plain per-tensor copy."""
-    for m in module.modules():
-        if m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks:
-            return False
-        if getattr(m, "_state_dict_hooks", None) or getattr(m, "_state_dict_pre_hooks", None):
-            return False
-        overridden = type(m)._load_from_state_dict is not torch.nn.Module._load_from_state_dict
-        if overridden and not isinstance(m, _CUSTOM_LOAD_OK):
-            return False
-        if type(m).get_extra_state is not torch.nn.Module.get_extra_state:
-            return False
-    return True
 
 
 def _kind(v: Any) -> str:
