@@ -30,7 +30,7 @@ from torch.futures import Future
 
 from ledger import Ledger
 from ledger.errors import StateMismatchError
-from ledger.history.records import DictNode, ListNode, Node, TensorNode, TupleNode, ValueNode
+from ledger.manifest import DictNode, ListNode, Node, TensorNode, TupleNode, ValueNode
 from ledger.state.dtypes import torch_dtype
 
 from ._common import ResumeError

@@ -32,7 +32,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without a
 
 from ledger import Commit, Ledger
 from ledger.errors import StateMismatchError
-from ledger.history.records import DictNode, ListNode
+from ledger.manifest import DictNode, ListNode
 from ledger.state.rng import restore_rng
 
 from ._common import (

@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 
 from ledger import Commit, Ledger, Part, Stage
 from ledger.errors import StateMismatchError
-from ledger.history.records import DictNode, ListNode, ValueNode
+from ledger.manifest import DictNode, ListNode, ValueNode
 from ledger.state.rng import capture_rng, restore_rng
 
 from ._common import (

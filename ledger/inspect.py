@@ -17,9 +17,10 @@ import torch
 
 from ledger.errors import CommitExpiredError
 from ledger.history.graph import ancestors
-from ledger.history.records import ArrayNode, Commit, TensorNode
+from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX
 from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
+from ledger.manifest import ArrayNode, TensorNode
 from ledger.state.build import Builder
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import torch
 from helpers import dir_bytes
 
 from ledger import Ledger
-from ledger.history.records import DictNode, Node, StatefulNode, TensorNode
+from ledger.manifest import DictNode, Node, StatefulNode, TensorNode
 from ledger.objects.packs import IndexEntry, read_pack_index
 
 KIB = 1024

@@ -32,7 +32,7 @@ from ledger.errors import (
     StateMismatchError,
     UnsupportedValueError,
 )
-from ledger.history.records import DictNode, Node, StatefulNode, TensorNode
+from ledger.manifest import DictNode, Node, StatefulNode, TensorNode
 from ledger.state.rng import RNG_KEY
 
 # -- helpers -----------------------------------------------------------------------

@@ -52,9 +52,7 @@ from ledger.history.records import (
     Commit,
     CommitRecord,
     LedgerConfig,
-    Manifest,
     commit_decoder,
-    manifest_decoder,
     utcnow,
 )
 from ledger.history.refs import (
@@ -65,6 +63,7 @@ from ledger.history.refs import (
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, resolve
+from ledger.manifest import Manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.pending import Pending, lower_priority

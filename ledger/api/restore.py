@@ -22,7 +22,8 @@ from ledger.errors import (
 from ledger.history.records import (
     Commit,
 )
-from ledger.state.build import Builder, Restorer, finalize, parse_paths
+from ledger.state.build import Builder, finalize, parse_paths
+from ledger.state.restore import Restorer
 from ledger.state.rng import RNG_KEY, restore_rng
 
 

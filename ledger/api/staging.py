@@ -39,23 +39,16 @@ from ledger.errors import (
 )
 from ledger.history.records import (
     FORMAT_VERSION,
-    AliasNode,
     Commit,
     CommitRecord,
     CommitStats,
-    DictNode,
     LedgerConfig,
-    ListNode,
-    Manifest,
-    Node,
-    StatefulNode,
-    TensorNode,
-    TupleNode,
     msgpack_encoder,
     utcnow,
 )
 from ledger.history.refs import BRANCH_PREFIX, GcLock, RefStore, check_ref_name
 from ledger.history.revisions import head_target
+from ledger.manifest import DictNode, ListNode, Manifest, Node, TupleNode, renumber
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore, PackWriter
 from ledger.state.flatten import Flattener
@@ -459,7 +452,7 @@ class _Assembler:
     def part(self, part: Part) -> Node:
         self._parts += 1
         node = Part.decode(part.encode()).node  # a copy: the caller's part stays as it is
-        _renumber(node, self._parts * ID_STRIDE)
+        renumber(node, self._parts * ID_STRIDE)
         s, p = self.stats, part.stats
         self.stats = CommitStats(
             logical_bytes=s.logical_bytes + p.logical_bytes,
@@ -481,22 +474,6 @@ def _holds_parts(value: Any) -> bool:
     if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
         return any(_holds_parts(v) for v in value)
     return False
-
-
-def _renumber(node: Node, offset: int) -> None:
-    """Shift every tensor id and alias reference under ``node`` by ``offset`` (in place)."""
-    if isinstance(node, TensorNode) and node.id >= 0:
-        node.id += offset
-    elif isinstance(node, AliasNode):
-        node.of += offset
-    elif isinstance(node, DictNode):
-        for child in node.values:
-            _renumber(child, offset)
-    elif isinstance(node, ListNode | TupleNode):
-        for child in node.items:
-            _renumber(child, offset)
-    elif isinstance(node, StatefulNode):
-        _renumber(node.state, offset)
 
 
 def _where(path: tuple[Any, ...]) -> str:

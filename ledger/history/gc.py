@@ -29,7 +29,7 @@ import msgspec
 
 from ledger.errors import CorruptionError, LedgerError
 from ledger.history.graph import ancestors
-from ledger.history.records import Commit, CommitRecord, Expire, Manifest, utcnow
+from ledger.history.records import Commit, CommitRecord, Expire, utcnow
 from ledger.history.refs import (
     BRANCH_PREFIX,
     HEAD,
@@ -40,6 +40,7 @@ from ledger.history.refs import (
 )
 from ledger.history.retention import AnyPolicy, plan
 from ledger.history.tree import chunk_ids
+from ledger.manifest import Manifest
 from ledger.objects.packs import HEADER, IndexEntry, encode_pack_tail
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 

@@ -1,11 +1,12 @@
 """Every record the ledger writes, defined once as a msgspec Struct.
 
-This module owns the on-disk shapes of the config, the manifest (the state's
-tree), the commit and the events (see docs/format.md). Records are encoded as
-msgpack (config as JSON, so people can read it). Decoders ignore fields they
-do not know, so a newer minor writer stays readable; the ``format`` number is
-raised when an old reader could misread a record. This module must never do
-I/O.
+This module owns the on-disk shapes of the config, the commit, the events and
+the retention policies (see docs/format.md); the manifest's records (the
+state's tree) live in ``ledger.manifest``, below both history and state.
+Records are encoded as msgpack (config as JSON, so people can read it).
+Decoders ignore fields they do not know, so a newer minor writer stays
+readable; the ``format`` number is raised when an old reader could misread a
+record. This module must never do I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.errors import PolicyError
+from ledger.manifest import MANIFEST_TAGS
 
 FORMAT_VERSION = 1
 LEDGER_KIND = "training-ledger"
@@ -33,110 +35,6 @@ class LedgerConfig(msgspec.Struct, kw_only=True):
     # measured disk is slower than the codec makes worthwhile (see objects/store.py).
     compress: bool | Literal["auto"] = "auto"
     gc_grace: float = 900.0
-
-
-# -- manifest tree -------------------------------------------------------------
-
-
-class DictNode(msgspec.Struct, tag="dict"):
-    """A mapping; keys keep their type (str or int) and their order."""
-
-    keys: list[str | int]
-    values: list[Node]
-
-
-class ListNode(msgspec.Struct, tag="list"):
-    """A list."""
-
-    items: list[Node]
-
-
-class TupleNode(msgspec.Struct, tag="tuple"):
-    """A tuple (comes back as a tuple)."""
-
-    items: list[Node]
-
-
-class ValueNode(msgspec.Struct, tag="value"):
-    """A plain value: None, bool, int (64-bit), float or str."""
-
-    value: bool | int | float | str | None
-
-
-class BytesNode(msgspec.Struct, tag="bytes"):
-    """A bytes value."""
-
-    data: bytes
-
-
-class BigIntNode(msgspec.Struct, tag="bigint"):
-    """An int too large for 64 bits, as decimal text."""
-
-    text: str
-
-
-class TensorNode(msgspec.Struct, tag="tensor"):
-    """A torch tensor: dtype name, shape, and its bytes as chunk ids (row-major)."""
-
-    dtype: str
-    shape: list[int]
-    nbytes: int
-    chunks: list[str]
-    device: str = "cpu"
-    id: int = -1
-
-
-class AliasNode(msgspec.Struct, tag="alias"):
-    """A second name for an earlier tensor (same storage, shape, strides, dtype)."""
-
-    of: int
-
-
-class ArrayNode(msgspec.Struct, tag="ndarray"):
-    """A numpy array: numpy dtype string (e.g. ``<f4``), shape, chunk ids."""
-
-    dtype: str
-    shape: list[int]
-    nbytes: int
-    chunks: list[str]
-    scalar: bool = False
-
-
-class StatefulNode(msgspec.Struct, tag="stateful"):
-    """An object stored through ``state_dict()``; ``cls`` (its class) is informational."""
-
-    cls: str
-    state: Node
-
-
-class GeneratorNode(msgspec.Struct, tag="generator"):
-    """A ``torch.Generator``: its device and ``get_state()`` bytes."""
-
-    device: str
-    state: TensorNode
-
-
-Node = (
-    DictNode
-    | ListNode
-    | TupleNode
-    | ValueNode
-    | BytesNode
-    | BigIntNode
-    | TensorNode
-    | AliasNode
-    | ArrayNode
-    | StatefulNode
-    | GeneratorNode
-)
-
-
-class Manifest(msgspec.Struct, tag="manifest"):
-    """The whole state of one commit."""
-
-    format: int
-    chunk_size: int
-    root: DictNode
 
 
 # -- commits -------------------------------------------------------------------
@@ -351,14 +249,19 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-_KNOWN_TAGS = {
+_KNOWN_TAGS = MANIFEST_TAGS | {
     t.__struct_config__.tag
     for t in (
-        DictNode, ListNode, TupleNode, ValueNode, BytesNode, BigIntNode, TensorNode, AliasNode,
-        ArrayNode, StatefulNode, GeneratorNode, Manifest, CommitRecord, RefUpdate, RetentionSet,
-        Expire, KeepLast, KeepBest, KeepEvery, KeepWithin,
+        CommitRecord,
+        RefUpdate,
+        RetentionSet,
+        Expire,
+        KeepLast,
+        KeepBest,
+        KeepEvery,
+        KeepWithin,
     )
-}  # fmt: skip
+}
 
 
 def unknown_tags(data: bytes) -> set[str]:
@@ -387,7 +290,6 @@ def unknown_tags(data: bytes) -> set[str]:
 
 
 msgpack_encoder = msgspec.msgpack.Encoder()
-manifest_decoder = msgspec.msgpack.Decoder(Manifest)
 commit_decoder = msgspec.msgpack.Decoder(CommitRecord)
 events_decoder = msgspec.msgpack.Decoder(list[Event])
 refview_decoder = msgspec.msgpack.Decoder(RefView)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ledger.history.records import (
+from ledger.manifest import (
     AliasNode,
     ArrayNode,
     DictNode,
@@ -29,7 +29,7 @@ def iter_leaves(node: Node, prefix: str = "") -> Iterator[tuple[str, Node]]:
     """Every non-container node under ``node`` with its ``/`` path.
 
     Example:
-        >>> from ledger.history.records import ValueNode
+        >>> from ledger.manifest import ValueNode
         >>> list(iter_leaves(DictNode(keys=["a"], values=[ValueNode(1)])))
         [('a', ValueNode(value=1))]
     """

@@ -14,9 +14,9 @@ import msgspec
 
 from ledger.errors import CorruptionError, LedgerError
 from ledger.history.gc import HistoryReader, reachable_commits
-from ledger.history.records import ArrayNode, TensorNode
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
 from ledger.history.tree import iter_leaves
+from ledger.manifest import ArrayNode, TensorNode
 from ledger.objects.store import ObjectStore
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ledger.errors import ObjectMissingError, UnsupportedValueError
-from ledger.history.records import (
+from ledger.manifest import (
     AliasNode,
     ArrayNode,
     BigIntNode,

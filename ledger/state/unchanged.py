@@ -7,8 +7,8 @@ when, since the commit that stored it in this process,
 - its storage is the same object (held by a weak reference, so a new tensor
   that happens to get the same address is never mistaken for the old one),
   with the same offset, shape, strides and dtype;
-- its version counter (``t._version``, bumped by every in-place op that goes
-  through torch's dispatcher) has not moved; and
+- its version counter (``torch_compat.version_counter``, bumped by every
+  in-place op that goes through torch's dispatcher) has not moved; and
 - a sparse sample of its bytes (8 bytes of every 4 KiB page) is still the same:
   this catches bulk writes that do not bump the counter (``.data`` writes,
   numpy views, fused optimizers, kernels called on raw pointers).
@@ -28,6 +28,7 @@ import torch
 import xxhash
 
 from ledger.state.dtypes import as_bits
+from ledger.state.torch_compat import storage_ref, version_counter
 
 # One 8-byte sample per page: a bulk write (an optimizer step) changes every page.
 SAMPLE_STRIDE = 4096
@@ -98,16 +99,15 @@ class UnchangedTensors:
             or t.numel() * t.element_size() < MIN_BYTES
         ):
             return None
-        storage = t.untyped_storage()
         key = (
             t.device,
-            storage.data_ptr(),
+            t.untyped_storage().data_ptr(),
             t.storage_offset(),
             tuple(t.shape),
             t.stride(),
             t.dtype,
         )
-        return Probe(key, weakref.ref(storage), t._version, sample_digest(t))
+        return Probe(key, storage_ref(t), version_counter(t), sample_digest(t))
 
     def lookup(self, probe: Probe, has: Callable[[bytes], bool]) -> list[str] | None:
         """The chunk ids stored for the same bytes, or None (changed, unknown, or not stored)."""

@@ -1,0 +1,191 @@
+"""The manifest: a commit's state as a tree of nodes, each node a msgspec Struct.
+
+This module owns the on-disk shape of the manifest (docs/format.md,
+"Manifest") and the node records it is built from, so that flattening
+(``ledger.state``) and history (``ledger.history``) share one definition
+without either importing the other. It also owns sending a node between
+processes (:func:`encode_node`, :func:`decode_node`) and shifting a
+subtree's tensor ids (:func:`renumber`). Tags and field order are the
+format: changing either needs a new format version. This module must never
+do I/O.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ledger.errors import CorruptionError
+
+
+class DictNode(msgspec.Struct, tag="dict"):
+    """A mapping; keys keep their type (str or int) and their order."""
+
+    keys: list[str | int]
+    values: list[Node]
+
+
+class ListNode(msgspec.Struct, tag="list"):
+    """A list."""
+
+    items: list[Node]
+
+
+class TupleNode(msgspec.Struct, tag="tuple"):
+    """A tuple (comes back as a tuple)."""
+
+    items: list[Node]
+
+
+class ValueNode(msgspec.Struct, tag="value"):
+    """A plain value: None, bool, int (64-bit), float or str."""
+
+    value: bool | int | float | str | None
+
+
+class BytesNode(msgspec.Struct, tag="bytes"):
+    """A bytes value."""
+
+    data: bytes
+
+
+class BigIntNode(msgspec.Struct, tag="bigint"):
+    """An int too large for 64 bits, as decimal text."""
+
+    text: str
+
+
+class TensorNode(msgspec.Struct, tag="tensor"):
+    """A torch tensor: dtype name, shape, and its bytes as chunk ids (row-major)."""
+
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    chunks: list[str]
+    device: str = "cpu"
+    id: int = -1
+
+
+class AliasNode(msgspec.Struct, tag="alias"):
+    """A second name for an earlier tensor (same storage, shape, strides, dtype)."""
+
+    of: int
+
+
+class ArrayNode(msgspec.Struct, tag="ndarray"):
+    """A numpy array: numpy dtype string (e.g. ``<f4``), shape, chunk ids."""
+
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    chunks: list[str]
+    scalar: bool = False
+
+
+class StatefulNode(msgspec.Struct, tag="stateful"):
+    """An object stored through ``state_dict()``; ``cls`` (its class) is informational."""
+
+    cls: str
+    state: Node
+
+
+class GeneratorNode(msgspec.Struct, tag="generator"):
+    """A ``torch.Generator``: its device and ``get_state()`` bytes."""
+
+    device: str
+    state: TensorNode
+
+
+Node = (
+    DictNode
+    | ListNode
+    | TupleNode
+    | ValueNode
+    | BytesNode
+    | BigIntNode
+    | TensorNode
+    | AliasNode
+    | ArrayNode
+    | StatefulNode
+    | GeneratorNode
+)
+
+
+class Manifest(msgspec.Struct, tag="manifest"):
+    """The whole state of one commit."""
+
+    format: int
+    chunk_size: int
+    root: DictNode
+
+
+MANIFEST_TAGS = frozenset(
+    t.__struct_config__.tag
+    for t in (
+        DictNode, ListNode, TupleNode, ValueNode, BytesNode, BigIntNode, TensorNode, AliasNode,
+        ArrayNode, StatefulNode, GeneratorNode, Manifest,
+    )
+)  # fmt: skip
+"""The tag of every record this module defines (a reader refuses tags it does not know)."""
+
+manifest_decoder = msgspec.msgpack.Decoder(Manifest)
+_node_encoder = msgspec.msgpack.Encoder()
+_node_decoder: msgspec.msgpack.Decoder[Node] = msgspec.msgpack.Decoder(Node)
+
+
+def encode_node(node: Node) -> bytes:
+    """A node as msgpack bytes (the manifest's own encoding), to send it to another process.
+
+    Example:
+        >>> decode_node(encode_node(ListNode([ValueNode(1)])))
+        ListNode(items=[ValueNode(value=1)])
+    """
+    return _node_encoder.encode(node)
+
+
+def decode_node(data: bytes) -> Node:
+    """The node :func:`encode_node` encoded, validated against the record types.
+
+    Raises:
+        CorruptionError: ``data`` is not an encoded node of this format
+            (truncated, another record, a field of the wrong type, nested
+            too deep).
+
+    Example:
+        >>> decode_node(encode_node(TensorNode("float32", [2], 8, ["ab"])))
+        TensorNode(dtype='float32', shape=[2], nbytes=8, chunks=['ab'], device='cpu', id=-1)
+    """
+    try:
+        return _node_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise CorruptionError(
+            f"{len(data)} bytes are not an encoded manifest node ({e}); the sender must "
+            "send encode_node()'s bytes unchanged, from the same training-ledger format"
+        ) from e
+
+
+def renumber(node: Node, offset: int) -> None:
+    """Shift every tensor id (``id >= 0``) and alias reference under ``node`` by ``offset``.
+
+    Subtrees flattened apart number their tensors from 0 each; shifting each
+    by its own offset before they join one manifest keeps every alias
+    pointing at a tensor of its own subtree. Changes ``node`` in place.
+
+    Example:
+        >>> tree = ListNode([TensorNode("float32", [1], 4, [], id=0), AliasNode(of=0)])
+        >>> renumber(tree, 100)
+        >>> tree.items[0].id, tree.items[1].of
+        (100, 100)
+    """
+    if isinstance(node, TensorNode):
+        if node.id >= 0:
+            node.id += offset
+    elif isinstance(node, AliasNode):
+        node.of += offset
+    elif isinstance(node, DictNode):
+        for child in node.values:
+            renumber(child, offset)
+    elif isinstance(node, ListNode | TupleNode):
+        for child in node.items:
+            renumber(child, offset)
+    elif isinstance(node, StatefulNode | GeneratorNode):
+        renumber(node.state, offset)
