@@ -33,7 +33,7 @@ import pytest
 from helpers import SCRIPTS, load_script
 
 import ledger.history.gc as gc_mod
-import ledger.objects.store as store_mod
+import ledger.objects.writer as writer_mod
 from ledger import Ledger, LedgerError
 from ledger.errors import (
     CommitExpiredError,
@@ -423,7 +423,7 @@ def test_full_disk_during_pack_rewrite(
                     f = open(path, mode, *a, **kw)  # noqa: SIM115 - closed through the wrapper
                     return FullFile(f, REWRITE_FAILURES[where], calls) if "w" in mode else f
 
-                mp.setattr(store_mod, "open", fake_open, raising=False)
+                mp.setattr(writer_mod, "open", fake_open, raising=False)
             with pytest.raises(DiskFullError) as info:
                 lg.gc(grace=0)
         assert isinstance(info.value, LedgerError) and "disk is full" in str(info.value)
