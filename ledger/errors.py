@@ -117,3 +117,7 @@ class DivergedError(LedgerError):
 
 class RemoteCorruptionError(CorruptionError):
     """Data read from a remote fails its checks (hash, size, name, format); nothing was stored."""
+
+
+class StalePlanError(RefConflictError):
+    """A gc plan was made before the ledger changed (a ref moved, retention changed, a pack aged)."""
