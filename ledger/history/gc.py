@@ -48,6 +48,8 @@ from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 # or when its live part is small enough that copying it costs next to nothing.
 REPACK_DEAD_FRACTION = 0.5
 REPACK_SMALL_LIVE_BYTES = 8 << 20
+# Rewritten packs are sealed at this size; the plan's estimate lays the copies out the same.
+REPACK_PACK_BYTES = DEFAULT_MAX_PACK_BYTES
 # How often collect plans again when the ledger changed between its plan and its execution.
 PLAN_ATTEMPTS = 3
 
@@ -192,7 +194,7 @@ def plan_gc(
         (rewrite if kept else delete).append(sweep)
         freed_objects += dead
         freed_bytes += st.st_size
-    freed_bytes -= packed_size((e for _, e in _copies(store, rewrite)), DEFAULT_MAX_PACK_BYTES)
+    freed_bytes -= packed_size((e for _, e in _copies(store, rewrite)), REPACK_PACK_BYTES)
     temp = _old_temp_files(store, cutoff)
     return GcPlan(
         log_end=state.offset,
@@ -265,7 +267,7 @@ def execute(plan: GcPlan, store: ObjectStore, refs: RefStore) -> GcReport:
     freed = sum(s.size for s in swept)
     copies = _copies(store, plan.rewrite)
     if copies:
-        writer = store.writer(None, compress=False)
+        writer = store.writer(None, compress=False, max_pack_bytes=REPACK_PACK_BYTES)
         try:
             for name, entry in copies:
                 writer.put_encoded(entry, store.read_encoded(name, entry))
