@@ -100,8 +100,8 @@ class GcReport(msgspec.Struct):
 
 def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:
     """A branch's commits, newest first, along first parents."""
-    parents_of = lambda cid: reader.record(cid).parents  # noqa: E731
-    return [Commit.from_record(cid, reader.record(cid)) for cid in first_parents(parents_of, tip)]
+    walk = first_parents(lambda cid: reader.record(cid).parents, tip)
+    return [Commit.from_record(cid, reader.record(cid)) for cid in walk]
 
 
 def live_objects(

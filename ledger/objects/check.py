@@ -15,11 +15,11 @@ from ledger.objects.codecs import decoder
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.packs import IndexEntry
 
-Buffer = bytes | bytearray | memoryview
+Bytes = bytes | bytearray | memoryview
 
 
 def check_hash(
-    oid: bytes, raw: Buffer, what: str, damaged: type[CorruptionError] = CorruptionError
+    oid: bytes, raw: Bytes, what: str, damaged: type[CorruptionError] = CorruptionError
 ) -> None:
     """Raise ``damaged`` unless ``raw`` hashes to ``oid``; ``what`` names the object.
 
@@ -32,7 +32,7 @@ def check_hash(
 
 def decode_object(
     entry: IndexEntry,
-    blob: Buffer,
+    blob: Bytes,
     what: str,
     *,
     into: memoryview | None = None,
