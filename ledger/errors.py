@@ -207,3 +207,7 @@ class RemoteCorruptionError(CorruptionError):
     """Data read from a remote fails its checks (hash, size, name, format); nothing was stored."""
 
     url: str | None = None
+
+
+class StalePlanError(RefConflictError):
+    """A gc plan was made before the ledger changed (a ref moved, retention changed, a pack aged)."""

@@ -55,7 +55,7 @@ def test_a_background_failure_surfaces_on_result_and_on_the_next_call(
         def __init__(self, fh: Any) -> None:
             self.fh = fh
 
-        def write(self, data: bytes) -> int:
+        def write(self, data: bytes | memoryview, /) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         def __getattr__(self, name: str) -> Any:
@@ -63,7 +63,8 @@ def test_a_background_failure_surfaces_on_result_and_on_the_next_call(
 
     def open_full(self: store_module.PackWriter) -> None:
         real_open(self)
-        self._fh = FullDisk(self._fh)  # type: ignore[assignment]
+        assert self._pack is not None
+        self._pack.fh = FullDisk(self._pack.fh)
 
     monkeypatch.setattr(store_module.PackWriter, "_open", open_full)
     handle = lg.commit({"w": torch.randn(1000)}, rng=False, blocking=False)

@@ -38,7 +38,7 @@ from helpers import (
 )
 
 import ledger.objects.durable as durable_mod
-import ledger.objects.store as store_mod
+import ledger.objects.writer as writer_mod
 from ledger import Ledger, LedgerError
 from ledger.errors import CorruptionError, DiskFullError, ObjectMissingError
 from ledger.history.eventlog import EventLog
@@ -293,7 +293,7 @@ def inject_pack_write(budget: int) -> Callable[[pytest.MonkeyPatch], None]:
             f = open(path, mode, *a, **kw)  # noqa: SIM115 - wrapped and closed by the caller
             return FullFile(f, full) if "w" in mode else f
 
-        mp.setattr(store_mod, "open", fake_open, raising=False)
+        mp.setattr(writer_mod, "open", fake_open, raising=False)
 
     return inject
 

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 import threading
@@ -29,11 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from helpers import SCRIPTS, load_script
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ledger.history.gc as gc_mod
-import ledger.objects.store as store_mod
+import ledger.history.needs as needs_mod
+import ledger.objects.writer as writer_mod
 from ledger import Ledger, LedgerError
 from ledger.errors import (
     CommitExpiredError,
@@ -41,11 +46,12 @@ from ledger.errors import (
     DiskFullError,
     RefConflictError,
     RevisionNotFoundError,
+    StalePlanError,
 )
 from ledger.history.records import Commit, Expire
 from ledger.history.tree import chunk_ids
 from ledger.objects import direct
-from ledger.objects.packs import FOOTER_MAGIC
+from ledger.objects.packs import FOOTER_MAGIC, IndexEntry, PackFile, packed_size
 from ledger.retention import KeepEvery, KeepLast
 
 gs = load_script("gc_state")
@@ -158,6 +164,145 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(small: Ledger) -> Non
         "skipped_young_packs",
     ):
         assert getattr(dry, field) == getattr(real, field), field
+
+
+def plan_now(lg: Ledger, grace: float = 0) -> gc_mod.GcPlan:
+    """A gc plan made the way ``Ledger.gc`` makes one (under the gc lock)."""
+    with lg.gc_lock.hold(shared=False):
+        return gc_mod.plan_gc(lg, lg.store, lg.refs, policies_for=lg.retention, grace=grace)
+
+
+def execute_now(lg: Ledger, plan: gc_mod.GcPlan) -> gc_mod.GcReport:
+    with lg.gc_lock.hold(shared=False):
+        return gc_mod.execute(plan, lg.store, lg.refs)
+
+
+def test_the_plan_names_exactly_what_the_real_gc_removes(small: Ledger) -> None:
+    made = busy_ledger(small)
+    (small.root / "objects" / "tmp" / ".crashed.pack").write_bytes(b"leftover")
+    age_packs(small.root, 3600)
+    os.utime(small.root / "objects" / "tmp" / ".crashed.pack", (time.time() - 60,) * 2)
+    before, packs_before, ids_before = snapshot(small.root), pack_names(small.root), all_ids(small)
+    dry = small.gc(dry_run=True, grace=30)
+    assert snapshot(small.root) == before, "a dry run changed the ledger directory"
+    plan = dry.plan
+    assert plan is not None
+    assert plan.expire == {
+        made[k].id: plan.expire[made[k].id] for k in ("m1", "m2", "m4", "m5")
+    } and all("KeepLast(2)" in why for why in plan.expire.values())
+    assert plan.temp_files == [".crashed.pack"] and plan.young_packs == []
+    swept = {f"{s.name}.pack" for s in [*plan.delete, *plan.rewrite]}
+    assert swept and plan.delete and plan.rewrite
+    copied = {bytes.fromhex(oid) for s in plan.rewrite for oid in s.copy}
+    size_before = packs_size(small.root)
+
+    real = small.gc(grace=30)
+    assert real.plan is not None
+    assert msgspec.structs.replace(real.plan, cutoff=plan.cutoff) == plan
+    assert real.expired == sorted(plan.expire) and set(small.refs.state().expired) >= set(
+        plan.expire
+    )
+    assert packs_before - pack_names(small.root) == swept
+    assert not (small.root / "objects" / "tmp" / ".crashed.pack").exists()
+    # The estimate is exact: the copies are laid out as the writer lays them out.
+    assert real.bytes_freed == plan.bytes_freed == size_before - packs_size(small.root)
+    ids_after = all_ids(small)
+    assert copied <= ids_after and plan.objects_freed == real.objects_freed
+    assert ids_after <= ids_before
+    check_branch(small, "main")
+    assert small.verify(full=True).ok
+
+
+def test_the_estimate_is_exact_when_the_copies_fill_several_packs(
+    small: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        commit(small, 1, i)
+    small.set_retention(KeepLast(1))
+    age_packs(small.root, 3600)
+    monkeypatch.setattr(gc_mod, "REPACK_PACK_BYTES", 8 << 10)  # a new pack every ~two chunks
+    packs_before = pack_names(small.root)
+    size_before = packs_size(small.root)
+    plan = plan_now(small)
+    assert sum(len(s.copy) for s in plan.rewrite) >= 4
+    report = execute_now(small, plan)
+    assert len(pack_names(small.root) - packs_before) >= 2, "the copies should fill several packs"
+    assert report.bytes_freed == plan.bytes_freed == size_before - packs_size(small.root)
+    check_branch(small, "main")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=3000), max_size=40),
+    target=st.integers(min_value=1, max_value=20_000),
+)
+def test_packed_size_is_what_the_pack_files_take(lengths: list[int], target: int) -> None:
+    """gc's estimate (packs.packed_size) against PackFile writing the same blobs, sealing at target."""
+    entries, files, pack = [], [], None
+    for i, n in enumerate(lengths):
+        blob = bytes([i % 251]) * n
+        oid = i.to_bytes(32, "little")
+        entries.append(IndexEntry(oid, "chunk", "raw", 0, n, n))
+        if pack is None:
+            files.append(io.BytesIO())
+            pack = PackFile(files[-1])
+        pack.add(oid, "chunk", "raw", blob, n)
+        if pack.layout.full(target):
+            pack.seal()
+            pack = None
+    if pack is not None:
+        pack.seal()
+    assert packed_size(entries, target) == sum(len(f.getvalue()) for f in files)
+
+
+def test_a_stale_plan_never_deletes_what_became_reachable(small: Ledger) -> None:
+    doomed = reuse_setup(small)  # its packs an hour old, its branch gone: all garbage
+    plan = plan_now(small, grace=60)
+    assert plan.delete, "the deleted branch's packs should be planned for deletion"
+    small.branch("revived", at=doomed.id)  # reachable again after the plan was made
+    before = snapshot(small.root / "objects")
+    with pytest.raises(StalePlanError, match="plan again"):
+        execute_now(small, plan)
+    assert snapshot(small.root / "objects") == before
+    assert restores(small, doomed.id)
+    # Planned afresh, gc keeps the revived commit.
+    small.gc(grace=60)
+    assert restores(small, doomed.id) and small.verify(full=True).ok
+
+
+def test_a_stale_plan_refuses_a_pack_touched_since(small: Ledger) -> None:
+    reuse_setup(small)
+    plan = plan_now(small, grace=60)
+    (victim, *_) = [*plan.delete, *plan.rewrite]
+    os.utime(packs_dir(small.root) / f"{victim.name}.pack")  # rewritten: young again
+    before = snapshot(small.root / "objects")
+    with pytest.raises(StalePlanError, match=victim.name[:12]):
+        execute_now(small, plan)
+    assert snapshot(small.root / "objects") == before
+
+
+def test_a_plan_survives_changes_that_only_drop_refs(small: Ledger) -> None:
+    reuse_setup(small)
+    small.branch("extra")
+    plan = plan_now(small, grace=60)
+    small.delete_branch("extra", force=True)  # reaches less: the plan stays safe
+    report = execute_now(small, plan)
+    assert report.packs_deleted + report.packs_rewritten > 0
+    assert small.verify(full=True).ok and check_branch(small, "main")
+
+
+def test_commit_needs_names_every_object_once(small: Ledger) -> None:
+    first = commit(small, 1, 0)
+    rec = small.record(first.id)
+    needs = list(needs_mod.commit_needs(small, first.id, expired=False))
+    kinds = [n.kind for n in needs]
+    assert kinds[:3] == ["commit", "manifest", "blob"] and set(kinds[3:]) == {"chunk"}
+    assert needs[1].id.hex() == rec.manifest
+    assert needs[2].id.hex() == rec.meta["env"]["packages"]
+    chunks = {n.id.hex() for n in needs[3:]}
+    assert len(chunks) == len(needs) - 3 == len(chunk_ids(small.manifest(first.id)[1].root))
+    assert all(f"in commit {first.id[:12]}" in n.what for n in needs[3:])
+    assert [n.kind for n in needs_mod.commit_needs(small, first.id, expired=True)] == ["commit"]
 
 
 def test_freed_counts_are_what_left_the_disk(small: Ledger) -> None:
@@ -423,7 +568,7 @@ def test_full_disk_during_pack_rewrite(
                     f = open(path, mode, *a, **kw)  # noqa: SIM115 - closed through the wrapper
                     return FullFile(f, REWRITE_FAILURES[where], calls) if "w" in mode else f
 
-                mp.setattr(store_mod, "open", fake_open, raising=False)
+                mp.setattr(writer_mod, "open", fake_open, raising=False)
             with pytest.raises(DiskFullError) as info:
                 lg.gc(grace=0)
         assert isinstance(info.value, LedgerError) and "disk is full" in str(info.value)

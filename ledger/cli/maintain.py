@@ -22,6 +22,7 @@ from ledger.cli._common import (
     short,
 )
 from ledger.cli.remote import confirm_remote_gc
+from ledger.history.gc import GcPlan
 from ledger.history.records import Policy
 from ledger.history.retention import describe
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
@@ -58,19 +59,38 @@ def gc_command(dry_run: bool, grace: float | None, remote: str | None) -> None:
         report = lg.gc(dry_run=dry_run, grace=grace)
 
     def render(con: Console) -> None:
+        if dry_run and report.plan is not None:
+            _print_plan(con, report.plan)
         verb = "would free" if dry_run else "freed"
         con.print(
             f"{verb} {human_bytes(report.bytes_freed)} in {report.objects_freed} objects "
             f"({report.packs_deleted} packs deleted, {report.packs_rewritten} rewritten; "
             f"{report.skipped_young_packs} younger than the grace period left alone)"
         )
-        if report.expired:
+        if report.expired and not dry_run:
             con.print(
-                f"{'would expire' if dry_run else 'expired'} {len(report.expired)} commits: "
-                + " ".join(short(c) for c in report.expired)
+                f"expired {len(report.expired)} commits: " + " ".join(map(short, report.expired))
             )
 
     emit(report, render)
+
+
+def _print_plan(con: Console, plan: GcPlan) -> None:
+    """The plan of a dry run: each commit to expire and why, each pack and file to sweep."""
+    con.print("gc plan (dry run: nothing was changed)")
+    for cid, why in plan.expire.items():
+        con.print(f"  expire {short(cid)}: {why}")
+    for sweep in plan.delete:
+        con.print(f"  delete pack {short(sweep.name)} ({human_bytes(sweep.size)}, all dead)")
+    for sweep in plan.rewrite:
+        con.print(
+            f"  rewrite pack {short(sweep.name)} ({human_bytes(sweep.size)}): "
+            f"drop {sweep.dead} objects, copy {len(sweep.copy)} live"
+        )
+    if plan.temp_files:
+        con.print(f"  delete {len(plan.temp_files)} temporary files (crash leftovers)")
+    if not (plan.expire or plan.delete or plan.rewrite or plan.temp_files):
+        con.print("  nothing to do")
 
 
 @click.command("verify")

@@ -1,19 +1,28 @@
-"""Garbage collection: expire what retention drops, mark what refs reach, sweep the rest.
+"""Garbage collection as plan, then execute: expire what retention drops, sweep what no ref needs.
 
 This module owns the gc algorithm and its safety rules (docs/retention.md):
 
-* gc holds the ledger's gc lock exclusively; every commit holds it shared
-  from its first dedup decision until its ref moved, so an object a commit
-  relies on is either marked (the commit's ref is visible) or already gone
-  before the commit looks for it (the commit re-syncs and writes it anew);
+* :func:`plan_gc` decides everything and changes nothing: the commits to
+  expire and why, the packs to delete and to rewrite, the bytes that frees,
+  the temporary files to sweep. It is a value (:class:`GcPlan`), printed by
+  ``ledger gc --dry-run`` and asserted on by tests;
+* :func:`execute` applies a plan after re-checking it: if any event since
+  the plan could make an object needed again (a ref made or moved, a
+  retention change) or a pack it sweeps changed or vanished, it raises
+  :class:`StalePlanError` and changes nothing, so a stale plan never deletes
+  what became reachable;
+* both run under the ledger's gc lock, held exclusively; every commit holds it
+  shared from its first dedup decision until its ref moved, so an object a
+  commit relies on is either marked (the commit's ref is visible) or already
+  gone before the commit looks for it (the commit re-syncs and writes it anew);
 * a pack younger than the grace period is never touched;
 * packs are swept whole: all-dead packs are deleted; packs that are mostly
   dead, or whose live part is small, are rewritten (live objects copied into
   a new pack, fsync'd, then the old pack deleted), so the bytes really come
   back; a kill at any instant leaves every live object in some pack;
 * marking fails closed: if a reachable commit's record or a kept commit's
-  manifest cannot be read, gc raises ``CorruptionError`` before expiring or
-  deleting anything (what the unreadable object references is unknown).
+  manifest cannot be read, planning raises ``CorruptionError`` (what the
+  unreadable object references is unknown).
 
 It must never delete an object reachable from a ref or a retained commit.
 """
@@ -23,43 +32,60 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import msgspec
 
-from ledger.errors import CorruptionError, LedgerError
-from ledger.history.graph import ancestors
-from ledger.history.records import Commit, CommitRecord, Expire, utcnow
-from ledger.history.refs import (
-    BRANCH_PREFIX,
-    HEAD,
-    REMOTE_PREFIX,
-    SYMREF_PREFIX,
-    TAG_PREFIX,
-    RefStore,
-)
+from ledger.errors import CorruptionError, LedgerError, StalePlanError
+from ledger.history.graph import first_parents
+from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
+from ledger.history.records import Commit, Expire, RefUpdate, RetentionSet, utcnow
+from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
-from ledger.history.tree import chunk_ids
-from ledger.manifest import Manifest
-from ledger.objects.packs import HEADER, IndexEntry, encode_pack_tail
+from ledger.objects.packs import IndexEntry, packed_size
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 
 # A pack with dead objects is rewritten when at least this fraction of its bytes is dead,
 # or when its live part is small enough that copying it costs next to nothing.
 REPACK_DEAD_FRACTION = 0.5
 REPACK_SMALL_LIVE_BYTES = 8 << 20
+# Rewritten packs are sealed at this size; the plan's estimate lays the copies out the same.
+REPACK_PACK_BYTES = DEFAULT_MAX_PACK_BYTES
+# How often collect plans again when the ledger changed between its plan and its execution.
+PLAN_ATTEMPTS = 3
 
 
-class HistoryReader(Protocol):
-    """What gc and verify need from the ledger: decoded records and manifests."""
+class PackSweep(msgspec.Struct, frozen=True):
+    """One pack a plan frees: deleted whole, or rewritten after its live objects are copied."""
 
-    def record(self, commit_id: str) -> CommitRecord: ...
+    name: str
+    size: int  # bytes of the pack file
+    dead: int  # objects in it that no kept commit needs
+    copy: list[str]  # hex ids of its live objects to copy (each id once in the whole plan)
 
-    def manifest_by_id(self, manifest_id: str, commit_id: str) -> Manifest: ...
+
+class GcPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one gc run will do, decided before anything changes.
+
+    ``bytes_freed`` is the pack bytes that leave the disk: the swept packs'
+    sizes less the size of the packs the copies are written to, laid out by
+    ``packs.packed_size`` exactly as the writer lays them out, so it equals
+    what :func:`execute` frees for this plan.
+    """
+
+    log_end: int  # the event log's length the plan was made from
+    cutoff: float  # unix time: packs and temporary files modified after it are never touched
+    expire: dict[str, str]  # commit -> why its state is dropped now
+    delete: list[PackSweep]  # packs whose every object is dead
+    rewrite: list[PackSweep]  # packs rewritten: their live objects copied first
+    young_packs: list[str]  # packs within the grace period, left alone
+    objects_kept: int  # objects left in some pack (young packs' included)
+    objects_freed: int
+    bytes_freed: int
+    temp_files: list[str]  # names in objects/tmp older than the cutoff
 
 
 class GcReport(msgspec.Struct):
-    """What a gc run did (or, with ``dry_run``, would do)."""
+    """What a gc run did (or, with ``dry_run``, would do); ``plan`` is the plan it carried out."""
 
     dry_run: bool
     expired: list[str]
@@ -69,41 +95,13 @@ class GcReport(msgspec.Struct):
     packs_rewritten: int
     objects_kept: int
     skipped_young_packs: int
-
-
-def reachable_commits(
-    reader: HistoryReader, refs: dict[str, str], errors: list[str] | None = None
-) -> list[str]:
-    """Every commit any branch, tag, remote-tracking branch or detached HEAD reaches (all parents).
-
-    A commit whose record cannot be read hides its ancestors; when ``errors`` is
-    given, each such commit is described there.
-    """
-    roots = [v for k, v in refs.items() if k.startswith((BRANCH_PREFIX, TAG_PREFIX, REMOTE_PREFIX))]
-    head = refs.get(HEAD)
-    if head is not None and not head.startswith(SYMREF_PREFIX):
-        roots.append(head)
-
-    def parents_of(cid: str) -> list[str]:
-        try:
-            return reader.record(cid).parents
-        except LedgerError as e:
-            if errors is not None:
-                errors.append(f"commit {cid[:12]}: {e}")
-            return []
-
-    return list(ancestors(parents_of, roots))
+    plan: GcPlan | None = None
 
 
 def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:
     """A branch's commits, newest first, along first parents."""
-    out: list[Commit] = []
-    cid: str | None = tip
-    while cid is not None:
-        rec = reader.record(cid)
-        out.append(Commit.from_record(cid, rec))
-        cid = rec.parents[0] if rec.parents else None
-    return out
+    walk = first_parents(lambda cid: reader.record(cid).parents, tip)
+    return [Commit.from_record(cid, reader.record(cid)) for cid in walk]
 
 
 def live_objects(
@@ -112,41 +110,40 @@ def live_objects(
     expired: set[str],
     errors: list[str] | None = None,
 ) -> set[bytes]:
-    """Ids of every object the given commits need: record; unless expired, manifest, chunks, blobs.
+    """Ids of every object the given commits need (``needs.commit_needs``).
 
     A commit whose record or manifest cannot be read is described in ``errors``
     (when given): the objects it needs are then unknown.
     """
     live: set[bytes] = set()
     for cid in commits:
-        live.add(bytes.fromhex(cid))
-        if cid in expired:
-            continue
         try:
-            rec = reader.record(cid)
-            live.add(bytes.fromhex(rec.manifest))
-            packages = rec.meta.get("env", {}).get("packages")
-            if isinstance(packages, str):
-                live.add(bytes.fromhex(packages))
-            manifest = reader.manifest_by_id(rec.manifest, cid)
+            for need in commit_needs(reader, cid, expired=cid in expired):
+                live.add(need.id)
         except LedgerError as e:
             if errors is not None:
                 errors.append(f"commit {cid[:12]}: {e}")
-            continue
-        live.update(bytes.fromhex(c) for c in chunk_ids(manifest.root))
     return live
 
 
-def collect(
+def plan_gc(
     reader: HistoryReader,
     store: ObjectStore,
     refs: RefStore,
     *,
     policies_for: Callable[[str], Sequence[AnyPolicy]],
     grace: float,
-    dry_run: bool,
-) -> GcReport:
-    """One gc run; the caller holds the gc lock exclusively."""
+) -> GcPlan:
+    """Decide one gc run; change nothing. The caller holds the gc lock (shared is enough).
+
+    Raises:
+        CorruptionError: a reachable commit's record or a kept commit's manifest
+            cannot be read (sweeping could then delete what it references).
+
+    Example:
+        >>> p = plan_gc(lg, lg.store, lg.refs, policies_for=lg.retention, grace=0)  # doctest: +SKIP
+        >>> sorted(p.expire), p.bytes_freed  # doctest: +SKIP
+    """
     store.sync()
     state = refs.state()
     branches = {
@@ -158,10 +155,10 @@ def collect(
     if head is not None and not head.startswith(SYMREF_PREFIX):
         pinned.add(head)
     _, expire = plan(histories, pinned, policies_for, utcnow())
-    newly = {cid: why for cid, why in expire.items() if cid not in state.expired}
-    expired = set(state.expired) | set(newly)
+    newly = {cid: why for cid, why in sorted(expire.items()) if cid not in state.expired}
     errors: list[str] = []
-    live = live_objects(reader, reachable_commits(reader, state.refs, errors), expired, errors)
+    commits = reachable_commits(reader, state.refs, errors)
+    live = live_objects(reader, commits, set(state.expired) | set(newly), errors)
     if errors:
         # Fail closed: an unreadable record hides its ancestors and an unreadable
         # manifest hides its chunks, so sweeping now could delete reachable objects.
@@ -170,92 +167,185 @@ def collect(
             f"gc stopped before changing anything: {errors[0]}{more}; "
             "run `ledger verify` and restore the damaged objects first"
         )
-    if newly and not dry_run:
-        now = utcnow()
-        refs.update(
-            {}, "gc", extra=[Expire(commit=c, reason=w, time=now) for c, w in newly.items()]
-        )
-
     cutoff = time.time() - grace
-    report = GcReport(dry_run, sorted(newly), 0, 0, 0, 0, 0, 0)
-    doomed: list[str] = []
-    repack: list[tuple[str, IndexEntry]] = []  # (pack, live entry) to copy, in order
+    delete: list[PackSweep] = []
+    rewrite: list[PackSweep] = []
+    young: list[str] = []
+    kept_objects = freed_objects = freed_bytes = 0
+    copied: set[bytes] = set()
     for name in store.pack_names():
-        path = store.pack_path(name)
         try:
-            st = path.stat()
+            st = store.pack_path(name).stat()
         except FileNotFoundError:
             continue
         entries = store.pack_entries(name)
         if st.st_mtime > cutoff:
-            report.skipped_young_packs += 1
-            report.objects_kept += len(entries)
+            young.append(name)
+            kept_objects += len(entries)
             continue
-        dead = [e for e in entries if e.id not in live]
         kept = [e for e in entries if e.id in live]
-        report.objects_kept += len(kept)
-        if not dead:
+        dead = len(entries) - len(kept)
+        kept_objects += len(kept)
+        if not dead or not _worth_sweeping(entries, kept):
             continue
-        dead_bytes = sum(e.length for e in dead)
-        total = sum(e.length for e in entries) or 1
-        live_bytes = total - dead_bytes
-        if (
-            kept
-            and dead_bytes / total < REPACK_DEAD_FRACTION
-            and live_bytes > REPACK_SMALL_LIVE_BYTES
-        ):
-            continue
-        report.objects_freed += len(dead)
-        report.bytes_freed += st.st_size
-        doomed.append(name)
-        if kept:
-            report.packs_rewritten += 1
-            repack.extend((name, e) for e in kept)
-        else:
-            report.packs_deleted += 1
-    if dry_run:
-        report.bytes_freed -= _repacked_size([e for _, e in repack])
-        return report
-    if repack:
-        writer = store.writer(None, compress=False)
+        copy = [e.id for e in kept if e.id not in copied]
+        copied.update(copy)
+        sweep = PackSweep(name, st.st_size, dead, [oid.hex() for oid in copy])
+        (rewrite if kept else delete).append(sweep)
+        freed_objects += dead
+        freed_bytes += st.st_size
+    freed_bytes -= packed_size((e for _, e in _copies(store, rewrite)), REPACK_PACK_BYTES)
+    temp = _old_temp_files(store, cutoff)
+    return GcPlan(
+        log_end=state.offset,
+        cutoff=cutoff,
+        expire=newly,
+        delete=delete,
+        rewrite=rewrite,
+        young_packs=young,
+        objects_kept=kept_objects,
+        objects_freed=freed_objects,
+        bytes_freed=freed_bytes,
+        temp_files=temp,
+    )
+
+
+def _worth_sweeping(entries: list[IndexEntry], kept: list[IndexEntry]) -> bool:
+    """Whether a pack with dead objects is swept: all dead, mostly dead, or little live."""
+    total = sum(e.length for e in entries) or 1
+    live_bytes = sum(e.length for e in kept)
+    return (
+        not kept
+        or (total - live_bytes) / total >= REPACK_DEAD_FRACTION
+        or live_bytes <= REPACK_SMALL_LIVE_BYTES
+    )
+
+
+def _old_temp_files(store: ObjectStore, cutoff: float) -> list[str]:
+    """Names in objects/tmp last modified before ``cutoff`` (crash leftovers)."""
+    old: list[str] = []
+    for path in sorted(store.tmp_dir.iterdir()):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < cutoff:
+                old.append(path.name)
+    return old
+
+
+def _copies(store: ObjectStore, rewrite: list[PackSweep]) -> list[tuple[str, IndexEntry]]:
+    """(pack, entry) of every object a plan copies, in the order the new packs receive them."""
+    out: list[tuple[str, IndexEntry]] = []
+    for sweep in rewrite:
+        wanted = {bytes.fromhex(oid) for oid in sweep.copy}
+        out.extend((sweep.name, e) for e in store.pack_entries(sweep.name) if e.id in wanted)
+    return out
+
+
+def execute(plan: GcPlan, store: ObjectStore, refs: RefStore) -> GcReport:
+    """Carry out ``plan``; the caller holds the gc lock exclusively.
+
+    Order of effects: record the expiries (one event-log append), write the
+    copies into new packs (fsync'd), delete the swept packs, delete old
+    temporary files.
+
+    Raises:
+        StalePlanError: since the plan, a ref was made or moved, retention
+            changed, or a pack it sweeps was rewritten or removed; nothing changed.
+
+    Example:
+        >>> report = execute(plan_gc(lg, ...), lg.store, lg.refs)  # doctest: +SKIP
+    """
+    store.sync()
+    _check_fresh(plan, store, refs)
+    state = refs.state()
+    newly = {cid: why for cid, why in plan.expire.items() if cid not in state.expired}
+    if newly:
+        now = utcnow()
+        refs.update(
+            {}, "gc", extra=[Expire(commit=c, reason=w, time=now) for c, w in newly.items()]
+        )
+    swept = [*plan.delete, *plan.rewrite]
+    freed = sum(s.size for s in swept)
+    copies = _copies(store, plan.rewrite)
+    if copies:
+        writer = store.writer(None, compress=False, max_pack_bytes=REPACK_PACK_BYTES)
         try:
-            for name, entry in repack:
+            for name, entry in copies:
                 writer.put_encoded(entry, store.read_encoded(name, entry))
             written = writer.finish()
         except BaseException:
             writer.abort()
             raise
-        for new in written:
-            report.bytes_freed -= store.pack_path(new).stat().st_size
-    store.remove_packs(doomed)
-    _sweep_tmp(store, cutoff)
-    return report
-
-
-def _repacked_size(entries: list[IndexEntry], max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES) -> int:
-    """The bytes the pack(s) rewriting ``entries`` would take (what ``PackWriter`` writes)."""
-    total = 0
-    group: list[IndexEntry] = []
-    ids: set[bytes] = set()
-    pos = HEADER.size
-    for entry in entries:
-        if entry.id in ids:
-            continue
-        group.append(
-            IndexEntry(entry.id, entry.kind, entry.codec, pos, entry.length, entry.raw_length)
-        )
-        ids.add(entry.id)
-        pos += entry.length
-        if pos >= max_pack_bytes:
-            total += pos + len(encode_pack_tail(group, pos)[0])
-            group, ids, pos = [], set(), HEADER.size
-    if group:
-        total += pos + len(encode_pack_tail(group, pos)[0])
-    return total
-
-
-def _sweep_tmp(store: ObjectStore, cutoff: float) -> None:
-    for path in store.tmp_dir.iterdir():
+        freed -= sum(store.pack_path(new).stat().st_size for new in written)
+    store.remove_packs(s.name for s in swept)
+    for name in set(plan.temp_files) & set(_old_temp_files(store, plan.cutoff)):
         with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
+            (store.tmp_dir / name).unlink()
+    return _report(plan, dry_run=False, expired=sorted(newly), bytes_freed=freed)
+
+
+def _check_fresh(plan: GcPlan, store: ObjectStore, refs: RefStore) -> None:
+    for event in refs.log.read_from(plan.log_end).events:
+        moved = isinstance(event, RefUpdate) and not (
+            event.new is None or event.new.startswith(SYMREF_PREFIX)
+        )
+        if moved or isinstance(event, RetentionSet):
+            raise StalePlanError(
+                "the ledger changed since this gc plan was made (a ref was made or moved, or "
+                "retention changed): plan again; nothing was changed"
+            )
+    for sweep in [*plan.delete, *plan.rewrite]:
+        try:
+            fresh = store.pack_path(sweep.name).stat().st_mtime <= plan.cutoff
+        except FileNotFoundError:
+            fresh = False
+        if not fresh:
+            raise StalePlanError(
+                f"pack {sweep.name[:12]} was rewritten or removed since this gc plan was made: "
+                "plan again; nothing was changed"
+            )
+
+
+def _report(plan: GcPlan, *, dry_run: bool, expired: list[str], bytes_freed: int) -> GcReport:
+    return GcReport(
+        dry_run=dry_run,
+        expired=expired,
+        objects_freed=plan.objects_freed,
+        bytes_freed=bytes_freed,
+        packs_deleted=len(plan.delete),
+        packs_rewritten=len(plan.rewrite),
+        objects_kept=plan.objects_kept,
+        skipped_young_packs=len(plan.young_packs),
+        plan=plan,
+    )
+
+
+def collect(
+    reader: HistoryReader,
+    store: ObjectStore,
+    refs: RefStore,
+    *,
+    policies_for: Callable[[str], Sequence[AnyPolicy]],
+    grace: float,
+    dry_run: bool,
+) -> GcReport:
+    """One gc run, :func:`plan_gc` then :func:`execute`; the caller holds the gc lock exclusively.
+
+    With ``dry_run`` the plan is returned (as ``report.plan``) and nothing changes.
+    A plan gone stale in between (a ref moved by an operation that does not
+    take the gc lock) is made again, up to ``PLAN_ATTEMPTS`` times.
+
+    Example:
+        >>> collect(lg, lg.store, lg.refs, policies_for=lg.retention, grace=0, dry_run=True).plan  # doctest: +SKIP
+    """
+    attempts = PLAN_ATTEMPTS
+    while True:
+        made = plan_gc(reader, store, refs, policies_for=policies_for, grace=grace)
+        if dry_run:
+            expired = sorted(made.expire)
+            return _report(made, dry_run=True, expired=expired, bytes_freed=made.bytes_freed)
+        try:
+            return execute(made, store, refs)
+        except StalePlanError:
+            attempts -= 1
+            if not attempts:
+                raise

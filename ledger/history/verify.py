@@ -2,8 +2,9 @@
 
 This module owns the checks behind ``ledger verify``: the event log replays,
 the ref view agrees with it, every ref resolves, every object a kept commit
-needs exists (and with ``full``, re-hashes correctly). Crash leftovers (a torn
-log tail, orphan temp files, objects no kept commit needs) are notes, not problems.
+needs (``needs.commit_needs``) exists (and with ``full``, re-hashes correctly).
+Crash leftovers (a torn log tail, orphan temp files, objects no kept commit
+needs) are notes, not problems.
 ``repair`` rebuilds the ref view from the log and cuts a torn tail. It never
 deletes an object.
 """
@@ -13,15 +14,17 @@ from __future__ import annotations
 import msgspec
 
 from ledger.errors import CorruptionError, LedgerError
-from ledger.history.gc import HistoryReader, reachable_commits
+from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
-from ledger.history.tree import iter_leaves
-from ledger.manifest import ArrayNode, TensorNode
 from ledger.objects.store import ObjectStore
 
 
 class VerifyReport(msgspec.Struct):
-    """``ok`` is False when any problem was found; notes are harmless findings."""
+    """``ok`` is False when any problem was found; notes are harmless findings.
+
+    ``chunks_checked`` and ``bytes_checked`` count chunks; a commit's other
+    objects (record, manifest, packages blob) are checked too, not counted.
+    """
 
     ok: bool
     problems: list[str]
@@ -87,58 +90,46 @@ def verify(
             problems.append(f"{ref} -> {cid[:12]}: {e}")
     commits = reachable_commits(reader, state.refs)
     chunks_checked = bytes_checked = remote_only = 0
-    checked_chunks: set[str] = set()
     needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
     for cid in commits:
-        needed.add(bytes.fromhex(cid))
         try:
             rec = reader.record(cid)
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
+            needed.add(bytes.fromhex(cid))
             continue
         for parent in rec.parents:
             try:
                 reader.record(parent)
             except LedgerError as e:
                 problems.append(f"commit {cid[:12]} parent {parent[:12]}: {e}")
-        if cid in state.expired:
-            continue
-        needed.add(bytes.fromhex(rec.manifest))
-        packages = rec.meta.get("env", {}).get("packages")
-        if isinstance(packages, str):
-            needed.add(bytes.fromhex(packages))
         try:
-            manifest = reader.manifest_by_id(rec.manifest, cid)
-        except LedgerError as e:
-            problems.append(f"commit {cid[:12]}: {e}")
-            continue
-        for path, node in iter_leaves(manifest.root):
-            if not isinstance(node, TensorNode | ArrayNode):
-                continue
-            for i, chunk in enumerate(node.chunks):
-                if chunk in checked_chunks:
+            for need in commit_needs(reader, cid, expired=cid in state.expired):
+                if need.id in needed:
                     continue
-                checked_chunks.add(chunk)
-                oid = bytes.fromhex(chunk)
-                needed.add(oid)
-                located = store.locate(oid)
-                what = f"{path} chunk {i} in commit {cid[:12]}"
+                needed.add(need.id)
+                if need.kind in ("commit", "manifest"):
+                    continue  # read and checked to get this far
+                located = store.locate(need.id)
                 if located is None:
-                    if store.source is not None and store.source.has(oid):
+                    if store.source is not None and store.source.has(need.id):
                         remote_only += 1  # a shallow clone or fetched history: read on demand
                     else:
-                        problems.append(f"{what}: object {chunk[:12]} is missing")
+                        problems.append(f"{need.what}: object {need.id.hex()[:12]} is missing")
                     continue
-                chunks_checked += 1
+                is_chunk = need.kind == "chunk"
+                chunks_checked += is_chunk
                 if full:
                     try:
-                        store.read(oid, what)
-                        bytes_checked += located[1].raw_length
+                        store.read(need.id, need.what)
+                        bytes_checked += located[1].raw_length if is_chunk else 0
                     except LedgerError as e:
                         problems.append(str(e))
+        except LedgerError as e:
+            problems.append(f"commit {cid[:12]}: {e}")
     if remote_only:
         notes.append(
-            f"{remote_only} chunk(s) of commits here are stored only on a remote (shallow "
+            f"{remote_only} object(s) of commits here are stored only on a remote (shallow "
             "clone or fetched history); a checkout fetches them"
         )
     orphans = orphan_bytes = 0

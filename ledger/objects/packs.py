@@ -9,15 +9,20 @@ This module owns the pack format (see docs/format.md, "Packs"). A pack is
 
 and is named ``<blake3 of its index, hex>.pack``. A pack is written under a
 temporary name, fsync'd, then renamed, so a pack either exists whole or not at
-all. This module must never decide which objects go in a pack, and must never
-trust an index it has not checked against its footer and the pack's name.
+all. :class:`PackFile` is the one writer of that layout (the store's packs,
+the packs built for a remote, gc's rewritten packs), and :func:`packed_size`
+is what the same layout takes without writing it (gc's estimate). This module
+must never decide which objects go in a pack, and must never trust an index it
+has not checked against its footer and the pack's name.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -141,3 +146,98 @@ def pread_exact(fd: int, out: memoryview, offset: int, what: str) -> None:
         if n == 0:
             raise CorruptionError(f"{what} is truncated")
         done += n
+
+
+class Writable(Protocol):
+    """A file object a pack is written to (a buffered file, or a ``direct.DirectFile``)."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+class PackLayout:
+    """Where the objects of one pack lie and the bytes around them; no I/O.
+
+    Example:
+        >>> layout = PackLayout()
+        >>> layout.place(b"x" * 32, "blob", "raw", 5, 5).offset == HEADER.size
+        True
+        >>> layout.size() == HEADER.size + 5 + len(layout.tail()[0])
+        True
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[IndexEntry] = []
+        self.end = HEADER.size
+
+    def place(self, oid: bytes, kind: str, codec: str, length: int, raw_length: int) -> IndexEntry:
+        """Put the next object's ``length`` stored bytes right after the previous one's."""
+        entry = IndexEntry(oid, kind, codec, self.end, length, raw_length)
+        self.entries.append(entry)
+        self.end += length
+        return entry
+
+    def full(self, target: int) -> bool:
+        """Whether a writer sealing at ``target`` bytes seals this pack now."""
+        return self.end >= target
+
+    def tail(self) -> tuple[bytes, str]:
+        """The index + footer bytes after the blobs, and the pack's name."""
+        return encode_pack_tail(self.entries, self.end)
+
+    def size(self) -> int:
+        """The bytes of the whole pack once sealed."""
+        return self.end + len(self.tail()[0])
+
+
+class PackFile:
+    """One pack written to a file object: header now, blobs as they come, index and footer last.
+
+    Example:
+        >>> import io
+        >>> fh = io.BytesIO()
+        >>> pack = PackFile(fh)
+        >>> _ = pack.add(hash_bytes(b"hi"), "blob", "raw", b"hi", 2)
+        >>> name, size = pack.seal()
+        >>> size == len(fh.getvalue()) and name == hash_bytes(fh.getvalue()[10:-56]).hex()
+        True
+    """
+
+    def __init__(self, fh: Writable) -> None:
+        self.fh = fh
+        self.layout = PackLayout()
+        fh.write(HEADER.pack(PACK_MAGIC, PACK_VERSION))
+
+    def add(
+        self, oid: bytes, kind: str, codec: str, blob: bytes | memoryview, raw_length: int
+    ) -> IndexEntry:
+        """Write one stored (encoded) object after the previous one; its index entry."""
+        self.fh.write(blob)
+        return self.layout.place(oid, kind, codec, len(blob), raw_length)
+
+    def seal(self) -> tuple[str, int]:
+        """Write the index and footer; the pack's name and size. Nothing may be added after."""
+        tail, name = self.layout.tail()
+        self.fh.write(tail)
+        return name, self.layout.end + len(tail)
+
+
+def packed_size(entries: Iterable[IndexEntry], target: int) -> int:
+    """The bytes of the packs a writer sealing at ``target`` writes for ``entries``, in order.
+
+    Lays the entries' stored bytes out as :class:`PackFile` does (same offsets,
+    same index, same sealing rule) without writing anything.
+
+    Example:
+        >>> e = IndexEntry(b"x" * 32, "blob", "raw", 8, 100, 100)
+        >>> packed_size([e, e], 1) == 2 * packed_size([e], 1)
+        True
+    """
+    total = 0
+    layout: PackLayout | None = None
+    for entry in entries:
+        layout = layout or PackLayout()
+        layout.place(entry.id, entry.kind, entry.codec, entry.length, entry.raw_length)
+        if layout.full(target):
+            total += layout.size()
+            layout = None
+    return total + (layout.size() if layout is not None else 0)

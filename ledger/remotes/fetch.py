@@ -32,7 +32,7 @@ from ledger.errors import (
     RemoteCorruptionError,
     RemoteError,
 )
-from ledger.history.graph import refs_under
+from ledger.history.graph import first_parents, refs_under
 from ledger.history.records import Expire, utcnow
 from ledger.history.refs import BRANCH_PREFIX, HEAD, REMOTE_PREFIX, SYMREF_PREFIX, TAG_PREFIX
 from ledger.history.tree import chunk_ids
@@ -252,13 +252,7 @@ def clone(
 
 
 def _first_parents(lg: LedgerCore, tip: str, depth: int) -> list[str]:
-    out: list[str] = []
-    cid: str | None = tip
-    while cid is not None and len(out) < depth:
-        out.append(cid)
-        parents = lg.record(cid).parents
-        cid = parents[0] if parents else None
-    return out
+    return list(first_parents(lambda cid: lg.record(cid).parents, tip, depth))
 
 
 def tracking_branches(lg: LedgerCore, name: str) -> dict[str, str]:

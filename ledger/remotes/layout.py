@@ -10,7 +10,8 @@ This module owns the records a remote holds (docs/remotes.md, "Layout")::
 
 and the validation of everything read back: a remote is untrusted, so every
 name, size and field is checked before use and every object is re-hashed
-(:func:`check_object`). It also builds packs into temporary files for upload.
+(by ``ledger.objects.check.decode_object``, where it is read). It also builds
+packs into temporary files for upload (laid out by ``ledger.objects.packs.PackFile``).
 It must never do network I/O itself.
 """
 
@@ -20,25 +21,15 @@ import datetime as dt
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import msgspec
 
 from ledger.errors import FormatVersionError, RemoteCorruptionError
 from ledger.history.refs import check_ref_name
-from ledger.objects.codecs import decoder
 from ledger.objects.durable import temp_path
 from ledger.objects.hashing import hash_bytes, is_hex_id
-from ledger.objects.packs import (
-    FOOTER,
-    HEADER,
-    MAX_OBJECT_BYTES,
-    PACK_MAGIC,
-    PACK_VERSION,
-    IndexEntry,
-    encode_pack_tail,
-    entry_is_valid,
-)
+from ledger.objects.packs import FOOTER, MAX_OBJECT_BYTES, IndexEntry, PackFile, entry_is_valid
 
 REMOTE_KIND = "training-ledger-remote"
 REMOTE_FORMAT = 1
@@ -208,27 +199,6 @@ def object_map(packs: Iterable[PackRecord]) -> dict[bytes, Located]:
     return out
 
 
-def check_object(entry: IndexEntry, blob: bytes | memoryview, what: str) -> None:
-    """Decode ``blob`` (bounded by the entry's raw length) and check its hash.
-
-    Raises:
-        RemoteCorruptionError: the bytes do not decode or do not hash to the id.
-    """
-    if len(blob) != entry.length:
-        raise RemoteCorruptionError(f"{what} is {len(blob)} bytes, its index says {entry.length}")
-    if entry.codec == "raw":
-        raw: bytes | bytearray | memoryview = blob
-    else:
-        out = bytearray(entry.raw_length)
-        try:
-            decoder(entry.codec).decode_into(memoryview(blob), memoryview(out))
-        except Exception as e:
-            raise RemoteCorruptionError(f"{what} cannot be decoded: {e}") from e
-        raw = out
-    if hash_bytes(raw) != entry.id:
-        raise RemoteCorruptionError(f"{what} fails its hash check: the remote copy is damaged")
-
-
 class PackBuilder:
     """Writes objects into pack files in ``tmp_dir``, sealing one at ``target`` bytes.
 
@@ -245,35 +215,28 @@ class PackBuilder:
         self.target = target
         self.sealed: list[tuple[PackRecord, Path]] = []
         self._tmp: Path | None = None
-        self._entries: list[IndexEntry] = []
-        self._pos = 0
+        self._fh: BinaryIO | None = None
+        self._pack: PackFile | None = None
 
     def add(self, entry: IndexEntry, blob: bytes) -> tuple[PackRecord, Path] | None:
         """Append one encoded object; return the pack it sealed, if any."""
-        if self._tmp is None:
+        if self._pack is None:
             self._tmp = temp_path(self.tmp_dir, ".pack")
-            with open(self._tmp, "wb") as f:
-                f.write(HEADER.pack(PACK_MAGIC, PACK_VERSION))
-            self._pos = HEADER.size
-        with open(self._tmp, "ab") as f:
-            f.write(blob)
-        self._entries.append(
-            IndexEntry(entry.id, entry.kind, entry.codec, self._pos, len(blob), entry.raw_length)
-        )
-        self._pos += len(blob)
-        return self.seal() if self._pos >= self.target else None
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in seal/discard
+            self._pack = PackFile(self._fh)
+        self._pack.add(entry.id, entry.kind, entry.codec, blob, entry.raw_length)
+        return self.seal() if self._pack.layout.full(self.target) else None
 
     def seal(self) -> tuple[PackRecord, Path] | None:
         """Finish the open pack (index + footer) and return it, or None if none is open."""
-        if self._tmp is None:
+        if self._pack is None or self._fh is None or self._tmp is None:
             return None
-        tail, name = encode_pack_tail(self._entries, self._pos)
-        with open(self._tmp, "ab") as f:
-            f.write(tail)
-        record = PackRecord(name=name, size=self._pos + len(tail), entries=self._entries)
+        name, size = self._pack.seal()
+        self._fh.close()
+        record = PackRecord(name=name, size=size, entries=self._pack.layout.entries)
         done = (record, self._tmp)
         self.sealed.append(done)
-        self._tmp, self._entries, self._pos = None, [], 0
+        self._tmp, self._fh, self._pack = None, None, None
         return done
 
     def finish(self) -> list[tuple[PackRecord, Path]]:
@@ -283,6 +246,8 @@ class PackBuilder:
 
     def discard(self) -> None:
         """Delete every temporary file."""
+        if self._fh is not None:
+            self._fh.close()
         paths = [p for _, p in self.sealed] + ([self._tmp] if self._tmp else [])
         for path in paths:
             if path.exists():

@@ -22,11 +22,10 @@ import msgspec
 
 from ledger.errors import DetachedHeadError, DivergedError, RefNameError, RemoteConflictError
 from ledger.history.graph import refs_under
+from ledger.history.needs import commit_needs
 from ledger.history.records import Expiry, utcnow
 from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
-from ledger.history.tree import chunk_ids
-from ledger.objects.hashing import is_hex_id
 from ledger.remotes import transfer
 from ledger.remotes.base import Remote
 from ledger.remotes.layout import (
@@ -232,17 +231,8 @@ def _objects_to_send(
             into.append((oid, what))
 
     for cid in commits:
-        rec = lg.record(cid)
-        want(bytes.fromhex(cid), f"commit {cid[:12]}", meta)
-        if cid in expired:
-            continue
-        want(bytes.fromhex(rec.manifest), f"manifest of commit {cid[:12]}", meta)
-        packages = rec.meta.get("env", {}).get("packages")
-        if isinstance(packages, str) and is_hex_id(packages):
-            want(bytes.fromhex(packages), f"packages of commit {cid[:12]}", meta)
-        manifest = lg.manifest_by_id(rec.manifest, cid)
-        for chunk in sorted(chunk_ids(manifest.root)):
-            want(bytes.fromhex(chunk), f"a chunk of commit {cid[:12]}", chunks)
+        for need in commit_needs(lg, cid, expired=cid in expired):
+            want(need.id, need.what, chunks if need.kind == "chunk" else meta)
     return meta, chunks, skipped
 
 

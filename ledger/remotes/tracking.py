@@ -77,26 +77,16 @@ def default_remote(lg: LedgerCore) -> str:
 
 def ancestors(lg: LedgerCore, tips: Iterable[str], stop: set[str] | None = None) -> list[str]:
     """Commits reachable from ``tips`` (all parents), oldest first, not walking into ``stop``."""
-    stop = stop or set()
-    seen: set[str] = set()
-    order: list[str] = []
-    stack = [(t, False) for t in tips]
-    while stack:
-        cid, expanded = stack.pop()
-        if expanded:
-            order.append(cid)
-            continue
-        if cid in seen or cid in stop:
-            continue
-        seen.add(cid)
-        stack.append((cid, True))
-        stack.extend((p, False) for p in reversed(lg.record(cid).parents))
-    return order
+    return list(graph.ancestors(_parents_of(lg), tips, stop=stop or (), oldest_first=True))
 
 
 def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
     """Whether commit ``old`` is ``new`` or one of its ancestors (records must be local)."""
-    return old in graph.ancestors(lambda cid: lg.record(cid).parents, [new])
+    return old in graph.ancestors(_parents_of(lg), [new])
+
+
+def _parents_of(lg: LedgerCore) -> graph.ParentsOf:
+    return lambda cid: lg.record(cid).parents
 
 
 def known(lg: LedgerCore, cid: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ledger.errors import CorruptionError, ObjectMissingError, RemoteCorruptionError
+from ledger.objects.check import decode_object
 from ledger.objects.durable import atomic_write
 from ledger.objects.packs import IndexEntry
 from ledger.objects.store import ObjectStore
@@ -28,7 +29,6 @@ from ledger.remotes.layout import (
     PackBuilder,
     PackRecord,
     RemoteRefs,
-    check_object,
     decode_index,
     decode_refs,
     index_key,
@@ -185,9 +185,8 @@ def download(
         for e in span:
             blob = data[e.offset - start : e.offset - start + e.length]
             label = what.get(e.id, e.kind) if what else e.kind
-            check_object(
-                e, blob, f"object {e.id.hex()[:12]} ({label}) in pack {pack[:12]} of {remote.url}"
-            )
+            where = f"object {e.id.hex()[:12]} ({label}) in pack {pack[:12]} of {remote.url}"
+            decode_object(e, blob, where, damaged=RemoteCorruptionError)
             out.append((e, bytes(blob)))
         return out
 
@@ -242,9 +241,9 @@ def _local_encoded(store: ObjectStore, oid: bytes, what: str) -> tuple[IndexEntr
     pack, entry = found
     blob = store.read_encoded(pack, entry)
     try:
-        check_object(entry, blob, f"object {oid.hex()[:12]} ({what})")
-    except RemoteCorruptionError as e:
-        raise CorruptionError(f"local {e}; run `ledger verify` (nothing was pushed)") from None
+        decode_object(entry, blob, f"local object {oid.hex()[:12]} ({what})")
+    except CorruptionError as e:
+        raise CorruptionError(f"{e}; run `ledger verify` (nothing was pushed)") from None
     return entry, blob
 
 
