@@ -46,7 +46,7 @@ from ledger.errors import (
     UnsupportedValueError,
 )
 from ledger.history.gc import GcReport, collect
-from ledger.history.graph import refs_under
+from ledger.history.graph import first_parents, refs_under
 from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
@@ -408,13 +408,11 @@ class LedgerCore:
             [300, 200, 100]
         """
         try:
-            cid: str | None = self.resolve(rev)
+            tip = self.resolve(rev)
         except EmptyLedgerError:
             return
-        while cid is not None:
-            rec = self.record(cid)
-            yield Commit.from_record(cid, rec)
-            cid = rec.parents[0] if rec.parents else None
+        for cid in first_parents(lambda c: self.record(c).parents, tip):
+            yield Commit.from_record(cid, self.record(cid))
 
     @property
     def head(self) -> Commit | None:
