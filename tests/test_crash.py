@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -360,6 +361,7 @@ def test_full_disk_mid_commit_is_disk_full_error_and_moves_nothing(
         with pytest.raises(DiskFullError) as info:
             lg.commit(random_state(2, 200_000), rng=False)
     assert isinstance(info.value, LedgerError)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     assert "disk is full" in str(info.value)
     # No ref moved, the log is byte-for-byte what it was, nothing half-written is left.
     assert lg.refs.snapshot() == refs_before

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import flip_stored_byte
 
 from ledger import Ledger
 from ledger.cli import cli
@@ -21,6 +22,7 @@ from ledger.errors import (
     AmbiguousRevisionError,
     ClosedLedgerError,
     CommitExpiredError,
+    CorruptionError,
     LedgerError,
     LockTimeoutError,
     NotALedgerError,
@@ -146,3 +148,17 @@ def test_cli_json_errors_carry_the_fields_and_the_hint(ledger_dir: Path) -> None
     assert code == 1 and doc["type"] == "RevisionNotFoundError"
     assert doc["fields"] == {"revision": "nope"}
     assert "ledger log --all" in doc["hint"]
+
+
+def test_a_damaged_chunk_names_object_pack_and_tensor(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        lg.commit({"model": {"w": torch.randn(4096)}}, rng=False)
+        _, manifest = lg.manifest("HEAD")
+        chunk = manifest.root.values[0].values[0].chunks[0]  # type: ignore[union-attr]
+        pack = lg.store.locate(bytes.fromhex(chunk))[0]  # type: ignore[index]
+        flip_stored_byte(lg, chunk)
+    with Ledger.open(ledger_dir) as lg, pytest.raises(CorruptionError) as info:
+        lg.checkout("HEAD")
+    assert info.value.object == chunk and info.value.pack == pack
+    assert info.value.path is not None and "w" in info.value.path
+    assert set(info.value.fields) == {"object", "pack", "path"}

@@ -10,6 +10,8 @@ any of these checks.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ledger.errors import CorruptionError
 from ledger.objects.codecs import decoder
 from ledger.objects.hashing import hash_bytes
@@ -19,15 +21,24 @@ Bytes = bytes | bytearray | memoryview
 
 
 def check_hash(
-    oid: bytes, raw: Bytes, what: str, damaged: type[CorruptionError] = CorruptionError
+    oid: bytes,
+    raw: Bytes,
+    what: str,
+    damaged: type[CorruptionError] = CorruptionError,
+    **fields: Any,
 ) -> None:
     """Raise ``damaged`` unless ``raw`` hashes to ``oid``; ``what`` names the object.
+
+    ``fields`` go onto the error (``pack``, ``path``, ``url`` ...); ``object`` is ``oid``.
 
     Example:
         >>> check_hash(hash_bytes(b"hi"), b"hi", "object 8f4c (a blob)")
     """
     if hash_bytes(raw) != oid:
-        raise damaged(f"{what} fails its hash check: the stored bytes are damaged")
+        raise damaged(
+            f"{what} fails its hash check: the stored bytes are damaged",
+            **{"object": oid.hex(), **fields},
+        )
 
 
 def decode_object(
@@ -37,6 +48,7 @@ def decode_object(
     *,
     into: memoryview | None = None,
     damaged: type[CorruptionError] = CorruptionError,
+    **fields: Any,
 ) -> memoryview:
     """The raw bytes of the object ``entry`` describes, decoded from its stored ``blob`` and checked.
 
@@ -47,6 +59,7 @@ def decode_object(
         into: a buffer of ``entry.raw_length`` bytes to decode into (default: a
             new one; a raw object is returned in place unless ``into`` is given).
         damaged: the error to raise (``RemoteCorruptionError`` for remote data).
+        **fields: put onto the error with ``object`` (``pack``, ``path``, ``url`` ...).
 
     Raises:
         CorruptionError: (``damaged``) the blob's length is not the index's, it
@@ -57,10 +70,11 @@ def decode_object(
         >>> bytes(decode_object(e, b"hi", "a greeting"))
         b'hi'
     """
+    fields = {"object": entry.id.hex(), **fields}
     if len(blob) != entry.length:
-        raise damaged(f"{what} is {len(blob)} bytes, its index says {entry.length}")
+        raise damaged(f"{what} is {len(blob)} bytes, its index says {entry.length}", **fields)
     if into is not None and len(into) != entry.raw_length:
-        raise damaged(f"{what} is {entry.raw_length} bytes, expected {len(into)}")
+        raise damaged(f"{what} is {entry.raw_length} bytes, expected {len(into)}", **fields)
     if entry.codec == "raw":
         raw = memoryview(blob)
         if into is not None:
@@ -71,6 +85,6 @@ def decode_object(
         try:
             decoder(entry.codec).decode_into(memoryview(blob), raw)
         except Exception as e:  # a codec refusing its input, whatever it raises
-            raise damaged(f"{what} cannot be decoded: {e}") from e
-    check_hash(entry.id, raw, what, damaged)
+            raise damaged(f"{what} cannot be decoded: {e}", **fields) from e
+    check_hash(entry.id, raw, what, damaged, **fields)
     return raw

@@ -42,10 +42,13 @@ def disk_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
+        if isinstance(e, DiskFullError):
+            raise  # already translated further in
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(
                 f"the disk is full while writing {what}; free space and retry "
-                "(nothing partial was made visible)"
+                "(nothing partial was made visible)",
+                path=e.filename if isinstance(e.filename, str) else None,
             ) from e
         raise
 

@@ -211,7 +211,8 @@ class ObjectStore:
 
     def check(self, oid: bytes, data: memoryview, what: str, pack: str) -> None:
         """Raise CorruptionError unless ``data`` hashes to ``oid`` (bytes read in place)."""
-        check_hash(oid, data, f"object {oid.hex()[:12]} ({what}) in pack {pack[:12]}")
+        label = f"object {oid.hex()[:12]} ({what}) in pack {pack[:12]}"
+        check_hash(oid, data, label, pack=pack, path=what)
 
     def read_into(self, oid: bytes, out: memoryview, what: str) -> None:
         """Like :meth:`_read_into`, re-syncing once if the pack vanished under a concurrent gc."""
@@ -231,7 +232,11 @@ class ObjectStore:
         """
         found = self.locate(oid)
         if found is None:
-            raise ObjectMissingError(f"object {oid.hex()[:12]} ({what}) is missing from the store")
+            raise ObjectMissingError(
+                f"object {oid.hex()[:12]} ({what}) is missing from the store",
+                object=oid.hex(),
+                path=what,
+            )
         pack, entry = found
         if entry.raw_length != len(out):
             raise CorruptionError(
@@ -241,11 +246,11 @@ class ObjectStore:
         fd = self._fd(pack)
         if entry.codec == "raw":
             pread_exact(fd, out, entry.offset, label)
-            decode_object(entry, out, label)
+            decode_object(entry, out, label, pack=pack, path=what)
         else:
             blob = bytearray(entry.length)
             pread_exact(fd, memoryview(blob), entry.offset, label)
-            decode_object(entry, blob, label, into=out)
+            decode_object(entry, blob, label, into=out, pack=pack, path=what)
 
     def read(self, oid: bytes, what: str) -> bytes:
         """The raw bytes of object ``oid``, hash-checked."""
@@ -254,7 +259,11 @@ class ObjectStore:
             self.source.fetch([oid], {oid: what})
             found = self.locate(oid)
         if found is None:
-            raise ObjectMissingError(f"object {oid.hex()[:12]} ({what}) is missing from the store")
+            raise ObjectMissingError(
+                f"object {oid.hex()[:12]} ({what}) is missing from the store",
+                object=oid.hex(),
+                path=what,
+            )
         out = bytearray(found[1].raw_length)
         self.read_into(oid, memoryview(out), what)
         return bytes(out)
