@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import run_cli
 
 from ledger import Ledger
 from ledger.errors import CorruptionError, ObjectMissingError
@@ -302,10 +303,12 @@ def test_a_view_that_disagrees_with_the_log_is_a_problem_repair_fixes(small: Led
     )
     (small.root / "refs").write_bytes(msgpack_encoder.encode(lie))
     check = small.verify()
-    assert not check.ok
+    assert not check.ok and check.repairable
     assert any("disagrees with the event log" in p for p in check.problems)
+    out = run_cli("--dir", str(small.root), "verify")
+    assert out.exit_code == 3 and "hint: `ledger verify --repair`" in out.stdout
     check = small.verify(repair=True)
-    assert check.ok and check.problems == []
+    assert check.ok and check.problems == [] and not check.repairable
     assert small.resolve("main") == b.id
     assert small.verify().ok
 

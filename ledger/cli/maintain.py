@@ -117,6 +117,10 @@ def verify_command(full: bool, repair: bool) -> int:
             con.print(f"note: {line}")
         for line in report.problems:
             con.print(f"problem: {line}", style="red")
+        if report.repairable:
+            con.print(
+                "hint: `ledger verify --repair` rebuilds the ref view and cuts a torn log tail"
+            )
         checked = f"{report.commits_checked} commits, {report.chunks_checked} chunks"
         if full:
             checked += f", {human_bytes(report.bytes_checked)} re-hashed"

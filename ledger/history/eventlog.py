@@ -132,7 +132,8 @@ class EventLog:
             if _frame_at(data, probe) is not None:
                 raise CorruptionError(
                     f"{self.path}: the event at byte {base + cur} is damaged but later events "
-                    "are intact; run `ledger verify` and restore the log from a copy"
+                    "are intact; restore the log from a copy (verify lists what else is damaged)",
+                    path=str(self.path),
                 )
             probe = data.find(FRAME_MAGIC, probe + 1)
 

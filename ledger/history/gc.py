@@ -165,7 +165,7 @@ def plan_gc(
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CorruptionError(
             f"gc stopped before changing anything: {errors[0]}{more}; "
-            "run `ledger verify` and restore the damaged objects first"
+            "verify the ledger and restore the damaged objects first"
         )
     cutoff = time.time() - grace
     delete: list[PackSweep] = []

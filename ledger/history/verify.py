@@ -33,6 +33,8 @@ class VerifyReport(msgspec.Struct):
     chunks_checked: int
     bytes_checked: int
     repaired: list[str]
+    # a problem that verify(repair=True) fixes (the ref view disagrees with the log)
+    repairable: bool = False
 
 
 def verify(
@@ -57,19 +59,21 @@ def verify(
                 refs.log.truncate(replayed.offset)
             repaired.append(f"cut {torn} torn bytes from the event log")
     view = refs.state()
-    if (
+    stale_view = (
         view.refs != replayed.refs
         or view.expired != replayed.expired
         or view.retention != replayed.retention
-    ):
+    )
+    if stale_view:
         problems.append(
-            "the ref view (refs file) disagrees with the event log; run `ledger verify --repair`"
+            "the ref view (refs file) disagrees with the event log; verifying with repair "
+            "rebuilds it from the log"
         )
     if repair:
         with refs.lock.hold():
             refs.write_view(refs.replay_state())
         repaired.append("rebuilt the ref view from the event log")
-        if problems and problems[-1].startswith("the ref view"):
+        if stale_view:
             problems.pop()
     state = replayed
     for name, err in sorted(store.damaged.items()):
@@ -149,7 +153,14 @@ def verify(
             f"{len(leftovers)} temporary file(s) in objects/tmp (crash leftovers; gc removes them)"
         )
     return VerifyReport(
-        not problems, problems, notes, len(commits), chunks_checked, bytes_checked, repaired
+        not problems,
+        problems,
+        notes,
+        len(commits),
+        chunks_checked,
+        bytes_checked,
+        repaired,
+        repairable=stale_view and not repair,
     )
 
 
