@@ -117,3 +117,7 @@ class DivergedError(LedgerError):
 
 class RemoteCorruptionError(CorruptionError):
     """Data read from a remote fails its checks (hash, size, name, format); nothing was stored."""
+
+
+class ExportError(LedgerError):
+    """A commit cannot be exported as asked (the output folder is taken, a format refuses a value)."""
