@@ -14,8 +14,6 @@ have moved, and never one a reachable, kept commit needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
 from ledger.errors import RemoteError
@@ -31,11 +29,9 @@ from ledger.remotes.layout import (
     index_key,
     pack_key,
 )
+from ledger.remotes.protocol import LocalLedger
 from ledger.remotes.tracking import ancestors, open_named
 from ledger.remotes.transfer import cache_refs, load_view
-
-if TYPE_CHECKING:
-    from ledger.api.core import LedgerCore
 
 
 class RemoteGcReport(msgspec.Struct):
@@ -50,7 +46,7 @@ class RemoteGcReport(msgspec.Struct):
     dead_bytes_kept: int = 0
 
 
-def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> RemoteGcReport:
+def collect_remote(lg: LocalLedger, name: str, *, dry_run: bool = False) -> RemoteGcReport:
     """Expire what retention drops on remote ``name``; delete the packs nothing needs.
 
     Raises:
@@ -64,7 +60,7 @@ def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> Remot
     if view.refs is None:
         raise RemoteError(f"remote {name} ({remote.url}) holds no ledger; nothing to collect")
     refs = view.refs
-    fetch_metadata(lg, view)
+    fetch_metadata(lg.store, lg, view)
     tips = [*refs.branches.values(), *refs.tags.values()]
     histories = {b: first_parent_history(lg, tip) for b, tip in refs.branches.items()}
     _, expire = plan(histories, set(tips), lg.retention, utcnow())
@@ -86,7 +82,7 @@ def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> Remot
     if dry_run or (not doomed and not newly):
         return report
     data, iname = encode_index(kept)
-    remote.retry("writing the index", lambda: remote.put(index_key(iname), data))
+    remote.put(index_key(iname), data)
     new = msgspec.structs.replace(refs, expired=gone, indexes=[iname], updated=now)
     body = encode_refs(new)
     stale = [index_key(i) for i in refs.indexes if i != iname] + [pack_key(p.name) for p in doomed]
@@ -94,9 +90,9 @@ def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> Remot
         for key in stale:
             remote.delete(key)
     message = f"ledger gc: expire {len(newly)} commit(s), drop {len(doomed)} pack(s)"
-    remote.retry("updating refs.json", lambda: remote.put_if(REFS_KEY, body, view.version, message))
+    remote.put_if(REFS_KEY, body, view.version, message)
     if not remote.stages_writes:
         for key in stale:
-            remote.retry(f"deleting {key}", lambda key=key: remote.delete(key))  # type: ignore[misc]
+            remote.delete(key)
     cache_refs(cache, body, (iname, data))
     return report
