@@ -211,3 +211,7 @@ class RemoteCorruptionError(CorruptionError):
 
 class StalePlanError(RefConflictError):
     """A gc plan was made before the ledger changed (a ref moved, retention changed, a pack aged)."""
+
+
+class ExportError(LedgerError):
+    """A commit cannot be exported as asked (the output folder is taken, a format refuses a value)."""

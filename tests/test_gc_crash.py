@@ -32,7 +32,7 @@ from helpers import SCRIPTS, load_script
 
 from ledger import Ledger
 from ledger.errors import CommitExpiredError
-from ledger.history.gc import reachable_commits
+from ledger.history.needs import reachable_commits
 from ledger.retention import KeepEvery, KeepLast
 
 gs = load_script("gc_state")

@@ -4,8 +4,9 @@ Covers both upload paths the client takes (``uploadMode: "regular"``: bytes
 inline in the NDJSON commit; ``"lfs"`` with Xet disabled: the LFS batch API),
 one Hub commit per push with the parent commit as compare-and-swap, range
 reads for lazy restore, the model card and exported weights, faults (503s,
-dropped connections, a server killed mid-push), tampering, and the token
-never reaching the ledger.
+dropped connections, a server killed mid-push), and the token never reaching
+the ledger. The guarantees every backend shares are
+tests/test_remote_conformance.py's.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from servers.hub import FakeHub
+from servers.hub import TOKEN, FakeHub, serve_hub
 from servers.training import fine_tune_last, model, new_ledger, same, secrets_in, state
 
 from ledger import Ledger
-from ledger.errors import RemoteConflictError, RemoteCorruptionError, RemoteError
+from ledger.errors import RemoteConflictError, RemoteError
 
 # huggingface_hub's own LFS upload passes bytes as `data=`, which its HTTP library deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
-TOKEN = "hf_ledgerTestToken0123456789abcdef"
 REPO = "user/run"
 URL = f"hf://{REPO}"
 
@@ -35,14 +35,7 @@ def hub(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[FakeHub]:
     """A fake Hub; the client is pointed at it with an explicit token and a private cache."""
-    import huggingface_hub.constants
-
-    server = FakeHub(TOKEN, lfs_threshold=1 if request.param == "lfs" else None)
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    server = serve_hub(monkeypatch, tmp_path, lfs_threshold=1 if request.param == "lfs" else None)
     yield server
     server.stop()
 
@@ -173,20 +166,6 @@ def test_a_server_killed_mid_push_leaves_the_remote_consistent(
             assert same(copy.checkout("HEAD"), lg.checkout("HEAD"))
     finally:
         back.stop()
-
-
-def test_a_tampered_remote_object_is_detected_on_fetch(hub: FakeHub, tmp_path: Path) -> None:
-    _pushed(tmp_path)
-    files = hub.state.repos[REPO].commits[hub.state.repos[REPO].branches["main"]]
-    pack = max(
-        (p for p in files if p.startswith("ledger/packs/")), key=lambda p: len(files[p].data)
-    )
-    data = bytearray(files[pack].data)
-    data[len(data) // 2] ^= 0x01
-    hub.set_file(REPO, pack, bytes(data))
-    with pytest.raises(RemoteCorruptionError) as err:
-        Ledger.clone(URL, tmp_path / "b")
-    assert Path(pack).stem[:12] in str(err.value) and URL in str(err.value)
 
 
 def test_unknown_repo_and_bad_token_are_clear_errors(

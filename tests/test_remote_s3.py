@@ -1,8 +1,10 @@
 """S3 remotes through the real s3fs client against moto's S3 server on 127.0.0.1.
 
-Proves the S3 backend's compare-and-swap (conditional PutObject), incremental
-pushes, bit-exact clone and pull, lazy restore with range reads, tampering
-detection, and that AWS keys never reach the ledger directory.
+Proves what is S3's own: the compare-and-swap (conditional PutObject) with
+ETags that are not MD5s (a multipart-uploaded ``refs.json``, and a proxy that
+answers opaque ETags as SSE-KMS buckets do), and that AWS keys never reach
+the ledger directory. The guarantees every backend shares are
+tests/test_remote_conformance.py's.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servers.s3 import AWS_KEY_ID, AWS_SECRET, s3_bucket, s3_endpoint
-from servers.training import fine_tune_last, model, new_ledger, same, secrets_in, state
+from servers.s3 import AWS_KEY_ID, AWS_SECRET, S3Proxy, s3_bucket, s3_endpoint, s3_proxy
+from servers.training import model, new_ledger, secrets_in, state
 
 from ledger import Ledger
-from ledger.errors import RemoteConflictError, RemoteCorruptionError
+from ledger.errors import RemoteConflictError
 from ledger.remotes.fs import FsspecRemote
 
-__all__ = ["s3_bucket", "s3_endpoint"]  # fixtures used by this module
+__all__ = ["s3_bucket", "s3_endpoint", "s3_proxy"]  # fixtures used by this module
 
 
 def test_conditional_writes_make_put_if_a_compare_and_swap(s3_bucket: str) -> None:
@@ -34,60 +36,52 @@ def test_conditional_writes_make_put_if_a_compare_and_swap(s3_bucket: str) -> No
     assert r.get("refs.json") == b"two"
 
 
-def test_push_fine_tune_clone_and_pull_round_trip(s3_bucket: str, tmp_path: Path) -> None:
-    url = f"s3://{s3_bucket}/runs/bert"
-    lg = new_ledger(tmp_path / "a")
-    net = model()
-    lg.commit(state(net), step=1)
-    lg.remote_add("origin", url)
-    first = lg.push()
-    assert first.chunks_sent > 0
-    assert lg.push().chunks_sent == 0
-    with Ledger.clone(url, tmp_path / "b") as copy:
-        assert same(copy.checkout("HEAD"), lg.checkout("HEAD"))
-        fine_tune_last(net)
-        lg.commit(state(net), step=2)
-        r = lg.push()
-        assert r.chunks_sent <= 2 and r.bytes_sent < first.bytes_sent / 3
-        assert copy.pull().fast_forward
-        assert same(copy.checkout("HEAD"), lg.checkout("HEAD"))
-        assert copy.verify(full=True).ok
+def _compare_and_swap(r: FsspecRemote) -> None:
+    """put_if on an existing key succeeds with the version read, and only with it."""
+    data, version = r.get_versioned("refs.json")
+    assert data is not None and version is not None
+    r.put_if("refs.json", b"next", version)
+    with pytest.raises(RemoteConflictError):
+        r.put_if("refs.json", b"late", version)  # If-Match on a stale ETag
+    assert r.get("refs.json") == b"next"
 
 
-def test_two_pushers_the_stale_one_is_refused(s3_bucket: str, tmp_path: Path) -> None:
-    url = f"s3://{s3_bucket}/shared"
-    lg = new_ledger(tmp_path / "a")
-    net = model()
-    lg.commit(state(net), step=1)
-    lg.remote_add("origin", url)
-    lg.push()
-    with Ledger.clone(url, tmp_path / "b") as other:
-        lg.commit(state(net), step=2, message="a")
-        lg.push()
-        other.commit(state(net), step=2, message="b")
-        with pytest.raises(RemoteConflictError, match="fetch first"):
-            other.push()
-    with Ledger.clone(url, tmp_path / "c") as check:
-        assert check.head.message == "a"  # type: ignore[union-attr]
+def test_a_multipart_refs_json_whose_etag_is_not_its_md5_swaps(s3_bucket: str) -> None:
+    import hashlib
+
+    import boto3
+
+    s3 = boto3.client("s3")
+    key = "mp/refs.json"
+    body = b"x" * (5 << 20)  # S3's smallest part
+    upload = s3.create_multipart_upload(Bucket=s3_bucket, Key=key)
+    part = s3.upload_part(
+        Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=body
+    )
+    s3.complete_multipart_upload(
+        Bucket=s3_bucket,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )
+    r = FsspecRemote(f"s3://{s3_bucket}/mp")
+    data, version = r.get_versioned("refs.json")
+    assert data == body and version is not None
+    assert version.strip('"') != hashlib.md5(body).hexdigest()  # a multipart ETag
+    _compare_and_swap(r)
 
 
-def test_lazy_checkout_and_tampering_over_s3(s3_bucket: str, tmp_path: Path) -> None:
-    import fsspec
+def test_opaque_etags_as_with_sse_kms_still_swap(s3_proxy: S3Proxy, s3_bucket: str) -> None:
+    import hashlib
 
-    url = f"s3://{s3_bucket}/lazy"
-    lg = new_ledger(tmp_path / "a")
-    lg.commit(state(model()), step=1)
-    lg.remote_add("origin", url)
-    lg.push()
-    mine = new_ledger(tmp_path / "b")
-    assert same(mine.checkout(f"{url}@main"), lg.checkout("main"))
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    packs = sorted(fs.find(f"{s3_bucket}/lazy/packs"), key=lambda p: fs.size(p))
-    data = bytearray(fs.cat_file(packs[-1]))
-    data[len(data) // 2] ^= 1
-    fs.pipe_file(packs[-1], bytes(data))
-    with pytest.raises(RemoteCorruptionError, match="hash check"):
-        Ledger.clone(url, tmp_path / "c")
+    r = FsspecRemote(f"s3://{s3_bucket}/kms")
+    r.put_if("refs.json", b"one", None)
+    data, version = r.get_versioned("refs.json")
+    assert data == b"one" and version is not None
+    assert version.strip('"') != hashlib.md5(b"one").hexdigest()  # the proxy hid the MD5
+    _compare_and_swap(r)
+    with pytest.raises(RemoteConflictError):
+        r.put_if("refs.json", b"other", None)  # If-None-Match: * on an existing key
 
 
 def test_aws_keys_never_reach_the_ledger(s3_bucket: str, tmp_path: Path) -> None:

@@ -1,25 +1,29 @@
 """Remotes on the facade: remote_add, push, fetch, pull, clone, and ``URL@rev`` revisions.
 
 Thin: every method takes the ledger's lock, checks it is open and delegates
-to ``ledger.remotes`` (docs/remotes.md). This mixin also gives the object
-store its lazy source, so a checkout of a commit whose chunks live only on a
-remote fetches exactly the chunks the store lacks.
+to ``ledger.remotes`` (docs/remotes.md), passing the ledger itself as the
+``ledger.remotes.protocol.LocalLedger`` those functions are typed with. The
+object store's lazy source (``LazySource(root, store)``: a checkout of a
+commit whose chunks live only on a remote fetches exactly the chunks the
+store lacks) is built from plain parts and holds no reference to the facade.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 from ledger.api.core import LedgerCore
+from ledger.errors import RemoteError
+from ledger.export import CommitReader
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
 from ledger.remotes import tracking
 from ledger.remotes.collect import RemoteGcReport, collect_remote
 from ledger.remotes.fetch import FetchResult, PullResult
-from ledger.remotes.lazy import LazySource, resolve_url
-from ledger.remotes.push import PushResult
+from ledger.remotes.lazy import LazySource
+from ledger.remotes.push import PushPlan, PushResult
 from ledger.remotes.transfer import Progress
 
 R = TypeVar("R", bound="RemoteOps")
@@ -30,7 +34,7 @@ class RemoteOps(LedgerCore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.store.source = LazySource(self)
+        self.store.source = LazySource(self.root, self.store)
 
     def remote_add(self, name: str, url: str) -> None:
         """Register remote ``name`` at ``url``: a path or ``file://``, ``s3://bucket/prefix``
@@ -57,6 +61,7 @@ class RemoteOps(LedgerCore):
         self._check_open()
         return tracking.remotes(self)
 
+    @overload
     def push(
         self,
         remote: str | None = None,
@@ -65,8 +70,34 @@ class RemoteOps(LedgerCore):
         all: bool = False,
         tags: bool = False,
         export_weights: bool = False,
+        dry_run: Literal[False] = False,
         progress: Progress | None = None,
-    ) -> PushResult:
+    ) -> PushResult: ...
+
+    @overload
+    def push(
+        self,
+        remote: str | None = None,
+        branch: str | None = None,
+        *,
+        all: bool = False,
+        tags: bool = False,
+        export_weights: bool = False,
+        dry_run: Literal[True],
+        progress: Progress | None = None,
+    ) -> PushPlan: ...
+
+    def push(
+        self,
+        remote: str | None = None,
+        branch: str | None = None,
+        *,
+        all: bool = False,
+        tags: bool = False,
+        export_weights: bool = False,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> PushResult | PushPlan:
         """Send ``branch`` (default: HEAD's) to ``remote``: only the objects it lacks.
 
         The remote's refs move last, by compare-and-swap: if someone pushed since
@@ -79,26 +110,30 @@ class RemoteOps(LedgerCore):
             all: push every branch.
             tags: push every tag too.
             export_weights: (Hub) also upload the head's tensors as plain safetensors.
+            dry_run: change nothing on either side; return the :class:`PushPlan`
+                (commits and objects to send with their bytes, refs to move with
+                the values expected there).
             progress: called with the bytes of each pack as it is stored.
 
         Returns:
-            :class:`PushResult`: ``commits``, ``chunks_sent``, ``bytes_sent``, ``bytes_skipped``.
+            :class:`PushResult`: ``commits``, ``chunks_sent``, ``bytes_sent``, ``bytes_skipped``;
+            with ``dry_run``, the :class:`PushPlan` instead.
 
         Example:
+            >>> lg.push("origin", dry_run=True).bytes  # doctest: +SKIP
+            1048576
             >>> r = lg.push("origin")  # doctest: +SKIP
             >>> r.chunks_sent, r.bytes_sent  # doctest: +SKIP
         """
         with self._lock:
             self._check_open()
             name = remote or tracking.default_remote(self)
+            if dry_run:
+                return _push.plan_push(self, name, branch, all_branches=all, tags=tags)
+            # The facade composes checkout (ledger.api.restore) with this mixin: a Ledger reads state.
+            reader = cast(CommitReader, self) if export_weights else None
             return _push.push(
-                self,
-                name,
-                branch,
-                all_branches=all,
-                tags=tags,
-                export_weights=export_weights,
-                progress=progress,
+                self, name, branch, all_branches=all, tags=tags, export=reader, progress=progress
             )
 
     def fetch(self, remote: str | None = None, progress: Progress | None = None) -> FetchResult:
@@ -170,5 +205,8 @@ class RemoteOps(LedgerCore):
         """
         if "://" in rev:
             self._check_open()
-            return resolve_url(self, rev)
+            source = self.store.source
+            if not isinstance(source, LazySource):
+                raise RemoteError("this ledger cannot read from remotes (no lazy source)")
+            return source.resolve(rev, self)
         return super().resolve(rev)

@@ -38,6 +38,7 @@ from ledger.cli._common import (
     short,
 )
 from ledger.remotes.collect import RemoteGcReport
+from ledger.remotes.push import PushPlan
 
 
 class _Bar:
@@ -135,12 +136,25 @@ def confirm_remote_gc(r: RemoteGcReport, dry_run: bool) -> None:
     is_flag=True,
     help="(Hub) also upload the head's tensors as plain safetensors files.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Change nothing; print the commits and objects that would be sent and the refs moved.",
+)
 @global_options
 def push_command(
-    remote: str | None, branch: str | None, all_branches: bool, tags: bool, export_weights: bool
+    remote: str | None,
+    branch: str | None,
+    all_branches: bool,
+    tags: bool,
+    export_weights: bool,
+    dry_run: bool,
 ) -> None:
     """Send BRANCH (default: HEAD's) to REMOTE (default: origin); only missing objects travel."""
     lg = open_ledger()
+    if dry_run:
+        _print_plan(lg.push(remote, branch, all=all_branches, tags=tags, dry_run=True))
+        return
     with _progress() as bar:
         r = lg.push(
             remote, branch, all=all_branches, tags=tags, export_weights=export_weights, progress=bar
@@ -154,6 +168,30 @@ def push_command(
         f"pushed to {r.remote}: {moved or 'expiry'}; {r.commits} commits, {r.chunks_sent} chunks, "
         f"{human_bytes(r.bytes_sent)} sent, {human_bytes(r.bytes_skipped)} already there",
     )
+
+
+def _print_plan(plan: PushPlan) -> None:
+    """A push plan: the refs that would move (from -> to), then counts and bytes."""
+
+    def render(con: Console) -> None:
+        if plan.up_to_date:
+            con.print(f"{plan.remote} is up to date; a push would send nothing", markup=False)
+            return
+        rows = [
+            [m.ref, f"{short(m.old) if m.old else '(new)'} -> {short(m.new)}"] for m in plan.refs
+        ]
+        for line in aligned(rows):
+            con.print(line, soft_wrap=True, markup=False)
+        chunks = sum(1 for o in plan.objects if o.kind == "chunk")
+        con.print(
+            f"would push to {plan.remote}: {len(plan.commits)} commits, {len(plan.objects)} "
+            f"objects ({chunks} chunks), {human_bytes(plan.bytes)}; "
+            f"{human_bytes(plan.bytes_skipped)} already there"
+            + (f"; would expire {len(plan.expired)} commits there" if plan.expired else ""),
+            markup=False,
+        )
+
+    emit(plan, render)
 
 
 @click.command("fetch")

@@ -14,6 +14,6 @@ own (fsspec, huggingface_hub) when a remote of its kind is opened.
 
 from ledger.remotes.config import open_remote
 from ledger.remotes.fetch import FetchResult, PullResult
-from ledger.remotes.push import PushResult
+from ledger.remotes.push import PushPlan, PushResult
 
-__all__ = ["FetchResult", "PullResult", "PushResult", "open_remote"]
+__all__ = ["FetchResult", "PullResult", "PushPlan", "PushResult", "open_remote"]

@@ -14,7 +14,8 @@ have moved, and never one a reachable, kept commit needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -22,24 +23,29 @@ from ledger.errors import RemoteError
 from ledger.history.gc import first_parent_history, live_objects
 from ledger.history.records import utcnow
 from ledger.history.retention import plan
+from ledger.remotes.base import Remote
 from ledger.remotes.fetch import fetch_metadata
 from ledger.remotes.layout import (
     REFS_KEY,
+    PackRecord,
     RemoteExpiry,
+    RemoteRefs,
     encode_index,
     encode_refs,
     index_key,
     pack_key,
 )
+from ledger.remotes.protocol import LocalLedger
 from ledger.remotes.tracking import ancestors, open_named
-from ledger.remotes.transfer import cache_refs, load_view
-
-if TYPE_CHECKING:
-    from ledger.api.core import LedgerCore
+from ledger.remotes.transfer import RemoteView, cache_refs, load_view
 
 
 class RemoteGcReport(msgspec.Struct):
-    """What a remote gc did (or, with ``dry_run``, would do)."""
+    """A remote gc's plan and what it did (with ``dry_run``: only the plan; nothing changed).
+
+    ``packs`` names the packs deleted (or to delete), ``indexes`` the index files
+    replaced by the one merged index.
+    """
 
     remote: str
     dry_run: bool
@@ -48,10 +54,68 @@ class RemoteGcReport(msgspec.Struct):
     bytes_freed: int = 0
     packs_kept: int = 0
     dead_bytes_kept: int = 0
+    packs: list[str] = []
+    indexes: list[str] = []
 
 
-def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> RemoteGcReport:
+@dataclass
+class _Plan:
+    report: RemoteGcReport
+    remote: Remote
+    cache: Path
+    view: RemoteView
+    refs: RemoteRefs
+    kept: list[PackRecord]
+    expired: dict[str, RemoteExpiry]
+
+
+def plan_remote_gc(lg: LocalLedger, name: str) -> RemoteGcReport:
+    """What ``collect_remote`` would expire and delete on remote ``name``; changes nothing there.
+
+    Fetches the remote's records and manifests into the local store (as a fetch does).
+
+    Example:
+        >>> plan_remote_gc(lg, "origin").packs  # doctest: +SKIP
+        ['5e1c...']
+    """
+    return _plan(lg, name).report
+
+
+def _plan(lg: LocalLedger, name: str) -> _Plan:
+    remote, cache = open_named(lg, name)
+    view = load_view(remote, cache)
+    if view.refs is None:
+        raise RemoteError(f"remote {name} ({remote.url}) holds no ledger; nothing to collect")
+    refs = view.refs
+    fetch_metadata(lg.store, lg, view)
+    tips = [*refs.branches.values(), *refs.tags.values()]
+    histories = {b: first_parent_history(lg, tip) for b, tip in refs.branches.items()}
+    now = utcnow()
+    _, expire = plan(histories, set(tips), lg.retention, now)
+    newly = {cid: why for cid, why in expire.items() if cid not in refs.expired}
+    gone = {**refs.expired, **{c: RemoteExpiry(reason=w, time=now) for c, w in newly.items()}}
+    live = live_objects(lg, ancestors(lg, tips), set(gone))
+    report = RemoteGcReport(remote=name, dry_run=True, expired=sorted(newly))
+    kept: list[PackRecord] = []
+    for pack in view.packs:
+        if any(e.id in live for e in pack.entries):
+            kept.append(pack)
+            report.dead_bytes_kept += sum(e.length for e in pack.entries if e.id not in live)
+        else:
+            report.packs.append(pack.name)
+            report.bytes_freed += pack.size
+    report.packs_kept, report.packs_deleted = len(kept), len(report.packs)
+    if report.packs or newly:
+        merged = encode_index(kept)[1]
+        report.indexes = [i for i in refs.indexes if i != merged]
+    return _Plan(report, remote, cache, view, refs, kept, gone)
+
+
+def collect_remote(lg: LocalLedger, name: str, *, dry_run: bool = False) -> RemoteGcReport:
     """Expire what retention drops on remote ``name``; delete the packs nothing needs.
+
+    Plan then execute: the plan (:func:`plan_remote_gc`) is the report; with
+    ``dry_run`` nothing else happens.
 
     Raises:
         RemoteConflictError: someone pushed meanwhile (nothing was deleted); rerun.
@@ -59,44 +123,24 @@ def collect_remote(lg: LedgerCore, name: str, *, dry_run: bool = False) -> Remot
     Example:
         >>> collect_remote(lg, "origin", dry_run=True).bytes_freed  # doctest: +SKIP
     """
-    remote, cache = open_named(lg, name)
-    view = load_view(remote, cache)
-    if view.refs is None:
-        raise RemoteError(f"remote {name} ({remote.url}) holds no ledger; nothing to collect")
-    refs = view.refs
-    fetch_metadata(lg, view)
-    tips = [*refs.branches.values(), *refs.tags.values()]
-    histories = {b: first_parent_history(lg, tip) for b, tip in refs.branches.items()}
-    _, expire = plan(histories, set(tips), lg.retention, utcnow())
-    now = utcnow()
-    newly = {cid: why for cid, why in expire.items() if cid not in refs.expired}
-    gone = {**refs.expired, **{c: RemoteExpiry(reason=w, time=now) for c, w in newly.items()}}
-    live = live_objects(lg, ancestors(lg, tips), set(gone))
-    report = RemoteGcReport(remote=name, dry_run=dry_run, expired=sorted(newly))
-    kept, doomed = [], []
-    for pack in view.packs:
-        needed = [e for e in pack.entries if e.id in live]
-        if needed:
-            kept.append(pack)
-            report.dead_bytes_kept += sum(e.length for e in pack.entries if e.id not in live)
-        else:
-            doomed.append(pack)
-            report.bytes_freed += pack.size
-    report.packs_kept, report.packs_deleted = len(kept), len(doomed)
-    if dry_run or (not doomed and not newly):
+    planned = _plan(lg, name)
+    report, remote, refs = planned.report, planned.remote, planned.refs
+    if dry_run or (not report.packs and not report.expired):
+        report.dry_run = dry_run
         return report
-    data, iname = encode_index(kept)
-    remote.retry("writing the index", lambda: remote.put(index_key(iname), data))
-    new = msgspec.structs.replace(refs, expired=gone, indexes=[iname], updated=now)
+    report.dry_run = False
+    data, iname = encode_index(planned.kept)
+    remote.put(index_key(iname), data)
+    new = msgspec.structs.replace(refs, expired=planned.expired, indexes=[iname], updated=utcnow())
     body = encode_refs(new)
-    stale = [index_key(i) for i in refs.indexes if i != iname] + [pack_key(p.name) for p in doomed]
+    stale = [index_key(i) for i in report.indexes] + [pack_key(p) for p in report.packs]
     if remote.stages_writes:  # the Hub: deletions land in the same commit as the refs
         for key in stale:
             remote.delete(key)
-    message = f"ledger gc: expire {len(newly)} commit(s), drop {len(doomed)} pack(s)"
-    remote.retry("updating refs.json", lambda: remote.put_if(REFS_KEY, body, view.version, message))
+    message = f"ledger gc: expire {len(report.expired)} commit(s), drop {len(report.packs)} pack(s)"
+    remote.put_if(REFS_KEY, body, planned.view.version, message)
     if not remote.stages_writes:
         for key in stale:
-            remote.retry(f"deleting {key}", lambda key=key: remote.delete(key))  # type: ignore[misc]
-    cache_refs(cache, body, (iname, data))
+            remote.delete(key)
+    cache_refs(planned.cache, body, (iname, data))
     return report

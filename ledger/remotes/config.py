@@ -19,7 +19,7 @@ import msgspec
 
 from ledger.errors import RemoteError, RemoteURLError
 from ledger.objects.durable import atomic_write
-from ledger.remotes.base import Remote
+from ledger.remotes.base import Remote, RetryingRemote
 
 REMOTES_DIR = "remotes"
 CONFIG_FILE = "config.json"
@@ -90,13 +90,16 @@ def check_url(url: str) -> str:
 
 
 def open_remote(url: str) -> Remote:
-    """A backend for ``url`` (see the module docstring).
+    """A backend for ``url`` (see the module docstring), retried on transient faults.
 
     Example:
         >>> open_remote("/tmp/ledger-remote").url
         '/tmp/ledger-remote'
     """
-    url = check_url(url)
+    return RetryingRemote(_backend(check_url(url)))
+
+
+def _backend(url: str) -> Remote:
     if "://" not in url:
         from ledger.remotes.local import DirectoryRemote
 

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -33,18 +33,18 @@ from ledger.errors import (
     RemoteError,
 )
 from ledger.history.graph import first_parents, refs_under
+from ledger.history.needs import HistoryReader
 from ledger.history.records import Expire, utcnow
 from ledger.history.refs import BRANCH_PREFIX, HEAD, REMOTE_PREFIX, SYMREF_PREFIX, TAG_PREFIX
 from ledger.history.tree import chunk_ids
 from ledger.objects.hashing import is_hex_id
+from ledger.objects.store import ObjectStore
 from ledger.remotes.config import RemoteEntry, RemotesConfig, load_config, open_remote, save_config
+from ledger.remotes.protocol import LocalLedger
 from ledger.remotes.tracking import ancestors, is_ancestor, open_named
 from ledger.remotes.transfer import Progress, RemoteView, download, load_view
 
-if TYPE_CHECKING:
-    from ledger.api.core import LedgerCore
-
-L = TypeVar("L", bound="LedgerCore")
+L = TypeVar("L", bound=LocalLedger)
 
 
 class FetchResult(msgspec.Struct):
@@ -71,21 +71,28 @@ class PullResult(msgspec.Struct):
 
 
 def fetch_metadata(
-    lg: LedgerCore, view: RemoteView, progress: Progress | None = None
+    store: ObjectStore,
+    records: HistoryReader,
+    view: RemoteView,
+    progress: Progress | None = None,
 ) -> tuple[int, int, int]:
-    """Download every record, manifest and blob the remote has and the ledger lacks.
+    """Download every record, manifest and blob the remote has and ``store`` lacks.
 
     Returns (new commits, objects, bytes). Every tip the remote's refs name must
-    then be readable, or the remote is refused as corrupt.
+    then be readable through ``records``, or the remote is refused as corrupt.
+
+    Example:
+        >>> fetch_metadata(lg.store, lg, load_view(remote, None))  # doctest: +SKIP
+        (3, 9, 48213)
     """
     if view.refs is None:
         return 0, 0, 0
-    wanted = [o for o, (_, e) in view.objects.items() if e.kind != "chunk" and not lg.store.has(o)]
+    wanted = [o for o, (_, e) in view.objects.items() if e.kind != "chunk" and not store.has(o)]
     commits = sum(1 for o in wanted if view.objects[o][1].kind == "commit")
-    objects, received = download(view, lg.store, wanted, progress=progress)
+    objects, received = download(view, store, wanted, progress=progress)
     for cid in {*view.refs.branches.values(), *view.refs.tags.values()}:
         try:
-            lg.record(cid)
+            records.record(cid)
         except LedgerError as e:
             raise RemoteCorruptionError(
                 f"remote {view.remote.url} names commit {cid[:12]} in its refs but does not "
@@ -94,7 +101,7 @@ def fetch_metadata(
     return commits, objects, received
 
 
-def fetch(lg: LedgerCore, name: str, progress: Progress | None = None) -> FetchResult:
+def fetch(lg: LocalLedger, name: str, progress: Progress | None = None) -> FetchResult:
     """Fetch remote ``name``: records and refs (see the module docstring)."""
     remote, cache = open_named(lg, name)
     view = load_view(remote, cache)
@@ -102,7 +109,7 @@ def fetch(lg: LedgerCore, name: str, progress: Progress | None = None) -> FetchR
         raise RemoteError(
             f"remote {name} ({remote.url}) holds no ledger yet (no refs.json); push to it first"
         )
-    commits, objects, received = fetch_metadata(lg, view, progress)
+    commits, objects, received = fetch_metadata(lg.store, lg, view, progress)
     state = lg.refs.state()
     local = state.refs
     prefix = f"{REMOTE_PREFIX}{name}/"
@@ -135,7 +142,7 @@ def fetch(lg: LedgerCore, name: str, progress: Progress | None = None) -> FetchR
     )
 
 
-def _lacks_state(lg: LedgerCore, cid: str) -> bool:
+def _lacks_state(lg: LocalLedger, cid: str) -> bool:
     """Whether this ledger holds a commit's record but not all of its state (manifest, chunks)."""
     if lg.store.locate(bytes.fromhex(cid)) is None:
         return False  # not even the record here: nothing to mark
@@ -147,7 +154,7 @@ def _lacks_state(lg: LedgerCore, cid: str) -> bool:
 
 
 def fetch_state(
-    lg: LedgerCore, view: RemoteView, commits: Iterable[str], progress: Progress | None = None
+    lg: LocalLedger, view: RemoteView, commits: Iterable[str], progress: Progress | None = None
 ) -> tuple[int, int]:
     """Download the chunks (and any missing manifest) of ``commits``; returns (objects, bytes)."""
     expired = lg.refs.state().expired
@@ -169,7 +176,7 @@ def fetch_state(
 
 
 def pull(
-    lg: LedgerCore, name: str, branch: str | None = None, progress: Progress | None = None
+    lg: LocalLedger, name: str, branch: str | None = None, progress: Progress | None = None
 ) -> PullResult:
     """Fetch ``name``, then fast-forward ``branch`` (default: HEAD's) to the remote's."""
     result = fetch(lg, name, progress)
@@ -251,10 +258,10 @@ def clone(
     return lg
 
 
-def _first_parents(lg: LedgerCore, tip: str, depth: int) -> list[str]:
+def _first_parents(lg: LocalLedger, tip: str, depth: int) -> list[str]:
     return list(first_parents(lambda cid: lg.record(cid).parents, tip, depth))
 
 
-def tracking_branches(lg: LedgerCore, name: str) -> dict[str, str]:
+def tracking_branches(lg: LocalLedger, name: str) -> dict[str, str]:
     """Branch -> commit as of the last contact with remote ``name``."""
     return refs_under(lg.refs.snapshot(), f"{REMOTE_PREFIX}{name}/")

@@ -8,27 +8,28 @@ both win. Other fsspec filesystems offer no atomic conditional write: there
 (``atomic`` is False and docs/remotes.md says so). Credentials come from the
 filesystem's own configuration (environment, profiles); this module must
 never accept or store one.
+
+Compare-and-swap on S3 reads the body and its ETag from one ``GetObject``
+response and passes that ETag back as ``If-Match``; the ETag is an opaque
+token (with SSE-KMS or a multipart upload it is not the MD5 of the body), so
+nothing here computes one. A lost race is recognised by the error code S3
+answers (``PreconditionFailed``, ``ConditionalRequestConflict``), not by a
+message. The clients' own retry loops are turned off: retries are
+``RetryingRemote``'s, which honours ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from ledger.errors import RemoteConflictError, RemoteError
 from ledger.objects.hashing import hash_bytes
-from ledger.remotes.base import Remote, Version, check_key
+from ledger.remotes.base import Answer, Remote, Version, check_key
 
-_TRANSIENT_ERRNO = {
-    errno.EBUSY,
-    errno.ETIMEDOUT,
-    errno.ECONNRESET,
-    errno.EAGAIN,
-    121,
-}  # 121: EREMOTEIO
+#: S3 error codes that mean "the condition of a conditional write did not hold".
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
 class FsspecRemote(Remote):
@@ -45,12 +46,25 @@ class FsspecRemote(Remote):
 
         super().__init__(url)
         protocol = url.split("://", 1)[0]
-        if protocol in ("s3", "s3a"):
+        self.s3 = protocol in ("s3", "s3a")
+        if self.s3:
             storage_options.setdefault("use_listings_cache", False)
+            # one retry loop (RetryingRemote's): botocore's and s3fs's own are turned off
+            storage_options.setdefault("config_kwargs", {"retries": {"total_max_attempts": 1}})
         self.fs, self.root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
         self.root = self.root.rstrip("/")
-        self.s3 = protocol in ("s3", "s3a")
         self.atomic = self.s3
+        if self.s3:
+            import aiohttp
+            import botocore.exceptions
+
+            self.fs.retries = 1
+            self.network_errors = (
+                botocore.exceptions.HTTPClientError,
+                botocore.exceptions.ConnectionError,
+                aiohttp.ClientConnectionError,
+                aiohttp.ClientPayloadError,
+            )
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
@@ -66,19 +80,32 @@ class FsspecRemote(Remote):
 
     def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
         path = self._path(key)
-        for _ in range(3):
+        if not self.s3:
             try:
-                etag = self.fs.info(path).get("ETag") if self.s3 else None
                 data = bytes(self.fs.cat_file(path))
             except FileNotFoundError:
                 return None, None
-            if not self.s3:
-                return data, hash_bytes(data).hex()
-            # The ETag is read first, so a concurrent write can only make put_if fail, never
-            # succeed on stale data; a single-part object's ETag is its MD5, which confirms it.
-            if etag and etag.strip('"') == hashlib.md5(data).hexdigest():
-                return data, etag
-        raise RemoteError(f"{key} on remote {self.url} keeps changing while being read; retry")
+            return data, hash_bytes(data).hex()
+        try:
+            return self._get_with_etag(path)
+        except FileNotFoundError:
+            return None, None
+
+    def _get_with_etag(self, path: str) -> tuple[bytes, str]:
+        """One ``GetObject``: the body and the ETag of exactly that body."""
+        from fsspec.asyn import sync
+
+        bucket, key, _ = self.fs.split_path(path)
+
+        async def read() -> tuple[bytes, str]:
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                body = await response["Body"].read()
+            finally:
+                response["Body"].close()
+            return bytes(body), str(response["ETag"])
+
+        return sync(self.fs.loop, read)
 
     def put(self, key: str, data: bytes | Path) -> None:
         path = self._path(key)
@@ -98,11 +125,8 @@ class FsspecRemote(Remote):
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
         try:
             self.fs.pipe_file(path, data, **condition)
-        except FileExistsError:
-            raise _conflict(key, self.url) from None
         except OSError as e:
-            text = str(e).lower()
-            if e.errno == errno.EINVAL and ("pre-condition" in text or "precondition" in text):
+            if _error_code(e) in _CONFLICT_CODES:
                 raise _conflict(key, self.url) from None
             raise
 
@@ -122,13 +146,23 @@ class FsspecRemote(Remote):
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
 
-    def transient(self, exc: BaseException) -> bool:
-        if isinstance(exc, FileNotFoundError | PermissionError | FileExistsError):
-            return False
-        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
-            return True
-        name = type(exc).__name__
-        return super().transient(exc) or "Connection" in name or "Timeout" in name
+    def answer_of(self, exc: BaseException) -> Answer | None:
+        response = getattr(exc, "response", None) if self.s3 else None
+        if not isinstance(response, dict):
+            return None
+        meta = response.get("ResponseMetadata") or {}
+        status = meta.get("HTTPStatusCode")
+        return (status, meta.get("HTTPHeaders") or {}) if isinstance(status, int) else None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code (``PreconditionFailed`` ...) behind an error s3fs raised."""
+    for e in (exc, exc.__cause__):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            return str(code) if code is not None else None
+    return None
 
 
 def _conflict(key: str, url: str) -> RemoteConflictError:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import RemoteConflictError, RemoteError, RemoteURLError
-from ledger.remotes.base import Remote, Version, check_key
+from ledger.remotes.base import Answer, Remote, Version, check_key
 
 PREFIX = "ledger/"
 
@@ -54,6 +54,7 @@ class HubRemote(Remote):
         self.revision = "main"
         self.sha: str | None = None
         self._staged: list[Any] = []
+        self.network_errors = (_http_library().TransportError,)
 
     # -- reading -----------------------------------------------------------------
 
@@ -182,20 +183,24 @@ class HubRemote(Remote):
         self.sha = info.oid
         self._staged = []
 
-    def transient(self, exc: BaseException) -> bool:
+    def answer_of(self, exc: BaseException) -> Answer | None:
         from huggingface_hub.errors import HfHubHTTPError
 
-        seen: BaseException | None = exc
-        while seen is not None:
-            # The client's HTTP library (httpx or its fork) names its network faults TransportError.
-            names = {t.__name__ for t in type(seen).__mro__}
-            if "TransportError" in names or isinstance(seen, ConnectionError | TimeoutError):
-                return True
-            if isinstance(seen, HfHubHTTPError) and seen.response is not None:
-                status = seen.response.status_code
-                return status >= 500 or status == 429
-            seen = seen.__cause__ or seen.__context__
-        return False
+        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+            return exc.response.status_code, exc.response.headers
+        return None
+
+
+def _http_library() -> Any:
+    """The HTTP library huggingface_hub speaks through (httpx, or its fork httpx2)."""
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:
+        import httpx
+
+        return httpx
 
 
 def _conflict(key: str, url: str) -> RemoteConflictError:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from ledger.errors import DetachedHeadError, DivergedError, RefNameError, RemoteConflictError
+from ledger.export import CommitReader
 from ledger.history.graph import refs_under
 from ledger.history.needs import commit_needs
 from ledger.history.records import Expiry, utcnow
@@ -28,6 +29,7 @@ from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
 from ledger.remotes import transfer
 from ledger.remotes.base import Remote
+from ledger.remotes.hub import HubRemote
 from ledger.remotes.layout import (
     MAX_INDEX_FILES,
     REFS_KEY,
@@ -37,6 +39,7 @@ from ledger.remotes.layout import (
     encode_refs,
     index_key,
 )
+from ledger.remotes.protocol import LocalLedger
 from ledger.remotes.tracking import ancestors, is_ancestor, known, open_named, track
 from ledger.remotes.transfer import (
     Progress,
@@ -45,9 +48,6 @@ from ledger.remotes.transfer import (
     load_view,
     upload,
 )
-
-if TYPE_CHECKING:
-    from ledger.api.core import LedgerCore
 
 
 class PushResult(msgspec.Struct):
@@ -64,21 +64,89 @@ class PushResult(msgspec.Struct):
     duration_s: float = 0.0
 
 
+class PlannedObject(msgspec.Struct, frozen=True):
+    """One object a push would send: its id, kind, what it is, and its stored (encoded) size."""
+
+    id: str
+    kind: str
+    what: str
+    bytes: int
+
+
+class RefMove(msgspec.Struct, frozen=True):
+    """A remote ref a push would move: ``old`` is the value it expects there (None: new)."""
+
+    ref: str
+    old: str | None
+    new: str
+
+
+class PushPlan(msgspec.Struct):
+    """What a push would do, computed without changing either side (``push(dry_run=True)``).
+
+    ``objects`` are exactly the objects a push then sends (metadata first, then
+    chunks), ``refs`` the refs it moves with the values it expects to find, and
+    ``version`` the version of ``refs.json`` its compare-and-swap expects.
+    """
+
+    remote: str
+    commits: list[str]
+    objects: list[PlannedObject]
+    refs: list[RefMove]
+    expired: list[str]
+    bytes: int
+    bytes_skipped: int
+    version: str | None
+
+    @property
+    def up_to_date(self) -> bool:
+        """Whether the push would change nothing on the remote."""
+        return not self.objects and not self.refs and not self.expired
+
+
+@dataclass
+class _Prepared:
+    """A plan and what executing it needs (the remote as read, the new refs)."""
+
+    plan: PushPlan
+    remote: Remote
+    cache: Path
+    view: RemoteView
+    refs: RemoteRefs
+    meta: list[tuple[bytes, str]]
+    chunks: list[tuple[bytes, str]]
+    tracked: dict[str, str]
+    head: str | None
+    must_write: bool
+
+
 # -- push ---------------------------------------------------------------------------
 
 
-def push(
-    lg: LedgerCore,
+def plan_push(
+    lg: LocalLedger,
     name: str,
     branch: str | None = None,
     *,
     all_branches: bool = False,
     tags: bool = False,
-    export_weights: bool = False,
-    progress: Progress | None = None,
-) -> PushResult:
-    """Send ``branch`` (default: HEAD's), every branch, and/or tags to remote ``name``."""
-    started = time.perf_counter()
+) -> PushPlan:
+    """What pushing ``branch`` (default: HEAD's), every branch and/or tags to ``name`` would do.
+
+    Reads the remote's refs and index files; writes nothing on either side
+    (the remote's refs and index files are cached locally, as a fetch does).
+
+    Example:
+        >>> plan = plan_push(lg, "origin")  # doctest: +SKIP
+        >>> plan.commits, plan.bytes  # doctest: +SKIP
+        (['3f2a...'], 1048576)
+    """
+    return _prepare(lg, name, branch, all_branches, tags, export=False).plan
+
+
+def _prepare(
+    lg: LocalLedger, name: str, branch: str | None, all_branches: bool, tags: bool, export: bool
+) -> _Prepared:
     remote, cache = open_named(lg, name)
     view = load_view(remote, cache)
     local = lg.refs.snapshot()
@@ -124,36 +192,102 @@ def push(
     head = old.head or (branch if branch else lg.current_branch)
     if head not in branches:
         head = next(iter(sorted(branches)), None)
-    updated = {b: c for b, c in branches.items() if old.branches.get(b) != c}
-    updated.update({f"tag {t}": c for t, c in new_tags.items() if t not in old.tags})
-    extras_only = export_weights and type(remote).__name__ == "HubRemote"
-    if (
-        not meta
-        and not chunks
-        and not updated
-        and gone == old.expired
-        and view.refs
-        and not extras_only
-    ):
+    moves = [
+        RefMove(f"{BRANCH_PREFIX}{b}", old.branches.get(b), c)
+        for b, c in sorted(branches.items())
+        if old.branches.get(b) != c
+    ]
+    moves += [
+        RefMove(f"{TAG_PREFIX}{t}", None, c)
+        for t, c in sorted(new_tags.items())
+        if t not in old.tags
+    ]
+    objects = [_planned(lg, oid, what) for oid, what in [*meta, *chunks]]
+    plan = PushPlan(
+        remote=name,
+        commits=commits,
+        objects=objects,
+        refs=moves,
+        expired=sorted(set(gone) - set(old.expired)),
+        bytes=sum(o.bytes for o in objects),
+        bytes_skipped=skipped,
+        version=view.version,
+    )
+    hub_extras = export and isinstance(remote.unwrap(), HubRemote)
+    new = msgspec.structs.replace(old, branches=branches, tags=new_tags, expired=gone, head=head)
+    return _Prepared(
+        plan,
+        remote,
+        cache,
+        view,
+        new,
+        meta,
+        chunks,
+        {b: branches[b] for b in wanted},
+        head,
+        must_write=not plan.up_to_date or view.refs is None or hub_extras,
+    )
+
+
+def _planned(lg: LocalLedger, oid: bytes, what: str) -> PlannedObject:
+    found = lg.store.locate(oid)
+    size = found[1].length if found is not None else 0
+    kind = found[1].kind if found is not None else "missing"
+    return PlannedObject(oid.hex(), kind, what, size)
+
+
+def push(
+    lg: LocalLedger,
+    name: str,
+    branch: str | None = None,
+    *,
+    all_branches: bool = False,
+    tags: bool = False,
+    export: CommitReader | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Send ``branch`` (default: HEAD's), every branch, and/or tags to remote ``name``.
+
+    Executes :func:`plan_push`'s plan: the objects it lists go up as packs,
+    one index file names them, then the refs move by compare-and-swap. On the
+    Hub, ``export`` (a reader of the head's state) adds plain safetensors files.
+
+    Example:
+        >>> push(lg, "origin").chunks_sent  # doctest: +SKIP
+        12
+    """
+    started = time.perf_counter()
+    ready = _prepare(lg, name, branch, all_branches, tags, export=export is not None)
+    if not ready.must_write:
         return PushResult(remote=name, updated={}, duration_s=time.perf_counter() - started)
+    remote, view, plan = ready.remote, ready.view, ready.plan
+    old = view.refs
     keep = remote.stages_writes
     sent = [
         upload(
             lg.store,
             remote,
-            chunks,
+            ready.chunks,
             lg.pool,
             target=transfer.PACK_TARGET,
             keep_files=keep,
             progress=progress,
         ),
-        upload(lg.store, remote, meta, lg.pool, target=1 << 62, keep_files=keep, progress=progress),
+        upload(
+            lg.store,
+            remote,
+            ready.meta,
+            lg.pool,
+            target=1 << 62,
+            keep_files=keep,
+            progress=progress,
+        ),
     ]
     extras: Path | None = None
     try:
         packs = [p for s in sent for p in s.packs]
         index = None
-        indexes = list(old.indexes)
+        indexes = list(old.indexes) if old else []
         if packs:
             if len(indexes) + 1 > MAX_INDEX_FILES:
                 index = encode_index([*view.packs, *packs])
@@ -161,41 +295,46 @@ def push(
             else:
                 index = encode_index(packs)
                 indexes.append(index[1])
-            data, iname = index
-            remote.retry("writing the index", lambda: remote.put(index_key(iname), data))
+            remote.put(index_key(index[1]), index[0])
         new = msgspec.structs.replace(
-            old,
-            branches=branches,
-            tags=new_tags,
-            expired=gone,
+            ready.refs,
             indexes=indexes,
-            head=head,
             updated=utcnow(),
-            pushes=old.pushes + 1,
+            pushes=(old.pushes if old else 0) + 1,
         )
-        extras = _stage_hub_extras(lg, remote, branches.get(head or ""), export_weights)
+        extras = _stage_hub_extras(lg, remote, ready.refs.branches.get(ready.head or ""), export)
         body = encode_refs(new)
-        message = _push_message(name, updated, commits)
-        _swap_refs(remote, view, body, message, name)
+        _swap_refs(remote, view, body, _push_message(name, plan), name)
     finally:
         for s in sent:
             for path in s.temp_files:
                 path.unlink(missing_ok=True)
         if extras is not None:
             shutil.rmtree(extras, ignore_errors=True)
-    cache_refs(cache, body, (index[1], index[0]) if index else None)
-    track(lg, name, {b: branches[b] for b in wanted}, f"push {name}")
+    cache_refs(ready.cache, body, (index[1], index[0]) if index else None)
+    track(lg, name, ready.tracked, f"push {name}")
     return PushResult(
         remote=name,
-        updated=updated,
-        commits=len(commits),
+        updated=_updated(plan),
+        commits=len(plan.commits),
         objects_sent=sum(s.objects for s in sent),
         chunks_sent=sent[0].chunks,
         bytes_sent=sum(s.bytes_sent for s in sent) + (len(index[0]) if index else 0),
-        bytes_skipped=skipped,
+        bytes_skipped=plan.bytes_skipped,
         packs=len(packs),
         duration_s=time.perf_counter() - started,
     )
+
+
+def _updated(plan: PushPlan) -> dict[str, str]:
+    """The moved refs as ``PushResult.updated`` names them: ``main``, ``tag v1``."""
+    out: dict[str, str] = {}
+    for move in plan.refs:
+        if move.ref.startswith(BRANCH_PREFIX):
+            out[move.ref[len(BRANCH_PREFIX) :]] = move.new
+        else:
+            out[f"tag {move.ref[len(TAG_PREFIX) :]}"] = move.new
+    return out
 
 
 def _push_branches(local: dict[str, str], branch: str | None, all_branches: bool) -> list[str]:
@@ -212,7 +351,7 @@ def _push_branches(local: dict[str, str], branch: str | None, all_branches: bool
 
 
 def _objects_to_send(
-    lg: LedgerCore, view: RemoteView, commits: list[str], expired: dict[str, Expiry]
+    lg: LocalLedger, view: RemoteView, commits: list[str], expired: dict[str, Expiry]
 ) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str]], int]:
     """(metadata objects, chunks) the remote lacks, in commit order; bytes it already has."""
     meta: list[tuple[bytes, str]] = []
@@ -236,21 +375,20 @@ def _objects_to_send(
     return meta, chunks, skipped
 
 
-def _push_message(name: str, updated: dict[str, str], commits: list[str]) -> str:
+def _push_message(name: str, plan: PushPlan) -> str:
+    updated = _updated(plan)
     moved = ", ".join(f"{ref} -> {cid[:12]}" for ref, cid in sorted(updated.items())) or "expiry"
-    lines = [f"ledger push: {len(commits)} commit(s); {moved}"]
-    lines += [f"ledger commit {c}" for c in reversed(commits)]
+    lines = [f"ledger push: {len(plan.commits)} commit(s); {moved}"]
+    lines += [f"ledger commit {c}" for c in reversed(plan.commits)]
     return "\n".join(lines)
 
 
 def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name: str) -> None:
     try:
-        remote.retry(
-            "updating refs.json", lambda: remote.put_if(REFS_KEY, body, view.version, message)
-        )
+        remote.put_if(REFS_KEY, body, view.version, message)
     except RemoteConflictError:
         # A retried write whose first attempt landed (its answer lost) sees its own refs.
-        data, _ = remote.retry("reading refs.json", lambda: remote.get_versioned(REFS_KEY))
+        data, _ = remote.get_versioned(REFS_KEY)
         if data != body:
             raise RemoteConflictError(
                 f"remote {name} changed while this push was running (another push landed "
@@ -260,18 +398,17 @@ def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name
 
 
 def _stage_hub_extras(
-    lg: LedgerCore, remote: Remote, head: str | None, export: bool
+    lg: LocalLedger, remote: Remote, head: str | None, export: CommitReader | None
 ) -> Path | None:
     """On the Hub: stage the model card (and the head's weights); the folder to delete after."""
-    from ledger.remotes.hub import HubRemote
-
-    if not isinstance(remote, HubRemote) or head is None:
+    hub = remote.unwrap()
+    if not isinstance(hub, HubRemote) or head is None:
         return None
     from ledger.remotes.card import export_weights, model_card
 
-    files = export_weights(lg, head, lg.store.tmp_dir) if export else []
+    files = export_weights(export, head, lg.store.tmp_dir) if export is not None else []
     for path_in_repo, local in files:
-        remote.stage(path_in_repo, local)
-    card = model_card(lg, head, remote.repo_id, [p for p, _ in files])
-    remote.stage("README.md", card.encode())
+        hub.stage(path_in_repo, local)
+    card = model_card(lg, head, hub.repo_id, [p for p, _ in files])
+    hub.stage("README.md", card.encode())
     return files[0][1].parent if files else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -27,15 +26,12 @@ from ledger.remotes.config import (
     open_remote,
     save_config,
 )
-
-if TYPE_CHECKING:
-    from ledger.api.core import LedgerCore
-
+from ledger.remotes.protocol import LocalLedger
 
 # -- remote settings ----------------------------------------------------------------
 
 
-def remote_add(lg: LedgerCore, name: str, url: str) -> None:
+def remote_add(lg: LocalLedger, name: str, url: str) -> None:
     """Register remote ``name`` at ``url`` (validated, credential-free)."""
     check_remote_name(name)
     open_remote(url)  # refuses bad or credential-bearing URLs before anything is written
@@ -47,12 +43,12 @@ def remote_add(lg: LedgerCore, name: str, url: str) -> None:
         save_config(lg.root, msgspec.structs.replace(config, remotes=remotes), lg.store.tmp_dir)
 
 
-def remotes(lg: LedgerCore) -> dict[str, str]:
+def remotes(lg: LocalLedger) -> dict[str, str]:
     """Remote name -> URL."""
     return {name: e.url for name, e in sorted(load_config(lg.root).remotes.items())}
 
 
-def open_named(lg: LedgerCore, name: str) -> tuple[Remote, Path]:
+def open_named(lg: LocalLedger, name: str) -> tuple[Remote, Path]:
     """The backend of configured remote ``name`` and the folder caching what it last said."""
     config = load_config(lg.root)
     entry = config.remotes.get(name)
@@ -64,7 +60,7 @@ def open_named(lg: LedgerCore, name: str) -> tuple[Remote, Path]:
     return open_remote(entry.url), cache_dir(lg.root, name)
 
 
-def default_remote(lg: LedgerCore) -> str:
+def default_remote(lg: LocalLedger) -> str:
     """``origin`` if configured, else the only remote."""
     names = sorted(load_config(lg.root).remotes)
     if "origin" in names or len(names) != 1:
@@ -75,26 +71,26 @@ def default_remote(lg: LedgerCore) -> str:
 # -- history helpers ----------------------------------------------------------------
 
 
-def ancestors(lg: LedgerCore, tips: Iterable[str], stop: set[str] | None = None) -> list[str]:
+def ancestors(lg: LocalLedger, tips: Iterable[str], stop: set[str] | None = None) -> list[str]:
     """Commits reachable from ``tips`` (all parents), oldest first, not walking into ``stop``."""
     return list(graph.ancestors(_parents_of(lg), tips, stop=stop or (), oldest_first=True))
 
 
-def is_ancestor(lg: LedgerCore, old: str, new: str) -> bool:
+def is_ancestor(lg: LocalLedger, old: str, new: str) -> bool:
     """Whether commit ``old`` is ``new`` or one of its ancestors (records must be local)."""
     return old in graph.ancestors(_parents_of(lg), [new])
 
 
-def _parents_of(lg: LedgerCore) -> graph.ParentsOf:
+def _parents_of(lg: LocalLedger) -> graph.ParentsOf:
     return lambda cid: lg.record(cid).parents
 
 
-def known(lg: LedgerCore, cid: str) -> bool:
+def known(lg: LocalLedger, cid: str) -> bool:
     """Whether this ledger stores the record of commit ``cid`` (never asks a remote)."""
     return lg.store.locate(bytes.fromhex(cid)) is not None
 
 
-def track(lg: LedgerCore, name: str, tips: dict[str, str], reason: str) -> None:
+def track(lg: LocalLedger, name: str, tips: dict[str, str], reason: str) -> None:
     """Point ``refs/remotes/<name>/<branch>`` at ``tips`` (compare-and-swap on the local log)."""
     local = lg.refs.snapshot()
     prefix = f"{REMOTE_PREFIX}{name}/"

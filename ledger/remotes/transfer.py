@@ -80,7 +80,7 @@ def load_view(remote: Remote, cache: Path | None, *, offline: bool = False) -> R
         data: bytes | None = _read_cache(cache, REFS_KEY)
         version: Version = None
     else:
-        data, version = remote.retry("reading refs.json", lambda: remote.get_versioned(REFS_KEY))
+        data, version = remote.get_versioned(REFS_KEY)
     if data is None:
         return RemoteView(remote, None, version, [])
     refs = decode_refs(data, remote.url)
@@ -91,7 +91,7 @@ def load_view(remote: Remote, cache: Path | None, *, offline: bool = False) -> R
             if offline:
                 return RemoteView(remote, None, None, [])
             key = index_key(name)
-            raw = remote.retry(f"reading {key}", lambda key=key: remote.get(key))  # type: ignore[misc]
+            raw = remote.get(key)
             packs.extend(decode_index(raw, name, remote.url))
             _write_cache(cache, key, raw)
         else:
@@ -175,10 +175,7 @@ def download(
         start = span[0].offset
         length = span[-1].offset + span[-1].length - start
         key = pack_key(pack)
-        data = remote.retry(
-            f"reading {key}",
-            lambda: remote.get_range(key, start, length) if remote.ranged else remote.get(key),
-        )
+        data = remote.get_range(key, start, length) if remote.ranged else remote.get(key)
         if not remote.ranged:
             data = data[start : start + length]
         out = []
@@ -273,10 +270,10 @@ def upload(
     def send(record: PackRecord, path: Path) -> None:
         key = pack_key(record.name)
         stats.packs.append(record)
-        if remote.retry(f"checking {key}", lambda: remote.exists(key)):
+        if remote.exists(key):
             stats.bytes_resumed += record.size
         else:
-            remote.retry(f"writing {key}", lambda: remote.put(key, path))
+            remote.put(key, path)
             stats.bytes_sent += record.size
         if keep_files:
             stats.temp_files.append(path)

@@ -20,8 +20,8 @@ Endpoints (``{id}`` is ``user/repo``, ``{rev}`` a branch or a 40-hex commit):
     HEAD/GET /{id}/resolve/{rev}/{path}         download, with X-Repo-Commit, ETag, size, Range -> 206
     POST /api/validate-yaml                     model card metadata check (always valid)
 
-Faults for tests: ``fail(n, status)`` answers the next n requests with
-``status``; ``drop(n)`` closes the next n connections without an answer;
+Faults for tests: ``fail(n, status, retry_after)`` answers the next n requests
+with ``status`` (and a ``Retry-After`` header when given); ``drop(n)`` closes the next n connections without an answer;
 ``on_request(method, path)`` runs before each request is served; when it
 returns False the connection is closed unanswered (a server killed mid-request).
 """
@@ -75,13 +75,13 @@ class HubState:
         self.requests: list[tuple[str, str]] = []
         self.uploaded_bytes = 0
         self.served_bytes = 0
-        self._fail: list[int] = []
+        self._fail: list[tuple[int, float | None]] = []
         self._drop = 0
         self.on_request: Callable[[str, str], bool] | None = None
 
-    def fail(self, n: int, status: int = 503) -> None:
-        """Answer the next ``n`` requests with ``status``."""
-        self._fail = [status] * n
+    def fail(self, n: int, status: int = 503, retry_after: float | None = None) -> None:
+        """Answer the next ``n`` requests with ``status`` (and ``Retry-After`` when given)."""
+        self._fail = [(status, retry_after)] * n
 
     def drop(self, n: int) -> None:
         """Close the next ``n`` connections without answering."""
@@ -154,14 +154,16 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            status = hub._fail.pop() if hub._fail else None
+            fault = hub._fail.pop() if hub._fail else None
         if hub.on_request is not None and not hub.on_request(self.command, path):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        if status is not None:
+        if fault is not None:
+            status, after = fault
             self._body()
-            self._json(status, {"error": "injected fault"})
+            extra = {"Retry-After": str(after)} if after is not None else None
+            self._json(status, {"error": "injected fault"}, extra)
             return
         try:
             self._route(path)
@@ -453,6 +455,22 @@ class FakeHub:
         repo = self.state.repos[repo_id]
         files = repo.commits[repo.branches["main"]]
         files[path] = Blob(data, lfs=files[path].lfs)
+
+
+TOKEN = "hf_ledgerTestToken0123456789abcdef"
+
+
+def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None) -> FakeHub:
+    """A fake Hub with the real client pointed at it (token, private cache, Xet off); stop() it."""
+    import huggingface_hub.constants
+
+    server = FakeHub(TOKEN, lfs_threshold=lfs_threshold)
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    return server
 
 
 if (

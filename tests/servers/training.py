@@ -67,3 +67,11 @@ def secrets_in(root: Path, *secrets: str) -> list[str]:
             data = path.read_bytes()
             hits += [f"{path}: {s[:4]}..." for s in secrets if s.encode() in data]
     return hits
+
+
+def chunks_of(lg: Ledger, rev: str) -> set[bytes]:
+    """The chunk ids of a commit's state."""
+    from ledger.history.tree import chunk_ids
+
+    _, manifest = lg.manifest(rev)
+    return {bytes.fromhex(c) for c in chunk_ids(manifest.root)}

@@ -1,0 +1,183 @@
+"""Exporting a commit's state as files other tools load without training-ledger.
+
+This module owns the export formats (today one: a safetensors directory, the
+layout of ``ledger checkout --out`` and of a Hub push's ``weights/``; see
+docs/cli.md): one ``<key>.safetensors`` per top-level key of the state that
+holds tensors, plus ``metadata.json`` with the commit and every non-tensor
+value. The CLI and the Hub remote both call it. It reads a checked-out state
+(or a :class:`CommitReader`, which checks one out) and must never write inside
+a ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import torch
+
+from ledger.errors import ExportError
+from ledger.history.needs import HistoryReader
+from ledger.history.records import Commit
+from ledger.state.rng import RNG_KEY
+
+METADATA_FILE = "metadata.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class CommitReader(HistoryReader, Protocol):
+    """Reads a commit's record and its whole state (``ledger.Ledger`` is one)."""
+
+    def checkout(self, rev: str) -> dict[Any, Any]:
+        """The state of the commit ``rev`` names, as a nested dict of tensors and values."""
+        ...
+
+
+class OutDir(msgspec.Struct):
+    """What an export wrote: file name -> top-level key, and counts."""
+
+    commit: str
+    out: str
+    files: dict[str, str]
+    tensors: int
+    values: int
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, torch.Tensor | np.ndarray | torch.Generator):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_tensors(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_tensors(v) for v in value)
+    return False
+
+
+def _as_tensor(value: torch.Tensor | np.ndarray | torch.Generator) -> torch.Tensor:
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value.detach().cpu()
+
+
+def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any, bool]]:
+    """(path, leaf, is_tensor); a subtree without tensors is one leaf, kept whole."""
+    if not _holds_tensors(value):
+        yield path, value, False
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _leaves(v, f"{path}/{k}" if path else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{path}/{i}" if path else str(i))
+    else:
+        yield path, value, True
+
+
+def _readable(path: Path) -> None:
+    """Give a written file the permissions the umask allows (safetensors makes them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+
+
+def _file_name(key: str, taken: set[str]) -> str:
+    stem = _UNSAFE.sub("_", key).lstrip(".") or "_"
+    name, n = f"{stem}.safetensors", 2
+    while name in taken or name == METADATA_FILE:
+        name, n = f"{stem}-{n}.safetensors", n + 1
+    return name
+
+
+def _plain(obj: Any) -> Any:
+    """JSON for what msgspec cannot encode itself: paths, numpy scalars."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def write_safetensors_dir(
+    state: Mapping[Any, Any], commit: Commit, out: Path, *, force: bool = False
+) -> OutDir:
+    """Write a checked-out state as safetensors files and ``metadata.json`` into ``out``.
+
+    Each top-level key whose subtree holds tensors becomes ``<key>.safetensors``
+    (tensor names are the ``/``-joined path below the key; a bare tensor is named
+    after the key). Tensors are made contiguous; tensors sharing storage are
+    cloned, which safetensors requires. ``__rng__`` is left out. Every non-tensor
+    value goes into ``metadata.json`` under its full ``/`` path (a subtree without
+    tensors kept whole), next to the commit's metadata.
+
+    Raises:
+        ExportError: ``out`` is not empty (and not ``force``), or safetensors
+            refuses a tensor (the top-level key is named).
+
+    Example:
+        >>> write_safetensors_dir(lg.checkout("v1"), lg.get("v1"), Path("export"))  # doctest: +SKIP
+        OutDir(commit='0d9f...', out='export', files={'model.safetensors': 'model'}, ...)
+    """
+    from safetensors.torch import save_file
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out} is not empty; choose a new directory or pass force=True")
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    n_tensors = 0
+    for key, sub in state.items():
+        if key == RNG_KEY:
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for path, leaf, is_tensor in _leaves(sub, ""):
+            full = f"{key}/{path}" if path else str(key)
+            if not is_tensor:
+                values[full] = leaf
+                continue
+            t = _as_tensor(leaf).contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if t.numel() and ptr in seen:
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            tensors[path or str(key)] = t
+        if not tensors:
+            continue
+        name = _file_name(str(key), set(files))
+        try:
+            save_file(
+                tensors,
+                str(out / name),
+                metadata={"format": "pt", "ledger.commit": commit.id, "ledger.key": str(key)},
+            )
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ExportError(f"safetensors cannot store part of {key!r}: {e}") from e
+        _readable(out / name)
+        files[name] = str(key)
+        n_tensors += len(tensors)
+    doc = {"commit": commit, "files": files, "values": values}
+    encoded = msgspec.json.encode(doc, enc_hook=_plain)
+    (out / METADATA_FILE).write_bytes(msgspec.json.format(encoded) + b"\n")
+    return OutDir(
+        commit=commit.id, out=str(out), files=files, tensors=n_tensors, values=len(values)
+    )
+
+
+def export_safetensors(
+    reader: CommitReader, commit_id: str, out: Path, *, force: bool = False
+) -> OutDir:
+    """Check out commit ``commit_id`` (a full id) and write it with :func:`write_safetensors_dir`.
+
+    Example:
+        >>> export_safetensors(lg, lg.head.id, Path("export")).files  # doctest: +SKIP
+        {'model.safetensors': 'model'}
+    """
+    commit = Commit.from_record(commit_id, reader.record(commit_id))
+    return write_safetensors_dir(reader.checkout(commit_id), commit, out, force=force)
