@@ -199,7 +199,8 @@ class DivergedError(LedgerError):
     """A pull or push would not be a fast-forward: both sides have commits the other lacks."""
 
     branch: str | None = None
-    local: str | None = None
+    ours: str | None = None
+    theirs: str | None = None
     remote: str | None = None
 
 

@@ -94,9 +94,12 @@ def test_pull_refuses_a_diverged_branch(pushed, tmp_path: Path) -> None:
         lg.commit(state(net), step=2)
         lg.push()
         copy.commit(state(net), step=20)
-        with pytest.raises(DivergedError, match="diverged"):
+        with pytest.raises(DivergedError, match="diverged") as info:
             copy.pull()
         assert copy.head.step == 20  # type: ignore[union-attr]
+        assert info.value.branch == "main" and info.value.remote == "origin"
+        assert info.value.ours == copy.head.id  # type: ignore[union-attr]
+        assert info.value.theirs == lg.head.id  # type: ignore[union-attr]
 
 
 def test_a_stale_push_is_refused_and_nothing_is_lost(pushed, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ from ledger.manifest import Manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.pending import Pending, lower_priority
+from ledger.remotes.lazy import LazySource
 from ledger.state.flatten import Staging
 from ledger.state.unchanged import UnchangedTensors
 from ledger.threads import block_signals
@@ -95,6 +96,8 @@ class LedgerCore:
         self.config = config
         self.fsync = fsync
         self.store = ObjectStore(root, fsync=fsync)
+        # Objects the store lacks come from the remotes this ledger knows (on demand).
+        self.store.source = LazySource(root, self.store)
         self.refs = RefStore(root, fsync=fsync)
         self._workers = workers or max(2, min(8, os.cpu_count() or 2))
         self._pool: ThreadPoolExecutor | None = None

@@ -5,14 +5,15 @@ to ``ledger.remotes`` (docs/remotes.md), passing the ledger itself as the
 ``ledger.remotes.protocol.LocalLedger`` those functions are typed with. The
 object store's lazy source (``LazySource(root, store)``: a checkout of a
 commit whose chunks live only on a remote fetches exactly the chunks the
-store lacks) is built from plain parts and holds no reference to the facade.
+store lacks) is built from plain parts by ``LedgerCore.__init__`` and holds
+no reference to the facade.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Literal, TypeVar, cast, overload
 
 from ledger.api.core import LedgerCore
 from ledger.errors import RemoteError
@@ -31,10 +32,6 @@ R = TypeVar("R", bound="RemoteOps")
 
 class RemoteOps(LedgerCore):
     """Push to and pull from directories, S3 (fsspec) and the Hugging Face Hub."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.store.source = LazySource(self.root, self.store)
 
     def remote_add(self, name: str, url: str) -> None:
         """Register remote ``name`` at ``url``: a path or ``file://``, ``s3://bucket/prefix``

@@ -53,7 +53,11 @@ def _diverged(e: LedgerError) -> str | None:
     branch = getattr(e, "branch", None)
     if branch is None:
         return None
-    return f"keep both: `ledger branch {_q(str(branch) + '-local')}`, then reset this one"
+    keep = _q(f"{branch}-local")
+    return (
+        f"keep yours with `ledger branch {keep} {_q(branch)}`, then "
+        f"`ledger checkout {keep}`, `ledger branch -D {_q(branch)}` and pull again"
+    )
 
 
 _HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
@@ -65,7 +69,7 @@ _HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
     ),
     (UnmergedBranchError, _unmerged),
     (RefNameError, lambda e: "`ledger branch` lists the branches, `ledger tag` the tags"),
-    (DetachedHeadError, lambda e: "`ledger switch BRANCH` attaches HEAD to a branch"),
+    (DetachedHeadError, lambda e: "`ledger checkout BRANCH` attaches HEAD to a branch"),
     (RemoteConflictError, _conflict),
     (DivergedError, _diverged),
     (CorruptionError, lambda e: "`ledger verify --full` lists everything damaged"),

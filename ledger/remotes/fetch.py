@@ -187,7 +187,9 @@ def pull(
             raise DetachedHeadError("HEAD is detached: name the branch to pull")
     theirs = local.get(f"{REMOTE_PREFIX}{name}/{branch}")
     if theirs is None:
-        raise RemoteError(f"remote {name} has no branch {branch!r}; see `ledger fetch {name}`")
+        raise RemoteError(
+            f"remote {name} has no branch {branch!r} (as of the last fetch)", remote=name
+        )
     ours = local.get(BRANCH_PREFIX + branch)
     if ours == theirs or (ours is not None and is_ancestor(lg, theirs, ours)):
         return PullResult(result, branch, ours, ours, fast_forward=False)
@@ -195,7 +197,11 @@ def pull(
         raise DivergedError(
             f"local branch {branch!r} (at {ours[:12]}) and {name}/{branch} (at {theirs[:12]}) "
             "have diverged: pull only fast-forwards; push your commits to a new branch, or "
-            f"reset with `ledger branch -D {branch}` and pull again"
+            "delete the local branch (force=True) and pull again",
+            branch=branch,
+            ours=ours,
+            theirs=theirs,
+            remote=name,
         )
     remote, cache = open_named(lg, name)
     view = load_view(remote, cache)

@@ -166,4 +166,6 @@ def _error_code(exc: BaseException) -> str | None:
 
 
 def _conflict(key: str, url: str) -> RemoteConflictError:
-    return RemoteConflictError(f"{key} on remote {url} changed since it was read; fetch first")
+    return RemoteConflictError(
+        f"{key} on remote {url} changed since it was read; fetch first", ref=key, url=url
+    )

@@ -206,5 +206,7 @@ def _http_library() -> Any:
 def _conflict(key: str, url: str) -> RemoteConflictError:
     return RemoteConflictError(
         f"{key} on remote {url} changed since it was read (the Hub refused the stale parent "
-        "commit); fetch first"
+        "commit); fetch first",
+        ref=key,
+        url=url,
     )

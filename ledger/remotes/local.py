@@ -105,7 +105,9 @@ class DirectoryRemote(Remote):
             _, current = self.get_versioned(key)
             if current != expected:
                 raise RemoteConflictError(
-                    f"{key} on remote {self.url} changed since it was read; fetch first"
+                    f"{key} on remote {self.url} changed since it was read; fetch first",
+                    ref=key,
+                    url=self.url,
                 )
             self._write(key, data)
 

@@ -162,13 +162,21 @@ def _prepare(
             if not known(lg, theirs):
                 raise RemoteConflictError(
                     f"remote {name} has branch {b!r} at {theirs[:12]}, a commit this ledger has "
-                    f"not seen: fetch first (ledger fetch {name}), then pull"
+                    "not seen: fetch first, then pull",
+                    ref=BRANCH_PREFIX + b,
+                    expected=tip,
+                    actual=theirs,
+                    remote=name,
                 )
             if not is_ancestor(lg, theirs, tip):
                 raise DivergedError(
                     f"remote {name} branch {b!r} (at {theirs[:12]}) is not an ancestor of local "
                     f"{b!r} (at {tip[:12]}): the push would drop its commits; pull or push to a "
-                    "new branch"
+                    "new branch",
+                    branch=b,
+                    ours=tip,
+                    theirs=theirs,
+                    remote=name,
                 )
         branches[b] = tip
     if tags:
@@ -392,8 +400,10 @@ def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name
         if data != body:
             raise RemoteConflictError(
                 f"remote {name} changed while this push was running (another push landed "
-                f"first): fetch first (ledger fetch {name}), then push again; the objects "
-                "already sent stay there and are not sent twice"
+                "first): fetch first, then push again; the objects already sent stay there "
+                "and are not sent twice",
+                ref=REFS_KEY,
+                remote=name,
             ) from None
 
 

@@ -240,7 +240,7 @@ def _local_encoded(store: ObjectStore, oid: bytes, what: str) -> tuple[IndexEntr
     try:
         decode_object(entry, blob, f"local object {oid.hex()[:12]} ({what})")
     except CorruptionError as e:
-        raise CorruptionError(f"{e}; run `ledger verify` (nothing was pushed)") from None
+        raise CorruptionError(f"{e} (nothing was pushed)", **e.fields) from None
     return entry, blob
 
 
