@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from helpers import (
     load_script,
     object_ids,
     pack_ids,
-    start,
+    start_ready,
     tree_bytes,
 )
 from hypothesis import given, settings
@@ -571,18 +570,6 @@ def test_full_disk_while_recording_expiry(small: Ledger, monkeypatch: pytest.Mon
 # -- concurrency ------------------------------------------------------------------------------
 
 
-def spawn(script: str, *args: str | Path) -> subprocess.Popen[str]:
-    """Start a child script (:func:`helpers.start`) and wait for its ``ready`` line."""
-    proc = start(SCRIPTS / script, *args)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line != "ready\n":
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"{script} did not start: {line!r} {out[-3000:]}")
-    return proc
-
-
 def test_two_committers_and_a_gc_loop(ledger_dir: Path, tmp_path: Path) -> None:
     count = 14
     with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as lg:
@@ -590,10 +577,10 @@ def test_two_committers_and_a_gc_loop(ledger_dir: Path, tmp_path: Path) -> None:
         lg.set_retention(KeepLast(3), KeepEvery(5))
         lg.set_retention(KeepLast(4), branch="b")
     go, stop = tmp_path / "go", tmp_path / "stop"
-    gc = spawn("gc_loop.py", ledger_dir, "0", "--stop", stop, "--pause", "0.005")
+    gc = start_ready(SCRIPTS / "gc_loop.py", ledger_dir, "0", "--stop", stop, "--pause", "0.005")
     writers = {
-        branch: spawn(
-            "gc_commit.py",
+        branch: start_ready(
+            SCRIPTS / "gc_commit.py",
             str(ledger_dir),
             str(run),
             branch,
@@ -671,8 +658,8 @@ def test_racing_processes_on_one_branch_lose_no_commit(ledger_dir: Path, tmp_pat
         base = commit(lg, 0, 0)
     go = tmp_path / "go"
     procs = [
-        spawn(
-            "gc_commit.py",
+        start_ready(
+            SCRIPTS / "gc_commit.py",
             str(ledger_dir),
             str(run),
             "main",
