@@ -2,7 +2,8 @@
 
 ``SCRIPTS`` is the folder of the child-process scripts; :func:`load_script`
 imports one of them by path, for the helpers the tests share with it;
-:func:`start` and :func:`finish` run one as a child process; :func:`bits` is a
+:func:`start` (or :func:`start_ready`, which waits for the child's
+``ready`` line) and :func:`finish` run one as a child process; :func:`bits` is a
 comparable image of a state, for bit-exact comparisons, and
 :func:`tiny_state` and :func:`random_state` are small states, distinct per
 argument.
@@ -65,6 +66,20 @@ def start(
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def start_ready(
+    script: Path, *args: str | int | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """:func:`start` ``script`` and wait for its first line, ``ready``; fail with its output if another comes."""
+    proc = start(script, *args, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line != "ready\n":
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"{script.name} did not start: {line!r} {out[-3000:]}")
+    return proc
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -10,10 +9,10 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from helpers import FullFile
 
 from ledger import Ledger
 from ledger.errors import DiskFullError
@@ -51,20 +50,10 @@ def test_a_background_failure_surfaces_on_result_and_on_the_next_call(
     good = lg.commit({"w": torch.ones(10)}, rng=False)
     real_open = store_module.PackWriter._open
 
-    class FullDisk:
-        def __init__(self, fh: Any) -> None:
-            self.fh = fh
-
-        def write(self, data: bytes | memoryview, /) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.fh, name)
-
     def open_full(self: store_module.PackWriter) -> None:
         real_open(self)
         assert self._pack is not None
-        self._pack.fh = FullDisk(self._pack.fh)
+        self._pack.fh = FullFile(self._pack.fh, lambda data: True)
 
     monkeypatch.setattr(store_module.PackWriter, "_open", open_full)
     handle = lg.commit({"w": torch.randn(1000)}, rng=False, blocking=False)

@@ -18,7 +18,6 @@ import errno
 import os
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from helpers import (
     load_script,
     pack_ids,
     random_state,
+    start_ready,
 )
 
 import ledger.objects.durable as durable_mod
@@ -119,7 +119,7 @@ def verify_after_crash(
     assert log_is_clean(root)
 
 
-def crash_loop(root: Path, python: str, kills: int, seed: int, check_all: bool) -> dict[str, int]:
+def crash_loop(root: Path, kills: int, seed: int, check_all: bool) -> dict[str, int]:
     """Start, kill and verify ``kills`` children; return counts for the assertions."""
     rng = random.Random(seed)
     Ledger.open(root, create=True, fsync=True, chunk_size=CHUNK).close()
@@ -130,27 +130,21 @@ def crash_loop(root: Path, python: str, kills: int, seed: int, check_all: bool) 
     stats = {"reported": 0, "torn_tails": 0, "tmp_leftovers": 0, "empty_runs": 0}
     for run in range(kills):
         tmp_before = tmp_files(root)
-        proc = subprocess.Popen(
-            [python, str(SCRIPTS / "crash_commit.py"), str(root), str(run)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_ready(SCRIPTS / "crash_commit.py", root, run)
         try:
             assert proc.stdout is not None
-            ready = proc.stdout.readline()
-            assert ready == b"ready\n", (ready, proc.stderr.read() if proc.stderr else b"")
             # Let 0-3 commits finish, then kill somewhere within about one more commit.
             early = [proc.stdout.readline() for _ in range(rng.randint(0, 3))]
             time.sleep(rng.uniform(0.0, 0.08))
             proc.send_signal(signal.SIGKILL)
-            out, err = proc.communicate(timeout=60)
-            out = b"ready\n" + b"".join(early) + out
+            out, _ = proc.communicate(timeout=60)
+            out = "".join(early) + out
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == -signal.SIGKILL, f"seed {seed} run {run}: {err.decode()[-2000:]}"
-        lines = out.decode().split("\n")[1:-1]  # after "ready"; the last piece may be partial
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed} run {run}: {out[-2000:]}"
+        lines = out.split("\n")[:-1]  # the last piece may be partial
         new = []
         for line in lines:
             cid, dig = line.split()
@@ -169,16 +163,16 @@ def crash_loop(root: Path, python: str, kills: int, seed: int, check_all: bool) 
     return stats
 
 
-def test_sigkill_during_commits_loses_nothing_reported(ledger_dir: Path, python: str) -> None:
-    stats = crash_loop(ledger_dir, python, kills=5, seed=20240611, check_all=True)
+def test_sigkill_during_commits_loses_nothing_reported(ledger_dir: Path) -> None:
+    stats = crash_loop(ledger_dir, kills=5, seed=20240611, check_all=True)
     assert stats["reported"] > 0, "the child never got a commit out; the test proved nothing"
     assert ".1-deadbeef.pack" in tmp_files(ledger_dir)
 
 
 @pytest.mark.slow
-def test_sigkill_many_times(ledger_dir: Path, python: str) -> None:
+def test_sigkill_many_times(ledger_dir: Path) -> None:
     seed = random.randrange(1 << 30)
-    stats = crash_loop(ledger_dir, python, kills=50, seed=seed, check_all=False)
+    stats = crash_loop(ledger_dir, kills=50, seed=seed, check_all=False)
     print(f"seed {seed}: {stats}")
     assert stats["reported"] > 50, stats
     # Fifty random kills should land mid-write at least once.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import dir_bytes
+from helpers import dir_bytes, pack_ids
 
 from ledger import Ledger
 from ledger.manifest import DictNode, Node, StatefulNode, TensorNode
@@ -28,13 +28,13 @@ METADATA_LIMIT = 64 * KIB
 WIDTH = 256  # each hidden Linear: 256 KiB of fp32 weight = 4 chunks, plus a 1 KiB bias
 
 
-def packs(lg: Ledger) -> set[Path]:
-    return set(lg.store.packs_dir.glob("*.pack"))
-
-
-def new_entries(lg: Ledger, before: set[Path]) -> list[IndexEntry]:
+def new_entries(lg: Ledger, before: set[str]) -> list[IndexEntry]:
     """Index entries of every pack written since ``before`` was taken."""
-    return [e for p in sorted(packs(lg) - before) for e in read_pack_index(p)]
+    return [
+        e
+        for p in sorted(pack_ids(lg.root) - before)
+        for e in read_pack_index(lg.store.pack_path(p))
+    ]
 
 
 def make_model(layers: int = 6) -> torch.nn.Sequential:
@@ -82,7 +82,7 @@ def test_committing_an_unchanged_state_again_writes_no_chunk(ledger64: Ledger) -
     first = lg.commit(state, step=1)
     # Equal tensors inside one commit (AdamW's ``step`` counters) are stored once too.
     assert 20 < first.stats.chunks_written < first.stats.chunks_total
-    size, before = dir_bytes(lg.root), packs(lg)
+    size, before = dir_bytes(lg.root), pack_ids(lg.root)
 
     again = lg.commit(state, step=1)
 
@@ -133,7 +133,7 @@ def test_fine_tuning_the_last_layer_stores_only_that_layers_chunks(
         model = make_model()
         base = lg.commit({"model": model}, rng=False)
         frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k[0] != "5"}
-        size, before = dir_bytes(lg.root), packs(lg)
+        size, before = dir_bytes(lg.root), pack_ids(lg.root)
 
         _fine_tune_last_layer(model)
         tuned = lg.commit({"model": model}, rng=False)
@@ -175,7 +175,7 @@ def test_one_changed_element_rewrites_exactly_one_chunk(tmp_path: Path) -> None:
     ) as lg:
         model = make_model()
         lg.commit({"model": model}, rng=False)
-        size, before = dir_bytes(lg.root), packs(lg)
+        size, before = dir_bytes(lg.root), pack_ids(lg.root)
         with torch.no_grad():
             layer(model, 2).weight[100, 7] += 1.0  # row 100 lives in the weight's second chunk
         c = lg.commit({"model": model}, rng=False)
@@ -194,11 +194,11 @@ def test_ten_experiments_branched_from_one_base_cost_little_more_than_one(
     model = make_model()
     base = lg.commit({"model": model, "step": 0}, rng=False)
     base_size = dir_bytes(lg.root)
-    pack_count = len(packs(lg))
+    pack_count = len(pack_ids(lg.root))
 
     for i in range(10):
         lg.branch(f"exp{i}")
-    assert len(packs(lg)) == pack_count  # a branch is a ref, not a copy
+    assert len(pack_ids(lg.root)) == pack_count  # a branch is a ref, not a copy
     after_branches = dir_bytes(lg.root)
     assert after_branches - base_size < 16 * KIB
 

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-from helpers import flip_stored_byte
+from helpers import flip_stored_byte, run_cli
 
 from ledger import Ledger
-from ledger.cli import cli
 from ledger.errors import (
     AmbiguousRevisionError,
     ClosedLedgerError,
@@ -124,18 +122,13 @@ def test_library_messages_name_no_shell_command(tmp_path: Path) -> None:
     assert info.value.path == str(tmp_path / "nothing") and info.value.exists is False
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_cli_adds_the_shell_hint_under_the_message(ledger_dir: Path) -> None:
     with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
         lg.commit({"w": torch.ones(1)})
         lg.commit({"w": torch.zeros(1)}, branch="side")
-    code, _, err = run("--dir", str(ledger_dir), "branch", "-d", "side")
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 2
+    result = run_cli("--dir", ledger_dir, "branch", "-d", "side")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 2
     assert lines[0].startswith("error: branch 'side'")
     assert lines[1] == "hint: `ledger branch -D side` deletes it anyway"
 
@@ -143,9 +136,9 @@ def test_cli_adds_the_shell_hint_under_the_message(ledger_dir: Path) -> None:
 def test_cli_json_errors_carry_the_fields_and_the_hint(ledger_dir: Path) -> None:
     with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
         lg.commit({"w": torch.ones(1)})
-    code, out, _ = run("--dir", str(ledger_dir), "show", "nope", "--json")
-    doc = json.loads(out)["error"]
-    assert code == 1 and doc["type"] == "RevisionNotFoundError"
+    result = run_cli("--dir", ledger_dir, "show", "nope", "--json")
+    doc = json.loads(result.stdout)["error"]
+    assert result.exit_code == 1 and doc["type"] == "RevisionNotFoundError"
     assert doc["fields"] == {"revision": "nope"}
     assert "ledger log --all" in doc["hint"]
 

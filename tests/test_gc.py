@@ -20,19 +20,29 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from helpers import SCRIPTS, load_script
+from helpers import (
+    SCRIPTS,
+    FullFile,
+    dir_bytes,
+    enospc,
+    fd_path,
+    finish,
+    flip_stored_byte,
+    load_script,
+    object_ids,
+    pack_ids,
+    start_ready,
+    tree_bytes,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,13 +68,6 @@ gs = load_script("gc_state")
 N = 4096  # float32 per tensor: 16 KiB, four 4 KiB chunks
 
 
-@pytest.fixture
-def small(ledger_dir: Path) -> Iterator[Ledger]:
-    """A ledger with 4 KiB chunks."""
-    with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as opened:
-        yield opened
-
-
 def commit(lg: Ledger, run: int, i: int, branch: str | None = None) -> Commit:
     """Commit state ``(run, i)`` with step ``i``."""
     return gs.commit_state(lg, run, i, N, branch=branch)
@@ -75,30 +78,13 @@ def restores(lg: Ledger, cid: str) -> bool:
     return gs.restores(lg, cid, N)
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (relative path -> bytes)."""
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
 def packs_dir(root: Path) -> Path:
     return root / "objects" / "packs"
 
 
 def packs_size(root: Path) -> int:
     """Bytes of every pack file."""
-    return sum(p.stat().st_size for p in packs_dir(root).iterdir())
-
-
-def pack_names(root: Path) -> set[str]:
-    return {p.name for p in packs_dir(root).iterdir()}
-
-
-def all_ids(lg: Ledger) -> set[bytes]:
-    """Every object id in the store, any kind."""
-    lg.store.sync()
-    return {oid for kind in ("chunk", "manifest", "commit", "blob") for oid in lg.store.ids(kind)}
+    return dir_bytes(packs_dir(root))
 
 
 def age_packs(root: Path, seconds: float) -> None:
@@ -148,9 +134,9 @@ def busy_ledger(lg: Ledger) -> dict[str, Commit]:
 
 def test_dry_run_changes_nothing_and_predicts_the_real_run(small: Ledger) -> None:
     busy_ledger(small)
-    before = snapshot(small.root)
+    before = tree_bytes(small.root)
     dry = small.gc(dry_run=True, grace=0)
-    assert snapshot(small.root) == before, "a dry run changed the ledger directory"
+    assert tree_bytes(small.root) == before, "a dry run changed the ledger directory"
     assert dry.dry_run and dry.expired and dry.objects_freed and dry.bytes_freed > 0
     real = small.gc(grace=0)
     assert not real.dry_run
@@ -182,16 +168,20 @@ def test_the_plan_names_exactly_what_the_real_gc_removes(small: Ledger) -> None:
     (small.root / "objects" / "tmp" / ".crashed.pack").write_bytes(b"leftover")
     age_packs(small.root, 3600)
     os.utime(small.root / "objects" / "tmp" / ".crashed.pack", (time.time() - 60,) * 2)
-    before, packs_before, ids_before = snapshot(small.root), pack_names(small.root), all_ids(small)
+    before, packs_before, ids_before = (
+        tree_bytes(small.root),
+        pack_ids(small.root),
+        object_ids(small),
+    )
     dry = small.gc(dry_run=True, grace=30)
-    assert snapshot(small.root) == before, "a dry run changed the ledger directory"
+    assert tree_bytes(small.root) == before, "a dry run changed the ledger directory"
     plan = dry.plan
     assert plan is not None
     assert plan.expire == {
         made[k].id: plan.expire[made[k].id] for k in ("m1", "m2", "m4", "m5")
     } and all("KeepLast(2)" in why for why in plan.expire.values())
     assert plan.temp_files == [".crashed.pack"] and plan.young_packs == []
-    swept = {f"{s.name}.pack" for s in [*plan.delete, *plan.rewrite]}
+    swept = {s.name for s in [*plan.delete, *plan.rewrite]}
     assert swept and plan.delete and plan.rewrite
     copied = {bytes.fromhex(oid) for s in plan.rewrite for oid in s.copy}
     size_before = packs_size(small.root)
@@ -202,11 +192,11 @@ def test_the_plan_names_exactly_what_the_real_gc_removes(small: Ledger) -> None:
     assert real.expired == sorted(plan.expire) and set(small.refs.state().expired) >= set(
         plan.expire
     )
-    assert packs_before - pack_names(small.root) == swept
+    assert packs_before - pack_ids(small.root) == swept
     assert not (small.root / "objects" / "tmp" / ".crashed.pack").exists()
     # The estimate is exact: the copies are laid out as the writer lays them out.
     assert real.bytes_freed == plan.bytes_freed == size_before - packs_size(small.root)
-    ids_after = all_ids(small)
+    ids_after = object_ids(small)
     assert copied <= ids_after and plan.objects_freed == real.objects_freed
     assert ids_after <= ids_before
     check_branch(small, "main")
@@ -221,12 +211,12 @@ def test_the_estimate_is_exact_when_the_copies_fill_several_packs(
     small.set_retention(KeepLast(1))
     age_packs(small.root, 3600)
     monkeypatch.setattr(gc_mod, "REPACK_PACK_BYTES", 8 << 10)  # a new pack every ~two chunks
-    packs_before = pack_names(small.root)
+    packs_before = pack_ids(small.root)
     size_before = packs_size(small.root)
     plan = plan_now(small)
     assert sum(len(s.copy) for s in plan.rewrite) >= 4
     report = execute_now(small, plan)
-    assert len(pack_names(small.root) - packs_before) >= 2, "the copies should fill several packs"
+    assert len(pack_ids(small.root) - packs_before) >= 2, "the copies should fill several packs"
     assert report.bytes_freed == plan.bytes_freed == size_before - packs_size(small.root)
     check_branch(small, "main")
 
@@ -260,10 +250,10 @@ def test_a_stale_plan_never_deletes_what_became_reachable(small: Ledger) -> None
     plan = plan_now(small, grace=60)
     assert plan.delete, "the deleted branch's packs should be planned for deletion"
     small.branch("revived", at=doomed.id)  # reachable again after the plan was made
-    before = snapshot(small.root / "objects")
+    before = tree_bytes(small.root / "objects")
     with pytest.raises(StalePlanError, match="plan again"):
         execute_now(small, plan)
-    assert snapshot(small.root / "objects") == before
+    assert tree_bytes(small.root / "objects") == before
     assert restores(small, doomed.id)
     # Planned afresh, gc keeps the revived commit.
     small.gc(grace=60)
@@ -275,10 +265,10 @@ def test_a_stale_plan_refuses_a_pack_touched_since(small: Ledger) -> None:
     plan = plan_now(small, grace=60)
     (victim, *_) = [*plan.delete, *plan.rewrite]
     os.utime(packs_dir(small.root) / f"{victim.name}.pack")  # rewritten: young again
-    before = snapshot(small.root / "objects")
+    before = tree_bytes(small.root / "objects")
     with pytest.raises(StalePlanError, match=victim.name[:12]):
         execute_now(small, plan)
-    assert snapshot(small.root / "objects") == before
+    assert tree_bytes(small.root / "objects") == before
 
 
 def test_a_plan_survives_changes_that_only_drop_refs(small: Ledger) -> None:
@@ -307,9 +297,9 @@ def test_commit_needs_names_every_object_once(small: Ledger) -> None:
 
 def test_freed_counts_are_what_left_the_disk(small: Ledger) -> None:
     made = busy_ledger(small)
-    ids_before, size_before = all_ids(small), packs_size(small.root)
+    ids_before, size_before = object_ids(small), packs_size(small.root)
     report = small.gc(grace=0)
-    ids_after, size_after = all_ids(small), packs_size(small.root)
+    ids_after, size_after = object_ids(small), packs_size(small.root)
     assert report.bytes_freed == size_before - size_after > 0
     assert report.objects_freed == len(ids_before - ids_after) > 0
     assert ids_after <= ids_before
@@ -336,13 +326,13 @@ def test_unreachable_commits_are_swept_whole(small: Ledger) -> None:
 
 def test_grace_protects_young_packs(small: Ledger, ledger_dir: Path) -> None:
     busy_ledger(small)
-    n_packs = len(pack_names(ledger_dir))
+    n_packs = len(pack_ids(ledger_dir))
     assert small.config.gc_grace == 900.0  # 15 minutes by default
-    before = snapshot(ledger_dir / "objects")
+    before = tree_bytes(ledger_dir / "objects")
     report = small.gc()  # expiry happens, but every pack is younger than 15 minutes
     assert report.objects_freed == report.bytes_freed == 0
     assert report.skipped_young_packs == n_packs
-    assert snapshot(ledger_dir / "objects") == before
+    assert tree_bytes(ledger_dir / "objects") == before
     # Age half of the packs past the grace period: only those are swept.
     names = sorted(packs_dir(ledger_dir).iterdir())
     old, young = names[::2], names[1::2]
@@ -390,7 +380,7 @@ def test_rewrite_rules(small: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     # The first pack holds the shared tensor and pool 0 (live through later
     # commits), a unique tensor and the manifest (dead once the commit expires).
     first = commit(small, 1, 0)
-    (first_pack,) = {p.removesuffix(".pack") for p in pack_names(small.root)}
+    (first_pack,) = pack_ids(small.root)
     for i in range(1, 5):
         commit(small, 1, i)
     small.expire(first.id)
@@ -398,15 +388,15 @@ def test_rewrite_rules(small: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < dead < live, "precondition: less than half of the pack is dead"
     # Live part above the bar: the pack stays as it is (dead bytes included).
     monkeypatch.setattr(gc_mod, "REPACK_SMALL_LIVE_BYTES", live - 1)
-    before = snapshot(small.root / "objects")
+    before = tree_bytes(small.root / "objects")
     report = small.gc(grace=0)
     assert report.packs_rewritten == report.objects_freed == report.bytes_freed == 0
-    assert snapshot(small.root / "objects") == before
+    assert tree_bytes(small.root / "objects") == before
     # Live part at or under the bar: copied into a new pack, the old one deleted.
     monkeypatch.setattr(gc_mod, "REPACK_SMALL_LIVE_BYTES", live)
     size = packs_size(small.root)
     report = small.gc(grace=0)
-    assert f"{first_pack}.pack" not in pack_names(small.root)
+    assert first_pack not in pack_ids(small.root)
     assert report.packs_rewritten == 1 and report.objects_freed == 5  # 4 chunks + manifest
     assert report.bytes_freed == size - packs_size(small.root) >= dead
     check_branch(small, "main")
@@ -418,14 +408,14 @@ def test_mostly_dead_pack_is_rewritten_even_when_large(
 ) -> None:
     monkeypatch.setattr(gc_mod, "REPACK_SMALL_LIVE_BYTES", 0)  # every live part is "large"
     first = commit(small, 1, 0)
-    (first_pack,) = {p.removesuffix(".pack") for p in pack_names(small.root)}
+    (first_pack,) = pack_ids(small.root)
     commit(small, 9, 1)  # shares only the "shared" tensor with the first commit
     small.expire(first.id)
     live, dead = live_and_dead_bytes(small, first_pack)
     assert dead / (live + dead) >= gc_mod.REPACK_DEAD_FRACTION
     size = packs_size(small.root)
     report = small.gc(grace=0)
-    assert f"{first_pack}.pack" not in pack_names(small.root)
+    assert first_pack not in pack_ids(small.root)
     assert report.packs_rewritten == 1
     assert report.bytes_freed == size - packs_size(small.root) >= dead
     assert small.verify(full=True).ok
@@ -435,36 +425,20 @@ def test_mostly_dead_pack_is_rewritten_even_when_large(
 # -- fail closed ------------------------------------------------------------------------------
 
 
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
-def locate(lg: Ledger, oid_hex: str) -> tuple[Path, int]:
-    """The pack file and offset of an object."""
-    found = lg.store.locate(bytes.fromhex(oid_hex))
-    assert found is not None
-    return lg.store.pack_path(found[0]), found[1].offset
-
-
 def test_gc_refuses_to_sweep_when_a_manifest_is_damaged(small: Ledger) -> None:
     ids = [commit(small, 1, i) for i in range(4)]
     small.set_retention(KeepLast(2))  # keeps (and so needs the manifest of) commit 2
-    path, offset = locate(small, ids[2].manifest)
+    flip_stored_byte(small, ids[2].manifest, at=3)
     small.close()
-    flip_byte(path, offset + 3)
     with Ledger.open(small.root, fsync=False) as lg:
         age_packs(lg.root, 3600)
-        before = snapshot(lg.root)
+        before = tree_bytes(lg.root)
         with pytest.raises(CorruptionError) as info:
             lg.gc(grace=0)
         assert ids[2].id[:12] in str(info.value) and "verify" in str(info.value)
         # Nothing was expired, nothing deleted: the damaged commit's chunks may
         # still be wanted once its manifest is restored (e.g. from a remote).
-        assert snapshot(lg.root) == before
+        assert tree_bytes(lg.root) == before
         assert lg.verify().ok is False
 
 
@@ -472,52 +446,30 @@ def test_gc_refuses_to_sweep_when_a_record_hides_its_ancestors(small: Ledger) ->
     """Only a tag reaches these commits; a torn pack hides the middle record."""
     commit(small, 1, 0)
     small.branch("x")
-    packs = [pack_names(small.root)]
+    packs = [pack_ids(small.root)]
     xs = []
     for i in range(3):
         xs.append(commit(small, 2, i, branch="x"))
-        packs.append(pack_names(small.root))
+        packs.append(pack_ids(small.root))
     small.tag("t", at="x")
     small.delete_branch("x")
     middle = packs[2] - packs[1]
     (name,) = middle
     small.close()
-    path = packs_dir(small.root) / name
+    path = packs_dir(small.root) / f"{name}.pack"
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size // 2)
     with Ledger.open(small.root, fsync=False) as lg:
         age_packs(lg.root, 3600)
-        before = snapshot(lg.root)
+        before = tree_bytes(lg.root)
         with pytest.raises(CorruptionError, match=xs[1].id[:12]):
             lg.gc(grace=0)
-        assert snapshot(lg.root) == before
+        assert tree_bytes(lg.root) == before
         # The commit before the damage is intact, and stays so.
         assert restores(lg, xs[0].id)
 
 
 # -- full disk during gc ----------------------------------------------------------------------
-
-
-class FullFile:
-    """A file whose ``write`` fails with ENOSPC when ``fails(call number, data)`` says so."""
-
-    def __init__(self, f: Any, fails: Any, calls: list[int]) -> None:
-        self._f = f
-        self._fails = fails
-        self._calls = calls
-
-    def write(self, data: Any) -> int:
-        self._calls[0] += 1
-        if self._fails(self._calls[0], bytes(data)):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return int(self._f.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-
-def fd_path(fd: int) -> str:
-    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 # Which write of gc's new pack fails: 1 is the header, then one write per copied
@@ -550,7 +502,7 @@ def test_full_disk_during_pack_rewrite(
         lg.gc()  # expire now (young packs: nothing freed) so the failing run only rewrites
         age_packs(ledger_dir, 3600)
         assert lg.gc(dry_run=True, grace=0).packs_rewritten >= 3
-        names_before, refs_before = pack_names(ledger_dir), lg.refs.state()
+        names_before, refs_before = pack_ids(ledger_dir), lg.refs.state()
         calls = [0]
         with monkeypatch.context() as mp:
             if where == "fsync":
@@ -558,15 +510,19 @@ def test_full_disk_during_pack_rewrite(
 
                 def fsync(fd: int) -> None:
                     if fd_path(fd).endswith(".pack"):
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        raise enospc()
                     real_fsync(fd)
 
                 mp.setattr(os, "fsync", fsync)
             else:
 
+                def full(data: Any) -> bool:
+                    calls[0] += 1
+                    return REWRITE_FAILURES[where](calls[0], bytes(data))
+
                 def fake_open(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
                     f = open(path, mode, *a, **kw)  # noqa: SIM115 - closed through the wrapper
-                    return FullFile(f, REWRITE_FAILURES[where], calls) if "w" in mode else f
+                    return FullFile(f, full) if "w" in mode else f
 
                 mp.setattr(writer_mod, "open", fake_open, raising=False)
             with pytest.raises(DiskFullError) as info:
@@ -574,7 +530,7 @@ def test_full_disk_during_pack_rewrite(
         assert isinstance(info.value, LedgerError) and "disk is full" in str(info.value)
         assert where == "fsync" or calls[0] >= 1
         # Nothing was deleted, nothing half-written is left, no ref moved.
-        assert pack_names(ledger_dir) == names_before
+        assert pack_ids(ledger_dir) == names_before
         assert list((ledger_dir / "objects" / "tmp").iterdir()) == []
         assert lg.refs.state() == refs_before
         assert lg.verify(full=True).ok
@@ -591,20 +547,20 @@ def test_full_disk_during_pack_rewrite(
 def test_full_disk_while_recording_expiry(small: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     busy_ledger(small)
     age_packs(small.root, 3600)
-    before = snapshot(small.root)
+    before = tree_bytes(small.root)
     with monkeypatch.context() as mp:
         real_pwrite = os.pwrite
 
         def pwrite(fd: int, data: bytes, offset: int) -> int:
             if fd_path(fd).endswith("events.log"):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise enospc()
             return real_pwrite(fd, data, offset)
 
         mp.setattr(os, "pwrite", pwrite)
         with pytest.raises(DiskFullError):
             small.gc(grace=0)
     # No expiry recorded and nothing deleted (gc stops before the sweep).
-    assert snapshot(small.root) == before
+    assert tree_bytes(small.root) == before
     assert len([e for e in small.refs.log.read_from(0).events if isinstance(e, Expire)]) == 1
     report = small.gc(grace=0)
     assert len(report.expired) == 4 and report.bytes_freed > 0
@@ -614,39 +570,17 @@ def test_full_disk_while_recording_expiry(small: Ledger, monkeypatch: pytest.Mon
 # -- concurrency ------------------------------------------------------------------------------
 
 
-def spawn(python: str, script: str, *args: str) -> subprocess.Popen[bytes]:
-    """Start a child script and wait for its ``ready`` line."""
-    proc = subprocess.Popen(
-        [python, str(SCRIPTS / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line != b"ready\n":
-        proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f"{script} did not start: {line!r} {err.decode()[-3000:]}")
-    return proc
-
-
-def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> list[str]:
-    """Wait for a child; return its stdout lines after ``ready``; fail on a non-zero exit."""
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return out.decode().splitlines()
-
-
-def test_two_committers_and_a_gc_loop(ledger_dir: Path, python: str, tmp_path: Path) -> None:
+def test_two_committers_and_a_gc_loop(ledger_dir: Path, tmp_path: Path) -> None:
     count = 14
     with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as lg:
         base = commit(lg, 0, 0)
         lg.set_retention(KeepLast(3), KeepEvery(5))
         lg.set_retention(KeepLast(4), branch="b")
     go, stop = tmp_path / "go", tmp_path / "stop"
-    gc = spawn(python, "gc_loop.py", str(ledger_dir), "0", "--stop", str(stop), "--pause", "0.005")
+    gc = start_ready(SCRIPTS / "gc_loop.py", ledger_dir, "0", "--stop", stop, "--pause", "0.005")
     writers = {
-        branch: spawn(
-            python,
-            "gc_commit.py",
+        branch: start_ready(
+            SCRIPTS / "gc_commit.py",
             str(ledger_dir),
             str(run),
             branch,
@@ -660,10 +594,11 @@ def test_two_committers_and_a_gc_loop(ledger_dir: Path, python: str, tmp_path: P
     }
     go.touch()
     reported = {
-        b: [w.split()[1] for w in finish(p) if w.startswith("commit")] for b, p in writers.items()
+        b: [w.split()[1] for w in finish(p).splitlines() if w.startswith("commit")]
+        for b, p in writers.items()
     }
     stop.touch()
-    gc_lines = finish(gc)
+    gc_lines = finish(gc).splitlines()
     gcs = [line for line in gc_lines if line.startswith("gc done")]
     assert len(gcs) >= 2, gc_lines
     assert sum(int(line.split()[2]) for line in gcs) > 0, "gc never expired anything"
@@ -717,17 +652,14 @@ def test_a_race_on_one_branch_gives_one_writer_a_conflict(
         assert small.verify(full=True).ok
 
 
-def test_racing_processes_on_one_branch_lose_no_commit(
-    ledger_dir: Path, python: str, tmp_path: Path
-) -> None:
+def test_racing_processes_on_one_branch_lose_no_commit(ledger_dir: Path, tmp_path: Path) -> None:
     count = 12
     with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as lg:
         base = commit(lg, 0, 0)
     go = tmp_path / "go"
     procs = [
-        spawn(
-            python,
-            "gc_commit.py",
+        start_ready(
+            SCRIPTS / "gc_commit.py",
             str(ledger_dir),
             str(run),
             "main",
@@ -739,7 +671,7 @@ def test_racing_processes_on_one_branch_lose_no_commit(
         for run in (1, 2)
     ]
     go.touch()
-    outs = [finish(p) for p in procs]
+    outs = [finish(p).splitlines() for p in procs]
     reported = [[w.split()[1] for w in out if w.startswith("commit")] for out in outs]
     conflicts = sum(1 for out in outs for w in out if w.startswith("conflict"))
     print(f"{conflicts} conflicts")

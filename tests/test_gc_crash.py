@@ -21,14 +21,13 @@ import random
 import shutil
 import signal
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import SCRIPTS, load_script
+from helpers import SCRIPTS, load_script, start_ready
 
 from ledger import Ledger
 from ledger.errors import CommitExpiredError
@@ -116,39 +115,33 @@ def commit(lg: Ledger, run: int, i: int, branch: str) -> str:
 CHILD_ARGS = ("--commit-every", "2", "--branches", "main,side", "--fsync")
 
 
-def gc_crash_loop(root: Path, python: str, kills: int, seed: int) -> dict[str, int]:
+def gc_crash_loop(root: Path, kills: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     made = prunable_ledger(root, fsync=True)
     stats = {"kills_in_gc": 0, "gcs_done": 0, "commits": 0, "expired": 0, "tmp_leftovers": 0}
     for run in range(1, kills + 1):
-        proc = subprocess.Popen(
-            # Every other child sleeps inside gc, so kills land mid-gc more often.
-            [python, str(SCRIPTS / "gc_loop.py"), str(root), str(run), *CHILD_ARGS]
-            + (["--slow-gc", "0.03"] if run % 2 else []),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        # Every other child sleeps inside gc, so kills land mid-gc more often.
+        slow = ["--slow-gc", "0.03"] if run % 2 else []
+        proc = start_ready(SCRIPTS / "gc_loop.py", root, run, *CHILD_ARGS, *slow)
         try:
             assert proc.stdout is not None
-            ready = proc.stdout.readline()
-            assert ready == b"ready\n", (ready, proc.stderr.read() if proc.stderr else b"")
             # Let 0-2 gcs finish, then kill a few ms into the next one.
-            seen: list[bytes] = []
+            seen: list[str] = []
             starts = rng.randint(1, 3)
             while starts:
                 line = proc.stdout.readline()
-                assert line, proc.stderr.read() if proc.stderr else b""
+                assert line, "".join(seen)
                 seen.append(line)
-                starts -= line == b"gc start\n"
+                starts -= line == "gc start\n"
             time.sleep(rng.uniform(0.0, 0.08 if run % 2 else 0.02))
             proc.send_signal(signal.SIGKILL)
-            out, err = proc.communicate(timeout=60)
+            out, _ = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {err.decode()[-2000:]}"
-        lines = [x.decode().strip() for x in (*seen, *out.split(b"\n")[:-1])]
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {out[-2000:]}"
+        lines = [x.strip() for x in (*seen, *out.split("\n")[:-1])]
         for line in lines:
             words = line.split()
             if words[0] == "commit":
@@ -162,17 +155,17 @@ def gc_crash_loop(root: Path, python: str, kills: int, seed: int) -> dict[str, i
     return stats
 
 
-def test_sigkill_during_gc(ledger_dir: Path, python: str) -> None:
-    stats = gc_crash_loop(ledger_dir, python, kills=5, seed=20240612)
+def test_sigkill_during_gc(ledger_dir: Path) -> None:
+    stats = gc_crash_loop(ledger_dir, kills=5, seed=20240612)
     print(stats)
     assert stats["gcs_done"] >= 2 and stats["expired"] > 10, stats
     assert stats["kills_in_gc"] >= 1, stats
 
 
 @pytest.mark.slow
-def test_sigkill_during_gc_many_times(ledger_dir: Path, python: str) -> None:
+def test_sigkill_during_gc_many_times(ledger_dir: Path) -> None:
     seed = random.randrange(1 << 30)
-    stats = gc_crash_loop(ledger_dir, python, kills=50, seed=seed)
+    stats = gc_crash_loop(ledger_dir, kills=50, seed=seed)
     print(f"seed {seed}: {stats}")
     assert stats["kills_in_gc"] >= 20, stats
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import tree_bytes
 
 from ledger import Ledger
 from ledger.metadata import redact_argv, strip_url_credentials
@@ -18,7 +19,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "commit_with_secrets.py"
 
 def _every_stored_byte_string(root: Path) -> list[bytes]:
     """Raw file contents plus every object decoded (decompressed) from the store."""
-    blobs = [p.read_bytes() for p in root.rglob("*") if p.is_file()]
+    blobs = list(tree_bytes(root).values())
     with Ledger.open(root, fsync=False) as lg:
         for kind in ("chunk", "manifest", "commit", "blob"):
             blobs += [lg.store.read(oid, kind) for oid in lg.store.ids(kind)]

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import dir_bytes, load_script, object_ids, tree_bytes
+from helpers import bits, dir_bytes, load_script, object_ids, tree_bytes
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -482,18 +482,6 @@ def prop_state(pool: int, seed: int, n: int) -> dict[str, Any]:
     return {"pool": POOL[pool].clone(), "u": torch.rand(2048, generator=g), "n": n}
 
 
-def same_state(got: dict[str, Any], want: dict[str, Any]) -> bool:
-    """Bit-exact equality of two states made by :func:`prop_state`."""
-    return (
-        got["n"] == want["n"]
-        and all(got[k].dtype == want[k].dtype for k in ("pool", "u"))
-        and all(
-            bytes(got[k].numpy().tobytes()) == bytes(want[k].numpy().tobytes())
-            for k in ("pool", "u")
-        )
-    )
-
-
 @dataclass
 class ModelCommit:
     """What the model knows about one commit."""
@@ -713,7 +701,7 @@ class LedgerLife(RuleBasedStateMachine):
                 self.lg.checkout(cid)
             assert self.lg.get(cid).step == self.commits[cid].step  # history remains
         else:
-            assert same_state(self.lg.checkout(cid, mmap=self.MMAP), self.commits[cid].state)
+            assert bits(self.lg.checkout(cid, mmap=self.MMAP)) == bits(self.commits[cid].state)
 
     @rule()
     def reopen(self) -> None:
@@ -736,7 +724,7 @@ class LedgerLife(RuleBasedStateMachine):
                     self.lg.checkout(cid)
             else:
                 got = self.lg.checkout(cid, mmap=self.MMAP)
-                assert same_state(got, self.commits[cid].state), cid[:12]
+                assert bits(got) == bits(self.commits[cid].state), cid[:12]
 
 
 _SLOW = os.environ.get("HYPOTHESIS_PROFILE") == "slow"

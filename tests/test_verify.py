@@ -20,13 +20,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import (
+    bits,
+    commit_in_new_pack,
+    flip_byte,
+    flip_stored_byte,
+    random_state,
+    run_cli,
+)
 
 from ledger import Ledger
 from ledger.errors import CorruptionError, ObjectMissingError
@@ -36,58 +41,9 @@ from ledger.history.tree import tensor_table
 from ledger.objects.packs import HEADER
 
 
-def rstate(seed: int, n: int = 8192) -> dict[str, Any]:
-    """Random tensors (nothing shared with another seed) and a value."""
-    g = torch.Generator().manual_seed(seed)
-    return {"w": torch.randn(n, generator=g), "b": torch.randn(100, generator=g), "seed": seed}
-
-
-def same(got: dict[str, Any], want: dict[str, Any]) -> bool:
-    """Bitwise equality of two :func:`rstate` states."""
-    return (
-        got["seed"] == want["seed"]
-        and got["w"].numpy().tobytes() == want["w"].numpy().tobytes()
-        and got["b"].numpy().tobytes() == want["b"].numpy().tobytes()
-    )
-
-
-@pytest.fixture
-def small(ledger_dir: Path) -> Iterator[Ledger]:
-    """A ledger with 4 KiB chunks."""
-    with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as opened:
-        yield opened
-
-
-def packs(root: Path) -> set[str]:
-    return {p.stem for p in (root / "objects" / "packs").iterdir()}
-
-
-def commit_new_pack(lg: Ledger, state: dict[str, Any], **kw: Any) -> tuple[str, str]:
-    """Commit; return (commit id, the one pack it wrote)."""
-    before = packs(lg.root)
-    c = lg.commit(state, rng=False, **kw)
-    (new,) = packs(lg.root) - before
-    return c.id, new
-
-
-def locate(lg: Ledger, oid_hex: str) -> tuple[Path, int, int]:
-    """(pack file, offset, stored length) of an object."""
-    found = lg.store.locate(bytes.fromhex(oid_hex))
-    assert found is not None
-    return lg.store.pack_path(found[0]), found[1].offset, found[1].length
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x55]))
-
-
 def test_a_whole_ledger_verifies(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
-    small.commit(rstate(2), rng=False, branch="side")
+    a = small.commit(random_state(1), rng=False)
+    small.commit(random_state(2), rng=False, branch="side")
     small.tag("v1", at=a.id)
     check = small.verify(full=True)
     assert check.ok and check.problems == [] and check.notes == [] and check.repaired == []
@@ -101,7 +57,7 @@ def test_a_whole_ledger_verifies(small: Ledger) -> None:
 
 @pytest.mark.parametrize("cut", ["one-byte", "frame-header", "mid-payload", "all-but-one"])
 def test_torn_event_log_tail(small: Ledger, cut: str) -> None:
-    a = small.commit(rstate(1), rng=False)
+    a = small.commit(random_state(1), rng=False)
     log = small.root / "events.log"
     before = log.stat().st_size
     small.tag("torn")  # the event a crash tears
@@ -121,7 +77,7 @@ def test_torn_event_log_tail(small: Ledger, cut: str) -> None:
         assert check.ok, check.problems
         assert any("torn tail" in n and f"{keep - before} bytes" in n for n in check.notes)
         assert lg.tags() == {} and lg.resolve("main") == a.id
-        assert same(lg.checkout("main"), rstate(1))
+        assert bits(lg.checkout("main")) == bits(random_state(1))
         # The next writer cuts the tail before appending.
         lg.tag("after")
         read = EventLog(log, fsync=False).read_from(0)
@@ -132,7 +88,7 @@ def test_torn_event_log_tail(small: Ledger, cut: str) -> None:
 
 
 def test_repair_cuts_a_torn_tail(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
+    a = small.commit(random_state(1), rng=False)
     log = small.root / "events.log"
     good = log.stat().st_size
     with open(log, "ab") as f:
@@ -148,10 +104,10 @@ def test_repair_cuts_a_torn_tail(small: Ledger) -> None:
 
 def test_damage_before_intact_events_is_a_problem(small: Ledger) -> None:
     """A flipped byte in an early event is corruption, not a torn tail."""
-    small.commit(rstate(1), rng=False)
+    small.commit(random_state(1), rng=False)
     small.tag("x")
     log = small.root / "events.log"
-    flip_byte(log, len(LOG_HEADER) + FRAME.size + 2)  # inside the first event
+    flip_byte(log, len(LOG_HEADER) + FRAME.size + 2, 0x55)  # inside the first event
     check = small.verify()
     assert not check.ok
     assert any(
@@ -165,10 +121,10 @@ def test_damage_before_intact_events_is_a_problem(small: Ledger) -> None:
 
 def two_commits_sharing_a_pack(lg: Ledger) -> dict[str, str]:
     """main: A (pack PA: w, b), B (pack PB: new b; w from PA); side: O (own pack)."""
-    a, pa = commit_new_pack(lg, rstate(1), message="A")
-    b_state = {**rstate(1), "b": rstate(2)["b"], "seed": 2}
-    b, pb = commit_new_pack(lg, b_state, message="B")
-    o, po = commit_new_pack(lg, rstate(3), message="O", branch="side")
+    a, pa = commit_in_new_pack(lg, random_state(1), message="A")
+    b_state = {**random_state(1), "b": random_state(2)["b"], "seed": 2}
+    b, pb = commit_in_new_pack(lg, b_state, message="B")
+    o, po = commit_in_new_pack(lg, random_state(3), message="O", branch="side")
     return {"a": a, "pa": pa, "b": b, "pb": pb, "o": o, "po": po}
 
 
@@ -191,9 +147,9 @@ def test_truncated_referenced_pack(small: Ledger, fraction: float) -> None:
         assert f"w chunk 0 in commit {ids['b'][:12]}" in text and "missing" in text, text
         assert "side" not in text and ids["o"][:12] not in text
         # Everything else still restores.
-        assert same(lg.checkout("side"), rstate(3))
+        assert bits(lg.checkout("side")) == bits(random_state(3))
         got = lg.checkout(ids["b"], paths=["b", "seed"])
-        assert torch.equal(got["b"], rstate(2)["b"]) and got["seed"] == 2
+        assert torch.equal(got["b"], random_state(2)["b"]) and got["seed"] == 2
         with pytest.raises(ObjectMissingError) as missing:
             lg.checkout(ids["b"])
         assert "'w'" in str(missing.value) and ids["b"][:12] in str(missing.value)
@@ -204,12 +160,11 @@ def test_flipped_byte_in_a_chunk(ledger_dir: Path, compress: bool) -> None:
     with Ledger.open(
         ledger_dir, create=True, fsync=False, chunk_size=4096, compress=compress
     ) as lg:
-        a = lg.commit(rstate(1), rng=False)
-        b = lg.commit(rstate(2), rng=False)
+        a = lg.commit(random_state(1), rng=False)
+        b = lg.commit(random_state(2), rng=False)
         node = tensor_table(lg.manifest(b.id)[1].root)["w"]
         chunk = node.chunks[3]
-        path, offset, length = locate(lg, chunk)
-        flip_byte(path, offset + length // 2)
+        flip_stored_byte(lg, chunk, mask=0x55)
 
         plain = lg.verify()
         assert plain.ok  # a plain verify checks presence, not content
@@ -224,16 +179,15 @@ def test_flipped_byte_in_a_chunk(ledger_dir: Path, compress: bool) -> None:
             lg.checkout(b.id)
         assert "'w'" in str(damaged.value) and b.id[:12] in str(damaged.value)
         got = lg.checkout(b.id, paths=["b", "seed"])
-        assert torch.equal(got["b"], rstate(2)["b"])
-        assert same(lg.checkout(a.id), rstate(1))
+        assert torch.equal(got["b"], random_state(2)["b"])
+        assert bits(lg.checkout(a.id)) == bits(random_state(1))
 
 
 def test_flipped_byte_in_a_manifest(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
-    b = small.commit(rstate(2), rng=False)
-    c = small.commit(rstate(3), rng=False)
-    path, offset, length = locate(small, b.manifest)
-    flip_byte(path, offset + length // 3)
+    a = small.commit(random_state(1), rng=False)
+    b = small.commit(random_state(2), rng=False)
+    c = small.commit(random_state(3), rng=False)
+    flip_stored_byte(small, b.manifest, mask=0x55)
     for full in (False, True):
         check = small.verify(full=full)
         assert not check.ok
@@ -243,30 +197,31 @@ def test_flipped_byte_in_a_manifest(small: Ledger) -> None:
         assert b.manifest[:12] in problem
     # History is intact; the other commits restore; B's state is refused, not guessed.
     assert [x.id for x in small.log()] == [c.id, b.id, a.id]
-    assert same(small.checkout(a.id), rstate(1)) and same(small.checkout(c.id), rstate(3))
+    assert bits(small.checkout(a.id)) == bits(random_state(1)) and bits(
+        small.checkout(c.id)
+    ) == bits(random_state(3))
     with pytest.raises(CorruptionError):
         small.checkout(b.id)
 
 
 def test_flipped_byte_in_a_commit_record(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
-    b = small.commit(rstate(2), rng=False)
-    small.commit(rstate(3), rng=False, branch="side")
-    path, offset, length = locate(small, b.id)
-    flip_byte(path, offset + length // 2)
+    a = small.commit(random_state(1), rng=False)
+    b = small.commit(random_state(2), rng=False)
+    small.commit(random_state(3), rng=False, branch="side")
+    flip_stored_byte(small, b.id, mask=0x55)
     with Ledger.open(small.root, fsync=False) as lg:  # no cached record
         check = lg.verify()
         assert not check.ok
         assert any(p.startswith(f"refs/heads/main -> {b.id[:12]}") for p in check.problems)
-        assert same(lg.checkout(a.id), rstate(1))
-        assert same(lg.checkout("side"), rstate(3))
+        assert bits(lg.checkout(a.id)) == bits(random_state(1))
+        assert bits(lg.checkout("side")) == bits(random_state(3))
 
 
 # -- the ref view ---------------------------------------------------------------------------------
 
 
 def test_repair_rebuilds_a_deleted_view(small: Ledger) -> None:
-    small.commit(rstate(1), rng=False)
+    small.commit(random_state(1), rng=False)
     small.branch("x")
     view = small.root / "refs"
     good = view.read_bytes()
@@ -279,7 +234,7 @@ def test_repair_rebuilds_a_deleted_view(small: Ledger) -> None:
 
 @pytest.mark.parametrize("garbage", [b"", b"\x00\x01garbage", os.urandom(300)])
 def test_repair_rebuilds_a_garbled_view(small: Ledger, garbage: bytes) -> None:
-    c = small.commit(rstate(1), rng=False)
+    c = small.commit(random_state(1), rng=False)
     view = small.root / "refs"
     good = view.read_bytes()
     view.write_bytes(garbage)
@@ -288,12 +243,12 @@ def test_repair_rebuilds_a_garbled_view(small: Ledger, garbage: bytes) -> None:
         check = lg.verify(repair=True)
         assert check.ok, check.problems
         assert view.read_bytes() == good
-        assert same(lg.checkout("main"), rstate(1))
+        assert bits(lg.checkout("main")) == bits(random_state(1))
 
 
 def test_a_view_that_disagrees_with_the_log_is_a_problem_repair_fixes(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
-    b = small.commit(rstate(2), rng=False)
+    a = small.commit(random_state(1), rng=False)
+    b = small.commit(random_state(2), rng=False)
     state = small.refs.state()
     lie = RefView(
         offset=state.offset,
@@ -317,7 +272,7 @@ def test_a_view_that_disagrees_with_the_log_is_a_problem_repair_fixes(small: Led
 
 
 def test_orphans_and_tmp_leftovers_are_notes(small: Ledger) -> None:
-    a = small.commit(rstate(1), rng=False)
+    a = small.commit(random_state(1), rng=False)
     # A commit that crashed after its pack was renamed into place, before its event.
     writer = small.store.writer(small.pool)
     writer.put("chunk", os.urandom(5000))
@@ -333,7 +288,7 @@ def test_orphans_and_tmp_leftovers_are_notes(small: Ledger) -> None:
         check.notes
     )
     assert any("1 temporary file(s)" in n for n in check.notes), check.notes
-    assert same(small.checkout(a.id), rstate(1))
+    assert bits(small.checkout(a.id)) == bits(random_state(1))
     # gc (grace=0) clears both; verify is then silent.
     small.gc(grace=0)
     check = small.verify(full=True)
@@ -341,10 +296,10 @@ def test_orphans_and_tmp_leftovers_are_notes(small: Ledger) -> None:
 
 
 def test_expired_and_unreachable_objects_are_notes(small: Ledger) -> None:
-    small.commit(rstate(1), rng=False)
-    small.commit(rstate(2), rng=False, branch="gone")
+    small.commit(random_state(1), rng=False)
+    small.commit(random_state(2), rng=False, branch="gone")
     small.delete_branch("gone", force=True)
-    small.commit(rstate(3), rng=False)
+    small.commit(random_state(3), rng=False)
     small.expire("main~1")
     check = small.verify(full=True)
     assert check.ok
