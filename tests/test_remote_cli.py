@@ -59,16 +59,16 @@ def test_push_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
     with new_ledger(a) as lg:
         lg.commit(state(model()), step=1)
         head = lg.head.id  # type: ignore[union-attr]
-    assert run("--dir", str(a), "remote", "add", "origin", str(remote)).exit_code == 0
-    shown = run("--dir", str(a), "push", "--dry-run")
+    assert run_cli("--dir", str(a), "remote", "add", "origin", str(remote)).exit_code == 0
+    shown = run_cli("--dir", str(a), "push", "--dry-run")
     assert shown.exit_code == 0
     assert "refs/heads/main" in shown.output and "(new) -> " + head[:12] in shown.output
     assert "would push to origin: 1 commits" in shown.output
-    plan = json.loads(run("--dir", str(a), "--json", "push", "--dry-run").output)
+    plan = json.loads(run_cli("--dir", str(a), "--json", "push", "--dry-run").output)
     assert plan["commits"] == [head] and plan["version"] is None
     assert plan["refs"] == [{"ref": "refs/heads/main", "old": None, "new": head}]
     assert plan["bytes"] == sum(o["bytes"] for o in plan["objects"]) > 0
     assert not remote.exists()  # nothing was written
-    pushed = json.loads(run("--dir", str(a), "--json", "push").output)
+    pushed = json.loads(run_cli("--dir", str(a), "--json", "push").output)
     assert pushed["objects_sent"] == len(plan["objects"])
-    assert "up to date" in run("--dir", str(a), "push", "--dry-run").output
+    assert "up to date" in run_cli("--dir", str(a), "push", "--dry-run").output
