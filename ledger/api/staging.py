@@ -51,7 +51,7 @@ from ledger.history.revisions import head_target
 from ledger.manifest import DictNode, ListNode, Manifest, Node, TupleNode, renumber
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore, PackWriter
-from ledger.state.flatten import Flattener
+from ledger.state.flatten import Flattener, format_path
 
 ID_STRIDE = 1 << 40
 """Tensor ids of the ``k``-th part of a commit start at ``k * ID_STRIDE`` (k >= 1), so the
@@ -433,7 +433,7 @@ class _Assembler:
         for key, value in tree.items():
             if not isinstance(key, str):
                 raise UnsupportedValueError(
-                    f"{_where(path)} has the key {key!r}; a tree with parts needs string keys"
+                    f"{format_path(path)} has the key {key!r}; a tree with parts needs string keys"
                 )
             node.keys.append(key)
             node.values.append(self.value(value, (*path, key)))
@@ -474,7 +474,3 @@ def _holds_parts(value: Any) -> bool:
     if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
         return any(_holds_parts(v) for v in value)
     return False
-
-
-def _where(path: tuple[Any, ...]) -> str:
-    return "state" + "".join(f"[{p!r}]" for p in path)
