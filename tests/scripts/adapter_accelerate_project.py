@@ -1,0 +1,64 @@
+"""One process of a 2-process Accelerate (gloo, CPU) job with automatic checkpoint naming.
+
+Usage: RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. adapter_accelerate_project.py PROJECT OUT_DIR
+
+The Accelerator has ``ProjectConfiguration(project_dir=PROJECT,
+automatic_checkpoint_naming=True, total_limit=2)``. Three times it trains a
+step and calls ``save_state(accelerator)`` with no ledger, then
+``load_state(accelerator)``; each rank writes what it saw (the commits'
+ids and steps, ``iteration`` after each save, the commit it loaded) to
+``OUT_DIR/rank<r>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration
+from adapter_accelerate_ddp import prepared
+from torch import nn
+
+from ledger.adapters.accelerate import load_state, save_state
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    project, out = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(
+            project_dir=project, automatic_checkpoint_naming=True, total_limit=2
+        ),
+        dataloader_config=DataLoaderConfiguration(
+            use_stateful_dataloader=True, use_seedable_sampler=True
+        ),
+    )
+    model, opt, loader = prepared(accelerator, seed=0)
+    seen: dict[str, list[object]] = {"ids": [], "steps": [], "iterations": []}
+    batches = iter(loader)
+    for _ in range(3):
+        xb, yb = next(batches)
+        accelerator.backward(nn.functional.mse_loss(model(xb), yb))
+        opt.step()
+        opt.zero_grad()
+        commit = save_state(accelerator)
+        assert commit is not None
+        seen["ids"].append(commit.id)
+        seen["steps"].append(commit.step)
+        seen["iterations"].append(accelerator.project_configuration.iteration)
+    loaded = load_state(accelerator)
+    assert loaded is not None
+    seen["loaded"] = [loaded.id]
+    (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(seen))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
