@@ -17,10 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration
-from adapter_accelerate_ddp import prepared
+from adapter_accelerate_ddp import cpu_accelerator, prepared
 from torch import nn
 
 from ledger.adapters.accelerate import load_state, save_state
@@ -30,15 +28,10 @@ warnings.filterwarnings("ignore")
 
 def main() -> None:
     project, out = sys.argv[1], Path(sys.argv[2])
-    torch.set_num_threads(1)
-    accelerator = Accelerator(
-        cpu=True,
+    accelerator = cpu_accelerator(
         project_config=ProjectConfiguration(
             project_dir=project, automatic_checkpoint_naming=True, total_limit=2
-        ),
-        dataloader_config=DataLoaderConfiguration(
-            use_stateful_dataloader=True, use_seedable_sampler=True
-        ),
+        )
     )
     model, opt, loader = prepared(accelerator, seed=0)
     seen: dict[str, list[object]] = {"ids": [], "steps": [], "iterations": []}
