@@ -8,6 +8,13 @@ stateful loader resumed mid-epoch, gradient accumulation, AdamW, StepLR and
 an object registered for checkpointing; parameters, optimizer, scheduler,
 the registered object, the accelerator's step and the losses after the
 resume point are bitwise equal.
+
+With ``ProjectConfiguration(automatic_checkpoint_naming=True)``: the ledger
+under the project directory, commits numbered by ``iteration``,
+``total_limit`` as ``KeepLast`` freed after every save (one process, and a
+two-process gloo job, tests/scripts/adapter_accelerate_project.py), the
+numbering after a resume, and the parent of a save after resuming an older
+commit (lineage).
 """
 
 from __future__ import annotations
