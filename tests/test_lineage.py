@@ -10,6 +10,8 @@ commits, restores, ``base_on``, branches and deletions against a model.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from ledger import Ledger
 from ledger.errors import DetachedHeadError, RefConflictError
 from ledger.history.graph import ancestors
 from ledger.history.lineage import AUTO_BRANCH_PREFIX
-from tests.helpers import run_cli, tiny_state
+from tests.helpers import finish, run_cli, start, tiny_state
 
 
 def commit_n(lg: Ledger, n: int, start: int = 0) -> list[str]:
@@ -194,6 +196,51 @@ def test_log_graph_shows_the_fork_and_the_automatic_branch(lg: Ledger) -> None:
     assert "HEAD -> main" in lines[by_id[made.id[:12]]]
     assert any(line.startswith("|/") for line in lines), graph  # the two lines join at ids[0]
     assert by_id[ids[0][:12]] > by_id[ids[1][:12]] and by_id[ids[0][:12]] > by_id[made.id[:12]]
+
+
+DIST_WORKER = textwrap.dedent(
+    """
+    import datetime as dt, json, sys, torch
+    import torch.distributed as dist
+    from ledger.adapters import distributed
+
+    rank, init, where, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=2,
+                            timeout=dt.timedelta(seconds=60))
+    state = {"w": torch.full((2,), float(rank)), "n": 0}
+    ids = []
+    for step in range(3):
+        state["n"] = step
+        ids.append(distributed.commit(where, state, step=step).id)
+    fresh = {"w": torch.zeros(2), "n": -1}
+    restored = distributed.restore(where, fresh, ids[0])  # the path again: same instance
+    assert fresh["n"] == 0 and restored.id == ids[0], fresh
+    made = distributed.commit(where, fresh, step=1)
+    if rank == 0:
+        open(out, "w").write(json.dumps({"ids": ids, "made": made.id, "parents": made.parents}))
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.slow  # two gloo processes: about a minute on a busy 2-core machine
+def test_distributed_restore_then_commit_continues_from_the_restored_commit(
+    tmp_path: Path,
+) -> None:
+    worker = tmp_path / "worker.py"
+    worker.write_text(DIST_WORKER)
+    ledger = tmp_path / "ledger"
+    out = tmp_path / "out.json"
+    init = tmp_path / "rendezvous"
+    procs = [start(worker, rank, init, ledger, out) for rank in range(2)]
+    for proc in procs:
+        finish(proc, timeout=120)
+    got = json.loads(out.read_text())
+    ids = got["ids"]
+    assert got["parents"] == [ids[0]], "the commit after restore must continue from it"
+    with Ledger.open(ledger) as lg:
+        assert lg.branches() == {"main": got["made"], f"orig/main/{ids[2][:12]}": ids[2]}
 
 
 class LineageMachine(RuleBasedStateMachine):

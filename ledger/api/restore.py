@@ -64,7 +64,7 @@ def _paths(paths: list[Path_]) -> list[str]:
 def _warn(report: RestoreReport) -> None:
     """The warnings of a non-strict restore (``stacklevel`` points at the caller of restore)."""
     c = report.commit.id[:12]
-    if not report.loaded:
+    if not report.loaded and (report.missing or report.unexpected):
         warnings.warn(
             f"restore(strict=False) of commit {c} LOADED NOTHING: the live state and the "
             f"commit share no path (live only: {report.missing[:8]}; stored only: "
