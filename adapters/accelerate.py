@@ -309,7 +309,7 @@ def load_state(
             distributed.apply(state, part["state"], strict=strict)
             restore_rng(part["rng"])
             commit = lg.get(cid)
-        _base_on(lg, cid)
+        lg.base_on(cid)  # the next commit through lg continues from here (distributed: rank 0's)
     else:
         try:
             commit = lg.restore(state, cid, strict=strict)
@@ -319,13 +319,6 @@ def load_state(
     if commit is not None and config.automatic_checkpoint_naming and commit.step is not None:
         config.iteration = max(config.iteration, commit.step + 1)
     return commit
-
-
-def _base_on(lg: Ledger, cid: str) -> None:
-    """Record on ``lg`` that the live state came from ``cid`` (lineage: the next commit's parent)."""
-    base_on = getattr(lg, "base_on", None)  # Ledger.base_on, from the lineage work
-    if callable(base_on):
-        base_on(cid)
 
 
 def _saved_state(root: DictNode) -> DictNode:

@@ -273,7 +273,6 @@ def test_load_state_continues_the_numbering_of_the_commit_it_loaded(tmp_path: Pa
     assert ahead.project_configuration.iteration == 10
 
 
-@pytest.mark.skipif(not hasattr(Ledger, "base_on"), reason="needs Ledger.base_on (lineage)")
 def test_resuming_an_older_commit_makes_it_the_parent_of_the_next_save(tmp_path: Path) -> None:
     accelerator, model = _project(tmp_path)
     commits = [save_state(accelerator) for _ in range(3)]
@@ -334,7 +333,7 @@ def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path
         assert lg.checkout("HEAD", paths=["world_size"])["world_size"] == 2
 
 
-def test_two_processes_number_commits_by_iteration_and_keep_the_total_limit(
+def test_two_processes_number_commits_by_iteration_keep_the_total_limit_and_fork(
     tmp_path: Path,
 ) -> None:
     project = tmp_path / "project"
@@ -345,12 +344,15 @@ def test_two_processes_number_commits_by_iteration_and_keep_the_total_limit(
     assert seen[0]["iterations"] == [1, 2, 3]
     ids = seen[0]["ids"]
     assert seen[0]["loaded"] == [ids[2]]  # load_state() with no folder: the newest
+    fork, fork_step, fork_parents = seen[0]["forked"]
+    assert fork_step == 3 and fork_parents == [ids[1]]  # resumed from the second commit
     assert sorted(os.listdir(project)) == [LEDGER_FOLDER]
     with Ledger.open(project / LEDGER_FOLDER) as lg:
-        assert [c.id for c in lg.log()] == ids[::-1]
+        assert [c.id for c in lg.log()] == [fork, ids[1], ids[0]]
+        assert ids[2] in lg.branches().values()  # the old tip, on its automatic branch
         assert lg.checkout("HEAD", paths=["world_size"])["world_size"] == 2
         assert lg.retention() == [KeepLast(2)]
-        assert set(lg.refs.state().expired) == {ids[0]}
+        assert set(lg.refs.state().expired) == {ids[0]}  # a branch head keeps its state
         with pytest.raises(CommitExpiredError):
             lg.checkout(ids[0])
         freeable = lg.gc(dry_run=True, grace=0)  # the main process freed it already

@@ -5,9 +5,10 @@ Usage: RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. adapter_accelerate_pr
 The Accelerator has ``ProjectConfiguration(project_dir=PROJECT,
 automatic_checkpoint_naming=True, total_limit=2)``. Three times it trains a
 step and calls ``save_state(accelerator)`` with no ledger, then
-``load_state(accelerator)``; each rank writes what it saw (the commits'
-ids and steps, ``iteration`` after each save, the commit it loaded) to
-``OUT_DIR/rank<r>.json``.
+``load_state(accelerator)``; then it resumes the second commit and saves
+again (lineage). Each rank writes what it saw (the commits' ids and steps,
+``iteration`` after each save, the commit it loaded, the forked commit's id,
+step and parents) to ``OUT_DIR/rank<r>.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main() -> None:
     loaded = load_state(accelerator)
     assert loaded is not None
     seen["loaded"] = [loaded.id]
+    older = load_state(accelerator, rev=str(seen["ids"][1]))  # then resume an older commit
+    assert older is not None
+    forked = save_state(accelerator)
+    assert forked is not None
+    seen["forked"] = [forked.id, forked.step, forked.parents]
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(seen))
     accelerator.wait_for_everyone()
 
