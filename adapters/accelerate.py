@@ -15,7 +15,7 @@ It also owns what ``ProjectConfiguration`` means for a ledger: with
 ``<project_dir>/ledger``; commits are numbered by ``iteration`` (which each
 save increments, as Accelerate's does); ``total_limit=k`` is ``KeepLast(k)``,
 and the state it expires is freed right after each save (``gc(grace=0)``,
-safe under the gc lock) unless ``free_expired=False``.
+safe under the gc lock) unless ``free_space=False``.
 
 Example:
     >>> from ledger.adapters.accelerate import save_state, load_state  # doctest: +SKIP
@@ -182,7 +182,7 @@ def save_state(
     params: Mapping[str, Any] | None = None,
     message: str | None = None,
     branch: str | None = None,
-    free_expired: bool = True,
+    free_space: bool = True,
 ) -> Commit | None:
     """Commit everything ``accelerator.save_state`` would save (call it on every process).
 
@@ -204,7 +204,7 @@ def save_state(
         step, epoch, metrics, params, message, branch: the commit's metadata
             (``step`` defaults to ``iteration`` with automatic naming, else to
             the accelerator's step counter).
-        free_expired: with ``total_limit``, run ``gc(grace=0)`` on the main
+        free_space: with ``total_limit``, run ``gc(grace=0)`` on the main
             process right after the commit, so what ``KeepLast`` expired leaves
             the disk as Accelerate's deleted folders do; False leaves that to
             a later ``ledger gc``.
@@ -246,7 +246,7 @@ def save_state(
         commit: Commit | None = distributed.commit(lg, accelerator_state(accelerator), **meta)
     else:
         commit = lg.commit(accelerator_state(accelerator), meta.pop("message"), **meta)
-    if limit is not None and free_expired:
+    if limit is not None and free_space:
         if accelerator.is_main_process:
             lg.gc(grace=0)  # only what no ref or kept commit needs; the gc lock guards writers
         accelerator.wait_for_everyone()

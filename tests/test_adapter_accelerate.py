@@ -248,11 +248,11 @@ def test_total_limit_frees_what_it_expired_after_every_save(tmp_path: Path) -> N
             lg.checkout(log[2].id)
 
 
-def test_free_expired_false_leaves_the_bytes_to_a_later_gc(tmp_path: Path) -> None:
+def test_free_space_false_leaves_the_bytes_to_a_later_gc(tmp_path: Path) -> None:
     accelerator, model = _project(tmp_path, total_limit=1)
     for _ in range(3):
         _change(model)
-        save_state(accelerator, free_expired=False)
+        save_state(accelerator, free_space=False)
     with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
         assert lg.retention() == [KeepLast(1)]  # installed all the same
         assert lg.refs.state().expired == {}
