@@ -252,6 +252,7 @@ class LineageMachine(RuleBasedStateMachine):
 
         self.root = Path(tempfile.mkdtemp()) / "ledger"
         self.lg = Ledger.open(self.root, create=True, fsync=False)
+        self.evaluator = Ledger.open(self.root, fsync=False)  # a second process's view
         self.n = 0
         self.made: list[str] = []
         self.deleted: set[str] = set()  # commits whose only ref we deleted on purpose
@@ -260,6 +261,7 @@ class LineageMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.lg.close()
+        self.evaluator.close()
 
     def reachable_in_order(self) -> list[str]:
         """The commits still reachable, oldest first (ids are random: never sort by them)."""
@@ -304,6 +306,17 @@ class LineageMachine(RuleBasedStateMachine):
             assert state["i"] == stored["i"] and torch.equal(state["w"], stored["w"])
         assert self.lg.refs.snapshot()["HEAD"] == head, "restore/base_on moved HEAD"
         self.base, self.explicit = cid, True
+
+    @precondition(lambda self: bool(self.reachable_in_order()))
+    @rule(data=st.data())
+    def evaluator_restores(self, data: st.DataObject) -> None:
+        """Another instance restoring any commit changes nothing for this one."""
+        cid = data.draw(st.sampled_from(self.reachable_in_order()))
+        refs = self.lg.refs.snapshot()
+        self.evaluator.restore({"w": torch.zeros(3), "i": -1}, cid, rng=False)
+        based = self.evaluator.based_on
+        assert based is not None and based.id == cid
+        assert self.lg.refs.snapshot() == refs, "a restore moved a ref"
 
     @precondition(lambda self: bool(self.reachable_in_order()))
     @rule(name=st.sampled_from(["a", "b", "exp/1"]), data=st.data())
