@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ledger import Ledger
 from ledger.errors import DetachedHeadError, RefConflictError
 from ledger.history.graph import ancestors
-from ledger.history.lineage import AUTO_BRANCH_PREFIX
+from ledger.history.lineage import AUTO_BRANCH_PREFIX, auto_branch
+from ledger.history.refs import check_ref_name
 from tests.helpers import finish, run_cli, start, tiny_state
 
 
@@ -196,6 +197,40 @@ def test_log_graph_shows_the_fork_and_the_automatic_branch(lg: Ledger) -> None:
     assert "HEAD -> main" in lines[by_id[made.id[:12]]]
     assert any(line.startswith("|/") for line in lines), graph  # the two lines join at ids[0]
     assert by_id[ids[0][:12]] > by_id[ids[1][:12]] and by_id[ids[0][:12]] > by_id[made.id[:12]]
+
+
+branch_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", fullmatch=True).filter(
+    lambda n: _valid(n)
+)
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_ref_name(name, "branch")
+    except Exception:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(branch=branch_names, tip=st.binary(min_size=32, max_size=32), taken=st.integers(0, 3))
+def test_automatic_branch_names_are_valid_free_and_recognisable(
+    branch: str, tip: bytes, taken: int
+) -> None:
+    hexed = tip.hex()
+    refs: dict[str, str] = {}
+    other = hexed[:-1] + ("1" if hexed[-1] == "0" else "0")  # same 12-hex prefix
+    for _ in range(taken):  # names already holding another commit
+        refs[auto_branch(branch, hexed, refs)] = other
+    ref = auto_branch(branch, hexed, refs)
+    assert ref not in refs
+    name = ref.removeprefix("refs/heads/")
+    assert check_ref_name(name, "branch") == name
+    assert name.startswith(AUTO_BRANCH_PREFIX) and hexed[:12] in name
+    if len(branch) <= 150:
+        assert name.startswith(f"{AUTO_BRANCH_PREFIX}{branch}/{hexed[:12]}")
+    refs[ref] = hexed
+    assert auto_branch(branch, hexed, refs) == ref, "the name holding this tip is reused"
 
 
 DIST_WORKER = textwrap.dedent(
