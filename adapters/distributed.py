@@ -214,7 +214,7 @@ def _open_shared(ledger: LedgerLike, ch: Channel) -> Ledger:
         lg = open_ledger(ledger)
     ch.barrier("waiting for rank 0 to open the ledger")
     if lg is None:
-        lg = Ledger.open(ledger)  # type: ignore[arg-type]  # a path: open_ledger checked it on rank 0
+        lg = Ledger.open(ledger)  # a path (open_ledger checked it on rank 0)
     if key is not None:
         _OPENED[key] = lg
     return lg

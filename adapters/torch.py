@@ -199,6 +199,9 @@ class Checkpointer:
         """Restore ``rev`` into the live objects (RNG included); return the step to start from.
 
         Returns 0 on an empty ledger, so the same script starts and resumes.
+        Plain values of ``state=`` are written back into that mapping. HEAD does
+        not move; the next commit continues from ``rev``'s commit (a branch tip
+        it does not descend from is kept on ``orig/<branch>/<id>``).
 
         Raises:
             RevisionNotFoundError: ``rev`` names nothing (in a ledger that has commits).

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ledger import Ledger
 from ledger.errors import DetachedHeadError, RefConflictError
 from ledger.history.graph import ancestors
-from ledger.history.lineage import AUTO_BRANCH_PREFIX
+from ledger.history.lineage import AUTO_BRANCH_PREFIX, auto_branch
+from ledger.history.refs import check_ref_name
 from tests.helpers import finish, run_cli, start, tiny_state
 
 
@@ -198,6 +199,40 @@ def test_log_graph_shows_the_fork_and_the_automatic_branch(lg: Ledger) -> None:
     assert by_id[ids[0][:12]] > by_id[ids[1][:12]] and by_id[ids[0][:12]] > by_id[made.id[:12]]
 
 
+branch_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", fullmatch=True).filter(
+    lambda n: _valid(n)
+)
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_ref_name(name, "branch")
+    except Exception:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(branch=branch_names, tip=st.binary(min_size=32, max_size=32), taken=st.integers(0, 3))
+def test_automatic_branch_names_are_valid_free_and_recognisable(
+    branch: str, tip: bytes, taken: int
+) -> None:
+    hexed = tip.hex()
+    refs: dict[str, str] = {}
+    other = hexed[:-1] + ("1" if hexed[-1] == "0" else "0")  # same 12-hex prefix
+    for _ in range(taken):  # names already holding another commit
+        refs[auto_branch(branch, hexed, refs)] = other
+    ref = auto_branch(branch, hexed, refs)
+    assert ref not in refs
+    name = ref.removeprefix("refs/heads/")
+    assert check_ref_name(name, "branch") == name
+    assert name.startswith(AUTO_BRANCH_PREFIX) and hexed[:12] in name
+    if len(branch) <= 150:
+        assert name.startswith(f"{AUTO_BRANCH_PREFIX}{branch}/{hexed[:12]}")
+    refs[ref] = hexed
+    assert auto_branch(branch, hexed, refs) == ref, "the name holding this tip is reused"
+
+
 DIST_WORKER = textwrap.dedent(
     """
     import datetime as dt, json, sys, torch
@@ -252,6 +287,7 @@ class LineageMachine(RuleBasedStateMachine):
 
         self.root = Path(tempfile.mkdtemp()) / "ledger"
         self.lg = Ledger.open(self.root, create=True, fsync=False)
+        self.evaluator = Ledger.open(self.root, fsync=False)  # a second process's view
         self.n = 0
         self.made: list[str] = []
         self.deleted: set[str] = set()  # commits whose only ref we deleted on purpose
@@ -260,6 +296,7 @@ class LineageMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.lg.close()
+        self.evaluator.close()
 
     def reachable_in_order(self) -> list[str]:
         """The commits still reachable, oldest first (ids are random: never sort by them)."""
@@ -304,6 +341,17 @@ class LineageMachine(RuleBasedStateMachine):
             assert state["i"] == stored["i"] and torch.equal(state["w"], stored["w"])
         assert self.lg.refs.snapshot()["HEAD"] == head, "restore/base_on moved HEAD"
         self.base, self.explicit = cid, True
+
+    @precondition(lambda self: bool(self.reachable_in_order()))
+    @rule(data=st.data())
+    def evaluator_restores(self, data: st.DataObject) -> None:
+        """Another instance restoring any commit changes nothing for this one."""
+        cid = data.draw(st.sampled_from(self.reachable_in_order()))
+        refs = self.lg.refs.snapshot()
+        self.evaluator.restore({"w": torch.zeros(3), "i": -1}, cid, rng=False)
+        based = self.evaluator.based_on
+        assert based is not None and based.id == cid
+        assert self.lg.refs.snapshot() == refs, "a restore moved a ref"
 
     @precondition(lambda self: bool(self.reachable_in_order()))
     @rule(name=st.sampled_from(["a", "b", "exp/1"]), data=st.data())

@@ -74,10 +74,16 @@ def _warn(report: RestoreReport) -> None:
             stacklevel=3,
         )
     elif report.missing or report.unexpected:
+        parts = []
+        if report.missing:
+            parts.append(f"missing from the commit (left as they were): {report.missing}")
+        if report.unexpected:
+            parts.append(
+                "in the commit but not in the live state (added to mappings, ignored by "
+                f"modules): {report.unexpected}"
+            )
         warnings.warn(
-            f"restore(strict=False) of commit {c} did not load every path: missing from the "
-            f"commit (left as they were): {report.missing}; in the commit but not in the live "
-            f"state (added to mappings, ignored by modules): {report.unexpected}",
+            f"restore(strict=False) of commit {c} did not load every path: {'; '.join(parts)}",
             PartialRestoreWarning,
             stacklevel=3,
         )

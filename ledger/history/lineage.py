@@ -67,13 +67,17 @@ def auto_branch(branch: str, tip: str, refs: dict[str, str]) -> str:
     """The automatic branch (full ref) that keeps ``tip``, the old tip of ``branch``.
 
     A free name: ``orig/<branch>/<tip[:12]>``, with ``-2``, ``-3`` ... appended in
-    the (unlikely) case that name is taken by another commit.
+    the (unlikely) case that name is taken by another commit; always a valid
+    branch name (``check_ref_name``), a very long ``branch`` shortened.
 
     Example:
         >>> auto_branch("main", "ab" * 32, {})
         'refs/heads/orig/main/abababababab'
     """
-    base = f"{BRANCH_PREFIX}{AUTO_BRANCH_PREFIX}{branch}/{tip[:12]}"
+    # Ref names are at most 200 characters: shorten a long branch name (keeping its start).
+    room = 200 - len(AUTO_BRANCH_PREFIX) - len("/") - 12 - len("-99")
+    short = branch if len(branch) <= room else branch[:room].rstrip("/")
+    base = f"{BRANCH_PREFIX}{AUTO_BRANCH_PREFIX}{short}/{tip[:12]}"
     name, n = base, 1
     while refs.get(name) not in (None, tip):
         n += 1
