@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -158,4 +159,7 @@ def write_dcp(job: ExportJob, *, key: str | None = None) -> None:
             f"a dcp checkpoint is a mapping; state[{key!r}] is a {type(tree).__name__}"
         )
     prepare_dir(job.out, force=job.force)
-    dcp.save(tree, storage_writer=dcp.FileSystemWriter(str(job.out)), no_dist=True)
+    with warnings.catch_warnings():
+        # One process writing the whole state is the point here, not a mistake to warn about.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(tree, storage_writer=dcp.FileSystemWriter(str(job.out)), no_dist=True)
