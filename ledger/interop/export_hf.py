@@ -15,6 +15,7 @@ checked-out state and never write inside a ledger.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -69,7 +70,7 @@ def commit_files(state: Mapping[Any, Any], key: str, rev: str) -> dict[str, File
 
     Example:
         >>> commit_files({"hf_files": {"config.json": File(b"{}")}}, "hf_files", "HEAD")
-        {'config.json': File(2 bytes, blake3 ...)}
+        {'config.json': File(2 bytes, blake3 6e46dd10defc)}
     """
     found: dict[str, File] = {}
 
@@ -133,6 +134,31 @@ def unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([A-Za-z]*)\s*")
+
+
+def shard_bytes(size: int | str) -> int:
+    """Bytes from a size: an int, or text like ``5GB`` (decimal, as the Hub), ``512MiB``, ``3000``.
+
+    Raises:
+        ExportError: not a positive size in one of those units.
+
+    Example:
+        >>> shard_bytes("5GB"), shard_bytes("1KiB"), shard_bytes(3000)
+        (5000000000, 1024, 3000)
+    """
+    n: float = -1
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    elif isinstance(size, str) and (m := _SIZE.fullmatch(size)) and m[2].upper() in _UNITS:
+        n = float(m[1]) * _UNITS[m[2].upper()]
+    if n < 1:
+        raise ExportError(f"max_shard_size={size!r} is not a size; use e.g. 5GB, 500MB, 2GiB")
+    return int(n)
+
+
 def save_sharded(
     tensors: Mapping[str, torch.Tensor],
     out: Path,
@@ -153,12 +179,7 @@ def save_sharded(
     from safetensors.torch import save_file
 
     tensors = unshared(tensors)
-    try:
-        split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size)
-    except ValueError as e:
-        raise ExportError(
-            f"max_shard_size={max_shard_size!r} is not a size ({e}); use e.g. 5GB"
-        ) from e
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=shard_bytes(max_shard_size))
     meta = {"format": "pt", **metadata}
     for name, names in split.filename_to_tensors.items():
         save_file({n: tensors[n] for n in names}, str(out / name), metadata=meta)
@@ -198,6 +219,7 @@ def write_hf(
             "(ledger.adapters._hf_files; the Transformers adapter does this itself)"
         )
     tensors = model_tensors(state, model_key, rev)
+    shard_bytes(max_shard_size)  # refused before anything is written
     prepare_dir(out, force=force)
     write_files(files, out)
     save_sharded(tensors, out, max_shard_size=max_shard_size, metadata={"ledger.commit": commit.id})
