@@ -64,6 +64,20 @@ def test_gc_keeps_the_chunks_of_files_a_ref_reaches_and_frees_the_rest(small: Le
     assert small.checkout("main")["files"]["kept"] == File(b"k" * 9000)
 
 
+def test_push_sends_file_chunks_once_and_a_clone_reads_the_files(
+    small: Ledger, tmp_path: Path
+) -> None:
+    tokenizer = File(torch.randint(0, 256, (9000,), dtype=torch.uint8).numpy().tobytes())
+    small.commit({"files": {"tokenizer.json": tokenizer}, "step": 1}, rng=False)
+    small.remote_add("origin", str(tmp_path / "remote"))
+    assert small.push("origin").chunks_sent == 3  # the file's chunks: 4096 + 4096 + 808 bytes
+    small.commit({"files": {"tokenizer.json": tokenizer}, "step": 2}, rng=False)
+    assert small.push("origin").chunks_sent == 0
+    with Ledger.clone(str(tmp_path / "remote"), tmp_path / "copy") as copy:
+        assert copy.checkout("HEAD")["files"] == {"tokenizer.json": tokenizer}
+        assert copy.verify(full=True).ok
+
+
 def test_a_flipped_byte_in_a_file_chunk_is_refused_naming_the_file(small: Ledger) -> None:
     c = small.commit({"files": {"config.json": File(b'{"a": 1}' * 100)}}, rng=False)
     flip_stored_byte(small, _files_node(small, c.id, "config.json").chunks[0])
