@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ledger.interop.export import METADATA_FILE, CommitReader, export_safetensors
 from ledger.history.needs import HistoryReader
 from ledger.history.records import Commit
+from ledger.interop.export import METADATA_FILE, CommitReader, export_safetensors
 from ledger.remotes.base import check_key
 
 LIBRARY = "training-ledger"
