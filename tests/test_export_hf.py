@@ -58,6 +58,7 @@ def test_hf_export_is_a_sharded_save_pretrained_folder_that_loads_with_identical
 ) -> None:
     model, tok = _gpt2(), _tokenizer()
     c = lg.commit({"model": model, "hf_files": hf_files(model, tok)}, rng=False)
+    assert model.config.architectures is None  # hf_files changed a copy of the config only
     out = tmp_path / "hf"
     written = export_commit(lg, "HEAD", "hf", out, max_shard_size="4KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -230,3 +231,5 @@ def test_committing_a_peft_model_stores_its_frozen_base_once(lg: Ledger) -> None
         assert c.stats.bytes_written < first.stats.bytes_written / 10
     with pytest.raises(ExportError, match="no tensors of adapter 'other'"):
         export_commit(lg, "HEAD", "peft", lg.root.parent / "a", adapter_name="other")
+    with pytest.raises(ExportError, match=r"holds a PEFT model.*--format peft"):
+        export_commit(lg, "HEAD", "hf", lg.root.parent / "hf")
