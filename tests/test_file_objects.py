@@ -54,6 +54,15 @@ def test_an_unchanged_file_costs_no_new_bytes_and_a_changed_one_only_its_chunks(
     assert a.chunks[:3] == b.chunks[:3] and a.chunks[3] != b.chunks[3]
 
 
+def test_a_background_commit_stores_the_files_it_was_given(small: Ledger) -> None:
+    files = {"config.json": File(b'{"n": 1}'), "big.bin": File(bytes(range(256)) * 40)}
+    handle = small.commit({"files": files, "w": torch.ones(3)}, rng=False, blocking=False)
+    files = {"config.json": File(b'{"n": 2}')}  # the caller moves on; the commit is unaffected
+    c = handle.result()
+    back = small.checkout(c.id)["files"]
+    assert back["config.json"] == File(b'{"n": 1}') and back["big.bin"].data[:3] == b"\x00\x01\x02"
+
+
 def test_gc_keeps_the_chunks_of_files_a_ref_reaches_and_frees_the_rest(small: Ledger) -> None:
     small.commit({"files": {"kept": File(b"k" * 9000)}}, rng=False)
     small.commit({"files": {"gone": File(b"g" * 9000)}}, branch="tmp", rng=False)
