@@ -7,9 +7,11 @@ Example:
 from ledger.api import Ledger, Part, RestoreReport, Stage
 from ledger.errors import LedgerError, NothingRestoredWarning, PartialRestoreWarning
 from ledger.history.records import Commit
+from ledger.state.files import File
 
 __all__ = [
     "Commit",
+    "File",
     "Ledger",
     "LedgerError",
     "NothingRestoredWarning",

@@ -4,7 +4,7 @@ This module owns the ``README.md`` written at the root of a Hub repo on every
 push (built with ``huggingface_hub.ModelCard``/``ModelCardData`` from the
 pushed head commit's metadata: metrics, params, lineage, and how to load it)
 and, with ``export_weights``, the head's tensors as plain safetensors files
-under ``weights/`` (written by ``ledger.export``). It reads only scrubbed
+under ``weights/`` (written by ``ledger.interop.export``). It reads only scrubbed
 commit metadata (docs/metadata.md) and must never put anything else
 (environment, tokens) into the card.
 """
@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ledger.export import METADATA_FILE, CommitReader, export_safetensors
 from ledger.history.needs import HistoryReader
 from ledger.history.records import Commit
+from ledger.interop.export import METADATA_FILE, CommitReader, export_safetensors
 from ledger.remotes.base import check_key
 
 LIBRARY = "training-ledger"
