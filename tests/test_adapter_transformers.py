@@ -30,7 +30,6 @@ from ledger import Ledger
 from ledger.adapters._common import MissingExtraError, ResumeError
 from ledger.adapters.transformers import LedgerCallback
 from ledger.errors import RevisionNotFoundError
-from ledger.retention import KeepBest, KeepLast
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 TRAIN = SCRIPTS / "adapter_hf_train.py"
@@ -76,7 +75,8 @@ def test_save_steps_commit_with_logged_metrics_and_arguments(runs: Path) -> None
         assert [c.step for c in log] == [8, 4]
         assert all({"loss", "eval_loss", "learning_rate"} <= c.metrics.keys() for c in log)
         assert log[0].params["learning_rate"] == 5e-3 and log[0].params["max_steps"] == 8
-        assert lg.retention() == [KeepLast(2), KeepBest("eval_loss", k=1, mode="min")]
+        assert lg.retention() == []  # the Trainer's rotation is applied by expiry, not a policy
+        assert all(lg.show(c.id).expired is None for c in log)  # 2 saves, save_total_limit=2
         best = min(log, key=lambda c: c.metrics["eval_loss"])
         assert lg.resolve("best") == best.id
         assert sorted(lg.checkout("HEAD")) == [
@@ -197,7 +197,7 @@ def test_save_strategy_best_commits_only_new_bests_and_best_model_is_loaded_at_e
     assert all(live[k].equal(v) for k, v in best.items())
     with torch.no_grad():  # the end-of-training load really comes from the best commit
         trainer.model.lm_head.weight.add_(1.0)
-    cb.on_train_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    trainer._load_best_model()  # the Trainer's own call at the end of train(), now the ledger's
     assert trainer.model.lm_head.weight.equal(best["lm_head.weight"])
 
 
