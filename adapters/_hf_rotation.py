@@ -81,28 +81,34 @@ class Checkpoints:
         """An empty cache over ``lg`` (whether a commit is ours never changes; expiry is final)."""
         return cls(lg, {}, set())
 
-    def live(self, tip: str) -> list[Commit]:
-        """Commits ``LedgerCallback`` made from ``tip`` back along first parents that keep their state, oldest first."""
+    def live(self, tip: str, step: int | None = None) -> list[Commit]:
+        """Commits ``LedgerCallback`` made from ``tip`` back along first parents that keep their state, oldest first.
+
+        With ``step``, only those at that step (no other manifest is read).
+        """
         out: list[Commit] = []
         for commit in self.lg.log(tip):
-            if commit.id in self._expired:
+            if commit.id in self._expired or (step is not None and commit.step != step):
                 continue
-            try:
-                _, manifest = self.lg.manifest(commit.id)
-            except CommitExpiredError:
-                self._expired.add(commit.id)
-                continue
-            ours = self._ours.get(commit.id)
-            if ours is None:
-                ours = self._ours[commit.id] = STATE_KEY in manifest.root.keys
-            if ours:
+            if self._live_and_ours(commit.id):
                 out.append(commit)
         out.reverse()
         return out
 
+    def _live_and_ours(self, cid: str) -> bool:
+        try:
+            _, manifest = self.lg.manifest(cid)  # raises for an expired commit
+        except CommitExpiredError:
+            self._expired.add(cid)
+            return False
+        ours = self._ours.get(cid)
+        if ours is None:
+            ours = self._ours[cid] = STATE_KEY in manifest.root.keys
+        return ours
+
     def at_step(self, tip: str, step: int) -> Commit | None:
         """The newest live commit of this line at ``step`` (the Trainer's ``checkpoint-<step>``), or None."""
-        found = [c for c in self.live(tip) if c.step == step]
+        found = self.live(tip, step)
         return found[-1] if found else None
 
     def expire(self, ids: Sequence[str], reason: str) -> list[str]:

@@ -217,6 +217,8 @@ class LedgerCallback(TrainerCallback):
         tip = self._line()
         if not args.should_save or state.best_model_checkpoint is None or tip is None:
             return
+        if args.save_total_limit != 1:
+            return
         best = self._commit_for(state.best_model_checkpoint, tip)
         live = [c.id for c in self._checkpoints.live(tip)]
         self._drop(
@@ -316,7 +318,7 @@ class LedgerCallback(TrainerCallback):
                     f"{self.best_ref}: {args.metric_for_best_model}={state.best_metric} "
                     f"at step {best.step}",
                 )
-        if args.should_save:
+        if args.should_save and args.save_total_limit and args.save_total_limit > 0:
             live = [c.id for c in self._checkpoints.live(commit.id)]
             # the Trainer protects best_model_checkpoint even when its folder is gone
             protect = best.id if best else state.best_model_checkpoint

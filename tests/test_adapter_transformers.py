@@ -232,19 +232,26 @@ def _trained(lg: Ledger, out: Path, **kw: Any) -> Trainer:
     return trainer
 
 
-def test_a_resume_folder_left_by_a_killed_process_is_removed_at_the_next_start(
-    lg: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def tmp(lg: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ledger with two commits of ``LedgerCallback``; ``tempfile`` writes into the returned folder."""
     _trained(lg, tmp_path / "out")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    killed, alive = start_ready(HOLD, lg.root, env=env), start_ready(HOLD, lg.root, env=env)
+    return tmp
+
+
+def test_a_resume_folder_left_by_a_killed_process_is_removed_at_the_next_start(
+    lg: Ledger, tmp: Path
+) -> None:
+    alive = LedgerCallback(lg)  # this process holds its folder's lock
+    live = alive.resume("HEAD")
+    assert live is not None
+    killed = start_ready(HOLD, lg.root, env={**os.environ, "TMPDIR": str(tmp)})
     try:
-        assert killed.stdout is not None and alive.stdout is not None
+        assert killed.stdout is not None
         dead_dir = Path(killed.stdout.readline().strip()).parent
-        live_dir = Path(alive.stdout.readline().strip()).parent
         assert (dead_dir / "checkpoint-4" / "model.safetensors").is_file()  # a full copy
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(timeout=60)
@@ -253,23 +260,19 @@ def test_a_resume_folder_left_by_a_killed_process_is_removed_at_the_next_start(
         mine = cb.resume("HEAD")  # the next start
         assert mine is not None and Path(mine).is_dir()
         assert not dead_dir.exists()
-        assert (live_dir / "checkpoint-4").is_dir()  # a live process's folder is never touched
+        assert Path(live).is_dir()  # a live process's folder is never touched
         cb._cleanup()
-        assert not Path(mine).exists()
+        alive._cleanup()
+        assert not Path(mine).exists() and not Path(live).exists()
     finally:
-        for proc in (killed, alive):
-            proc.kill()
-            proc.communicate(timeout=60)
+        killed.kill()
+        killed.communicate(timeout=60)
 
 
-def test_a_linked_resume_root_is_refused(
-    lg: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _trained(lg, tmp_path / "out")
+def test_a_linked_resume_root_is_refused(lg: Ledger, tmp: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    (tmp_path / f"ledger-hf-{os.getuid()}").symlink_to(elsewhere)
+    (tmp / f"ledger-hf-{os.getuid()}").symlink_to(elsewhere)
     with pytest.raises(AdapterError, match="not a folder of this user"):
         LedgerCallback(lg).resume("HEAD")
     assert list(elsewhere.iterdir()) == []
