@@ -321,8 +321,11 @@ def test_resume_takes_best_model_checkpoint_and_keeps_it_across_the_resume(
             seen.append(state.best_model_checkpoint)
 
     trainer.add_callback(Spy())
-    trainer.train(resume_from_checkpoint=cb.resume("HEAD"))
+    folder = cb.resume("HEAD")
+    assert folder is not None
+    trainer.train(resume_from_checkpoint=folder)
     assert seen == [best]  # the Trainer alone drops it: its folder does not exist
+    assert not Path(folder).exists()  # removed once the Trainer had loaded it
 
 
 def test_free_space_false_leaves_the_bytes_to_the_next_gc(lg: Ledger, tmp_path: Path) -> None:

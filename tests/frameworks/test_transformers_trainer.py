@@ -588,6 +588,13 @@ def test_best_model_checkpoint_behavior(backend: Backend, case: str) -> None:
     assert len(kept) == expected
     if backend.lg is not None:
         assert backend.ledger.resolve("best") == backend.commit_at(best_step).id
+        if case == "steps-limit-1":  # the Trainer deleted its last checkpoint: so did the ledger
+            cb = backend.callback(trainer)
+            with pytest.raises(CommitExpiredError):
+                cb.resume("HEAD")
+            for rev in ("best", f"ledger:{PREFIX_CHECKPOINT_DIR}-{best_step}"):
+                path = cb.resume(rev)
+                assert path is not None and Path(path).name == f"checkpoint-{best_step}"
 
 
 # -- what is kept: every combination, against a real Trainer writing folders --------------
