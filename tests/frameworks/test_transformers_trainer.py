@@ -247,13 +247,13 @@ def test_resume_from_interrupted_training(backend: Backend) -> None:
         disable_tqdm=True,
     )
     out_initial = str(backend.root / "initial")
-    args = TrainingArguments(output_dir=out_initial, max_steps=2, **common)  # type: ignore[arg-type]
+    args = TrainingArguments(output_dir=out_initial, max_steps=2, **common)
     Trainer(
         model=model, args=args, train_dataset=dummy_dataset, callbacks=backend.callbacks()
     ).train()
     assert 2 in backend.kept_steps(out_initial)
     out_resumed = str(backend.root / "resumed")
-    args_resumed = TrainingArguments(output_dir=out_resumed, **common)  # type: ignore[arg-type]
+    args_resumed = TrainingArguments(output_dir=out_resumed, **common)
     trainer = Trainer(
         model=model, args=args_resumed, train_dataset=dummy_dataset, callbacks=backend.callbacks()
     )
