@@ -3,20 +3,22 @@
 This module owns the Trainer side of the ledger: at each of the Trainer's
 save points it commits what the Trainer's own checkpoint would hold (model,
 optimizer, LR scheduler, grad scaler, ``TrainerState`` with the stateful
-callbacks, global RNG) instead of writing ``checkpoint-N/``; it maps
-``save_total_limit`` / ``metric_for_best_model`` / ``load_best_model_at_end``
-onto retention and the ``best`` branch; and ``resume(rev)`` writes a
-temporary directory in the Trainer's checkpoint layout from a commit, which
-``trainer.train(resume_from_checkpoint=...)`` then loads (every file loads
-with ``torch.load(weights_only=True)`` or is safetensors/JSON). It never
-pickles and never writes into ``output_dir``.
+callbacks, global RNG) instead of writing ``checkpoint-N/``; it keeps what
+the Trainer keeps (``save_total_limit``, ``best_model_checkpoint``,
+``load_best_model_at_end``: the rule is in ``_hf_rotation``) and moves the
+``best`` branch with ``best_model_checkpoint``; and ``resume(rev)`` writes a
+temporary directory in the Trainer's checkpoint layout from a commit
+(``_hf_resume``), which ``trainer.train(resume_from_checkpoint=...)`` then
+loads (every file loads with ``torch.load(weights_only=True)`` or is
+safetensors/JSON). It never pickles and never writes into ``output_dir``.
 
 How the save is taken over: the callback finds its Trainer when the Trainer
 calls its first event and replaces that Trainer object's ``_save_checkpoint``
 method with a commit. The Trainer calls it at exactly the moment it would
 write a checkpoint (after logging, evaluation and the best-metric update), so
 the commit holds the same state a checkpoint would, ``save_strategy="best"``
-included.
+included. ``Trainer._load_best_model`` is replaced the same way, so
+``load_best_model_at_end`` loads the best commit where the Trainer would.
 
 Example:
     >>> cb = LedgerCallback("ckpt")  # doctest: +SKIP
@@ -29,43 +31,45 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import shutil
-import tempfile
+import os
+import re
 import weakref
-from pathlib import Path
 from typing import Any
 
 try:
     import transformers
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
     from transformers.trainer_callback import ExportableState
+    from transformers.trainer_utils import SaveStrategy
+    from transformers.utils import logging
 except ImportError as _e:  # pragma: no cover - exercised in a process without transformers
     from ._common import missing_extra
 
     raise missing_extra("transformers", _e) from _e
 
-import torch
-from safetensors.torch import save_file
-
 from ledger import Commit, Ledger
-from ledger.state.rng import RNG_KEY
+from ledger.errors import LedgerError
 
 from ._common import (
     BEST,
     AdapterError,
     LedgerLike,
     ResumeError,
-    install_retention,
     metric_floats,
     move_branch,
     open_ledger,
     plain_params,
     resolve_resume,
 )
+from ._hf_resume import ResumeDir, write_checkpoint
+from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
 
-__all__ = ["LedgerCallback"]
+__all__ = ["LedgerCallback", "write_checkpoint"]
 
-_STATE_KEY = "trainer_state"
+logger = logging.get_logger(__name__)
+
+_CHECKPOINT = re.compile(r"(?:^|[/\\])checkpoint-(\d+)/?$")
+_SAVING = (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
 
 
 class LedgerCallback(TrainerCallback):
@@ -74,15 +78,21 @@ class LedgerCallback(TrainerCallback):
     Args:
         ledger: a ledger directory (created when missing) or an open ``Ledger``.
         branch: commit to this branch instead of HEAD's (HEAD does not move).
-        best_ref: the branch that follows the best commit by ``metric_for_best_model``.
+        best_ref: the branch that follows ``trainer.state.best_model_checkpoint``.
+        free_space: after a save expires commits (``save_total_limit``), run
+            ``gc(grace=0)`` at once so their bytes go, as the Trainer's deleted
+            folders do; False leaves them to the next ``ledger gc``.
 
     Commits happen where the Trainer would save (``save_strategy``,
     ``save_steps``), each with ``step`` = ``global_step``, the metrics the
     Trainer logged at that step (``loss``, ``eval_*`` ...) and the
-    ``TrainingArguments`` as params. ``save_total_limit=k`` becomes
-    ``KeepLast(k)``; ``metric_for_best_model`` becomes ``KeepBest`` and the
-    ``best`` branch; with ``load_best_model_at_end`` the best commit's weights
-    are loaded into the model when training ends.
+    ``TrainingArguments`` as params. Which commits keep their state is the
+    Trainer's rule for its folders, applied to the branch's commits
+    (``save_total_limit``, the best checkpoint protected, only the best left
+    at the end with ``save_total_limit=1``); ``state.best_model_checkpoint``
+    is set exactly when the Trainer would set it (to the path the Trainer
+    would use) and the ``best`` branch points at that commit; with
+    ``load_best_model_at_end`` its weights are loaded where the Trainer loads them.
 
     Example:
         >>> cb = LedgerCallback("ckpt")  # doctest: +SKIP
@@ -91,25 +101,39 @@ class LedgerCallback(TrainerCallback):
     """
 
     def __init__(
-        self, ledger: LedgerLike, *, branch: str | None = None, best_ref: str = BEST
+        self,
+        ledger: LedgerLike,
+        *,
+        branch: str | None = None,
+        best_ref: str = BEST,
+        free_space: bool = True,
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
         self.branch = branch
         self.best_ref = best_ref
+        self.free_space = free_space
         self.trainer: Any = None
         self.last_commit: Commit | None = None
-        self._tmp: list[Path] = []
-        self._cleanup = weakref.finalize(self, _remove_all, self._tmp)
+        self._checkpoints = Checkpoints.of(self.ledger)
+        self._dirs: list[ResumeDir] = []
+        self._resumed: tuple[int, str | None] | None = None
+        self._cleanup = weakref.finalize(self, _remove_all, self._dirs)
 
     # -- resuming ----------------------------------------------------------------
 
     def resume(self, rev: str = "HEAD") -> str | None:
         """A temporary ``checkpoint-<step>`` directory written from ``rev``, or None on an empty ledger.
 
-        The directory holds ``model.safetensors``, ``optimizer.pt``,
-        ``scheduler.pt``, ``scaler.pt`` (when the run had a grad scaler),
-        ``rng_state.pth`` and ``trainer_state.json``, as the Trainer writes
-        them; it is removed when training ends or this callback is collected.
+        ``rev`` is a revision (``HEAD``, ``best``, a branch, a tag, an id,
+        ``main~2``), ``ledger:<rev>``, or a Trainer checkpoint path such as
+        ``trainer.state.best_model_checkpoint`` (``.../checkpoint-<step>``:
+        the commit at that step on this line of history). The directory holds
+        ``model.safetensors``, ``optimizer.pt``, ``scheduler.pt``,
+        ``scaler.pt`` (when the run had a grad scaler), ``rng_state.pth`` and
+        ``trainer_state.json``, as the Trainer writes them; it is removed once
+        training has taken it in (after the first step), when training ends,
+        or when this callback is collected, and by the next ``resume`` of any
+        process if this one is killed. The next commit's parent is that commit.
 
         Raises:
             RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
@@ -118,48 +142,89 @@ class LedgerCallback(TrainerCallback):
         Example:
             >>> trainer.train(resume_from_checkpoint=cb.resume("best"))  # doctest: +SKIP
         """
-        cid = resolve_resume(self.ledger, rev)
+        cid = self._resolve(rev)
         if cid is None:
             return None
         tree = self.ledger.checkout(cid)
-        if _STATE_KEY not in tree or "model" not in tree:
+        if STATE_KEY not in tree or "model" not in tree:
             raise ResumeError(
                 f"commit {cid[:12]} ({rev}) was not made by LedgerCallback (it has "
                 f"{sorted(map(str, tree))[:8]}); resume it with Ledger.restore instead"
             )
-        step = int(tree[_STATE_KEY].get("global_step", 0))
-        root = Path(tempfile.mkdtemp(prefix="ledger-hf-"))
-        self._tmp.append(root)
-        out = root / f"checkpoint-{step}"
+        base_on = getattr(self.ledger, "base_on", None)
+        if callable(base_on):  # lineage: the next commit's parent is this one
+            base_on(cid)
+        step = int(tree[STATE_KEY].get("global_step", 0))
+        folder = ResumeDir()
+        self._dirs.append(folder)
+        out = folder.path / f"checkpoint-{step}"
         out.mkdir()
         write_checkpoint(tree, out)
+        best = tree[STATE_KEY].get("best_model_checkpoint")
+        if best is not None and self._commit_for(best, cid) is None:
+            best = None  # its commit lost its state: the Trainer finds no folder either
+        self._resumed = (step, best)
         return str(out)
+
+    def _resolve(self, rev: str) -> str | None:
+        if rev.startswith("ledger:"):
+            rev = rev[len("ledger:") :]
+        match = _CHECKPOINT.search(rev)
+        if match is None or not self.ledger.branches():
+            return resolve_resume(self.ledger, rev)
+        try:
+            return self.ledger.resolve(rev)
+        except LedgerError:
+            tip = self._line()
+            found = None if tip is None else self._checkpoints.at_step(tip, int(match[1]))
+            if found is None:
+                raise ResumeError(
+                    f"{rev}: no commit at step {match[1]} keeps its state on this line of "
+                    f"history ({self.branch or 'HEAD'}); name a revision instead (see `ledger log`)"
+                ) from None
+            return found.id
 
     # -- Trainer events ----------------------------------------------------------
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Take over the Trainer's saving and install retention from its arguments."""
+        """Take over the Trainer's saving and best-model loading."""
         self._attach(args)
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Same as ``on_init_end``, for a callback added after the Trainer was built."""
+        """Attach (for ``add_callback``); keep the resumed ``best_model_checkpoint`` the Trainer cannot find on disk."""
         self._attach(args)
+        if self._resumed is not None:
+            step, best = self._resumed
+            if state.global_step == step and state.best_model_checkpoint is None:
+                state.best_model_checkpoint = best
+            self._resumed = None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """Remove resume directories: the Trainer has loaded everything from them by now."""
+        _remove_all(self._dirs)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Load the best commit's weights (``load_best_model_at_end``); remove resume directories."""
-        model = kw.get("model")
-        if args.load_best_model_at_end and model is not None:
-            best = self.ledger.branches().get(self.best_ref)
-            if best is not None:
-                weights = self.ledger.checkout(best, paths=["model"])["model"]
-                model.load_state_dict(weights, strict=False)
-        _remove_all(self._tmp)
+        """With ``save_total_limit=1`` keep only the best commit, as the Trainer does; remove resume directories."""
+        _remove_all(self._dirs)
+        tip = self._line()
+        if not args.should_save or state.best_model_checkpoint is None or tip is None:
+            return
+        if args.save_total_limit != 1:
+            return
+        best = self._commit_for(state.best_model_checkpoint, tip)
+        live = [c.id for c in self._checkpoints.live(tip)]
+        self._drop(
+            at_train_end(live, args.save_total_limit, best.id if best else None),
+            "save_total_limit=1: the Trainer keeps only the best checkpoint when training ends",
+        )
 
     # -- committing ----------------------------------------------------------------
 
@@ -177,11 +242,12 @@ class LedgerCallback(TrainerCallback):
                 f"LedgerCallback supports single-process training; this run has world_size="
                 f"{args.world_size} (per-process RNG and sharded state are not committed yet)"
             )
-        if not callable(getattr(trainer, "_save_checkpoint", None)):
-            raise AdapterError(
-                f"transformers {transformers.__version__} has no Trainer._save_checkpoint; "
-                "LedgerCallback is tested with transformers 5.x"
-            )
+        for name in ("_save_checkpoint", "_load_best_model", "_get_output_dir"):
+            if not callable(getattr(trainer, name, None)):
+                raise AdapterError(
+                    f"transformers {transformers.__version__} has no Trainer.{name}; "
+                    "LedgerCallback is tested with transformers 5.x"
+                )
         self.trainer = trainer
         callback = weakref.ref(self)
 
@@ -190,17 +256,13 @@ class LedgerCallback(TrainerCallback):
             if me is not None:
                 me.commit(trial)
 
+        def load_best_model() -> None:
+            me = callback()
+            if me is not None:
+                me._load_best()
+
         trainer._save_checkpoint = save_checkpoint
-        metric = args.metric_for_best_model
-        if metric is not None and not metric.startswith("eval_"):
-            metric = f"eval_{metric}"
-        install_retention(
-            self.ledger,
-            keep_last=args.save_total_limit,
-            best=metric,
-            best_k=1,
-            mode="max" if args.greater_is_better else "min",
-        )
+        trainer._load_best_model = load_best_model
 
     def commit(self, trial: Any = None, message: str | None = None) -> Commit:
         """Commit the Trainer's state now, as its ``_save_checkpoint`` would save it.
@@ -214,93 +276,105 @@ class LedgerCallback(TrainerCallback):
         if trainer.hp_search_backend is None and trial is None:
             trainer.store_flos()
         state: TrainerState = trainer.state
-        saved: dict[str, Any] = state.stateful_callbacks  # type: ignore[assignment]  # a dict by now
-        for cb in [*trainer.callback_handler.callbacks, trainer.control]:
-            if isinstance(cb, ExportableState):  # as Trainer._save_checkpoint refreshes them
-                name = type(cb).__name__
-                if isinstance(saved.get(name), list):
-                    saved[name].append(cb.state())
-                else:
-                    saved[name] = cb.state()
+        args: TrainingArguments = trainer.args
+        step = state.global_step
+        if args.save_strategy in _SAVING and state.best_global_step:
+            # the Trainer: best_model_checkpoint = checkpoint-<best_global_step> if that folder exists
+            tip = self._line()
+            if state.best_global_step == step or (
+                tip is not None and self._checkpoints.at_step(tip, state.best_global_step)
+            ):
+                state.best_model_checkpoint = os.path.join(
+                    trainer._get_output_dir(trial=trial), f"checkpoint-{state.best_global_step}"
+                )
+        if args.should_save:
+            _refresh_callbacks(trainer)
         tree: dict[str, Any] = {"model": trainer.model}
-        if not trainer.args.save_only_model:
+        if not args.save_only_model:
             tree["optimizer"] = trainer.optimizer
             tree["scheduler"] = trainer.lr_scheduler
             scaler = getattr(trainer.accelerator, "scaler", None)
             if scaler is not None:
                 tree["scaler"] = scaler
-        tree[_STATE_KEY] = json.loads(json.dumps(dataclasses.asdict(state)))  # as save_to_json
-        step = state.global_step
+        tree[STATE_KEY] = json.loads(json.dumps(dataclasses.asdict(state)))  # as save_to_json
         commit = self.ledger.commit(
             tree,
             message or f"step {step}",
             step=step,
             epoch=int(state.epoch or 0),
             metrics=_logged_at(state, step),
-            params=plain_params(trainer.args.to_dict()),
+            params=plain_params(args.to_dict()),
             branch=self.branch,
         )
         self.last_commit = commit
-        if state.best_global_step == step and trainer.args.metric_for_best_model is not None:
-            move_branch(
-                self.ledger,
-                self.best_ref,
-                commit.id,
-                f"{self.best_ref}: {trainer.args.metric_for_best_model}={state.best_metric} "
-                f"at step {step}",
+        best = None
+        if state.best_model_checkpoint is not None:
+            best = self._commit_for(state.best_model_checkpoint, commit.id)
+            if best is not None:
+                move_branch(
+                    self.ledger,
+                    self.best_ref,
+                    best.id,
+                    f"{self.best_ref}: {args.metric_for_best_model}={state.best_metric} "
+                    f"at step {best.step}",
+                )
+        if args.should_save and args.save_total_limit and args.save_total_limit > 0:
+            live = [c.id for c in self._checkpoints.live(commit.id)]
+            # the Trainer protects best_model_checkpoint even when its folder is gone
+            protect = best.id if best else state.best_model_checkpoint
+            self._drop(
+                rotate(live, args.save_total_limit, protect),
+                f"save_total_limit={args.save_total_limit}: rotated out as the Trainer "
+                "rotates its checkpoint folders",
             )
         return commit
 
+    # -- helpers -------------------------------------------------------------------
 
-def write_checkpoint(tree: dict[str, Any], out: Path) -> None:
-    """Write a commit made by ``LedgerCallback`` into ``out`` in the Trainer's checkpoint layout.
+    def _line(self) -> str | None:
+        """The commit the next commit will follow: the resumed one, else the target branch's tip."""
+        based = getattr(self.ledger, "based_on", None)
+        if isinstance(based, Commit):
+            return based.id
+        if self.branch is not None:
+            return self.ledger.branches().get(self.branch)
+        head = self.ledger.head
+        return head.id if head is not None else None
 
-    Nothing pickled: tensors go to safetensors, the rest through ``torch.save``
-    of plain containers, which ``torch.load(weights_only=True)`` reads (the RNG
-    file with the numpy types the Trainer's ``safe_globals`` allows).
+    def _commit_for(self, checkpoint: str, tip: str) -> Commit | None:
+        """The live commit that stands for the Trainer folder ``checkpoint`` on ``tip``'s line."""
+        match = _CHECKPOINT.search(checkpoint)
+        return None if match is None else self._checkpoints.at_step(tip, int(match[1]))
 
-    Example:
-        >>> write_checkpoint(lg.checkout("HEAD"), Path("checkpoint-100"))  # doctest: +SKIP
-    """
-    save_file(_unshared(tree["model"]), str(out / "model.safetensors"))
-    for key, name in (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt")):
-        if key in tree:
-            torch.save(tree[key], out / name)
-    if "scaler" in tree:
-        torch.save(tree["scaler"], out / "scaler.pt")
-    rng = tree.get(RNG_KEY)
-    if rng is not None:
-        torch.save(_trainer_rng(rng), out / "rng_state.pth")
-    (out / "trainer_state.json").write_text(
-        json.dumps(tree[_STATE_KEY], indent=2, sort_keys=True) + "\n"
-    )
+    def _drop(self, ids: list[str], reason: str) -> None:
+        if ids:
+            self._checkpoints.expire(ids, reason)
+            if self.free_space:
+                self.ledger.gc(grace=0)
 
-
-def _unshared(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model's tensors with every second name for shared memory (tied weights) copied."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in weights.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise ResumeError(f"model entry {name!r} is a {type(tensor).__name__}, not a tensor")
-        ptr = tensor.untyped_storage().data_ptr()
-        out[name] = tensor.clone() if ptr in seen and tensor.numel() else tensor.contiguous()
-        seen.add(ptr)
-    return out
+    def _load_best(self) -> None:
+        """``Trainer._load_best_model`` from the ledger: the best commit's weights into the model."""
+        trainer = self.trainer
+        tip = self._line()
+        path = trainer.state.best_model_checkpoint
+        best = None if tip is None or path is None else self._commit_for(path, tip)
+        if best is None:
+            logger.warning(f"Could not locate the best model in the ledger for {path}.")
+            return
+        weights = self.ledger.checkout(best.id, paths=["model"])["model"]
+        trainer.model.load_state_dict(weights, strict=False)
 
 
-def _trainer_rng(rng: dict[str, Any]) -> dict[str, Any]:
-    """The ledger's RNG tree in ``Trainer._save_rng_state``'s single-process format."""
-    version, internal, gauss = rng["python"]
-    out: dict[str, Any] = {
-        "python": (version, tuple(internal), gauss),
-        "numpy": tuple(rng["numpy"]),
-        "cpu": rng["torch"],
-    }
-    cuda = rng.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        out["cuda"] = cuda[torch.cuda.current_device()]
-    return out
+def _refresh_callbacks(trainer: Any) -> None:
+    """Store the ``ExportableState`` callbacks' state in ``trainer.state``, as ``_save_checkpoint`` does."""
+    saved: dict[str, Any] = trainer.state.stateful_callbacks
+    for cb in [*trainer.callback_handler.callbacks, trainer.control]:
+        if isinstance(cb, ExportableState):
+            name = type(cb).__name__
+            if isinstance(saved.get(name), list):
+                saved[name].append(cb.state())
+            else:
+                saved[name] = cb.state()
 
 
 def _logged_at(state: TrainerState, step: int) -> dict[str, float]:
@@ -326,6 +400,6 @@ def _find_trainer() -> Any:
         del frame
 
 
-def _remove_all(paths: list[Path]) -> None:
-    while paths:
-        shutil.rmtree(paths.pop(), ignore_errors=True)
+def _remove_all(dirs: list[ResumeDir]) -> None:
+    while dirs:
+        dirs.pop().remove()
