@@ -1,0 +1,1 @@
+"""Interop: importing other tools' checkpoints into a ledger and exporting commits as files other tools load."""
