@@ -59,7 +59,8 @@ ACCELERATE_ALLOW: tuple[Any, ...] = (
 )
 """accelerate ``utils.other.TORCH_SAFE_GLOBALS``: what ``accelerate.load_state`` allows for every file."""
 
-_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_BLOCKED = re.compile(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked")
+_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global|but got <class '([\w.]+)'>")
 CHUNK = 8 << 20
 
 
@@ -128,15 +129,26 @@ def load_torch(path: Path, allow: Sequence[Any] = (), *, data: bytes | None = No
                 f"{path} cannot be read as a torch.save file (truncated or damaged?): {lines[0]}",
                 path=str(path),
             ) from None
+        blocked = _BLOCKED.search(text)
+        if blocked is not None:
+            raise ImportRefusedError(
+                f"{path} holds {blocked.group(1)}, from the module {blocked.group(2)} that "
+                "torch.load(weights_only=True) blocks outright (it can run commands); nothing was "
+                "imported, and no --allow can admit it. Do not load this file",
+                path=str(path),
+                type=blocked.group(1),
+            ) from None
         match = _GLOBAL.search(text)
         if match is None:
-            detail = next((ln.strip() for ln in lines if "WeightsUnpickler" in ln), lines[0])
+            detail = next(
+                (ln.strip() for ln in lines[1:] if ln.strip() and "torch.load" not in ln), lines[0]
+            )
             raise ImportRefusedError(
                 f"{path} holds something torch.load(weights_only=True) refuses ({detail}); "
                 "nothing was imported",
                 path=str(path),
             ) from None
-        kind = match.group(1)
+        kind = match.group(1) or match.group(2)
         raise ImportRefusedError(
             f"{path} holds a {kind}, which torch.load(weights_only=True) refuses; nothing was "
             f"imported. If you trust this file, allow that type deliberately: "
