@@ -203,8 +203,8 @@ def import_path(
         prior = imported.get(fingerprint)
         if prior is not None or fingerprint in seen:
             if prior is not None:
-                entry.commit = prior[1]
-                entry.skipped = f"already imported as {prior[1][:12]} (the same files)"
+                entry.commit, entry.step = prior[1].id, prior[1].step
+                entry.skipped = f"already imported as {prior[1].id[:12]} (the same files)"
             else:
                 entry.skipped = f"the same files as {seen[fingerprint]}"
             entries.append((src, entry, None, {}))
@@ -286,16 +286,16 @@ class _FirstParent:
         return getattr(self.inner, name)
 
 
-def _imported(ledger: LedgerLike, tip: str | None) -> dict[str, tuple[str, str]]:
-    """Fingerprint -> (source path, commit id) of every commit reachable from ``tip``.
+def _imported(ledger: LedgerLike, tip: str | None) -> dict[str, tuple[str, Commit]]:
+    """Fingerprint -> (source path, commit) of every commit reachable from ``tip``.
 
     A commit that was not imported counts under a fingerprint of its own, with no source.
     """
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, tuple[str, Commit]] = {}
     for commit in ledger.log(tip) if tip is not None else ():
         info = _import_info(commit)
         key = str(info.get("fingerprint", f"not-imported:{commit.id}"))
-        out.setdefault(key, (str(info.get("source")), commit.id))
+        out.setdefault(key, (str(info.get("source")), commit))
     return out
 
 
