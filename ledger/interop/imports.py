@@ -225,36 +225,49 @@ def import_path(
         }
         entries.append((src, entry, loaded, data))
     created = tip is None
-    with ledger.stage() as stage:
-        for src, entry, loaded, data in entries:
-            if loaded is None:
-                continue
-            if ledger_tip_missing(stage, name):
-                stage.refs = _FirstParent(stage.refs, name, parent)
-            commit = stage.commit(
-                loaded.tree,
-                f"import {src.kind} {src.name}",
-                step=loaded.step,
-                epoch=loaded.epoch,
-                metrics=loaded.metrics,
-                params=loaded.params,
-                data=data,
-                branch=name,
-            )
-            if isinstance(stage.refs, _FirstParent):
-                stage.refs = stage.refs.inner
-            entry.commit = commit.id
-            entry.stored_bytes = commit.stats.bytes_written
-            loaded.tree = {}  # let the tensors go
-    made = [e for _, e, loaded, _ in entries if loaded is not None]
+    todo = [(src, entry, ld, data) for src, entry, ld, data in entries if ld is not None]
+    _commit_all(ledger, name, parent, todo)
+    made = [entry for _, entry, _, _ in todo]
     return ImportReport(
         source=str(source),
         branch=name,
         created_branch=created and bool(made),
-        checkpoints=[e for _, e, _, _ in entries],
+        checkpoints=[entry for _, entry, _, _ in entries],
         source_bytes=sum(e.source_bytes for e in made),
         stored_bytes=sum(e.stored_bytes for e in made),
     )
+
+
+def _commit_all(
+    ledger: LedgerLike,
+    branch: str,
+    parent: str | None,
+    todo: Sequence[tuple[Source, ImportedCheckpoint, Loaded, dict[str, Any]]],
+) -> None:
+    """One commit per loaded checkpoint onto ``branch``, in one staging session."""
+    if not todo:
+        return
+    with ledger.stage() as stage:
+        for src, entry, loaded, data in todo:
+            inner = stage.refs
+            if ledger_tip_missing(stage, branch):
+                stage.refs = _FirstParent(inner, branch, parent)
+            try:
+                commit = stage.commit(
+                    loaded.tree,
+                    f"import {src.kind} {src.name}",
+                    step=loaded.step,
+                    epoch=loaded.epoch,
+                    metrics=loaded.metrics,
+                    params=loaded.params,
+                    data=data,
+                    branch=branch,
+                )
+            finally:
+                stage.refs = inner
+            entry.commit = commit.id
+            entry.stored_bytes = commit.stats.bytes_written
+            loaded.tree = {}  # let the tensors go
 
 
 def ledger_tip_missing(stage: StageLike, branch: str) -> bool:
