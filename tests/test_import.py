@@ -12,6 +12,7 @@ must leave every byte of the ledger directory as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from helpers import bits, load_script, tree_bytes
+from helpers import bits, flip_byte, load_script, tree_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -369,4 +370,40 @@ def test_a_file_truncated_anywhere_is_an_error_and_changes_nothing(
     before = tree_bytes(ledger_dir)
     with pytest.raises(LedgerError):
         import_path(lg, target, branch="cut")
+    assert tree_bytes(ledger_dir) == before
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(which=st.sampled_from(["header", "index"]), where=st.integers(0, 1 << 16))
+def test_a_flipped_byte_in_a_safetensors_header_or_a_shard_index_is_an_error(
+    lg: Ledger,
+    ledger_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    which: str,
+    where: int,
+) -> None:
+    import struct
+
+    tmp = tmp_path_factory.mktemp("flip")
+    weights = _model_state(4)
+    shards = {"model-00001-of-00002.safetensors": ["0.weight", "0.bias"],
+              "model-00002-of-00002.safetensors": ["1.weight", "1.bias"]}  # fmt: skip
+    for shard, names in shards.items():
+        save_file({n: weights[n] for n in names}, tmp / shard)
+    index = tmp / "model.safetensors.index.json"
+    weight_map = {n: shard for shard, names in shards.items() for n in names}
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    if which == "header":
+        target = tmp / "model-00002-of-00002.safetensors"
+        data = target.read_bytes()
+        at = where % (8 + struct.unpack("<Q", data[:8])[0])
+    else:
+        target = index
+        at = where % index.stat().st_size
+    flip_byte(target, at)  # every byte of these is structure: a flip must be noticed
+    before = tree_bytes(ledger_dir)
+    with pytest.raises(LedgerError):
+        import_path(lg, index, branch="flip")
     assert tree_bytes(ledger_dir) == before

@@ -117,10 +117,16 @@ def load_torch(path: Path, allow: Sequence[Any] = (), *, data: bytes | None = No
         >>> load_torch(Path("/tmp/_ledger_doc.pt"))["w"]
         tensor([1., 1.])
     """
-    source: Any = io.BytesIO(data) if data is not None else path
     try:
         with torch.serialization.safe_globals(list(allow)):
-            return torch.load(source, map_location="cpu", weights_only=True)
+            if data is not None:
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            try:  # tensors stay in the file's pages: many checkpoints can be held at once
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy format
     except pickle.UnpicklingError as e:
         text = str(e)
         lines = text.splitlines() or [type(e).__name__]
@@ -166,7 +172,7 @@ def load_torch(path: Path, allow: Sequence[Any] = (), *, data: bytes | None = No
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of one safetensors file, by name (copied out of the file).
+    """Every tensor of one safetensors file, by name (mapped from the file, not read yet).
 
     Raises:
         ImportSourceError: the file is truncated or not safetensors.
@@ -178,7 +184,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         tensor([0., 0.])
     """
     try:
-        return {k: v.clone() for k, v in load_file(str(path)).items()}
+        return load_file(str(path))  # backed by the file's pages (mmap), not copied
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ImportSourceError(
             f"{path} cannot be read as safetensors (truncated or damaged?): {e}", path=str(path)
