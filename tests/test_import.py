@@ -407,3 +407,16 @@ def test_a_flipped_byte_in_a_safetensors_header_or_a_shard_index_is_an_error(
     with pytest.raises(LedgerError):
         import_path(lg, index, branch="flip")
     assert tree_bytes(ledger_dir) == before
+
+
+def test_config_and_tokenizer_files_are_stored_as_file_objects(
+    lg: Ledger, trainer_run: Path, tmp_path: Path
+) -> None:
+    files = pytest.importorskip("ledger.state.files")  # file objects in the manifest (export work)
+    import_path(lg, trainer_run / "checkpoint-4", branch="hf")
+    stored = lg.checkout("hf")["hf_files"]
+    ck = trainer_run / "checkpoint-4"
+    assert {"config.json", "generation_config.json"} <= set(stored)
+    for name, value in stored.items():
+        assert isinstance(value, files.File) and value.data == (ck / name).read_bytes()
+    assert not {"trainer_state.json", "optimizer.pt", "model.safetensors"} & set(stored)

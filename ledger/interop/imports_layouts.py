@@ -15,6 +15,7 @@ It never follows a symbolic link and never writes anything.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -90,6 +91,41 @@ def _weights_file(directory: Path) -> Path | None:
     return None
 
 
+_STATE_FILES = re.compile(
+    r"(trainer_state\.json|training_args\.bin|rng_state(_\d+)?\.pth|.*\.index\.json"
+    r"|.*\.(safetensors|bin|pt|pth|ckpt|pkl|distcp)|\.metadata)"
+)
+
+
+def hf_files(directory: Path) -> dict[str, Any]:
+    """The files of a ``from_pretrained`` folder beside the weights, as ``ledger.File`` values.
+
+    ``config.json``, ``generation_config.json``, tokenizer and processor
+    files and custom code: every regular file that is not weights, optimizer,
+    scheduler, RNG or Trainer state, stored under the state key ``hf_files``
+    as the Transformers adapter commits them. Empty where ``ledger.File``
+    (file objects in the manifest) is not available, or without ``config.json``.
+    """
+    try:
+        file_type = importlib.import_module("ledger.state.files").File
+    except (ImportError, AttributeError):
+        return {}
+    if not (directory / "config.json").is_file():
+        return {}
+    return {
+        p.name: file_type(p.read_bytes())
+        for p in _files(directory)
+        if not _STATE_FILES.fullmatch(p.name)
+    }
+
+
+def _with_hf_files(tree: dict[str, Any], directory: Path) -> dict[str, Any]:
+    files = hf_files(directory)
+    if files:
+        tree["hf_files"] = files
+    return tree
+
+
 def _kind_of_file(path: Path) -> str | None:
     if path.name.endswith(".index.json"):
         return "sharded"
@@ -133,10 +169,12 @@ def _source(path: Path) -> Source | None:
         if kind == "trainer":
             order = int(_json(path / "trainer_state.json").get("global_step", order or 0))
         return Source(path.name, kind, path, _files(path), order)
-    weights = _weights_file(path)  # a save_pretrained directory: its weights
-    if weights is not None:
-        return _source(weights)
-    return None
+    weights = _weights_file(path)  # a save_pretrained directory: its weights and config files
+    found = _source(weights) if weights is not None else None
+    if found is not None:
+        found.name = path.name
+        found.files += [p for p in _files(path) if not _STATE_FILES.fullmatch(p.name)]
+    return found
 
 
 def find_checkpoints(path: Path) -> list[Source]:
@@ -201,8 +239,12 @@ def load(src: Source, allow: Sequence[Any] = ()) -> Loaded:
         "accelerate": _accelerate,
         "dcp": _dcp,
         "torch": _torch_file,
-        "safetensors": lambda s, a: Loaded({"model": load_safetensors(s.path)}),
-        "sharded": lambda s, a: Loaded({"model": load_sharded(s.path, a)}),
+        "safetensors": lambda s, a: Loaded(
+            _with_hf_files({"model": load_safetensors(s.path)}, s.path.parent)
+        ),
+        "sharded": lambda s, a: Loaded(
+            _with_hf_files({"model": load_sharded(s.path, a)}, s.path.parent)
+        ),
     }
     loaded = readers[src.kind](src, tuple(allow))
     loaded.tree = plain_tree(loaded.tree)
@@ -236,6 +278,7 @@ def _trainer(src: Source, allow: tuple[Any, ...]) -> Loaded:
     if (d / "scaler.pt").is_file():
         tree["scaler"] = load_torch(d / "scaler.pt", allow)
     tree["trainer_state"] = state
+    _with_hf_files(tree, d)
     rng_files = sorted(p for p in _files(d) if re.fullmatch(r"rng_state(_\d+)?\.pth", p.name))
     ranks = [load_torch(p, (*TRAINER_RNG_ALLOW, *allow)) for p in rng_files]
     if ranks:
