@@ -420,3 +420,37 @@ def test_config_and_tokenizer_files_are_stored_as_file_objects(
     for name, value in stored.items():
         assert isinstance(value, files.File) and value.data == (ck / name).read_bytes()
     assert not {"trainer_state.json", "optimizer.pt", "model.safetensors"} & set(stored)
+
+
+@pytest.mark.parametrize("fmt", ["torch", "dcp", "hf"])
+def test_importing_an_export_gives_back_the_commit_bitwise(
+    lg: Ledger, tmp_path: Path, fmt: str
+) -> None:
+    export = pytest.importorskip("ledger.interop.export")  # the export work
+    if fmt == "hf":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        gpt = GPT2LMHeadModel(
+            GPT2Config(vocab_size=32, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+        )
+        files = pytest.importorskip("ledger.adapters._hf_files").hf_files(gpt)
+        state: dict[str, Any] = {"model": dict(gpt.state_dict()), "hf_files": files}
+    else:
+        model = torch.nn.Linear(4, 3)
+        opt = torch.optim.Adam(model.parameters())
+        model(torch.ones(2, 4)).sum().backward()
+        opt.step()
+        state = {"model": dict(model.state_dict()), "optimizer": opt.state_dict(), "step": 3}
+    commit = lg.commit(state, rng=False)
+    out = tmp_path / ("exported.pt" if fmt == "torch" else "exported")
+    export.export_commit(lg, commit.id, fmt, out)
+    report = import_path(lg, out, branch="back")
+    back = lg.checkout(report.commits[0])
+    if fmt == "hf":
+        assert bits(back["model"]) == bits(state["model"])
+        assert {n: f.data for n, f in back["hf_files"].items()} == {
+            n: f.data for n, f in files.items()
+        }
+    else:
+        assert bits(back) == bits(lg.checkout(commit.id))
