@@ -79,6 +79,8 @@ def test_a_trainer_output_dir_becomes_one_root_branch_of_commits_in_step_order(
     assert commits[0].parents == [] and commits[1].parents == [commits[0].id]
     assert [c.id for c in commits] == report.commits
     assert lg.current_branch == "main"  # HEAD did not move
+    tip = lg.resolve("main")
+    assert lg.commit({"w": torch.ones(2)}, step=1).parents == [tip]  # main continues from its tip
     state4 = lg.checkout(commits[1].id)
     ck = trainer_run / "checkpoint-4"
     assert bits(state4["model"]) == bits(load_file(ck / "model.safetensors"))
@@ -197,6 +199,20 @@ def test_an_accelerate_save_state_dir_uses_the_adapters_keys(lg: Ledger, tmp_pat
     assert state["schedulers"][0]["last_epoch"] == live["scheduler"]["last_epoch"] == 2
     rng = torch.load(tmp_path / "acc" / "checkpoint_3" / "random_states_0.pkl", weights_only=False)
     assert torch.equal(state["__rng__"]["torch"], rng["torch_manual_seed"])
+    # and it resumes through the adapter, into a fresh accelerator's prepared objects
+    from accelerate import Accelerator
+
+    from ledger.adapters.accelerate import load_state
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    assert load_state(accelerator, lg, "acc") == commit
+    assert bits(dict(accelerator.unwrap_model(model).state_dict())) == bits(live["model"])
+    assert bits(opt.state_dict()) == bits(live["optimizer"])
+    assert sched.state_dict()["last_epoch"] == 2
 
 
 def test_a_dcp_directory_is_read_without_its_own_unpickler(lg: Ledger, tmp_path: Path) -> None:

@@ -51,6 +51,31 @@ _TRAINER_PARAMS = (
 )
 
 
+class ImportedState:
+    """A state dict read from a file, committed as the object that wrote it would be.
+
+    The adapters commit live objects (a model, an optimizer, a scheduler)
+    through ``state_dict()``, which the manifest records as a stateful node;
+    wrapping the imported dict the same way gives the import the adapters'
+    layout, so ``Ledger.restore`` into live objects accepts it.
+
+    Example:
+        >>> ImportedState({"lr": 0.1}).state_dict()
+        {'lr': 0.1}
+    """
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def state_dict(self) -> Any:
+        """The state read from the file."""
+        return self.state
+
+    def load_state_dict(self, state: Any) -> None:
+        """Replace the state (what a restore into this object does)."""
+        self.state = state
+
+
 @dataclass
 class Source:
     """One checkpoint found under the imported path: what it is and the files it consists of."""
@@ -271,12 +296,14 @@ def _weights(directory: Path, allow: tuple[Any, ...]) -> dict[str, Any]:
 def _trainer(src: Source, allow: tuple[Any, ...]) -> Loaded:
     d = src.path
     state = _json(d / "trainer_state.json")
-    tree: dict[str, Any] = {"model": _weights(d, allow)}
-    for key, name in (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt")):
+    tree: dict[str, Any] = {"model": ImportedState(_weights(d, allow))}
+    for key, name in (
+        ("optimizer", "optimizer.pt"),
+        ("scheduler", "scheduler.pt"),
+        ("scaler", "scaler.pt"),
+    ):
         if (d / name).is_file():
-            tree[key] = load_torch(d / name, allow)
-    if (d / "scaler.pt").is_file():
-        tree["scaler"] = load_torch(d / "scaler.pt", allow)
+            tree[key] = ImportedState(load_torch(d / name, allow))
     tree["trainer_state"] = state
     _with_hf_files(tree, d)
     rng_files = sorted(p for p in _files(d) if re.fullmatch(r"rng_state(_\d+)?\.pth", p.name))
@@ -358,35 +385,30 @@ def _accelerate(src: Source, allow: tuple[Any, ...]) -> Loaded:
     for first, pattern in (("model.safetensors", "model_{}.safetensors"),
                            ("pytorch_model.bin", "pytorch_model_{}.bin")):  # fmt: skip
         for p in _numbered(d, first, pattern):
-            models.append(
-                load_safetensors(p) if p.suffix == ".safetensors" else load_torch(p, allow)
-            )
+            read = load_safetensors(p) if p.suffix == ".safetensors" else load_torch(p, allow)
+            models.append(ImportedState(read))
+
+    def each(first: str, pattern: str) -> list[ImportedState]:
+        return [ImportedState(load_torch(p, allow)) for p in _numbered(d, first, pattern)]
+
+    custom = sorted(d.glob("custom_checkpoint_*.pkl"), key=lambda p: _order_from_name(p.name) or 0)
     tree: dict[str, Any] = {
         "models": models,
-        "optimizers": [
-            load_torch(p, allow) for p in _numbered(d, "optimizer.bin", "optimizer_{}.bin")
-        ],
-        "schedulers": [
-            load_torch(p, allow) for p in _numbered(d, "scheduler.bin", "scheduler_{}.bin")
-        ],
+        "optimizers": each("optimizer.bin", "optimizer_{}.bin"),
+        "schedulers": each("scheduler.bin", "scheduler_{}.bin"),
         "dataloaders": [
-            {"iteration": None, "stateful": load_torch(p, allow)}
-            for p in _numbered(d, "dl_state_dict.bin", "dl_state_dict_{}.bin")
+            ImportedState({"iteration": None, "stateful": s.state})
+            for s in each("dl_state_dict.bin", "dl_state_dict_{}.bin")
         ],
-        "custom": [
-            load_torch(p, allow)
-            for p in sorted(
-                d.glob("custom_checkpoint_*.pkl"), key=lambda p: _order_from_name(p.name) or 0
-            )
-        ],
+        "custom": [ImportedState(load_torch(p, allow)) for p in custom],
     }
     rng_path = d / "random_states_0.pkl"
     rng = load_torch(rng_path, allow)
     if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
         raise ImportSourceError(f"{rng_path} is not an Accelerate RNG state", path=str(rng_path))
-    tree["accelerator"] = {"step": int(rng.get("step", 0))}
+    tree["accelerator"] = ImportedState({"step": int(rng.get("step", 0))})
     if (d / "scaler.pt").is_file():
-        tree["scaler"] = load_torch(d / "scaler.pt", allow)
+        tree["scaler"] = ImportedState(load_torch(d / "scaler.pt", allow))
     tree[RNG_KEY] = {
         "python": rng["random_state"],
         "numpy": rng["numpy_random_seed"],
@@ -458,6 +480,8 @@ def plain_tree(value: Any) -> Any:
     """
     if isinstance(value, dict):
         return {k: plain_tree(v) for k, v in value.items()}
+    if isinstance(value, ImportedState):
+        return ImportedState(plain_tree(value.state))
     if isinstance(value, list):
         return [plain_tree(v) for v in value]
     if (
