@@ -58,9 +58,12 @@ def _model_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def trainer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Trainer run of 6 planned steps that stopped after 4, with checkpoint-2 and checkpoint-4."""
+    """A run of 6 planned steps that stopped after 4: checkpoint-2, checkpoint-4, final weights."""
     out = tmp_path_factory.mktemp("hf") / "gpt2-run"
-    src.hf_trainer(out, max_steps=6, save_steps=2, callbacks=[src.StopAt(4)]).train()
+    trainer = src.hf_trainer(out, max_steps=6, save_steps=2, callbacks=[src.StopAt(4)])
+    trainer.train()
+    trainer.save_model()  # the final weights beside the checkpoints, as scripts often do
+    assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == [
         "checkpoint-2",
         "checkpoint-4",

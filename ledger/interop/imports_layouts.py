@@ -122,6 +122,12 @@ _STATE_FILES = re.compile(
 )
 
 
+_SIDE_FILES = re.compile(
+    r"training_args\.bin|(optimizer|scheduler)(_\d+)?\.(pt|bin)|scaler\.pt"
+    r"|rng_state(_\d+)?\.pth|pytorch_model.*\.bin|sampler(_\d+)?\.bin"
+)
+
+
 def hf_files(directory: Path) -> dict[str, Any]:
     """The files of a ``from_pretrained`` folder beside the weights, as ``ledger.File`` values.
 
@@ -194,7 +200,12 @@ def _source(path: Path) -> Source | None:
         if kind == "trainer":
             order = int(_json(path / "trainer_state.json").get("global_step", order or 0))
         return Source(path.name, kind, path, _files(path), order)
-    weights = _weights_file(path)  # a save_pretrained directory: its weights and config files
+    return None
+
+
+def _pretrained(path: Path) -> Source | None:
+    """A ``save_pretrained`` directory as one checkpoint: its weights and config files."""
+    weights = _weights_file(path) if path.is_dir() and not path.is_symlink() else None
     found = _source(weights) if weights is not None else None
     if found is not None:
         found.name = path.name
@@ -204,6 +215,11 @@ def _source(path: Path) -> Source | None:
 
 def find_checkpoints(path: Path) -> list[Source]:
     """The checkpoints ``path`` holds, in step order: itself, or each checkpoint inside it.
+
+    A directory with checkpoints inside (a Trainer ``output_dir``) is those
+    checkpoints, even when it also holds a final ``save_model`` copy of the
+    weights; only a directory with none inside is read as a ``save_pretrained``
+    folder.
 
     Raises:
         ImportSourceError: ``path`` does not exist, or holds no layout this importer knows.
@@ -220,9 +236,13 @@ def find_checkpoints(path: Path) -> list[Source]:
     found: list[Source] = []
     if path.is_dir() and not path.is_symlink():
         for child in sorted(path.iterdir()):
-            src = _source(child)
+            if _SIDE_FILES.fullmatch(child.name):
+                continue  # part of a checkpoint or a save_model folder, not a checkpoint
+            src = _source(child) or _pretrained(child)
             if src is not None and (child.is_dir() or src.kind in ("lightning", "torch")):
                 found.append(src)
+    if not found:  # no checkpoints inside: the directory itself as a save_pretrained folder
+        found = [s for s in [_pretrained(path)] if s is not None]
     if not found:
         raise ImportSourceError(
             f"{path} holds no checkpoint layout ledger import knows: a torch.save file "
