@@ -28,7 +28,8 @@ import msgspec
 from ledger.errors import LedgerError
 from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, check_ref_name
-from ledger.interop.imports_layouts import Loaded, Source, find_checkpoints, load
+from ledger.interop.imports_formats import load
+from ledger.interop.imports_layouts import Loaded, Source, find_checkpoints
 from ledger.interop.imports_read import (
     ImportRefusedError,
     ImportSourceError,
