@@ -155,13 +155,17 @@ def test_an_imported_trainer_checkpoint_resumes_exactly_as_the_trainers_own_resu
     from ledger.adapters.transformers import LedgerCallback
 
     last = trainer_run / "checkpoint-4"
-    native = src.hf_trainer(tmp_path / "native", max_steps=6, save_steps=2)
+    ran_native, ran_ledger = src.CountSteps(), src.CountSteps()
+    native = src.hf_trainer(tmp_path / "native", max_steps=6, save_steps=2, callbacks=[ran_native])
     native.train(resume_from_checkpoint=str(last))
     import_path(lg, last, branch="run")
     lg.switch("run")
     cb = LedgerCallback(lg, branch="resumed")
-    resumed = src.hf_trainer(tmp_path / "ledger", max_steps=6, save_steps=2, callbacks=[cb])
+    resumed = src.hf_trainer(
+        tmp_path / "ledger", max_steps=6, save_steps=2, callbacks=[cb, ran_ledger]
+    )
     resumed.train(resume_from_checkpoint=cb.resume("HEAD"))
+    assert ran_native.steps == ran_ledger.steps == 2  # both continued from step 4
     a, b = src.trainer_image(native, 4), src.trainer_image(resumed, 4)
     assert a["step"] == b["step"] == 6 and len(a["losses"]) == 2
     assert bits(a) == bits(b)
@@ -186,6 +190,17 @@ def test_a_lightning_checkpoints_dir_becomes_commits_in_step_order(
         assert stored["global_step"] == original["global_step"] == commit.step
         assert commit.metrics["train_loss"] > 0 and commit.params["lr"] == 0.1
     assert len(report.commits) == 2
+    # resuming the imported step-2 commit continues exactly as Lightning's own resume
+    from ledger.adapters.lightning import LedgerCheckpointIO
+
+    step2 = sorted(ckpts.glob("*.ckpt"))[0]
+    native = src.lightning_fit(6, lr=0.5, ckpt_path=str(step2))
+    resumed = src.lightning_fit(
+        6, lr=0.5, ckpt_path=f"ledger:{commits[0].id}", plugins=[LedgerCheckpointIO(lg)]
+    )
+    fresh = src.lightning_fit(6, lr=0.5)  # what a resume that restored nothing would give
+    assert bits(dict(native.state_dict())) == bits(dict(resumed.state_dict()))
+    assert bits(dict(fresh.state_dict())) != bits(dict(native.state_dict()))
 
 
 def test_an_accelerate_save_state_dir_uses_the_adapters_keys(lg: Ledger, tmp_path: Path) -> None:

@@ -45,6 +45,16 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+class CountSteps(TrainerCallback):
+    """Counts the optimizer steps this process ran (a resume from step 4 of 6 runs 2)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.steps += 1
+
+
 def hf_trainer(
     out: Path, *, max_steps: int, save_steps: int, callbacks: list[Any] = (), **kw: Any
 ) -> Trainer:
@@ -90,10 +100,9 @@ def trainer_image(trainer: Trainer, after: int) -> dict[str, Any]:
     }
 
 
-def lightning_checkpoints(root: Path, *, steps: int = 4, every: int = 2) -> Path:
-    """A Lightning run of a linear regression with ``ModelCheckpoint`` every ``every`` steps; its dir."""
+def _regression(lr: float) -> Any:
+    """A Lightning module of a linear regression with Adam and a step schedule (seeded)."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     class Regression(pl.LightningModule):
         def __init__(self, lr: float = 0.1) -> None:
@@ -112,26 +121,54 @@ def lightning_checkpoints(root: Path, *, steps: int = 4, every: int = 2) -> Path
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
 
     torch.manual_seed(0)
-    x = torch.randn(32, 4)
+    return Regression(lr)
+
+
+def lightning_fit(
+    steps: int,
+    *,
+    lr: float = 0.1,
+    callbacks: list[Any] = (),
+    ckpt_path: str | None = None,
+    **kw: Any,
+) -> Any:
+    """Fit the regression for ``steps`` steps (resuming from ``ckpt_path``); the module.
+
+    A resume takes the optimizer's learning rate from the checkpoint, so a run
+    started with another ``lr`` shows whether the resume happened.
+    """
+    import lightning.pytorch as pl
+
+    model = _regression(lr)
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
-    ckpts = root / "checkpoints"
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=ckpts,
-                every_n_train_steps=every,
-                save_top_k=-1,
-                monitor="train_loss",
-                filename="{epoch}-{step}",
-            )
-        ],
+        enable_checkpointing=bool(callbacks),
+        callbacks=list(callbacks),
+        **kw,
     )
-    trainer.fit(Regression(), torch.utils.data.DataLoader(data, batch_size=4))
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
+    return model
+
+
+def lightning_checkpoints(root: Path, *, steps: int = 4, every: int = 2) -> Path:
+    """A Lightning run with ``ModelCheckpoint`` every ``every`` steps; its checkpoints dir."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpts = root / "checkpoints"
+    every_n = ModelCheckpoint(
+        dirpath=ckpts,
+        every_n_train_steps=every,
+        save_top_k=-1,
+        monitor="train_loss",
+        filename="{epoch}-{step}",
+    )
+    lightning_fit(steps, callbacks=[every_n])
     return ckpts
 
 
