@@ -12,12 +12,11 @@ tests/test_remote_conformance.py's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from servers.hub import TOKEN, FakeHub, serve_hub
+from servers.hub import TOKEN, FakeHub, hub_fixture
 from servers.training import fine_tune_last, model, new_ledger, same, secrets_in, state
 
 from ledger import Ledger
@@ -28,16 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 REPO = "user/run"
 URL = f"hf://{REPO}"
-
-
-@pytest.fixture(params=["regular", "lfs"])
-def hub(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[FakeHub]:
-    """A fake Hub; the client is pointed at it with an explicit token and a private cache."""
-    server = serve_hub(monkeypatch, tmp_path, lfs_threshold=1 if request.param == "lfs" else None)
-    yield server
-    server.stop()
+hub = hub_fixture()
 
 
 def _pushed(tmp_path: Path) -> tuple[Ledger, torch.nn.Sequential]:

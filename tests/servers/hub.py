@@ -20,6 +20,10 @@ Endpoints (``{id}`` is ``user/repo``, ``{rev}`` a branch or a 40-hex commit):
     HEAD/GET /{id}/resolve/{rev}/{path}         download, with X-Repo-Commit, ETag, size, Range -> 206
     POST /api/validate-yaml                     model card metadata check (always valid)
 
+Branches, tags, visibility and ``whoami`` are tests/servers/hub_refs.py's. A
+private repo answers 401 ``RepoNotFound`` to a request without the token, as
+the Hub does; commits go onto branches only, never onto a tag or a commit id.
+
 Faults for tests: ``fail(n, status, retry_after)`` answers the next n requests
 with ``status`` (and a ``Retry-After`` header when given); ``drop(n)`` closes the next n connections without an answer;
 ``on_request(method, path)`` runs before each request is served; when it
@@ -29,15 +33,22 @@ returns False the connection is closed unanswered (a server killed mid-request).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from servers.hub_refs import HubError, RefRoutes
 
 ZERO = "0" * 40
 
@@ -56,11 +67,19 @@ class Blob:
 
 @dataclass
 class Repo:
-    """A repo: commits (sha -> files) and branches."""
+    """A repo: commits (sha -> files), branches, tags (never moved) and its visibility.
+
+    ``parents`` maps each commit to its parent (None for the first), ``added`` to the
+    paths its commit request uploaded (what a test counts as uploads).
+    """
 
     commits: dict[str, dict[str, Blob]] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
+    parents: dict[str, str | None] = field(default_factory=dict)
+    added: dict[str, list[str]] = field(default_factory=dict)
+    private: bool = False
 
 
 class HubState:
@@ -87,24 +106,28 @@ class HubState:
         """Close the next ``n`` connections without answering."""
         self._drop = n
 
-    def new_commit(self, repo: Repo, files: dict[str, Blob], message: str) -> str:
-        parent = repo.branches.get("main", ZERO)
+    def new_commit(
+        self,
+        repo: Repo,
+        files: dict[str, Blob],
+        message: str,
+        branch: str = "main",
+        added: list[str] | None = None,
+    ) -> str:
+        """Add a commit on top of ``branch`` (created when new) and move the branch to it."""
+        parent = repo.branches.get(branch)
         sha = hashlib.sha1(
             f"{parent}{message}{sorted(files)}{len(repo.commits)}".encode()
         ).hexdigest()
         repo.commits[sha] = files
         repo.messages[sha] = message
-        repo.branches["main"] = sha
+        repo.parents[sha] = parent
+        repo.added[sha] = list(added or [])
+        repo.branches[branch] = sha
         return sha
 
 
-class HubError(Exception):
-    def __init__(self, status: int, code: str | None = None, message: str = "") -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class Handler(BaseHTTPRequestHandler):
+class Handler(RefRoutes, BaseHTTPRequestHandler):
     """One request against :class:`HubState` (``self.server.hub``)."""
 
     protocol_version = "HTTP/1.1"
@@ -173,7 +196,7 @@ class Handler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = e.code
             self._json(e.status, {"error": e.message}, headers)
 
-    do_GET = do_POST = do_PUT = do_HEAD = _dispatch
+    do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _dispatch
 
     # -- routes ---------------------------------------------------------------
 
@@ -186,6 +209,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"errors": [], "warnings": []})
         if self.command == "PUT" and path.startswith("/lfs-upload/"):
             return self._lfs_put(path.rsplit("/", 1)[1])
+        if self._ref_route(path):
+            return None
         api = re.match(
             r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree|paths-info|preupload|commit)/([^/]+)(/.*)?)?$",
             path,
@@ -200,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
             if verb == "paths-info" and self.command == "POST":
                 return self._paths_info(repo_id, rev)
             if verb == "preupload" and self.command == "POST":
-                return self._preupload(repo_id)
+                return self._preupload(repo_id, rev)
             if verb == "commit" and self.command == "POST":
                 return self._commit(repo_id, rev)
         batch = re.match(r"^/([^/]+/[^/]+)\.git/info/lfs/objects/batch$", path)
@@ -212,14 +237,17 @@ class Handler(BaseHTTPRequestHandler):
         raise HubError(404, None, f"no route for {self.command} {path}")
 
     def _repo(self, repo_id: str) -> Repo:
+        """The repo; a private one is "not found" (401, as the Hub answers) without the token."""
         self._auth(write=False)
         repo = self.hub.repos.get(repo_id)
         if repo is None:
             raise HubError(404, "RepoNotFound", "Repository not found")
+        if repo.private and self.headers.get("Authorization") is None:
+            raise HubError(401, "RepoNotFound", "Repository not found")
         return repo
 
     def _files(self, repo: Repo, rev: str) -> tuple[str, dict[str, Blob]]:
-        sha = repo.branches.get(rev, rev)
+        sha = repo.branches.get(rev) or repo.tags.get(rev) or rev
         if sha not in repo.commits:
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return sha, repo.commits[sha]
@@ -232,7 +260,9 @@ class Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             if repo_id in self.hub.repos:
                 return self._json(409, {"error": "You already created this model repo", "url": url})
-            repo = Repo()
+            # The Hub's default is public; the client sends "visibility" (older ones "private").
+            private = doc.get("visibility") == "private" or doc.get("private") is True
+            repo = Repo(private=private)
             self.hub.repos[repo_id] = repo
             self.hub.new_commit(
                 repo, {".gitattributes": Blob(b"*.bin filter=lfs\n")}, "initial commit"
@@ -243,7 +273,8 @@ class Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id)
         sha, files = self._files(repo, rev)
         siblings = [{"rfilename": p} for p in sorted(files)]
-        self._json(200, {"id": repo_id, "sha": sha, "siblings": siblings, "private": False})
+        doc = {"id": repo_id, "sha": sha, "siblings": siblings, "private": repo.private}
+        self._json(200, doc)
 
     def _entry(self, path: str, blob: Blob) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -291,11 +322,11 @@ class Handler(BaseHTTPRequestHandler):
             paths = parse_qs(body.decode()).get("paths", [])
         self._json(200, [self._entry(p, files[p]) for p in paths if p in files])
 
-    def _preupload(self, repo_id: str) -> None:
+    def _preupload(self, repo_id: str, rev: str) -> None:
         self._auth(write=True)
         repo = self._repo(repo_id)
         doc = json.loads(self._body())
-        _, files = self._files(repo, "main")
+        tip, files = self._files(repo, rev)
         out = []
         for f in doc["files"]:
             lfs = self.hub.lfs_threshold is not None and f["size"] >= self.hub.lfs_threshold
@@ -308,7 +339,7 @@ class Handler(BaseHTTPRequestHandler):
                     "oid": existing.oid if existing else None,
                 }
             )
-        self._json(200, {"files": out, "commitOid": repo.branches["main"]})
+        self._json(200, {"files": out, "commitOid": tip})
 
     def _lfs_batch(self, repo_id: str) -> None:
         self._auth(write=True)
@@ -344,6 +375,8 @@ class Handler(BaseHTTPRequestHandler):
         lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
         header = lines[0]["value"] if lines and lines[0]["key"] == "header" else {}
         with self.hub.lock:
+            if rev not in repo.branches:  # the Hub commits onto branches only
+                raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
             sha, files = self._files(repo, rev)
             parent = header.get("parentCommit")
             if parent is not None and parent != sha:
@@ -351,6 +384,7 @@ class Handler(BaseHTTPRequestHandler):
                     412, None, "A commit has happened since. Please refresh and try again."
                 )
             files = dict(files)
+            added = [i["value"]["path"] for i in lines[1:] if i["key"] in ("file", "lfsFile")]
             for item in lines[1:]:
                 key, value = item["key"], item["value"]
                 if key == "file":
@@ -372,7 +406,7 @@ class Handler(BaseHTTPRequestHandler):
                         if not p.startswith(value["path"].rstrip("/") + "/")
                     }
             message = "\n".join(filter(None, [header.get("summary"), header.get("description")]))
-            new = self.hub.new_commit(repo, files, message)
+            new = self.hub.new_commit(repo, files, message, rev, added)
         host = self.headers["Host"]
         self._json(
             200,
@@ -411,6 +445,25 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, blob.data, headers)
 
 
+class _Server(ThreadingHTTPServer):
+    """An HTTP server that can close its clients' kept-alive connections when it stops."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, Handler)
+        self.open: set[socket.socket] = set()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        self.open.add(sock)
+        return sock, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        self.open.discard(request)
+        super().shutdown_request(request)
+
+
 class FakeHub:
     """A running fake Hub: ``endpoint``, ``state``; ``stop()`` ends it.
 
@@ -428,8 +481,7 @@ class FakeHub:
         state: HubState | None = None,
     ) -> None:
         self.state = state or HubState(token, lfs_threshold)
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port))
         self.server.hub = self.state  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -437,18 +489,30 @@ class FakeHub:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket (a killed server)."""
+        """Stop serving and close every connection (a killed server).
+
+        Kept-alive connections are closed too: a client's pooled connection must
+        not reach this server's state after a new server took its port.
+        """
         self.server.shutdown()
+        for sock in list(self.server.open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.server.server_close()
 
     def restart(self) -> FakeHub:
         """A new server on the same port with the same repos (the service came back)."""
         return FakeHub(self.state.token, port=self.port, state=self.state)
 
-    def file(self, repo_id: str, path: str) -> bytes:
-        """A file at the tip of ``main``."""
+    def file(self, repo_id: str, path: str, rev: str = "main") -> bytes:
+        """A file at the tip of branch ``rev`` (or at tag ``rev``)."""
         repo = self.state.repos[repo_id]
-        return repo.commits[repo.branches["main"]][path].data
+        return repo.commits[repo.branches.get(rev) or repo.tags[rev]][path].data
+
+    def tip_added(self, repo_id: str, branch: str = "main") -> list[str]:
+        """The paths the last commit on ``branch`` uploaded (unchanged files are not sent)."""
+        repo = self.state.repos[repo_id]
+        return repo.added[repo.branches[branch]]
 
     def set_file(self, repo_id: str, path: str, data: bytes) -> None:
         """Overwrite a file in place at the tip (tampering, as a compromised store would)."""
@@ -460,8 +524,27 @@ class FakeHub:
 TOKEN = "hf_ledgerTestToken0123456789abcdef"
 
 
+def hub_fixture() -> Any:
+    """A pytest fixture: a fake Hub for one test, once per upload path the client takes,
+    ``regular`` (bytes inline in the NDJSON commit) and ``lfs`` (every file through the LFS
+    batch API). A test module binds it: ``hub = hub_fixture()``.
+    """
+
+    @pytest.fixture(params=["regular", "lfs"])
+    def hub(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> Iterator[FakeHub]:
+        threshold = 1 if request.param == "lfs" else None
+        server = serve_hub(monkeypatch, tmp_path, lfs_threshold=threshold)
+        yield server
+        server.stop()
+
+    return hub
+
+
 def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None) -> FakeHub:
-    """A fake Hub with the real client pointed at it (token, private cache, Xet off); stop() it."""
+    """A fake Hub with the real client pointed at it (endpoint, token, private cache, Xet off);
+    stop() it."""
     import huggingface_hub.constants
 
     server = FakeHub(TOKEN, lfs_threshold=lfs_threshold)
@@ -470,6 +553,11 @@ def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # The client reads these once at import; from_pretrained and HfApi() use them.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+    template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return server
 
 
