@@ -453,6 +453,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, Handler)
         self.open: set[socket.socket] = set()
+        self.stopping = False
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -462,6 +463,10 @@ class _Server(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         self.open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not self.stopping:  # a connection stop() cut is not an error
+            super().handle_error(request, client_address)
 
 
 class FakeHub:
@@ -494,6 +499,7 @@ class FakeHub:
         Kept-alive connections are closed too: a client's pooled connection must
         not reach this server's state after a new server took its port.
         """
+        self.server.stopping = True
         self.server.shutdown()
         for sock in list(self.server.open):
             with contextlib.suppress(OSError):
