@@ -10,6 +10,7 @@ ledger remote pushes to refused, and repos private unless asked otherwise.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from servers.training import new_ledger
 
 import ledger
 from ledger import Ledger
-from ledger.errors import ExportError, RefNameError, RemoteURLError
+from ledger.errors import ExportError, RefNameError, RemoteError, RemoteURLError
 from ledger.remotes.release import ReleaseConflictError, release
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -261,3 +262,38 @@ def test_push_export_weights_load_with_from_pretrained(hub: FakeHub, tmp_path: P
         REPO, subfolder="weights", cache_dir=tmp_path / "cache"
     )
     assert same_outputs(loaded.eval(), model)
+
+
+def test_a_hub_killed_mid_release_changes_nothing_and_a_rerun_finishes(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    lg = new_ledger(tmp_path / "lg")
+    model = gpt2()
+    commit(lg, model, step=1)
+    first = release(lg, "HEAD", URL)
+    fine_tune(model)
+    commit(lg, model, step=2)
+
+    killer = threading.Thread(target=hub.stop)
+
+    def kill_at_commit(method: str, path: str) -> bool:
+        if method == "POST" and "/commit/" in path:
+            killer.start()
+            return False
+        return True
+
+    hub.state.on_request = kill_at_commit
+    with pytest.raises(RemoteError, match="cannot reach the Hub"):
+        release(lg, "HEAD", URL, tag="v2")
+    assert hub.state.repos[REPO].branches["main"] == first.hub_commit
+    assert hub.state.repos[REPO].tags == {}
+    hub.state.on_request = None
+    killer.join()
+    back = hub.restart()
+    try:
+        r = release(lg, "HEAD", URL, tag="v2")
+        assert r.uploaded == ["README.md", "model.safetensors"]
+        assert hub.state.repos[REPO].tags["v2"] == r.hub_commit
+        assert same_outputs(load("v2", tmp_path / "cache"), model)
+    finally:
+        back.stop()

@@ -31,7 +31,7 @@ import msgspec
 from ledger.errors import RefNameError, RemoteError, RemoteURLError
 from ledger.export import CommitReader
 from ledger.remotes.card import release_card, released_files, write_hf
-from ledger.remotes.hub import PREFIX
+from ledger.remotes.hub import PREFIX, _http_library
 from ledger.remotes.layout import REFS_KEY
 
 CARD = "README.md"
@@ -168,8 +168,12 @@ def release(
             "(HF_TOKEN or `hf auth login`) can write there",
             url=to,
         ) from None
-    except OSError as e:  # the client's transport errors (connection refused, timeouts)
-        raise RemoteError(f"cannot reach the Hub for {to}: {e}", url=to) from None
+    except (OSError, _http_library().TransportError) as e:  # refused, reset, timed out
+        raise RemoteError(
+            f"cannot reach the Hub for {to} ({type(e).__name__}: {e}); nothing is half-done "
+            "there: release again",
+            url=to,
+        ) from None
 
 
 def _release(
