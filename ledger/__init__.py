@@ -7,6 +7,7 @@ Example:
 from ledger.api import Ledger, Part, Stage
 from ledger.errors import LedgerError
 from ledger.history.records import Commit
+from ledger.state.files import File
 
-__all__ = ["Commit", "Ledger", "LedgerError", "Part", "Stage"]
+__all__ = ["Commit", "File", "Ledger", "LedgerError", "Part", "Stage"]
 __version__ = "0.1.0"

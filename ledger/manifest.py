@@ -95,6 +95,13 @@ class GeneratorNode(msgspec.Struct, tag="generator"):
     state: TensorNode
 
 
+class FileNode(msgspec.Struct, tag="file"):
+    """A file's bytes (a ``ledger.File``) as chunk ids, so equal files share storage (format 2)."""
+
+    nbytes: int
+    chunks: list[str]
+
+
 Node = (
     DictNode
     | ListNode
@@ -107,7 +114,11 @@ Node = (
     | ArrayNode
     | StatefulNode
     | GeneratorNode
+    | FileNode
 )
+
+CHUNKED = (TensorNode, ArrayNode, FileNode)
+"""The node kinds whose bytes are chunks in the store (gc, verify and push walk these)."""
 
 
 class Manifest(msgspec.Struct, tag="manifest"):
@@ -122,7 +133,7 @@ MANIFEST_TAGS = frozenset(
     t.__struct_config__.tag
     for t in (
         DictNode, ListNode, TupleNode, ValueNode, BytesNode, BigIntNode, TensorNode, AliasNode,
-        ArrayNode, StatefulNode, GeneratorNode, Manifest,
+        ArrayNode, StatefulNode, GeneratorNode, FileNode, Manifest,
     )
 )  # fmt: skip
 """The tag of every record this module defines (a reader refuses tags it does not know)."""

@@ -1,4 +1,4 @@
-"""A ledger written by an earlier version (tests/data/ledger-format1) still reads, bit-exactly."""
+"""Ledgers written by earlier versions (tests/data/ledger-format1, -format2) still read, bit-exactly."""
 
 from __future__ import annotations
 
@@ -15,13 +15,26 @@ from ledger import Ledger
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 from make_format1 import fixture_state  # noqa: E402
+from make_format2 import fixture_files  # noqa: E402
+
+from ledger import File  # noqa: E402
+from ledger.history.records import FORMAT_VERSION  # noqa: E402
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(DATA / name, copy)
+    return copy
 
 
 @pytest.fixture
 def old_ledger(tmp_path: Path) -> Path:
-    copy = tmp_path / "ledger-format1"
-    shutil.copytree(DATA / "ledger-format1", copy)
-    return copy
+    return _copy(tmp_path, "ledger-format1")
+
+
+@pytest.fixture
+def format2_ledger(tmp_path: Path) -> Path:
+    return _copy(tmp_path, "ledger-format2")
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -59,3 +72,30 @@ def test_new_code_commits_on_top_of_an_old_ledger(old_ledger: Path) -> None:
         assert c.stats.chunks_written == 0  # every chunk already in the old packs
         assert lg.gc(grace=0).objects_freed == 0
         assert lg.verify(full=True).ok
+
+
+def test_the_format2_fixture_reads_back_bit_exactly_with_its_files(format2_ledger: Path) -> None:
+    with Ledger.open(format2_ledger) as lg:
+        assert lg.verify(full=True).ok
+        assert [c.message for c in lg.log("exp")] == ["three", "two", "one"]
+        for rev, step in (("main~1", 1), ("v1", 2), ("exp", 3)):
+            tree = lg.checkout(rev)
+            for key, value in fixture_state(step)["model"].items():
+                assert _same_bytes(tree["model"][key], value), key
+            assert tree["meta"] == fixture_state(step)["meta"]
+            assert tree["files"] == fixture_files(step)
+            assert all(isinstance(f, File) for f in tree["files"].values())
+
+
+def test_format1_and_format2_ledgers_both_take_new_commits_with_files(
+    old_ledger: Path, format2_ledger: Path
+) -> None:
+    for path in (old_ledger, format2_ledger):
+        with Ledger.open(path, fsync=False) as lg:
+            before = lg.get("HEAD")
+            c = lg.commit({**fixture_state(2), "files": fixture_files(2)}, step=4, rng=False)
+            assert lg.record(c.id).format == FORMAT_VERSION == 2
+            assert lg.record(before.id).format in (1, 2)
+            assert lg.checkout(c.id)["files"] == fixture_files(2)
+            assert lg.gc(grace=0).objects_freed == 0
+            assert lg.verify(full=True).ok

@@ -20,8 +20,8 @@ from helpers import run_cli
 from servers.hub import FakeHub, hub_fixture
 from servers.training import new_ledger
 
-import ledger
-from ledger import Ledger
+from ledger import File, Ledger
+from ledger.adapters._hf_files import hf_files
 from ledger.errors import ExportError, RefNameError, RemoteError, RemoteURLError
 from ledger.remotes.release import ReleaseConflictError, release
 
@@ -49,15 +49,10 @@ def gpt2(seed: int = 0) -> Any:
     return GPT2LMHeadModel(config).eval()
 
 
-def as_file(data: bytes) -> Any:
-    """A file value for ``hf_files``: ``ledger.File`` once the export helper's change is in."""
-    file_type = getattr(ledger, "File", None)
-    return file_type(data) if file_type is not None else data
-
-
 def hf_state(model: Any, **extra: bytes) -> dict[str, Any]:
-    files = {"config.json": model.config.to_json_string().encode(), **extra}
-    return {"model": model, "hf_files": {k: as_file(v) for k, v in files.items()}, "epoch": 1}
+    """The state the Transformers adapter commits: the model and its ``save_pretrained`` files."""
+    files = {**hf_files(model), **{k: File(v) for k, v in extra.items()}}
+    return {"model": model, "hf_files": files, "epoch": 1}
 
 
 def commit(lg: Ledger, model: Any, step: int, **extra: bytes) -> str:
@@ -137,6 +132,9 @@ def test_only_changed_files_are_uploaded_again(hub: FakeHub, tmp_path: Path) -> 
     n = hub_commits(hub)
     again = release(lg, "HEAD", URL)  # the same commit again: nothing to send, no Hub commit
     assert again.uploaded == [] and again.hub_commit == r.hub_commit and hub_commits(hub) == n
+    commit(lg, model, step=3)  # a new commit, the same weights: only the card changes
+    assert release(lg, "HEAD", URL).uploaded == ["README.md"]
+    assert hub.tip_added(REPO) == ["README.md"]
 
 
 def test_files_an_earlier_release_wrote_are_deleted_and_others_kept(
@@ -219,7 +217,7 @@ def test_repos_are_private_unless_public_and_never_change(
 def test_bad_input_is_refused_before_the_hub_changes(hub: FakeHub, tmp_path: Path) -> None:
     lg = new_ledger(tmp_path / "lg")
     lg.commit({"weights": torch.ones(3)}, step=1)
-    with pytest.raises(ExportError, match="no 'model' state"):
+    with pytest.raises(ExportError, match="config.json"):
         release(lg, "HEAD", URL)
     assert REPO not in hub.state.repos
     for bad in ("org/name", "hf://org", "hf://org/a/b", "s3://org/name", "hf://tok:en@org/x"):

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar, cast, overload
 
 from ledger.api.core import LedgerCore
 from ledger.errors import RemoteError
-from ledger.export import CommitReader
+from ledger.interop.export import CommitReader
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
 from ledger.remotes import tracking

@@ -1,9 +1,9 @@
-"""Getting data out for other tools: ``export-log`` and ``plot``.
+"""Getting data out for other tools: ``export``, ``export-log`` and ``plot``.
 
-This module owns the three ``export-log`` formats and the metric plot (the
-files of ``checkout --out`` are ``ledger.export``'s, a library module the Hub
-remote shares). It reads only what ``Ledger.table/log`` return and never
-writes inside the ledger.
+This module owns the ``export`` command (a commit in a format another tool
+loads; the formats are ``ledger.interop.export``'s, which the Hub remote and
+``checkout --out`` share), the three ``export-log`` formats and the metric
+plot. It reads only what the ledger returns and never writes inside it.
 """
 
 from __future__ import annotations
@@ -19,14 +19,74 @@ from ledger.cli._common import (
     CommandError,
     confirm,
     global_options,
+    human_bytes,
     open_ledger,
     progress,
+    short,
     to_json,
     warn,
 )
+from ledger.interop.export import FORMATS as EXPORT_FORMATS
+from ledger.interop.export import export_commit
 
 FORMATS = {"parquet": (".parquet", ".pq"), "csv": (".csv",), "jsonl": (".jsonl", ".ndjson")}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+# -- export ----------------------------------------------------------------------------
+
+
+@click.command("export")
+@click.argument("rev")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS), help="What to write."
+)
+@click.option(
+    "--max-shard-size",
+    metavar="SIZE",
+    help="hf: shard the weights above SIZE (e.g. 5GB, 500MB; default 5GB).",
+)
+@click.option("--key", metavar="KEY", help="torch, dcp, lightning: export only state[KEY].")
+@click.option("--model-key", metavar="KEY", help="hf, peft: the model's key (default model).")
+@click.option("--files-key", metavar="KEY", help="hf, peft: the files' key (default hf_files).")
+@click.option("--adapter-name", metavar="NAME", help="peft: the adapter (default default).")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT (or over a file).")
+@global_options
+def export_command(
+    rev: str,
+    out: Path,
+    fmt: str,
+    max_shard_size: str | None,
+    key: str | None,
+    model_key: str | None,
+    files_key: str | None,
+    adapter_name: str | None,
+    force: bool,
+) -> None:
+    """Write commit REV to OUT as a folder or file another tool loads.
+
+    Formats: hf (the save_pretrained folder: from_pretrained(OUT)), peft
+    (PeftModel.from_pretrained(base, OUT)), torch (torch.load(OUT,
+    weights_only=True)), lightning (a .ckpt), dcp (torch.distributed.checkpoint),
+    safetensors (the checkout --out folder). See docs/interop.md.
+    """
+    given = {
+        "max_shard_size": max_shard_size,
+        "key": key,
+        "model_key": model_key,
+        "files_key": files_key,
+        "adapter_name": adapter_name,
+    }
+    opts = {k: v for k, v in given.items() if v is not None}
+    lg = open_ledger()
+    with progress(f"exporting {rev} as {fmt}"):
+        written = export_commit(lg, rev, fmt, out, force=force, **opts)
+    confirm(
+        written,
+        f"wrote {short(written.commit)} as {fmt} to {out}: {len(written.files)} files, "
+        f"{human_bytes(written.bytes)}",
+    )
 
 
 # -- export-log --------------------------------------------------------------------

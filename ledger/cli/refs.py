@@ -29,7 +29,7 @@ from ledger.cli._common import (
     progress,
     short,
 )
-from ledger.export import write_safetensors_dir
+from ledger.interop.export import write_safetensors_dir
 
 
 @click.command("init")

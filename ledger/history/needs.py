@@ -4,7 +4,7 @@ This module owns the one answer to "which objects does this commit need",
 with its special cases in one place: a commit always needs its record; a
 commit whose state was expired needs nothing else; a kept commit also needs
 its manifest, the blob of installed packages its metadata names (when it
-names one), and every chunk of every tensor and array in its manifest. gc
+names one), and every chunk of every tensor, array and file in its manifest. gc
 (what to keep), verify (what must exist) and push (what to send) all ask it.
 It reads records and manifests only through a :class:`HistoryReader`; it never
 touches the store.
@@ -20,7 +20,7 @@ from ledger.history.graph import ancestors
 from ledger.history.records import CommitRecord
 from ledger.history.refs import BRANCH_PREFIX, HEAD, REMOTE_PREFIX, SYMREF_PREFIX, TAG_PREFIX
 from ledger.history.tree import iter_leaves
-from ledger.manifest import ArrayNode, Manifest, TensorNode
+from ledger.manifest import CHUNKED, Manifest
 from ledger.objects.hashing import is_hex_id
 
 
@@ -72,7 +72,7 @@ def commit_needs(reader: HistoryReader, cid: str, *, expired: bool) -> Iterator[
     manifest = reader.manifest_by_id(rec.manifest, cid)
     seen: set[str] = set()
     for path, node in iter_leaves(manifest.root):
-        if isinstance(node, TensorNode | ArrayNode):
+        if isinstance(node, CHUNKED):
             for i, chunk in enumerate(node.chunks):
                 if chunk not in seen:
                     seen.add(chunk)

@@ -20,7 +20,7 @@ import msgspec
 from ledger.errors import PolicyError
 from ledger.manifest import MANIFEST_TAGS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifests may hold file nodes (docs/format.md)
 LEDGER_KIND = "training-ledger"
 
 

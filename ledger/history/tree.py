@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from ledger.manifest import (
+    CHUNKED,
     AliasNode,
     ArrayNode,
     DictNode,
+    FileNode,
     GeneratorNode,
     ListNode,
     Node,
@@ -70,13 +72,15 @@ def chunk_ids(root: DictNode) -> set[str]:
     """Every chunk id the manifest references."""
     ids: set[str] = set()
     for _, node in iter_leaves(root):
-        if isinstance(node, TensorNode | ArrayNode):
+        if isinstance(node, CHUNKED):
             ids.update(node.chunks)
     return ids
 
 
 def leaf_value(node: Node) -> Any:
     """A short printable form of a non-tensor leaf."""
+    if isinstance(node, FileNode):
+        return f"<file, {node.nbytes} bytes>"
     value = getattr(node, "value", None)
     if value is not None or type(node).__name__ == "ValueNode":
         return value

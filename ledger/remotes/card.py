@@ -13,16 +13,16 @@ and must never put anything else (environment, tokens) into a card.
 
 from __future__ import annotations
 
-import importlib
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ledger.errors import ExportError
-from ledger.export import METADATA_FILE, CommitReader, export_safetensors
 from ledger.history.needs import HistoryReader
 from ledger.history.records import Commit
+from ledger.interop.export import METADATA_FILE, CommitReader, export_safetensors
+from ledger.interop.export_hf import write_hf as _write_hf
+from ledger.interop.source import ExportJob
 from ledger.remotes.base import check_key
 
 LIBRARY = "training-ledger"
@@ -285,63 +285,17 @@ def export_weights(reader: CommitReader, commit_id: str, tmp_dir: Path) -> list[
 def write_hf(reader: CommitReader, commit_id: str, out: Path) -> list[str]:
     """Write commit ``commit_id`` in the ``hf`` (``save_pretrained``) layout into ``out``.
 
-    The export helper's ``ledger.interop.export.export_commit(..., "hf", ...)``
-    writes it where it is installed; until then the state's ``model`` tensors
-    become ``model.safetensors`` and its ``hf_files`` (``ledger.File`` values
-    or bytes: ``config.json``, tokenizer files) are written beside it.
-    Returns the written files' paths relative to ``out``, sorted.
+    The layout is ``ledger.interop.export_hf``'s (the commit's ``hf_files`` and
+    its ``model`` weights, sharded above 5 GB). Returns the written files'
+    paths relative to ``out``, sorted.
 
     Raises:
-        ExportError: the commit holds no ``model`` state.
+        ExportError: the commit holds no ``model`` or no ``config.json`` in ``hf_files``.
 
     Example:
         >>> write_hf(lg, lg.head.id, Path("release"))  # doctest: +SKIP
         ['config.json', 'model.safetensors']
     """
-    try:
-        export_commit = importlib.import_module("ledger.interop.export").export_commit
-    except (ImportError, AttributeError):
-        _write_hf_model(reader.checkout(commit_id), commit_id, out)
-    else:
-        export_commit(reader, commit_id, "hf", out)
+    commit = Commit.from_record(commit_id, reader.record(commit_id))
+    _write_hf(ExportJob(reader.checkout(commit_id), commit, out, force=True))
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-
-
-def _write_hf_model(state: Mapping[Any, Any], commit_id: str, out: Path) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    model = state.get("model")
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, value in _tensors(model, ""):
-        t = value.detach().cpu().contiguous()
-        if t.numel() and t.untyped_storage().data_ptr() in seen:
-            t = t.clone()  # safetensors refuses shared storage (tied embeddings)
-        seen.add(t.untyped_storage().data_ptr())
-        tensors[name] = t
-    if not tensors:
-        raise ExportError(
-            f"commit {commit_id[:12]} holds no 'model' state with tensors, so there is no "
-            "model to write in the hf layout; commit the model under the key 'model'"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    files = state.get("hf_files")
-    for name, value in files.items() if isinstance(files, Mapping) else []:
-        data = getattr(value, "data", value)
-        if not isinstance(data, bytes):
-            raise ExportError(f"hf_files[{name!r}] of commit {commit_id[:12]} is not a file")
-        target = out / check_key(str(name))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-
-
-def _tensors(value: Any, path: str) -> list[tuple[str, Any]]:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return [(path, value)]
-    if isinstance(value, Mapping):
-        return [t for k, v in value.items() for t in _tensors(v, f"{path}.{k}" if path else str(k))]
-    return []

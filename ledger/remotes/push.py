@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from ledger.errors import DetachedHeadError, DivergedError, RefNameError, RemoteConflictError
-from ledger.export import CommitReader
+from ledger.interop.export import CommitReader
 from ledger.history.graph import refs_under
 from ledger.history.needs import commit_needs
 from ledger.history.records import Expiry, utcnow

@@ -20,8 +20,11 @@ keeps its ``ledger/`` files (a push there would fight the release over
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +32,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ledger.errors import RefNameError, RemoteError, RemoteURLError
-from ledger.export import CommitReader
+from ledger.interop.export import CommitReader
 from ledger.remotes.card import release_card, released_files, write_hf
 from ledger.remotes.hub import PREFIX, _http_library
 from ledger.remotes.layout import REFS_KEY
@@ -192,9 +195,11 @@ def _release(
     _refuse_remote_branch(reader, url, revision)
     with tempfile.TemporaryDirectory(prefix="ledger-release-") as tmp:
         out = Path(tmp)
-        files = write_hf(
-            reader, commit_id, out
-        )  # before touching the Hub: a refusal changes nothing
+        # Written before the Hub is touched: a refusal there changes nothing.
+        files = write_hf(reader, commit_id, out)
+        for name in files:
+            if name.endswith(".safetensors"):
+                canonical_safetensors(out / name)
         card = release_card(reader, commit_id, repo_id, tag or revision, files)
         (out / CARD).write_text(card, encoding="utf-8")
         local = sorted({*files, CARD})
@@ -250,6 +255,35 @@ def _release(
         unchanged=[p for p in local if p not in changed],
         deleted=gone,
     )
+
+
+def canonical_safetensors(path: Path) -> bool:
+    """Rewrite a safetensors file's header so the file depends on its tensors alone.
+
+    The metadata becomes ``{"format": "pt"}`` (the export's ``ledger.commit``
+    would make every commit's file differ, and safetensors writes a metadata
+    map of several keys in no fixed order) and the header's keys are sorted.
+    Tensor bytes and offsets do not change. Whether the file was rewritten.
+
+    Example:
+        >>> canonical_safetensors(Path("out/model.safetensors"))  # doctest: +SKIP
+        True
+    """
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = {"format": "pt"}
+        body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        body += b" " * (-len(body) % 8)  # safetensors keeps the data 8-byte aligned
+        if body == raw:
+            return False
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as g:
+            g.write(struct.pack("<Q", len(body)) + body)
+            shutil.copyfileobj(f, g, 1 << 24)
+    tmp.replace(path)
+    return True
 
 
 def _refuse_remote_branch(reader: ReleaseReader, url: str, revision: str) -> None:

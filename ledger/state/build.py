@@ -26,6 +26,7 @@ from ledger.manifest import (
     BigIntNode,
     BytesNode,
     DictNode,
+    FileNode,
     GeneratorNode,
     ListNode,
     Node,
@@ -36,6 +37,7 @@ from ledger.manifest import (
 )
 from ledger.objects.store import Located, ObjectStore, raw_run
 from ledger.state.dtypes import numpy_dtype, torch_dtype
+from ledger.state.files import File
 from ledger.state.flatten import format_path
 
 Path_ = tuple[Any, ...]
@@ -262,6 +264,8 @@ class Builder:
             return self.alias(node, path)
         if isinstance(node, ArrayNode):
             return self.array(node, path)
+        if isinstance(node, FileNode):
+            return _FileSpec(self._buffer(node.nbytes, node.chunks, path))
         if isinstance(node, GeneratorNode):
             return _GeneratorSpec(
                 node.device, self.tensor(node.state, (*path, "<generator state>"))
@@ -306,6 +310,13 @@ class _Scalar:
         self.arr = arr
 
 
+class _FileSpec:
+    """Placeholder for a :class:`File` until its bytes are loaded."""
+
+    def __init__(self, buf: torch.Tensor) -> None:
+        self.buf = buf
+
+
 class _GeneratorSpec:
     """Placeholder for a torch.Generator until its state bytes are loaded."""
 
@@ -335,6 +346,8 @@ def finalize(value: Any, to_device: Callable[[torch.Tensor], torch.Tensor]) -> A
             return memo[id(v)]
         if isinstance(v, _Scalar):
             return v.arr[()]
+        if isinstance(v, _FileSpec):
+            return File(v.buf.numpy().tobytes())
         if isinstance(v, _GeneratorSpec):
             gen = torch.Generator(device=v.device if device_available(v.device) else "cpu")
             gen.set_state(v.state)

@@ -23,6 +23,7 @@ from ledger.manifest import (
     BigIntNode,
     BytesNode,
     DictNode,
+    FileNode,
     GeneratorNode,
     ListNode,
     Node,
@@ -32,6 +33,7 @@ from ledger.manifest import (
     ValueNode,
 )
 from ledger.state.dtypes import as_bits, float_itemsize, torch_dtype_name
+from ledger.state.files import File
 from ledger.state.rng import RNG_KEY
 from ledger.state.unchanged import Probe, UnchangedTensors
 
@@ -68,7 +70,7 @@ class TensorJob:
         self,
         data: memoryview,
         itemsize: int | None,
-        node: TensorNode | ArrayNode,
+        node: TensorNode | ArrayNode | FileNode,
         keep: Any,
         *,
         probe: Probe | None = None,
@@ -143,6 +145,8 @@ class Flattener:
             return self._tensor(value, path)
         if isinstance(value, np.ndarray | np.generic):
             return self._array(value, path)
+        if isinstance(value, File):
+            return self._file(value)
         if isinstance(value, torch.Generator):
             state = self._tensor(value.get_state(), (*path, "<generator state>"))
             assert isinstance(state, TensorNode)
@@ -282,6 +286,13 @@ class Flattener:
             data = memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             self.jobs.append(TensorJob(data, float_itemsize(arr.dtype), node, arr))
         self.tensors += 1
+        return node
+
+    def _file(self, f: File) -> FileNode:
+        node = FileNode(nbytes=len(f), chunks=[])
+        if len(f):
+            # Bytes are immutable: nothing can change them before they are stored.
+            self.jobs.append(TensorJob(memoryview(f.data), None, node, f, private=True))
         return node
 
     def chunks(self) -> Iterator[tuple[memoryview, int | None]]:

@@ -1,55 +1,49 @@
-"""Exporting a commit's state as files other tools load without training-ledger.
+"""The ``safetensors`` export: a commit's whole state as safetensors files plus metadata.json.
 
-This module owns the export formats (today one: a safetensors directory, the
-layout of ``ledger checkout --out`` and of a Hub push's ``weights/``; see
-docs/cli.md): one ``<key>.safetensors`` per top-level key of the state that
-holds tensors, plus ``metadata.json`` with the commit and every non-tensor
-value. The CLI and the Hub remote both call it. It reads a checked-out state
-(or a :class:`CommitReader`, which checks one out) and must never write inside
-a ledger.
+This module owns the layout of ``ledger checkout --out`` and of a Hub push's
+``weights/`` (see docs/cli.md, docs/interop.md): one ``<key>.safetensors``
+per top-level key of the state that holds tensors, every ``ledger.File``
+written as a file under its ``/`` path, and ``metadata.json`` with the
+commit and every other value. It reads a checked-out state (or a
+:class:`CommitReader`, which checks one out) and must never write inside a
+ledger.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import numpy as np
 import torch
 
 from ledger.errors import ExportError
-from ledger.history.needs import HistoryReader
 from ledger.history.records import Commit
+from ledger.interop.source import CommitReader, prepare_dir, readable
+from ledger.state.files import File
 from ledger.state.rng import RNG_KEY
 
 METADATA_FILE = "metadata.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-class CommitReader(HistoryReader, Protocol):
-    """Reads a commit's record and its whole state (``ledger.Ledger`` is one)."""
-
-    def checkout(self, rev: str) -> dict[Any, Any]:
-        """The state of the commit ``rev`` names, as a nested dict of tensors and values."""
-        ...
-
-
 class OutDir(msgspec.Struct):
-    """What an export wrote: file name -> top-level key, and counts."""
+    """What an export wrote: safetensors file name -> top-level key, File leaves, and counts."""
 
     commit: str
     out: str
     files: dict[str, str]
     tensors: int
     values: int
+    file_values: dict[str, str] = {}
 
 
 def _holds_tensors(value: Any) -> bool:
-    if isinstance(value, torch.Tensor | np.ndarray | torch.Generator):
+    """Whether ``value`` is or holds a tensor-like leaf or a :class:`File` (kept apart)."""
+    if isinstance(value, torch.Tensor | np.ndarray | torch.Generator | File):
         return True
     if isinstance(value, Mapping):
         return any(_holds_tensors(v) for v in value.values())
@@ -67,7 +61,7 @@ def _as_tensor(value: torch.Tensor | np.ndarray | torch.Generator) -> torch.Tens
 
 
 def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any, bool]]:
-    """(path, leaf, is_tensor); a subtree without tensors is one leaf, kept whole."""
+    """(path, leaf, is_tensor or File); a subtree without either is one leaf, kept whole."""
     if not _holds_tensors(value):
         yield path, value, False
     elif isinstance(value, Mapping):
@@ -78,13 +72,6 @@ def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any, bool]]:
             yield from _leaves(v, f"{path}/{i}" if path else str(i))
     else:
         yield path, value, True
-
-
-def _readable(path: Path) -> None:
-    """Give a written file the permissions the umask allows (safetensors makes them 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
 
 
 def _file_name(key: str, taken: set[str]) -> str:
@@ -112,7 +99,9 @@ def write_safetensors_dir(
     Each top-level key whose subtree holds tensors becomes ``<key>.safetensors``
     (tensor names are the ``/``-joined path below the key; a bare tensor is named
     after the key). Tensors are made contiguous; tensors sharing storage are
-    cloned, which safetensors requires. ``__rng__`` is left out. Every non-tensor
+    cloned, which safetensors requires. ``__rng__`` is left out. Each
+    :class:`File` is written as a file at its ``/`` path (each part made safe),
+    listed in ``metadata.json`` under ``file_values``. Every other
     value goes into ``metadata.json`` under its full ``/`` path (a subtree without
     tensors kept whole), next to the commit's metadata.
 
@@ -126,10 +115,9 @@ def write_safetensors_dir(
     """
     from safetensors.torch import save_file
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} is not empty; choose a new directory or pass force=True")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_dir(out, force=force)
     files: dict[str, str] = {}
+    file_values: dict[str, str] = {}
     values: dict[str, Any] = {}
     n_tensors = 0
     for key, sub in state.items():
@@ -141,6 +129,13 @@ def write_safetensors_dir(
             full = f"{key}/{path}" if path else str(key)
             if not is_tensor:
                 values[full] = leaf
+                continue
+            if isinstance(leaf, File):
+                rel = "/".join(
+                    _UNSAFE.sub("_", part).lstrip(".") or "_" for part in full.split("/")
+                )
+                leaf.write(out / rel)
+                file_values[full] = rel
                 continue
             t = _as_tensor(leaf).contiguous()
             ptr = t.untyped_storage().data_ptr()
@@ -159,14 +154,19 @@ def write_safetensors_dir(
             )
         except (ValueError, TypeError, RuntimeError) as e:
             raise ExportError(f"safetensors cannot store part of {key!r}: {e}") from e
-        _readable(out / name)
+        readable(out / name)
         files[name] = str(key)
         n_tensors += len(tensors)
-    doc = {"commit": commit, "files": files, "values": values}
+    doc = {"commit": commit, "files": files, "file_values": file_values, "values": values}
     encoded = msgspec.json.encode(doc, enc_hook=_plain)
     (out / METADATA_FILE).write_bytes(msgspec.json.format(encoded) + b"\n")
     return OutDir(
-        commit=commit.id, out=str(out), files=files, tensors=n_tensors, values=len(values)
+        commit=commit.id,
+        out=str(out),
+        files=files,
+        tensors=n_tensors,
+        values=len(values),
+        file_values=file_values,
     )
 
 

@@ -1,0 +1,107 @@
+"""``export_commit``: write one commit in a format another tool loads without training-ledger.
+
+This module owns the list of export formats and the one entry point
+(:func:`export_commit`, behind ``Ledger.export`` and ``ledger export``): it
+resolves the revision, checks the destination is outside the ledger, checks
+the commit out once and hands it to the format's writer (``export_hf``,
+``export_torch``, ``export_safetensors``). Options a format does not take are
+refused by name. It never writes inside a ledger.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import ExportError
+from ledger.history.records import Commit
+from ledger.interop.export_hf import write_hf, write_peft
+from ledger.interop.export_safetensors import (
+    METADATA_FILE,
+    OutDir,
+    export_safetensors,
+    write_safetensors_dir,
+)
+from ledger.interop.export_torch import write_dcp, write_lightning, write_torch
+from ledger.interop.source import (
+    CommitReader,
+    ExportJob,
+    ExportReport,
+    ExportSource,
+    outside,
+    report,
+)
+
+__all__ = [
+    "FORMATS",
+    "METADATA_FILE",
+    "CommitReader",
+    "ExportJob",
+    "ExportReport",
+    "OutDir",
+    "export_commit",
+    "export_safetensors",
+    "write_safetensors_dir",
+]
+
+
+def _write_safetensors(job: ExportJob) -> None:
+    write_safetensors_dir(job.state, job.commit, job.out, force=job.force)
+
+
+_WRITERS: dict[str, Callable[..., object]] = {
+    "hf": write_hf,
+    "peft": write_peft,
+    "torch": write_torch,
+    "lightning": write_lightning,
+    "dcp": write_dcp,
+    "safetensors": _write_safetensors,
+}
+FORMATS = tuple(_WRITERS)
+"""Every format :func:`export_commit` writes."""
+
+
+def _options(fmt: str) -> set[str]:
+    params = inspect.signature(_WRITERS[fmt]).parameters
+    return {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def export_commit(
+    reader: ExportSource,
+    rev: str,
+    fmt: str,
+    out: str | Path,
+    *,
+    force: bool = False,
+    **options: Any,
+) -> ExportReport:
+    """Write commit ``rev`` to ``out`` in format ``fmt``; what was written.
+
+    Formats: ``hf`` (the ``save_pretrained`` folder; options ``max_shard_size``,
+    ``model_key``, ``files_key``), ``peft`` (``adapter_name``, ``model_key``,
+    ``files_key``), ``torch`` (one file; ``key``), ``lightning`` (a ``.ckpt``;
+    ``key`` for a commit that is not a Lightning checkpoint), ``dcp`` (a
+    directory; ``key``), ``safetensors`` (the ``checkout --out`` folder).
+
+    Raises:
+        ExportError: an unknown format or option, ``out`` inside the ledger or
+            taken (without ``force``), or a commit the format cannot hold.
+
+    Example:
+        >>> export_commit(lg, "v1", "hf", "model-v1", max_shard_size="2GB").files  # doctest: +SKIP
+        ['config.json', 'generation_config.json', 'model.safetensors', ...]
+    """
+    if fmt not in _WRITERS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    unknown = sorted(set(options) - _options(fmt))
+    if unknown:
+        takes = ", ".join(sorted(_options(fmt))) or "none"
+        raise ExportError(f"format {fmt!r} takes no option {unknown[0]!r} (it takes: {takes})")
+    out = Path(out)
+    outside(reader.root, out)
+    commit_id = reader.resolve(rev)
+    commit = Commit.from_record(commit_id, reader.record(commit_id))
+    _WRITERS[fmt](ExportJob(reader.checkout(commit_id), commit, out, force), **options)
+    return report(commit_id, fmt, out)
