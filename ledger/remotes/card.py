@@ -13,6 +13,7 @@ and must never put anything else (environment, tokens) into a card.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,9 @@ Released with [training-ledger](https://pypi.org/project/training-ledger/) from 
 is needed to load them.
 
 ```python
-from transformers import AutoModel
+from transformers import {{ auto_class }}
 
-model = AutoModel.from_pretrained("{{ repo_id }}", revision="{{ revision }}")
+model = {{ auto_class }}.from_pretrained("{{ repo_id }}", revision="{{ revision }}")
 ```
 
 ## Commit
@@ -203,11 +204,45 @@ def datasets(c: Commit) -> list[str]:
     return sorted({n for n in names if isinstance(n, str) and n})
 
 
+_AUTO = (
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForImageClassification", "AutoModelForImageClassification"),
+)
+
+
+def auto_class(config: bytes | None) -> str:
+    """The transformers ``Auto*`` class that loads a model with this ``config.json``.
+
+    Example:
+        >>> auto_class(b'{"architectures": ["GPT2LMHeadModel"]}')
+        'AutoModelForCausalLM'
+    """
+    try:
+        names = json.loads(config or b"{}").get("architectures") or []
+    except (ValueError, AttributeError):
+        names = []
+    for suffix, cls in _AUTO:
+        if names and isinstance(names[0], str) and names[0].endswith(suffix):
+            return cls
+    return "AutoModel"
+
+
 def release_card(
-    records: HistoryReader, commit_id: str, repo_id: str, revision: str, files: list[str]
+    records: HistoryReader,
+    commit_id: str,
+    repo_id: str,
+    revision: str,
+    files: list[str],
+    config: bytes | None = None,
 ) -> str:
     """The ``README.md`` of a release of ``commit_id`` to ``repo_id``, loaded at ``revision``
-    (the tag of the release, or its branch).
+    (the tag of the release, or its branch); ``config`` (the ``config.json``)
+    picks the ``Auto*`` class the card's snippet loads it with.
 
     Its metadata (``ModelCardData``) carries ``base_model``, ``datasets``,
     ``library_name: transformers`` when the files hold a ``config.json``, and
@@ -235,6 +270,7 @@ def release_card(
         template_str=RELEASE_TEMPLATE,
         repo_id=repo_id,
         revision=revision,
+        auto_class=auto_class(config),
         commit=c.id,
         fields=fields,
         tables=tables,

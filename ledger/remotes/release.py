@@ -114,7 +114,12 @@ def check_revision(name: str, what: str) -> str:
         >>> check_revision("release/v1", "branch")
         'release/v1'
     """
-    if not _REF_RE.match(name) or ".." in name or name.endswith((".", "/", ".lock")):
+    if (
+        not _REF_RE.match(name)
+        or ".." in name
+        or "//" in name
+        or name.endswith((".", "/", ".lock"))
+    ):
         raise RefNameError(f"{name!r} is not a valid Hub {what} name (letters, digits, . _ - /)")
     if _HEX40.match(name):
         raise RefNameError(f"{name!r} looks like a commit id; choose a {what} name")
@@ -200,7 +205,8 @@ def _release(
         for name in files:
             if name.endswith(".safetensors"):
                 canonical_safetensors(out / name)
-        card = release_card(reader, commit_id, repo_id, tag or revision, files)
+        config = (out / "config.json").read_bytes() if "config.json" in files else None
+        card = release_card(reader, commit_id, repo_id, tag or revision, files, config)
         (out / CARD).write_text(card, encoding="utf-8")
         local = sorted({*files, CARD})
         try:
