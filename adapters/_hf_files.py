@@ -25,6 +25,9 @@ from ledger import File
 
 from ._common import AdapterError
 
+STATE_KEY = "hf_files"
+"""The state key the files are committed under (what ``ledger export --format hf`` reads)."""
+
 
 def hf_files(model: Any, processing_class: Any = None) -> dict[str, File]:
     """What ``save_pretrained`` writes next to the weights, file name -> :class:`~ledger.File`.

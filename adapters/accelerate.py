@@ -10,6 +10,13 @@ process calls it; with several processes each one stores its own part
 commit and moves refs. It never pickles (Accelerate's own ``save_state``
 pickles samplers and custom objects; here they go through ``state_dict``).
 
+It also owns what ``ProjectConfiguration`` means for a ledger: with
+``automatic_checkpoint_naming=True`` and no ledger argument, the ledger is
+``<project_dir>/ledger``; commits are numbered by ``iteration`` (which each
+save increments, as Accelerate's does); ``total_limit=k`` is ``KeepLast(k)``,
+and the state it expires is freed right after each save (``gc(grace=0)``,
+safe under the gc lock) unless ``free_space=False``.
+
 Example:
     >>> from ledger.adapters.accelerate import save_state, load_state  # doctest: +SKIP
     >>> load_state(accelerator, "ckpt")  # None on an empty ledger  # doctest: +SKIP
@@ -18,8 +25,11 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
+import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 try:
@@ -36,15 +46,27 @@ from ledger.manifest import DictNode, ListNode
 from ledger.state.rng import restore_rng
 
 from ._common import (
+    AdapterError,
     LedgerLike,
     ResumeError,
+    install_retention,
     metric_floats,
     open_ledger,
     plain_params,
     resolve_resume,
 )
 
-__all__ = ["LoaderPosition", "accelerator_state", "load_state", "save_state"]
+__all__ = [
+    "LEDGER_FOLDER",
+    "LoaderPosition",
+    "accelerator_state",
+    "load_state",
+    "project_ledger",
+    "save_state",
+]
+
+LEDGER_FOLDER = "ledger"
+"""The ledger's folder under ``project_dir`` when ``save_state``/``load_state`` get no ledger."""
 
 _KEYS = ("models", "optimizers", "schedulers", "dataloaders", "custom", "accelerator")
 
@@ -126,9 +148,33 @@ def accelerator_state(accelerator: Accelerator) -> dict[str, Any]:
     return state
 
 
+def project_ledger(accelerator: Accelerator) -> Path:
+    """The ledger ``save_state``/``load_state`` use when they are given none: ``<project_dir>/ledger``.
+
+    That needs ``ProjectConfiguration(automatic_checkpoint_naming=True)`` and a
+    ``project_dir``, the case in which ``accelerator.save_state()`` takes no
+    folder either (it writes ``<project_dir>/checkpoints/checkpoint_<i>``).
+
+    Raises:
+        AdapterError: automatic naming is off, or there is no ``project_dir``.
+
+    Example:
+        >>> project_ledger(accelerator)  # doctest: +SKIP
+        PosixPath('runs/exp1/ledger')
+    """
+    config = accelerator.project_configuration
+    if not config.automatic_checkpoint_naming or accelerator.project_dir is None:
+        raise AdapterError(
+            "no ledger given and none implied: pass a ledger directory or an open Ledger, or "
+            "create the Accelerator with ProjectConfiguration(project_dir=..., "
+            f"automatic_checkpoint_naming=True) to use <project_dir>/{LEDGER_FOLDER}"
+        )
+    return Path(accelerator.project_dir) / LEDGER_FOLDER
+
+
 def save_state(
     accelerator: Accelerator,
-    ledger: LedgerLike,
+    ledger: LedgerLike | None = None,
     *,
     step: int | None = None,
     epoch: int | None = None,
@@ -136,6 +182,7 @@ def save_state(
     params: Mapping[str, Any] | None = None,
     message: str | None = None,
     branch: str | None = None,
+    free_space: bool = True,
 ) -> Commit | None:
     """Commit everything ``accelerator.save_state`` would save (call it on every process).
 
@@ -144,14 +191,29 @@ def save_state(
     deduplicate to one copy) through ``ledger.adapters.distributed``, and the
     main process writes the one commit and moves the branch.
 
+    With ``ProjectConfiguration(automatic_checkpoint_naming=True)``, as in
+    Accelerate: the ledger defaults to ``<project_dir>/ledger``, the step to
+    ``project_configuration.iteration``, and ``total_limit=k`` keeps the state
+    of the newest ``k`` commits (``KeepLast(k)``, the ledger-wide retention).
+    Every save increments ``iteration``, as Accelerate's does.
+
     Args:
         accelerator: the ``Accelerator`` whose prepared and registered objects are saved.
-        ledger: a ledger directory (created when missing) or an open ``Ledger``.
+        ledger: a ledger directory (created when missing) or an open ``Ledger``;
+            None: :func:`project_ledger`.
         step, epoch, metrics, params, message, branch: the commit's metadata
-            (``step`` defaults to the accelerator's step counter).
+            (``step`` defaults to ``iteration`` with automatic naming, else to
+            the accelerator's step counter).
+        free_space: with ``total_limit``, run ``gc(grace=0)`` on the main
+            process right after the commit, so what ``KeepLast`` expired leaves
+            the disk as Accelerate's deleted folders do; False leaves that to
+            a later ``ledger gc``.
 
     Returns:
         The commit (on every process).
+
+    Raises:
+        AdapterError: no ledger given and no ``project_dir`` with automatic naming.
 
     Example:
         >>> save_state(accelerator, "ckpt", step=step, metrics={"loss": loss.item()})  # doctest: +SKIP
@@ -163,24 +225,41 @@ def save_state(
             "commit right after an optimizer step",
             stacklevel=2,
         )
+    config = accelerator.project_configuration
+    if step is None:
+        step = config.iteration if config.automatic_checkpoint_naming else accelerator.step
     meta: dict[str, Any] = {
-        "step": accelerator.step if step is None else step,
+        "step": step,
         "epoch": epoch,
         "metrics": metric_floats(metrics or {}),
         "params": plain_params(params or {}),
         "message": message,
         "branch": branch,
     }
+    lg = _open(project_ledger(accelerator) if ledger is None else ledger, accelerator)
+    limit = config.total_limit if config.automatic_checkpoint_naming else None
+    if limit is not None and accelerator.is_main_process:
+        install_retention(lg, keep_last=limit, best=None, best_k=1, mode="min")
     if accelerator.num_processes > 1:
         from . import distributed
 
-        return distributed.commit(ledger, accelerator_state(accelerator), **meta)
-    lg = _open(ledger, accelerator)
-    return lg.commit(accelerator_state(accelerator), meta.pop("message"), **meta)
+        commit: Commit | None = distributed.commit(lg, accelerator_state(accelerator), **meta)
+    else:
+        commit = lg.commit(accelerator_state(accelerator), meta.pop("message"), **meta)
+    if limit is not None and free_space:
+        if accelerator.is_main_process:
+            lg.gc(grace=0)  # only what no ref or kept commit needs; the gc lock guards writers
+        accelerator.wait_for_everyone()
+    config.iteration += 1
+    return commit
 
 
 def load_state(
-    accelerator: Accelerator, ledger: LedgerLike, rev: str = "HEAD", *, strict: bool = True
+    accelerator: Accelerator,
+    ledger: LedgerLike | None = None,
+    rev: str = "HEAD",
+    *,
+    strict: bool = True,
 ) -> Commit | None:
     """Restore ``rev`` into the accelerator's objects, like ``accelerator.load_state``.
 
@@ -188,8 +267,20 @@ def load_state(
     on every process. A commit made by several processes gives each process
     its own part back (same number of processes) or rank 0's part (another
     number); a commit made by one process restores into every process.
-    Returns the commit (its ``step``, ``epoch`` and ``metrics`` tell where
-    the run was), or None on an empty ledger.
+    The ledger instance remembers the commit (``Ledger.base_on``), so the next
+    ``save_state`` through it records it as the parent. With automatic
+    naming, ``iteration`` is raised to the loaded commit's step + 1 when it
+    is lower, so the next save never reuses a number.
+
+    Args:
+        accelerator: the ``Accelerator`` to restore into.
+        ledger: a ledger directory or an open ``Ledger``; None: :func:`project_ledger`.
+        rev: the revision to restore (HEAD: the newest commit of the current branch).
+        strict: fail on keys missing from either side.
+
+    Returns:
+        The commit (its ``step``, ``epoch`` and ``metrics`` tell where the run
+        was), or None on an empty ledger.
 
     Raises:
         RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
@@ -200,7 +291,7 @@ def load_state(
         >>> commit = load_state(accelerator, "ckpt", "best")  # doctest: +SKIP
         >>> start = 0 if commit is None else commit.step + 1  # doctest: +SKIP
     """
-    lg = _open(ledger, accelerator)
+    lg = _open(project_ledger(accelerator) if ledger is None else ledger, accelerator)
     cid = resolve_resume(lg, rev)
     if cid is None:
         return None
@@ -212,15 +303,22 @@ def load_state(
         from . import distributed
 
         if accelerator.num_processes > 1:
-            return distributed.restore(lg, state, cid, strict=strict)
-        part = lg.checkout(cid, paths=["ranks/0"])["ranks"][0]
-        distributed.apply(state, part["state"], strict=strict)
-        restore_rng(part["rng"])
-        return lg.get(cid)
-    try:
-        return lg.restore(state, cid, strict=strict)
-    finally:
-        accelerator.wait_for_everyone()
+            commit = distributed.restore(lg, state, cid, strict=strict)
+        else:
+            part = lg.checkout(cid, paths=["ranks/0"])["ranks"][0]
+            distributed.apply(state, part["state"], strict=strict)
+            restore_rng(part["rng"])
+            commit = lg.get(cid)
+        lg.base_on(cid)  # the next commit through lg continues from here (distributed: rank 0's)
+    else:
+        try:
+            commit = lg.restore(state, cid, strict=strict)
+        finally:
+            accelerator.wait_for_everyone()
+    config = accelerator.project_configuration
+    if commit is not None and config.automatic_checkpoint_naming and commit.step is not None:
+        config.iteration = max(config.iteration, commit.step + 1)
+    return commit
 
 
 def _saved_state(root: DictNode) -> DictNode:
@@ -250,11 +348,41 @@ def _check_layout(stored_node: DictNode, state: dict[str, Any], cid: str, rev: s
             )
 
 
+_handles: weakref.WeakKeyDictionary[Accelerator, dict[str, Ledger]] = weakref.WeakKeyDictionary()
+"""Per accelerator, the ledgers opened from a directory: one instance from load to save (lineage)."""
+
+
+def _close_all(handles: dict[str, Ledger]) -> None:
+    for lg in handles.values():
+        lg.close()
+
+
 def _open(ledger: LedgerLike, accelerator: Accelerator) -> Ledger:
-    """Every process's handle; the main process creates a new ledger before the others open it."""
-    if isinstance(ledger, Ledger) or accelerator.num_processes == 1:
-        return open_ledger(ledger)
-    if accelerator.is_main_process:
+    """This process's handle on ``ledger``, the same instance on every call with this accelerator.
+
+    The main process creates a new ledger before the others open it. The
+    instance is kept so that what ``load_state`` restored is the parent of
+    what ``save_state`` commits next; it closes when the accelerator goes.
+    """
+    if isinstance(ledger, Ledger):
+        return ledger
+    if not isinstance(ledger, str | os.PathLike):
+        return open_ledger(ledger)  # the error naming what a ledger argument may be
+    handles = _handles.get(accelerator)
+    if handles is None:
+        handles = _handles[accelerator] = {}
+        weakref.finalize(accelerator, _close_all, handles)
+    key = os.path.abspath(os.fspath(ledger))
+    lg = handles.get(key)
+    if lg is not None:
+        lg.refresh()  # see what other processes wrote since
+        return lg
+    if accelerator.num_processes == 1 or accelerator.is_main_process:
         lg = open_ledger(ledger)
-    accelerator.wait_for_everyone()
-    return lg if accelerator.is_main_process else Ledger.open(ledger)
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            lg = Ledger.open(ledger)
+    assert lg is not None
+    handles[key] = lg
+    return lg

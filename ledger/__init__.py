@@ -4,10 +4,20 @@ Example:
     >>> from ledger import Ledger, LedgerError
 """
 
-from ledger.api import Ledger, Part, Stage
-from ledger.errors import LedgerError
+from ledger.api import Ledger, Part, RestoreReport, Stage
+from ledger.errors import LedgerError, NothingRestoredWarning, PartialRestoreWarning
 from ledger.history.records import Commit
 from ledger.state.files import File
 
-__all__ = ["Commit", "File", "Ledger", "LedgerError", "Part", "Stage"]
+__all__ = [
+    "Commit",
+    "File",
+    "Ledger",
+    "LedgerError",
+    "NothingRestoredWarning",
+    "Part",
+    "PartialRestoreWarning",
+    "RestoreReport",
+    "Stage",
+]
 __version__ = "0.1.0"

@@ -8,10 +8,18 @@ stateful loader resumed mid-epoch, gradient accumulation, AdamW, StepLR and
 an object registered for checkpointing; parameters, optimizer, scheduler,
 the registered object, the accelerator's step and the losses after the
 resume point are bitwise equal.
+
+With ``ProjectConfiguration(automatic_checkpoint_naming=True)``: the ledger
+under the project directory, commits numbered by ``iteration``,
+``total_limit`` as ``KeepLast`` freed after every save (one process, and a
+two-process gloo job, tests/scripts/adapter_accelerate_project.py), the
+numbering after a resume, and the parent of a save after resuming an older
+commit (lineage).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,14 +31,16 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from helpers import SCRIPTS, finish, load_script, start
+from accelerate.utils import ProjectConfiguration
+from helpers import SCRIPTS, dir_bytes, finish, load_script, start
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ledger import Ledger
-from ledger.adapters._common import MissingExtraError, ResumeError
-from ledger.adapters.accelerate import load_state, save_state
-from ledger.errors import RevisionNotFoundError, StateMismatchError
+from ledger.adapters._common import AdapterError, MissingExtraError, ResumeError
+from ledger.adapters.accelerate import LEDGER_FOLDER, load_state, save_state
+from ledger.errors import CommitExpiredError, RevisionNotFoundError, StateMismatchError
+from ledger.retention import KeepLast
 
 TRAIN = SCRIPTS / "adapter_accelerate_train.py"
 
@@ -172,6 +182,111 @@ def test_saving_mid_accumulation_warns(lg: Ledger) -> None:
         save_state(accelerator, lg)
 
 
+# -- ProjectConfiguration: the project ledger, numbering, total_limit --------------------
+
+
+def _project(tmp: Path, **config: Any) -> tuple[Accelerator, nn.Module]:
+    """A fresh Accelerator with automatic naming in ``tmp`` (Accelerate's singletons reset)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()  # an earlier test may have left it mid-accumulation
+    torch.manual_seed(0)
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(
+            project_dir=str(tmp), automatic_checkpoint_naming=True, **config
+        ),
+    )
+    return accelerator, accelerator.prepare(nn.Linear(128, 128))
+
+
+def _change(model: nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))  # every save has new bytes to store
+
+
+def test_automatic_naming_commits_to_the_project_ledger_numbered_by_iteration(
+    tmp_path: Path,
+) -> None:
+    accelerator, _ = _project(tmp_path, iteration=3)
+    steps = [save_state(accelerator).step for _ in range(2)]  # type: ignore[union-attr]
+    assert steps == [3, 4]  # as Accelerate names checkpoint_3, checkpoint_4
+    assert accelerator.project_configuration.iteration == 5
+    assert save_state(accelerator, step=40).step == 40  # type: ignore[union-attr]
+    assert accelerator.project_configuration.iteration == 6  # every save counts, as upstream
+    assert sorted(os.listdir(tmp_path)) == [LEDGER_FOLDER]
+    with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
+        assert [c.step for c in lg.log()] == [40, 4, 3]
+        assert lg.retention() == []  # no total_limit: nothing is ever expired
+
+
+def test_without_automatic_naming_save_state_needs_a_ledger(tmp_path: Path) -> None:
+    accelerator = Accelerator(cpu=True, project_dir=str(tmp_path))
+    with pytest.raises(AdapterError, match="automatic_checkpoint_naming=True"):
+        save_state(accelerator)
+    with pytest.raises(AdapterError, match="pass a ledger directory"):
+        load_state(accelerator)
+    assert os.listdir(tmp_path) == []
+
+
+def test_total_limit_frees_what_it_expired_after_every_save(tmp_path: Path) -> None:
+    accelerator, model = _project(tmp_path, total_limit=2)
+    objects = tmp_path / LEDGER_FOLDER / "objects"
+    sizes = []
+    for _ in range(5):
+        _change(model)
+        save_state(accelerator)
+        sizes.append(dir_bytes(objects))
+    assert max(sizes[2:]) < 1.2 * sizes[1]  # two states on disk, never more
+    with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
+        log = list(lg.log())
+        assert [c.step for c in log] == [4, 3, 2, 1, 0]
+        assert set(lg.refs.state().expired) == {c.id for c in log[2:]}
+        freeable = lg.gc(dry_run=True, grace=0)
+        assert freeable.objects_freed == 0 and not freeable.expired
+        with pytest.raises(CommitExpiredError):
+            lg.checkout(log[2].id)
+
+
+def test_free_space_false_leaves_the_bytes_to_a_later_gc(tmp_path: Path) -> None:
+    accelerator, model = _project(tmp_path, total_limit=1)
+    for _ in range(3):
+        _change(model)
+        save_state(accelerator, free_space=False)
+    with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
+        assert lg.retention() == [KeepLast(1)]  # installed all the same
+        assert lg.refs.state().expired == {}
+        report = lg.gc(grace=0)
+        assert len(report.expired) == 2 and report.bytes_freed > 0
+
+
+def test_load_state_continues_the_numbering_of_the_commit_it_loaded(tmp_path: Path) -> None:
+    accelerator, _ = _project(tmp_path)
+    for _ in range(3):
+        save_state(accelerator)
+    restarted, _ = _project(tmp_path)  # a new run that forgot ProjectConfiguration(iteration=3)
+    loaded = load_state(restarted)
+    assert loaded is not None and loaded.step == 2
+    assert restarted.project_configuration.iteration == 3
+    ahead, _ = _project(tmp_path, iteration=10)  # never lowered
+    load_state(ahead)
+    assert ahead.project_configuration.iteration == 10
+
+
+def test_resuming_an_older_commit_makes_it_the_parent_of_the_next_save(tmp_path: Path) -> None:
+    accelerator, model = _project(tmp_path)
+    commits = [save_state(accelerator) for _ in range(3)]
+    assert all(c is not None for c in commits)
+    first, _, tip = (c.id for c in commits if c is not None)
+    assert load_state(accelerator, rev=first) is not None
+    _change(model)
+    forked = save_state(accelerator)
+    assert forked is not None and forked.parents == [first] and forked.step == 3
+    with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
+        assert lg.resolve("HEAD") == forked.id
+        assert tip in lg.branches().values()  # the old tip stays on a branch
+
+
 def test_importing_without_accelerate_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['accelerate'] = None\n"
@@ -183,15 +298,15 @@ def test_importing_without_accelerate_names_the_extra() -> None:
     assert "pip install 'training-ledger[accelerate]'" in out.stdout
 
 
-def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path) -> None:
+def _two_processes(script: str, *args: Path) -> None:
+    """Run ``tests/scripts/<script>`` as the 2 processes of a gloo job; both must exit 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
         start(
-            SCRIPTS / "adapter_accelerate_ddp.py",
-            tmp_path / "lg",
-            tmp_path,
+            SCRIPTS / script,
+            *args,
             env={
                 **os.environ,
                 "RANK": str(rank),
@@ -205,6 +320,10 @@ def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path
     ]
     for proc in procs:
         finish(proc)
+
+
+def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path) -> None:
+    _two_processes("adapter_accelerate_ddp.py", tmp_path / "lg", tmp_path)
     saved = [util.load_image(tmp_path / f"rank{r}-saved") for r in range(2)]
     assert saved[0] != saved[1]  # each process's own RNG stream
     for rank in range(2):
@@ -212,3 +331,29 @@ def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path
     with Ledger.open(tmp_path / "lg") as lg:
         assert len(list(lg.log())) == 1
         assert lg.checkout("HEAD", paths=["world_size"])["world_size"] == 2
+
+
+def test_two_processes_number_commits_by_iteration_keep_the_total_limit_and_fork(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "project"
+    _two_processes("adapter_accelerate_project.py", project, tmp_path)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert seen[0] == seen[1]  # one commit per save, the same on both processes
+    assert seen[0]["steps"] == [0, 1, 2]  # checkpoint_0, checkpoint_1, checkpoint_2
+    assert seen[0]["iterations"] == [1, 2, 3]
+    ids = seen[0]["ids"]
+    assert seen[0]["loaded"] == [ids[2]]  # load_state() with no folder: the newest
+    fork, fork_step, fork_parents = seen[0]["forked"]
+    assert fork_step == 3 and fork_parents == [ids[1]]  # resumed from the second commit
+    assert sorted(os.listdir(project)) == [LEDGER_FOLDER]
+    with Ledger.open(project / LEDGER_FOLDER) as lg:
+        assert [c.id for c in lg.log()] == [fork, ids[1], ids[0]]
+        assert ids[2] in lg.branches().values()  # the old tip, on its automatic branch
+        assert lg.checkout("HEAD", paths=["world_size"])["world_size"] == 2
+        assert lg.retention() == [KeepLast(2)]
+        assert set(lg.refs.state().expired) == {ids[0]}  # a branch head keeps its state
+        with pytest.raises(CommitExpiredError):
+            lg.checkout(ids[0])
+        freeable = lg.gc(dry_run=True, grace=0)  # the main process freed it already
+        assert freeable.objects_freed == 0 and not freeable.expired

@@ -99,3 +99,21 @@ def test_format1_and_format2_ledgers_both_take_new_commits_with_files(
             assert lg.checkout(c.id)["files"] == fixture_files(2)
             assert lg.gc(grace=0).objects_freed == 0
             assert lg.verify(full=True).ok
+
+
+def test_a_format1_reader_reads_old_commits_and_refuses_format2_ones_saying_to_upgrade(
+    old_ledger: Path, format2_ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.errors import FormatVersionError
+
+    with Ledger.open(old_ledger, fsync=False) as lg:
+        old = lg.resolve("v1")
+        new = lg.commit({"files": fixture_files(1)}, rng=False).id
+    for module in ("ledger.api.core", "ledger.api.inputs"):
+        monkeypatch.setattr(f"{module}.FORMAT_VERSION", 1)  # what a format-1 reader checks
+    with pytest.raises(FormatVersionError, match="upgrade"):
+        Ledger.open(format2_ledger)  # a ledger created by format 2
+    with Ledger.open(old_ledger) as lg:  # created by format 1, with a format-2 commit on top
+        assert lg.checkout(old)["meta"] == fixture_state(2)["meta"]
+        with pytest.raises(FormatVersionError, match="upgrade training-ledger"):
+            lg.checkout(new)

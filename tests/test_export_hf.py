@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import bits
+from helpers import bits, flip_stored_byte
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
@@ -25,7 +25,8 @@ from transformers import (
 from ledger import File, Ledger
 from ledger.adapters._common import AdapterError
 from ledger.adapters._hf_files import hf_files
-from ledger.errors import ExportError
+from ledger.errors import CorruptionError, ExportError
+from ledger.history.tree import tensor_table
 from ledger.interop.export import export_commit
 
 
@@ -57,6 +58,7 @@ def test_hf_export_is_a_sharded_save_pretrained_folder_that_loads_with_identical
 ) -> None:
     model, tok = _gpt2(), _tokenizer()
     c = lg.commit({"model": model, "hf_files": hf_files(model, tok)}, rng=False)
+    assert model.config.architectures is None  # hf_files changed a copy of the config only
     out = tmp_path / "hf"
     written = export_commit(lg, "HEAD", "hf", out, max_shard_size="4KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -86,6 +88,22 @@ def test_hf_export_below_the_shard_size_is_one_model_safetensors(
     assert sorted(written.files) == ["config.json", "generation_config.json", "model.safetensors"]
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert bits(loaded.state_dict()) == bits(model.state_dict())
+
+
+def test_hf_export_reads_only_the_model_and_its_files(lg: Ledger, tmp_path: Path) -> None:
+    model = _gpt2(2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.tensor([[1, 2]])).logits.sum().backward()
+    opt.step()
+    c = lg.commit({"model": model, "hf_files": hf_files(model), "optim": opt}, rng=False)
+    _, manifest = lg.manifest(c.id)
+    moments = tensor_table(manifest.root)["optim/state/0/exp_avg"]
+    flip_stored_byte(lg, moments.chunks[0])  # damage the optimizer, not the model
+    export_commit(lg, c.id, "hf", tmp_path / "hf")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert bits(loaded.state_dict()) == bits(model.state_dict())
+    with pytest.raises(CorruptionError, match="exp_avg"):
+        export_commit(lg, c.id, "torch", tmp_path / "all.pt")  # the whole state: read, refused
 
 
 _CUSTOM = """
@@ -213,3 +231,5 @@ def test_committing_a_peft_model_stores_its_frozen_base_once(lg: Ledger) -> None
         assert c.stats.bytes_written < first.stats.bytes_written / 10
     with pytest.raises(ExportError, match="no tensors of adapter 'other'"):
         export_commit(lg, "HEAD", "peft", lg.root.parent / "a", adapter_name="other")
+    with pytest.raises(ExportError, match=r"holds a PEFT model.*--format peft"):
+        export_commit(lg, "HEAD", "hf", lg.root.parent / "hf")

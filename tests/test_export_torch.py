@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,22 @@ def test_dcp_export_reads_back_with_dcp_load_bitwise(
         warnings.simplefilter("ignore")  # dcp warns that no process group is initialised
         dcp.load(template, storage_reader=dcp.FileSystemReader(str(out)), no_dist=True)
     assert bits(template) == bits(state)
+
+
+def test_safetensors_export_writes_file_values_as_files(lg: Ledger, tmp_path: Path) -> None:
+    files = {"config.json": File(b'{"a": 1}'), "sub": {"vocab.txt": File(b"x\ny\n")}}
+    lg.commit(
+        {"model": {"w": torch.ones(2)}, "hf_files": files, "top.json": File(b"[]")}, rng=False
+    )
+    written = export_commit(lg, "HEAD", "safetensors", tmp_path / "st")
+    assert sorted(written.files) == [
+        "files/top.json", "hf_files/config.json", "hf_files/sub/vocab.txt", "metadata.json",
+        "model.safetensors",
+    ]  # fmt: skip
+    assert (tmp_path / "st" / "hf_files" / "sub" / "vocab.txt").read_bytes() == b"x\ny\n"
+    meta = json.loads((tmp_path / "st" / "metadata.json").read_text())
+    assert meta["file_values"]["hf_files/config.json"] == "hf_files/config.json"
+    assert meta["values"] == {}
 
 
 def test_weights_only_tree_turns_numpy_files_and_generators_into_safe_types() -> None:

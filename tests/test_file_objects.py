@@ -54,6 +54,15 @@ def test_an_unchanged_file_costs_no_new_bytes_and_a_changed_one_only_its_chunks(
     assert a.chunks[:3] == b.chunks[:3] and a.chunks[3] != b.chunks[3]
 
 
+def test_a_background_commit_stores_the_files_it_was_given(small: Ledger) -> None:
+    files = {"config.json": File(b'{"n": 1}'), "big.bin": File(bytes(range(256)) * 40)}
+    handle = small.commit({"files": files, "w": torch.ones(3)}, rng=False, blocking=False)
+    files = {"config.json": File(b'{"n": 2}')}  # the caller moves on; the commit is unaffected
+    c = handle.result()
+    back = small.checkout(c.id)["files"]
+    assert back["config.json"] == File(b'{"n": 1}') and back["big.bin"].data[:3] == b"\x00\x01\x02"
+
+
 def test_gc_keeps_the_chunks_of_files_a_ref_reaches_and_frees_the_rest(small: Ledger) -> None:
     small.commit({"files": {"kept": File(b"k" * 9000)}}, rng=False)
     small.commit({"files": {"gone": File(b"g" * 9000)}}, branch="tmp", rng=False)
@@ -62,6 +71,20 @@ def test_gc_keeps_the_chunks_of_files_a_ref_reaches_and_frees_the_rest(small: Le
     assert report.objects_freed >= 3  # the commit, its manifest and the file's chunks
     assert small.verify(full=True).ok
     assert small.checkout("main")["files"]["kept"] == File(b"k" * 9000)
+
+
+def test_push_sends_file_chunks_once_and_a_clone_reads_the_files(
+    small: Ledger, tmp_path: Path
+) -> None:
+    tokenizer = File(torch.randint(0, 256, (9000,), dtype=torch.uint8).numpy().tobytes())
+    small.commit({"files": {"tokenizer.json": tokenizer}, "step": 1}, rng=False)
+    small.remote_add("origin", str(tmp_path / "remote"))
+    assert small.push("origin").chunks_sent == 3  # the file's chunks: 4096 + 4096 + 808 bytes
+    small.commit({"files": {"tokenizer.json": tokenizer}, "step": 2}, rng=False)
+    assert small.push("origin").chunks_sent == 0
+    with Ledger.clone(str(tmp_path / "remote"), tmp_path / "copy") as copy:
+        assert copy.checkout("HEAD")["files"] == {"tokenizer.json": tokenizer}
+        assert copy.verify(full=True).ok
 
 
 def test_a_flipped_byte_in_a_file_chunk_is_refused_naming_the_file(small: Ledger) -> None:

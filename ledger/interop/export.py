@@ -2,8 +2,9 @@
 
 This module owns the list of export formats and the one entry point
 (:func:`export_commit`, behind ``Ledger.export`` and ``ledger export``): it
-resolves the revision, checks the destination is outside the ledger, checks
-the commit out once and hands it to the format's writer (``export_hf``,
+resolves the revision, checks the destination is outside the ledger, reads
+only the part of the commit the format writes (mapped from the packs where
+it can be) and hands it to the format's writer (``export_hf``,
 ``export_torch``, ``export_safetensors``). Options a format does not take are
 refused by name. It never writes inside a ledger.
 """
@@ -33,6 +34,7 @@ from ledger.interop.source import (
     outside,
     report,
 )
+from ledger.state.build import PathNotFoundError
 
 __all__ = [
     "FORMATS",
@@ -61,6 +63,28 @@ _WRITERS: dict[str, Callable[..., object]] = {
 }
 FORMATS = tuple(_WRITERS)
 """Every format :func:`export_commit` writes."""
+
+
+def _read(reader: ExportSource, commit_id: str, fmt: str, options: dict[str, Any]) -> Any:
+    """The part of the state ``fmt`` writes, read once (tensors mapped from packs where they can be)."""
+    wanted: list[str] | None = None
+    if fmt in ("hf", "peft"):
+        wanted = [options.get("model_key", "model"), options.get("files_key", "hf_files")]
+    elif fmt in ("torch", "dcp") and options.get("key") is not None:
+        wanted = [options["key"]]
+    if wanted is None:
+        return reader.checkout(commit_id, mmap=True)
+    state: dict[Any, Any] = {}
+    for path in wanted:
+        try:
+            state.update(reader.checkout(commit_id, paths=[path], mmap=True))
+        except PathNotFoundError as e:
+            if fmt in ("hf", "peft"):
+                continue  # the writer names what is missing and how to fix it
+            raise ExportError(
+                f"commit {commit_id[:12]} has no key {path!r} ({e}); pass key= one of those"
+            ) from e
+    return state
 
 
 def _options(fmt: str) -> set[str]:
@@ -103,5 +127,5 @@ def export_commit(
     outside(reader.root, out)
     commit_id = reader.resolve(rev)
     commit = Commit.from_record(commit_id, reader.record(commit_id))
-    _WRITERS[fmt](ExportJob(reader.checkout(commit_id), commit, out, force), **options)
+    _WRITERS[fmt](ExportJob(_read(reader, commit_id, fmt, options), commit, out, force), **options)
     return report(commit_id, fmt, out)

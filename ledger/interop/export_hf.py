@@ -218,6 +218,12 @@ def write_hf(
             f"{{'model': model, {files_key!r}: hf_files(model, tokenizer)}} "
             "(ledger.adapters._hf_files; the Transformers adapter does this itself)"
         )
+    if ADAPTER_CONFIG in files:
+        raise ExportError(
+            f"commit {rev} holds a PEFT model (its files include {ADAPTER_CONFIG}), whose "
+            "weights from_pretrained cannot load as a model; export it with --format peft "
+            "and load it onto its base, or commit model.merge_and_unload() for a full model"
+        )
     tensors = model_tensors(state, model_key, rev)
     shard_bytes(max_shard_size)  # refused before anything is written
     prepare_dir(out, force=force)

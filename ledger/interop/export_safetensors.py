@@ -27,6 +27,7 @@ from ledger.state.files import File
 from ledger.state.rng import RNG_KEY
 
 METADATA_FILE = "metadata.json"
+FILES_DIR = "files"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -100,8 +101,9 @@ def write_safetensors_dir(
     (tensor names are the ``/``-joined path below the key; a bare tensor is named
     after the key). Tensors are made contiguous; tensors sharing storage are
     cloned, which safetensors requires. ``__rng__`` is left out. Each
-    :class:`File` is written as a file at its ``/`` path (each part made safe),
-    listed in ``metadata.json`` under ``file_values``. Every other
+    :class:`File` is written as a file at its ``/`` path (each part made safe; a
+    top-level one under ``files/``), listed in ``metadata.json`` under
+    ``file_values``. Every other
     value goes into ``metadata.json`` under its full ``/`` path (a subtree without
     tensors kept whole), next to the commit's metadata.
 
@@ -131,10 +133,9 @@ def write_safetensors_dir(
                 values[full] = leaf
                 continue
             if isinstance(leaf, File):
-                rel = "/".join(
-                    _UNSAFE.sub("_", part).lstrip(".") or "_" for part in full.split("/")
-                )
-                leaf.write(out / rel)
+                parts = [_UNSAFE.sub("_", p).lstrip(".") or "_" for p in full.split("/")]
+                rel = "/".join(parts if len(parts) > 1 else [FILES_DIR, *parts])
+                leaf.write(out / rel)  # a top-level file goes under files/, never by the weights
                 file_values[full] = rel
                 continue
             t = _as_tensor(leaf).contiguous()

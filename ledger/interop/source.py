@@ -24,8 +24,10 @@ from ledger.history.records import Commit
 class CommitReader(HistoryReader, Protocol):
     """Reads a commit's record and its whole state (``ledger.Ledger`` is one)."""
 
-    def checkout(self, rev: str) -> dict[Any, Any]:
-        """The state of the commit ``rev`` names, as a nested dict of tensors and values."""
+    def checkout(
+        self, rev: str, *, paths: list[str] | None = None, mmap: bool = False
+    ) -> dict[Any, Any]:
+        """The state of the commit ``rev`` names (or only ``paths`` of it), as a nested dict."""
         ...
 
 

@@ -13,6 +13,7 @@ and must never put anything else (environment, tokens) into a card.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -25,6 +26,7 @@ from ledger.interop.export import METADATA_FILE, CommitReader, export_safetensor
 from ledger.interop.export_hf import write_hf as _write_hf
 from ledger.interop.source import ExportJob
 from ledger.remotes.base import check_key
+from ledger.state.build import PathNotFoundError
 
 LIBRARY = "training-ledger"
 TAGS = ["training-ledger", "checkpoint"]
@@ -333,5 +335,9 @@ def write_hf(reader: CommitReader, commit_id: str, out: Path) -> list[str]:
         ['config.json', 'model.safetensors']
     """
     commit = Commit.from_record(commit_id, reader.record(commit_id))
-    _write_hf(ExportJob(reader.checkout(commit_id), commit, out, force=True))
+    state: dict[Any, Any] = {}
+    for key in ("model", "hf_files"):  # only what the layout holds, not the optimizer
+        with contextlib.suppress(PathNotFoundError):  # write_hf names what is missing
+            state.update(reader.checkout(commit_id, paths=[key], mmap=True))
+    _write_hf(ExportJob(state, commit, out, force=True))
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

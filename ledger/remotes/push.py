@@ -21,12 +21,12 @@ from pathlib import Path
 import msgspec
 
 from ledger.errors import DetachedHeadError, DivergedError, RefNameError, RemoteConflictError
-from ledger.interop.export import CommitReader
 from ledger.history.graph import refs_under
 from ledger.history.needs import commit_needs
 from ledger.history.records import Expiry, utcnow
 from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
+from ledger.interop.export import CommitReader
 from ledger.remotes import transfer
 from ledger.remotes.base import Remote
 from ledger.remotes.hub import HubRemote

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -22,6 +23,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from ledger.adapters.accelerate import load_state, save_state
 
 warnings.filterwarnings("ignore")
+
+
+def cpu_accelerator(**kwargs: Any) -> Accelerator:
+    """One thread, CPU, a stateful loader with a seedable sampler (what exact resume needs)."""
+    torch.set_num_threads(1)
+    return Accelerator(
+        cpu=True,
+        dataloader_config=DataLoaderConfiguration(
+            use_stateful_dataloader=True, use_seedable_sampler=True
+        ),
+        **kwargs,
+    )
 
 
 def prepared(
@@ -53,13 +66,7 @@ def image(
 
 def main() -> None:
     where, out = sys.argv[1], Path(sys.argv[2])
-    torch.set_num_threads(1)
-    accelerator = Accelerator(
-        cpu=True,
-        dataloader_config=DataLoaderConfiguration(
-            use_stateful_dataloader=True, use_seedable_sampler=True
-        ),
-    )
+    accelerator = cpu_accelerator()
     rank = accelerator.process_index
     model, opt, loader = prepared(accelerator, seed=0)
     torch.manual_seed(1000 + rank)  # every process has its own RNG stream
