@@ -4,20 +4,20 @@ Covers both upload paths the client takes (``uploadMode: "regular"``: bytes
 inline in the NDJSON commit; ``"lfs"`` with Xet disabled: the LFS batch API),
 one Hub commit per push with the parent commit as compare-and-swap, range
 reads for lazy restore, the model card and exported weights, faults (503s,
-dropped connections, a server killed mid-push), and the token never reaching
-the ledger. The guarantees every backend shares are
+dropped connections, a server killed mid-push), the token never reaching
+the ledger, and repos a push creates being private unless ``public=True``. The guarantees every backend shares are
 tests/test_remote_conformance.py's.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from servers.hub import TOKEN, FakeHub, serve_hub
+from helpers import run_cli
+from servers.hub import TOKEN, FakeHub, hub_fixture
 from servers.training import fine_tune_last, model, new_ledger, same, secrets_in, state
 
 from ledger import Ledger
@@ -28,16 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 REPO = "user/run"
 URL = f"hf://{REPO}"
-
-
-@pytest.fixture(params=["regular", "lfs"])
-def hub(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[FakeHub]:
-    """A fake Hub; the client is pointed at it with an explicit token and a private cache."""
-    server = serve_hub(monkeypatch, tmp_path, lfs_threshold=1 if request.param == "lfs" else None)
-    yield server
-    server.stop()
+hub = hub_fixture()
 
 
 def _pushed(tmp_path: Path) -> tuple[Ledger, torch.nn.Sequential]:
@@ -191,3 +182,23 @@ def test_the_token_never_reaches_the_ledger(hub: FakeHub, tmp_path: Path) -> Non
     assert secrets_in(tmp_path / "b", TOKEN) == []
     for files in hub.state.repos[REPO].commits.values():
         assert not any(TOKEN.encode() in b.data for b in files.values())
+
+
+def test_a_push_creates_a_private_repo_unless_public(hub: FakeHub, tmp_path: Path) -> None:
+    from huggingface_hub.utils import get_session
+
+    lg, net = _pushed(tmp_path)
+    assert hub.state.repos[REPO].private
+    assert get_session().get(f"{hub.endpoint}/{REPO}/resolve/main/README.md").status_code == 401
+    lg.remote_add("open", "hf://user/open")
+    lg.push("open", public=True)
+    assert not hub.state.repos["user/open"].private
+    lg.commit(state(net), step=2)
+    lg.push("origin", public=True)  # existing repos keep their visibility, both ways
+    lg.push("open")
+    assert hub.state.repos[REPO].private and not hub.state.repos["user/open"].private
+    lg.remote_add("cli", "hf://user/cli")
+    lg.close()
+    out = run_cli("--dir", tmp_path / "a", "push", "cli", "--public")
+    assert out.exit_code == 0, out.output
+    assert not hub.state.repos["user/cli"].private

@@ -23,6 +23,7 @@ from ledger.remotes import push as _push
 from ledger.remotes import tracking
 from ledger.remotes.collect import RemoteGcReport, collect_remote
 from ledger.remotes.fetch import FetchResult, PullResult
+from ledger.remotes.hub import creating_public
 from ledger.remotes.lazy import LazySource
 from ledger.remotes.push import PushPlan, PushResult
 from ledger.remotes.transfer import Progress
@@ -67,6 +68,7 @@ class RemoteOps(LedgerCore):
         all: bool = False,
         tags: bool = False,
         export_weights: bool = False,
+        public: bool = False,
         dry_run: Literal[False] = False,
         progress: Progress | None = None,
     ) -> PushResult: ...
@@ -80,6 +82,7 @@ class RemoteOps(LedgerCore):
         all: bool = False,
         tags: bool = False,
         export_weights: bool = False,
+        public: bool = False,
         dry_run: Literal[True],
         progress: Progress | None = None,
     ) -> PushPlan: ...
@@ -92,6 +95,7 @@ class RemoteOps(LedgerCore):
         all: bool = False,
         tags: bool = False,
         export_weights: bool = False,
+        public: bool = False,
         dry_run: bool = False,
         progress: Progress | None = None,
     ) -> PushResult | PushPlan:
@@ -106,7 +110,10 @@ class RemoteOps(LedgerCore):
             branch: the branch to push (default: the one HEAD is on).
             all: push every branch.
             tags: push every tag too.
-            export_weights: (Hub) also upload the head's tensors as plain safetensors.
+            export_weights: (Hub) also upload the head's model in the ``hf`` layout under
+                ``weights/`` (``from_pretrained(repo, subfolder="weights")`` loads it).
+            public: (Hub) create a missing repo public; by default it is created private.
+                An existing repo keeps its visibility.
             dry_run: change nothing on either side; return the :class:`PushPlan`
                 (commits and objects to send with their bytes, refs to move with
                 the values expected there).
@@ -129,9 +136,16 @@ class RemoteOps(LedgerCore):
                 return _push.plan_push(self, name, branch, all_branches=all, tags=tags)
             # The facade composes checkout (ledger.api.restore) with this mixin: a Ledger reads state.
             reader = cast(CommitReader, self) if export_weights else None
-            return _push.push(
-                self, name, branch, all_branches=all, tags=tags, export=reader, progress=progress
-            )
+            with creating_public(public):
+                return _push.push(
+                    self,
+                    name,
+                    branch,
+                    all_branches=all,
+                    tags=tags,
+                    export=reader,
+                    progress=progress,
+                )
 
     def fetch(self, remote: str | None = None, progress: Progress | None = None) -> FetchResult:
         """Bring the remote's commit records and refs (``origin/main`` ...); chunks come on demand.

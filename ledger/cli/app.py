@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 import ledger
-from ledger.cli import export, imports, log, maintain, refs, remote, report
+from ledger.cli import export, imports, log, maintain, refs, release, remote, report
 from ledger.cli._common import Options, global_options, to_json
 from ledger.cli.hints import hint_for
 from ledger.errors import LedgerError
@@ -28,7 +28,16 @@ from ledger.errors import LedgerError
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 #: Modules whose ``click.Command`` objects (names ending in ``_command``) are subcommands.
-COMMAND_MODULES: tuple[ModuleType, ...] = (refs, log, report, export, maintain, remote, imports)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    refs,
+    log,
+    report,
+    export,
+    maintain,
+    remote,
+    imports,
+    release,
+)
 
 
 def _wants_json(args: Sequence[str]) -> bool:

@@ -24,6 +24,7 @@ from ledger.errors import (
     RevisionNotFoundError,
     UnmergedBranchError,
 )
+from ledger.remotes.release import ReleaseConflictError
 
 
 def _q(value: object) -> str:
@@ -49,6 +50,14 @@ def _conflict(e: LedgerError) -> str | None:
     )
 
 
+def _release_conflict(e: LedgerError) -> str | None:
+    return {
+        "tag-exists": "tags never move: pass a new name with `--tag`",
+        "push-branch": "release onto another branch, e.g. `--revision release`",
+        "moved": "run the same `ledger release` again",
+    }.get(str(getattr(e, "reason", None)))
+
+
 def _diverged(e: LedgerError) -> str | None:
     branch = getattr(e, "branch", None)
     if branch is None:
@@ -70,6 +79,7 @@ _HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
     (UnmergedBranchError, _unmerged),
     (RefNameError, lambda e: "`ledger branch` lists the branches, `ledger tag` the tags"),
     (DetachedHeadError, lambda e: "`ledger checkout BRANCH` attaches HEAD to a branch"),
+    (ReleaseConflictError, _release_conflict),
     (RemoteConflictError, _conflict),
     (DivergedError, _diverged),
     (CorruptionError, lambda e: "`ledger verify --full` lists everything damaged"),

@@ -134,7 +134,12 @@ def confirm_remote_gc(r: RemoteGcReport, dry_run: bool) -> None:
 @click.option(
     "--export-weights",
     is_flag=True,
-    help="(Hub) also upload the head's tensors as plain safetensors files.",
+    help="(Hub) also upload the head's model in the hf layout under weights/.",
+)
+@click.option(
+    "--public",
+    is_flag=True,
+    help="(Hub) create a missing repo public (default: private). Never changes an existing repo.",
 )
 @click.option(
     "--dry-run",
@@ -148,6 +153,7 @@ def push_command(
     all_branches: bool,
     tags: bool,
     export_weights: bool,
+    public: bool,
     dry_run: bool,
 ) -> None:
     """Send BRANCH (default: HEAD's) to REMOTE (default: origin); only missing objects travel."""
@@ -157,7 +163,13 @@ def push_command(
         return
     with _progress() as bar:
         r = lg.push(
-            remote, branch, all=all_branches, tags=tags, export_weights=export_weights, progress=bar
+            remote,
+            branch,
+            all=all_branches,
+            tags=tags,
+            export_weights=export_weights,
+            public=public,
+            progress=bar,
         )
     if not r.updated and not r.bytes_sent:
         confirm(r, f"{r.remote} is up to date")

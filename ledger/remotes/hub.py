@@ -10,6 +10,10 @@ version read: a stale parent is refused by the Hub, which is our
 compare-and-swap. Large files travel by whatever the client picks (LFS or
 Xet); nothing here is Xet-specific.
 
+A repo the first push creates is **private** unless the caller asked for a
+public one (:func:`creating_public`, which ``Ledger.push(public=True)`` sets);
+an existing repo keeps its visibility: nothing here ever changes it.
+
 The server is ``$HF_ENDPOINT`` (or the client's default) and the token comes
 from the client's usual sources (``HF_TOKEN``, the saved login); this module
 must never store, log or pass on a token itself.
@@ -17,7 +21,10 @@ must never store, log or pass on a token itself.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,23 @@ from ledger.errors import RemoteConflictError, RemoteError, RemoteURLError
 from ledger.remotes.base import Answer, Remote, Version, check_key
 
 PREFIX = "ledger/"
+
+_PUBLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("ledger_hub_public", default=False)
+
+
+@contextlib.contextmanager
+def creating_public(public: bool) -> Iterator[None]:
+    """Within the block, a Hub repo a push creates is public when ``public`` (else private).
+
+    Example:
+        >>> with creating_public(True):  # doctest: +SKIP
+        ...     push(lg, "origin")
+    """
+    token = _PUBLIC.set(public)
+    try:
+        yield
+    finally:
+        _PUBLIC.reset(token)
 
 
 class HubRemote(Remote):
@@ -149,7 +173,8 @@ class HubRemote(Remote):
 
         parent = expected
         if parent is None:
-            self.api.create_repo(self.repo_id, exist_ok=True)
+            # Private unless asked; exist_ok keeps an existing repo's visibility as it is.
+            self.api.create_repo(self.repo_id, private=not _PUBLIC.get(), exist_ok=True)
             parent = self.head_commit()
             if parent is None or self.api.file_exists(self.repo_id, PREFIX + key, revision=parent):
                 raise _conflict(key, self.url)

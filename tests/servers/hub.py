@@ -1,414 +1,55 @@
 """A small Hugging Face Hub server for tests: the endpoints huggingface_hub 2.x calls for our use.
 
-A test fixture, not product code. It speaks the Hub's HTTP protocol on
-127.0.0.1 to the real ``huggingface_hub`` client, keeps repos in memory as
-chains of commits, and refuses what the Hub refuses: an unknown repo
-(``X-Error-Code: RepoNotFound``), an unknown revision (``RevisionNotFound``)
-or file (``EntryNotFound``), a missing or wrong token (401), and a commit whose
-``parentCommit`` is no longer the branch tip (412).
-
-Endpoints (``{id}`` is ``user/repo``, ``{rev}`` a branch or a 40-hex commit):
-
-    POST /api/repos/create                      create (409 + {"url"} if it exists)
-    GET  /api/models/{id}[/revision/{rev}]      repo info: id, sha, siblings
-    GET  /api/models/{id}/tree/{rev}[/{path}]   file listing (?recursive=true)
-    POST /api/models/{id}/paths-info/{rev}      info on given paths
-    POST /api/models/{id}/preupload/{rev}       upload mode per file: "regular" or "lfs"
-    POST /api/models/{id}/commit/{rev}          NDJSON commit (header, file, lfsFile, deletedFile)
-    POST /{id}.git/info/lfs/objects/batch       LFS batch: upload actions for absent objects
-    PUT  /lfs-upload/{sha256}                   LFS basic transfer (checked against the oid)
-    HEAD/GET /{id}/resolve/{rev}/{path}         download, with X-Repo-Commit, ETag, size, Range -> 206
-    POST /api/validate-yaml                     model card metadata check (always valid)
-
-Faults for tests: ``fail(n, status, retry_after)`` answers the next n requests
-with ``status`` (and a ``Retry-After`` header when given); ``drop(n)`` closes the next n connections without an answer;
-``on_request(method, path)`` runs before each request is served; when it
-returns False the connection is closed unanswered (a server killed mid-request).
+A test fixture, not product code. :class:`FakeHub` serves the Hub's HTTP
+protocol (tests/servers/hub_http.py: repos, commits, LFS, downloads;
+tests/servers/hub_refs.py: branches, tags, visibility, ``whoami``) on
+127.0.0.1 to the real ``huggingface_hub`` client; :func:`serve_hub` points the
+client (and ``transformers.from_pretrained``) at it, and :func:`hub_fixture`
+makes the pytest fixture that runs each test once per upload path. Run as a
+script (``python tests/servers/hub.py PORT TOKEN``) it serves until killed.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import re
+import contextlib
+import socket
+import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-ZERO = "0" * 40
+import pytest
 
+if not __package__:  # run as a script (benchmarks/push.py): make the `servers` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-@dataclass
-class Blob:
-    """A file in a commit: its bytes, and its LFS oid when uploaded through LFS."""
-
-    data: bytes
-    lfs: str | None = None
-
-    @property
-    def oid(self) -> str:
-        return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
+from servers.hub_http import Blob, Handler, HubState
 
 
-@dataclass
-class Repo:
-    """A repo: commits (sha -> files) and branches."""
+class _Server(ThreadingHTTPServer):
+    """An HTTP server that can close its clients' kept-alive connections when it stops."""
 
-    commits: dict[str, dict[str, Blob]] = field(default_factory=dict)
-    branches: dict[str, str] = field(default_factory=dict)
-    messages: dict[str, str] = field(default_factory=dict)
+    daemon_threads = True
 
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, Handler)
+        self.open: set[socket.socket] = set()
+        self.stopping = False
 
-class HubState:
-    """Everything the fake Hub stores, and its fault switches."""
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        self.open.add(sock)
+        return sock, addr
 
-    def __init__(self, token: str, lfs_threshold: int | None) -> None:
-        self.token = token
-        self.lfs_threshold = lfs_threshold
-        self.repos: dict[str, Repo] = {}
-        self.lfs: dict[str, bytes] = {}
-        self.lock = threading.Lock()
-        self.requests: list[tuple[str, str]] = []
-        self.uploaded_bytes = 0
-        self.served_bytes = 0
-        self._fail: list[tuple[int, float | None]] = []
-        self._drop = 0
-        self.on_request: Callable[[str, str], bool] | None = None
+    def shutdown_request(self, request: Any) -> None:
+        self.open.discard(request)
+        super().shutdown_request(request)
 
-    def fail(self, n: int, status: int = 503, retry_after: float | None = None) -> None:
-        """Answer the next ``n`` requests with ``status`` (and ``Retry-After`` when given)."""
-        self._fail = [(status, retry_after)] * n
-
-    def drop(self, n: int) -> None:
-        """Close the next ``n`` connections without answering."""
-        self._drop = n
-
-    def new_commit(self, repo: Repo, files: dict[str, Blob], message: str) -> str:
-        parent = repo.branches.get("main", ZERO)
-        sha = hashlib.sha1(
-            f"{parent}{message}{sorted(files)}{len(repo.commits)}".encode()
-        ).hexdigest()
-        repo.commits[sha] = files
-        repo.messages[sha] = message
-        repo.branches["main"] = sha
-        return sha
-
-
-class HubError(Exception):
-    def __init__(self, status: int, code: str | None = None, message: str = "") -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class Handler(BaseHTTPRequestHandler):
-    """One request against :class:`HubState` (``self.server.hub``)."""
-
-    protocol_version = "HTTP/1.1"
-    hub: HubState
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    # -- plumbing -------------------------------------------------------------
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(
-            status,
-            json.dumps(doc).encode(),
-            {"Content-Type": "application/json", **(headers or {})},
-        )
-
-    def _auth(self, write: bool) -> None:
-        given = self.headers.get("Authorization")
-        if given is not None and given != f"Bearer {self.hub.token}":
-            raise HubError(401, None, "Invalid credentials in Authorization header")
-        if write and given is None:
-            raise HubError(401, None, "Invalid credentials in Authorization header")
-
-    def _dispatch(self) -> None:
-        hub = self.server.hub  # type: ignore[attr-defined]
-        self.hub = hub
-        path = urlsplit(self.path).path
-        with hub.lock:
-            hub.requests.append((self.command, path))
-            if hub._drop:
-                hub._drop -= 1
-                self._body()
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            fault = hub._fail.pop() if hub._fail else None
-        if hub.on_request is not None and not hub.on_request(self.command, path):
-            self.close_connection = True
-            self.connection.shutdown(2)
-            return
-        if fault is not None:
-            status, after = fault
-            self._body()
-            extra = {"Retry-After": str(after)} if after is not None else None
-            self._json(status, {"error": "injected fault"}, extra)
-            return
-        try:
-            self._route(path)
-        except HubError as e:
-            headers = {"X-Error-Message": e.message}
-            if e.code:
-                headers["X-Error-Code"] = e.code
-            self._json(e.status, {"error": e.message}, headers)
-
-    do_GET = do_POST = do_PUT = do_HEAD = _dispatch
-
-    # -- routes ---------------------------------------------------------------
-
-    def _route(self, path: str) -> None:
-        m = self.command, path
-        if m == ("POST", "/api/repos/create"):
-            return self._create()
-        if m == ("POST", "/api/validate-yaml"):
-            self._body()
-            return self._json(200, {"errors": [], "warnings": []})
-        if self.command == "PUT" and path.startswith("/lfs-upload/"):
-            return self._lfs_put(path.rsplit("/", 1)[1])
-        api = re.match(
-            r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree|paths-info|preupload|commit)/([^/]+)(/.*)?)?$",
-            path,
-        )
-        if api:
-            repo_id, verb, rev, rest = api.groups()
-            rev = unquote(rev) if rev else "main"
-            if verb in (None, "revision") and self.command == "GET":
-                return self._info(repo_id, rev)
-            if verb == "tree" and self.command == "GET":
-                return self._tree(repo_id, rev, unquote(rest or "").strip("/"))
-            if verb == "paths-info" and self.command == "POST":
-                return self._paths_info(repo_id, rev)
-            if verb == "preupload" and self.command == "POST":
-                return self._preupload(repo_id)
-            if verb == "commit" and self.command == "POST":
-                return self._commit(repo_id, rev)
-        batch = re.match(r"^/([^/]+/[^/]+)\.git/info/lfs/objects/batch$", path)
-        if batch and self.command == "POST":
-            return self._lfs_batch(batch.group(1))
-        res = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
-        if res and self.command in ("GET", "HEAD"):
-            return self._resolve(res.group(1), unquote(res.group(2)), unquote(res.group(3)))
-        raise HubError(404, None, f"no route for {self.command} {path}")
-
-    def _repo(self, repo_id: str) -> Repo:
-        self._auth(write=False)
-        repo = self.hub.repos.get(repo_id)
-        if repo is None:
-            raise HubError(404, "RepoNotFound", "Repository not found")
-        return repo
-
-    def _files(self, repo: Repo, rev: str) -> tuple[str, dict[str, Blob]]:
-        sha = repo.branches.get(rev, rev)
-        if sha not in repo.commits:
-            raise HubError(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        return sha, repo.commits[sha]
-
-    def _create(self) -> None:
-        self._auth(write=True)
-        doc = json.loads(self._body())
-        repo_id = f"{doc.get('organization') or 'user'}/{doc['name']}"
-        url = f"http://{self.headers['Host']}/{repo_id}"
-        with self.hub.lock:
-            if repo_id in self.hub.repos:
-                return self._json(409, {"error": "You already created this model repo", "url": url})
-            repo = Repo()
-            self.hub.repos[repo_id] = repo
-            self.hub.new_commit(
-                repo, {".gitattributes": Blob(b"*.bin filter=lfs\n")}, "initial commit"
-            )
-        self._json(200, {"url": url})
-
-    def _info(self, repo_id: str, rev: str) -> None:
-        repo = self._repo(repo_id)
-        sha, files = self._files(repo, rev)
-        siblings = [{"rfilename": p} for p in sorted(files)]
-        self._json(200, {"id": repo_id, "sha": sha, "siblings": siblings, "private": False})
-
-    def _entry(self, path: str, blob: Blob) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "type": "file",
-            "oid": blob.oid,
-            "size": len(blob.data),
-            "path": path,
-        }
-        if blob.lfs:
-            doc["lfs"] = {"oid": blob.lfs, "size": len(blob.data), "pointerSize": 134}
-        return doc
-
-    def _tree(self, repo_id: str, rev: str, prefix: str) -> None:
-        repo = self._repo(repo_id)
-        _, files = self._files(repo, rev)
-        recursive = (
-            parse_qs(urlsplit(self.path).query).get("recursive", ["false"])[0].lower() == "true"
-        )
-        base = prefix + "/" if prefix else ""
-        out: list[dict[str, Any]] = []
-        dirs: set[str] = set()
-        for path, blob in sorted(files.items()):
-            if not path.startswith(base):
-                continue
-            rest = path[len(base) :]
-            parts = rest.split("/")
-            for i in range(1, len(parts)):
-                d = base + "/".join(parts[:i])
-                if (recursive or i == 1) and d not in dirs:
-                    dirs.add(d)
-                    out.append({"type": "directory", "oid": ZERO, "path": d})
-            if recursive or len(parts) == 1:
-                out.append(self._entry(path, blob))
-        if prefix and not out:
-            raise HubError(404, "EntryNotFound", f"{prefix} does not exist")
-        self._json(200, out)
-
-    def _paths_info(self, repo_id: str, rev: str) -> None:
-        repo = self._repo(repo_id)
-        _, files = self._files(repo, rev)
-        body = self._body()
-        if self.headers.get("Content-Type", "").startswith("application/json"):
-            paths = json.loads(body).get("paths", [])
-        else:
-            paths = parse_qs(body.decode()).get("paths", [])
-        self._json(200, [self._entry(p, files[p]) for p in paths if p in files])
-
-    def _preupload(self, repo_id: str) -> None:
-        self._auth(write=True)
-        repo = self._repo(repo_id)
-        doc = json.loads(self._body())
-        _, files = self._files(repo, "main")
-        out = []
-        for f in doc["files"]:
-            lfs = self.hub.lfs_threshold is not None and f["size"] >= self.hub.lfs_threshold
-            existing = files.get(f["path"])
-            out.append(
-                {
-                    "path": f["path"],
-                    "uploadMode": "lfs" if lfs else "regular",
-                    "shouldIgnore": False,
-                    "oid": existing.oid if existing else None,
-                }
-            )
-        self._json(200, {"files": out, "commitOid": repo.branches["main"]})
-
-    def _lfs_batch(self, repo_id: str) -> None:
-        self._auth(write=True)
-        self._repo(repo_id)
-        doc = json.loads(self._body())
-        host = self.headers["Host"]
-        objects = []
-        for obj in doc["objects"]:
-            entry: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"]}
-            if obj["oid"] not in self.hub.lfs:
-                entry["actions"] = {
-                    "upload": {"href": f"http://{host}/lfs-upload/{obj['oid']}", "header": {}}
-                }
-            objects.append(entry)
-        self._send(
-            200,
-            json.dumps({"transfer": "basic", "objects": objects}).encode(),
-            {"Content-Type": "application/vnd.git-lfs+json"},
-        )
-
-    def _lfs_put(self, oid: str) -> None:
-        data = self._body()
-        if hashlib.sha256(data).hexdigest() != oid:
-            raise HubError(400, None, "uploaded bytes do not match the LFS oid")
-        with self.hub.lock:
-            self.hub.lfs[oid] = data
-            self.hub.uploaded_bytes += len(data)
-        self._send(200)
-
-    def _commit(self, repo_id: str, rev: str) -> None:
-        self._auth(write=True)
-        repo = self._repo(repo_id)
-        lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
-        header = lines[0]["value"] if lines and lines[0]["key"] == "header" else {}
-        with self.hub.lock:
-            sha, files = self._files(repo, rev)
-            parent = header.get("parentCommit")
-            if parent is not None and parent != sha:
-                raise HubError(
-                    412, None, "A commit has happened since. Please refresh and try again."
-                )
-            files = dict(files)
-            for item in lines[1:]:
-                key, value = item["key"], item["value"]
-                if key == "file":
-                    data = base64.b64decode(value["content"])
-                    files[value["path"]] = Blob(data)
-                    self.hub.uploaded_bytes += len(data)
-                elif key == "lfsFile":
-                    data = self.hub.lfs.get(value["oid"])
-                    if data is None:
-                        raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
-                    files[value["path"]] = Blob(data, lfs=value["oid"])
-                elif key == "deletedFile":
-                    if files.pop(value["path"], None) is None:
-                        raise HubError(404, "EntryNotFound", "A file with this name doesn't exist")
-                elif key == "deletedFolder":
-                    files = {
-                        p: b
-                        for p, b in files.items()
-                        if not p.startswith(value["path"].rstrip("/") + "/")
-                    }
-            message = "\n".join(filter(None, [header.get("summary"), header.get("description")]))
-            new = self.hub.new_commit(repo, files, message)
-        host = self.headers["Host"]
-        self._json(
-            200,
-            {
-                "commitUrl": f"http://{host}/{repo_id}/commit/{new}",
-                "commitOid": new,
-                "pullRequestUrl": None,
-            },
-        )
-
-    def _resolve(self, repo_id: str, rev: str, path: str) -> None:
-        repo = self._repo(repo_id)
-        sha, files = self._files(repo, rev)
-        blob = files.get(path)
-        if blob is None:
-            raise HubError(404, "EntryNotFound", f"{path} does not exist at {rev}")
-        headers = {
-            "X-Repo-Commit": sha,
-            "ETag": f'"{blob.lfs or blob.oid}"',
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-        }
-        if blob.lfs:
-            headers["X-Linked-Etag"] = f'"{blob.lfs}"'
-            headers["X-Linked-Size"] = str(len(blob.data))
-        rng = re.match(r"^bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
-        if rng:
-            start = int(rng.group(1))
-            end = min(int(rng.group(2)) if rng.group(2) else len(blob.data) - 1, len(blob.data) - 1)
-            if start >= len(blob.data):
-                raise HubError(416, None, "range not satisfiable")
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(blob.data)}"
-            self.hub.served_bytes += end + 1 - start if self.command == "GET" else 0
-            return self._send(206, blob.data[start : end + 1], headers)
-        self.hub.served_bytes += len(blob.data) if self.command == "GET" else 0
-        self._send(200, blob.data, headers)
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not self.stopping:  # a connection stop() cut is not an error
+            super().handle_error(request, client_address)
 
 
 class FakeHub:
@@ -428,8 +69,7 @@ class FakeHub:
         state: HubState | None = None,
     ) -> None:
         self.state = state or HubState(token, lfs_threshold)
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port))
         self.server.hub = self.state  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -437,18 +77,31 @@ class FakeHub:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket (a killed server)."""
+        """Stop serving and close every connection (a killed server).
+
+        Kept-alive connections are closed too: a client's pooled connection must
+        not reach this server's state after a new server took its port.
+        """
+        self.server.stopping = True
         self.server.shutdown()
+        for sock in list(self.server.open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.server.server_close()
 
     def restart(self) -> FakeHub:
         """A new server on the same port with the same repos (the service came back)."""
         return FakeHub(self.state.token, port=self.port, state=self.state)
 
-    def file(self, repo_id: str, path: str) -> bytes:
-        """A file at the tip of ``main``."""
+    def file(self, repo_id: str, path: str, rev: str = "main") -> bytes:
+        """A file at the tip of branch ``rev`` (or at tag ``rev``)."""
         repo = self.state.repos[repo_id]
-        return repo.commits[repo.branches["main"]][path].data
+        return repo.commits[repo.branches.get(rev) or repo.tags[rev]][path].data
+
+    def tip_added(self, repo_id: str, branch: str = "main") -> list[str]:
+        """The paths the last commit on ``branch`` uploaded (unchanged files are not sent)."""
+        repo = self.state.repos[repo_id]
+        return repo.added[repo.branches[branch]]
 
     def set_file(self, repo_id: str, path: str, data: bytes) -> None:
         """Overwrite a file in place at the tip (tampering, as a compromised store would)."""
@@ -460,8 +113,27 @@ class FakeHub:
 TOKEN = "hf_ledgerTestToken0123456789abcdef"
 
 
+def hub_fixture() -> Any:
+    """A pytest fixture: a fake Hub for one test, once per upload path the client takes,
+    ``regular`` (bytes inline in the NDJSON commit) and ``lfs`` (every file through the LFS
+    batch API). A test module binds it: ``hub = hub_fixture()``.
+    """
+
+    @pytest.fixture(params=["regular", "lfs"])
+    def hub(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> Iterator[FakeHub]:
+        threshold = 1 if request.param == "lfs" else None
+        server = serve_hub(monkeypatch, tmp_path, lfs_threshold=threshold)
+        yield server
+        server.stop()
+
+    return hub
+
+
 def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None) -> FakeHub:
-    """A fake Hub with the real client pointed at it (token, private cache, Xet off); stop() it."""
+    """A fake Hub with the real client pointed at it (endpoint, token, private cache, Xet off);
+    stop() it."""
     import huggingface_hub.constants
 
     server = FakeHub(TOKEN, lfs_threshold=lfs_threshold)
@@ -470,6 +142,11 @@ def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # The client reads these once at import; from_pretrained and HfApi() use them.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+    template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return server
 
 
