@@ -1,7 +1,7 @@
 """The ``Ledger`` facade: the one object users touch.
 
 ``Ledger`` combines the core (open, commit, checkout, restore, log, gc), ref
-operations, maintenance, reports and remotes, each in its own module of this package.
+operations, maintenance, reports, remotes and interop (import, export, release), each in its own module of this package.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from ledger.api.commit import Committing
 from ledger.api.core import LedgerCore
 from ledger.api.inputs import CONFIG_FILE, DEFAULT_CHUNK_SIZE
+from ledger.api.interop import Interop
 from ledger.api.maintain import Maintenance
 from ledger.api.refs import RefOps
 from ledger.api.remotes import RemoteOps
@@ -29,7 +30,9 @@ __all__ = [
 ]
 
 
-class Ledger(Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, LedgerCore):
+class Ledger(
+    Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, Interop, LedgerCore
+):
     """A ledger directory: commits of training state, branches, tags and HEAD.
 
     Example:

@@ -25,7 +25,7 @@ from ledger.cli._common import (
     table,
 )
 from ledger.cli._common import row as add_row
-from ledger.interop.imports import ImportReport, import_path
+from ledger.interop.imports import ImportReport
 
 
 def _render(report: ImportReport, out: Console) -> None:
@@ -76,7 +76,7 @@ def import_command(
     """
     lg = open_ledger()
     with progress(f"importing {path}"):
-        report = import_path(lg, path, branch=branch, onto=onto, allow=allow)
+        report = lg.import_checkpoints(path, branch=branch, onto=onto, allow=allow)
     doc = msgspec.to_builtins(report)
     doc["commits"] = report.commits
     emit(doc, lambda out: _render(report, out))

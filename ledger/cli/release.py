@@ -1,7 +1,7 @@
 """``ledger release``: a commit as an ordinary Hub model repo commit (docs/remotes.md, "Release").
 
 This module owns the command's arguments and its confirmation; the work is
-:func:`ledger.remotes.release.release` (to become ``Ledger.release``). It must
+``Ledger.release`` (ledger.remotes.release). It must
 never read or write Hub bytes itself.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import click
 
 from ledger.cli._common import confirm, global_options, open_ledger, short
-from ledger.remotes.release import release
 
 
 @click.command("release")
@@ -35,7 +34,7 @@ def release_command(rev: str, to: str, revision: str, tag: str | None, public: b
     Only files whose content changed are uploaded. Anyone can then load it with
     transformers' from_pretrained("ORG/NAME", revision=REVISION), no ledger needed.
     """
-    r = release(open_ledger(), rev, to, revision=revision, tag=tag, public=public)
+    r = open_ledger().release(rev, to, revision=revision, tag=tag, public=public)
     where = f"{r.url}@{r.revision}" + (f" (tag {r.tag})" if r.tag else "")
     seen = "private" if r.private else "public"
     sent = f"{len(r.uploaded)} files uploaded, {len(r.unchanged)} unchanged"

@@ -1,0 +1,105 @@
+"""Coming and going: import other tools' checkpoints, export commits, release to the Hub.
+
+Thin methods over ``ledger.interop`` (import, export) and
+``ledger.remotes.release``; what each format holds and carries is
+docs/interop.md. This module owns only the facade: no format is read or
+written here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from ledger.api.core import LedgerCore
+from ledger.interop.export import export_commit
+from ledger.interop.imports import ImportReport, import_path
+from ledger.interop.source import ExportReport
+from ledger.remotes.release import ReleaseResult, release
+
+
+class Interop(LedgerCore):
+    """Import, export and release of a ledger's commits."""
+
+    def import_checkpoints(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        branch: str | None = None,
+        onto: str | None = None,
+        allow: Iterable[str] = (),
+    ) -> ImportReport:
+        """Import the checkpoint(s) at ``path`` as commits, one per checkpoint in step order.
+
+        Reads ``torch.save`` files (``weights_only=True`` only), safetensors
+        (single and sharded), a Trainer ``checkpoint-N`` folder or ``output_dir``,
+        a Lightning ``.ckpt`` or ``checkpoints/`` folder, an Accelerate
+        ``save_state`` folder and a ``torch.distributed.checkpoint`` folder.
+        Nothing is executed; bad input leaves the ledger unchanged.
+
+        Args:
+            path: a file or directory.
+            branch: append onto this branch (created if missing); default: a new
+                branch named after the source directory.
+            onto: the first imported commit's parent (default: a root commit).
+            allow: ``module.Type`` names a ``torch.load(weights_only=True)`` may
+                also admit, for types you trust.
+
+        Example:
+            >>> report = lg.import_checkpoints("runs/gpt2")  # doctest: +SKIP
+            >>> [c.step for c in report.commits]  # doctest: +SKIP
+            [500, 1000, 1500]
+        """
+        self._check_open()
+        return import_path(self, path, branch=branch, onto=onto, allow=allow)
+
+    def export(
+        self,
+        rev: str,
+        fmt: str,
+        out: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        **options: Any,
+    ) -> ExportReport:
+        """Write commit ``rev`` in a layout another tool loads (``hf``, ``peft``, ``torch`` ...).
+
+        Args:
+            rev: the revision to export.
+            fmt: one of ``hf``, ``peft``, ``torch``, ``lightning``, ``dcp``, ``safetensors``.
+            out: the folder (or file, for ``torch`` and ``lightning``) to write.
+            force: write into a non-empty folder or over an existing file.
+            options: format options, e.g. ``max_shard_size="2GB"`` for ``hf``.
+
+        Example:
+            >>> lg.export("best", "hf", "model-best", max_shard_size="2GB")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return export_commit(self, rev, fmt, os.fspath(out), force=force, **options)
+
+    def release(
+        self,
+        rev: str,
+        to: str,
+        *,
+        revision: str = "main",
+        tag: str | None = None,
+        public: bool = False,
+    ) -> ReleaseResult:
+        """Publish commit ``rev`` as an ordinary Hub model repo commit (private unless ``public``).
+
+        Args:
+            rev: the revision to release.
+            to: ``hf://org/name``.
+            revision: the Hub branch to write (created or moved).
+            tag: also tag the Hub commit (refused if the tag exists).
+            public: create a missing repo public; existing repos keep their visibility.
+
+        Example:
+            >>> lg.release("best", "hf://me/gpt2-small", tag="v1")  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return release(self, rev, to, revision=revision, tag=tag, public=public)
