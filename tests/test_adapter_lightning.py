@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ledger import Ledger
 from ledger.adapters._common import AdapterError, MissingExtraError, ResumeError
-from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO
+from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO, ledger_url
 from ledger.errors import RevisionNotFoundError, UnsupportedValueError
 from ledger.retention import KeepBest, KeepLast
 
@@ -147,21 +147,21 @@ def test_monitor_moves_best_and_ckpt_path_best_loads_it_through_the_plugin(lg: L
     trainer = _trainer(cb, epochs=3)
     trainer.fit(model, _loader(), _loader())
     assert lg.get("best").epoch == 2  # val_loss falls every epoch here
-    assert cb.best_model_path == f"ledger:{lg.resolve('best')}"
+    assert cb.best_model_path == ledger_url(lg.root, lg.resolve("best"))
     assert isinstance(trainer.strategy.checkpoint_io, LedgerCheckpointIO)
     trainer.validate(model, _loader(), ckpt_path="best", verbose=False)  # loads ledger:<best>
 
 
 def test_save_top_k_without_monitor_keeps_the_newest(lg: Ledger) -> None:
-    LedgerCheckpoint(lg, save_top_k=2)
-    assert lg.retention() == [KeepLast(2)]
+    LedgerCheckpoint(lg, save_top_k=1)  # ModelCheckpoint's default, and its only k without monitor
+    assert lg.retention() == [KeepLast(1)]
 
 
 def test_resume_is_none_on_an_empty_ledger_and_an_error_for_unknown_names(lg: Ledger) -> None:
     cb = LedgerCheckpoint(lg)
     assert cb.resume("HEAD") is None
     _trainer(cb, epochs=1).fit(Tiny(), _loader())
-    assert cb.resume("HEAD") == f"ledger:{lg.resolve('HEAD')}"
+    assert cb.resume("HEAD") == ledger_url(lg.root, lg.resolve("HEAD"))
     with pytest.raises(RevisionNotFoundError):
         cb.resume("nope")
 
@@ -228,7 +228,7 @@ def test_resume_restores_early_stopping_state(lg: Ledger) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"save_top_k": 0}, "commit nothing"),
+        ({"save_top_k": 3}, r"save_top_k=3, monitor=None"),
         ({"save_top_k": -2}, "save_top_k=-2"),
         ({"every_n_epochs": -1}, "every_n_epochs=-1"),
         ({"mode": "best"}, "mode='best'"),
