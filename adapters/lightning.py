@@ -151,6 +151,8 @@ class LedgerCheckpoint(Checkpoint):
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.best_score: float | None = None
         self.current_score: torch.Tensor | None = None
+        self.best_k_models: dict[str, torch.Tensor] = {}
+        self.kth_best_model_path = ""
         self.last_commit: Commit | None = None
         self._last_global_step_saved = -1
         self._order_checked = False
@@ -218,7 +220,7 @@ class LedgerCheckpoint(Checkpoint):
         ``monitor`` it is the last commit, as in ``ModelCheckpoint``.
         """
         if not self.monitor:
-            return self.last_model_path if self._commits() else ""
+            return self.last_model_path if self.save_top_k != 0 else ""
         best = self.ledger.branches().get(self.best_ref)
         return ledger_url(self.root, best) if best else ""
 
@@ -359,6 +361,8 @@ class LedgerCheckpoint(Checkpoint):
                 branch=self.branch,
             )
             self.last_commit = commit
+            if value is not None:
+                self._track_top_k(commit, value)
             if value is not None and (improved or self.best_ref not in self.ledger.branches()):
                 move_branch(
                     self.ledger,
@@ -368,6 +372,20 @@ class LedgerCheckpoint(Checkpoint):
                 )
         trainer.strategy.barrier("LedgerCheckpoint.commit")
         return commit
+
+    def _track_top_k(self, commit: Commit, value: float) -> None:
+        """``best_k_models`` / ``kth_best_model_path`` as ``ModelCheckpoint`` keeps them (what retention keeps)."""
+        self.best_k_models[ledger_url(self.root, commit.id)] = torch.tensor(value)
+        k = self.save_top_k
+        ranked = sorted(
+            self.best_k_models.items(),
+            key=lambda kv: float(kv[1]),
+            reverse=self.mode == "max",
+        )
+        if k is not None and k > 0:
+            ranked = ranked[:k]
+        self.best_k_models = dict(ranked)
+        self.kth_best_model_path = ranked[-1][0]
 
     def _skip(self, trainer: pl.Trainer) -> bool:
         return (
