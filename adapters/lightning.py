@@ -224,6 +224,10 @@ class LedgerCheckpoint(Checkpoint):
         best = self.ledger.branches().get(self.best_ref)
         return ledger_url(self.root, best) if best else ""
 
+    @best_model_path.setter
+    def best_model_path(self, value: str) -> None:
+        """Accepted and ignored: the path is read from the ledger (``ddp_spawn`` sets it from rank 0's)."""
+
     @property
     def last_model_path(self) -> str:
         """``ledger://<dir>#<id>`` of the newest commit of this callback's branch ("" before one)."""

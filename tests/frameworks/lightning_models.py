@@ -25,11 +25,12 @@ from typing import Any
 
 import fsspec
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from ledger import Commit, Ledger
 from ledger.adapters._common import AdapterError
@@ -286,3 +287,82 @@ class StatefulIterable(NotStatefulIterable):
 def quiet_trainer_kwargs() -> dict[str, Any]:
     """Trainer arguments that only cut console noise (no effect on what is saved)."""
     return {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+# -- our own (not ported): the behaviour tests of test_lightning_behaviour.py ------------------
+
+
+class ResumableLoader(DataLoader[Any]):
+    """A shuffled loader that resumes mid-epoch exactly: what the data-order warning asks for.
+
+    Its state is the generator's state as of the epoch's start and how many
+    batches that epoch has yielded; loading it replays the same permutation
+    and skips those batches (torchdata's ``StatefulDataLoader`` does the same).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, generator: torch.Generator | None) -> None:
+        super().__init__(dataset, batch_size=batch_size, shuffle=True, generator=generator)
+        self._epoch_start: torch.Tensor | None = None
+        self._yielded = 0
+        self._pending: dict[str, Any] | None = None
+
+    def __iter__(self) -> Any:
+        skip = 0
+        if self._pending is not None and self.generator is not None:
+            self.generator.set_state(self._pending["generator"])
+            skip = int(self._pending["yielded"])
+        self._pending = None
+        self._epoch_start = None if self.generator is None else self.generator.get_state().clone()
+        self._yielded = 0
+        for i, batch in enumerate(super().__iter__()):
+            self._yielded = i + 1
+            if i >= skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._epoch_start, "yielded": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+
+class ShuffledRegressor(LightningModule):
+    """Dropout, SGD with momentum, a shuffled loader: every part of the state matters on resume."""
+
+    def __init__(self, generator_seed: int | None = 0, batches: int = 8) -> None:
+        super().__init__()
+        self.generator_seed = generator_seed
+        self.batches = batches
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+        )
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.seen.append(x[:, 0].clone())
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        data = torch.Generator().manual_seed(1)
+        x = torch.randn(self.batches * 4, 4, generator=data)
+        gen = (
+            None
+            if self.generator_seed is None
+            else torch.Generator().manual_seed(self.generator_seed)
+        )
+        return ResumableLoader(TensorDataset(x, x.sum(1, keepdim=True)), 4, gen)
+
+
+class SpawnModel(BoringModel):
+    """BoringModel that logs a metric to monitor (module level: ``ddp_spawn`` pickles it)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().validation_step(batch, batch_idx)
+        self.log("val_loss", out["x"], sync_dist=True)
+        return out
