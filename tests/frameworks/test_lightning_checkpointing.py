@@ -68,7 +68,9 @@ def quiet() -> Iterator[None]:
     ("validation_step_none", "val_dataloaders_none", "monitor"),
     [(False, False, "val_log"), (True, False, "train_log_epoch"), (False, True, "val_log")],
 )
-@pytest.mark.parametrize("reduce_lr_on_plateau", [False, True])
+@pytest.mark.parametrize(
+    "reduce_lr_on_plateau", [False, pytest.param(True, marks=pytest.mark.slow)]
+)
 def test_model_checkpoint_score_and_ckpt(
     backend: Backend,
     tmp_path: Path,

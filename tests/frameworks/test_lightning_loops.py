@@ -121,6 +121,7 @@ def test_restart_parity(backend: Backend, tmp_path: Path) -> None:
 
 
 # test_loops.py::test_restart_with_val_parity
+@pytest.mark.slow
 def test_restart_with_val_parity(backend: Backend, tmp_path: Path) -> None:
     _restart_parity(backend, tmp_path, limit_val_batches=4, val_check_interval=2)
 
@@ -168,11 +169,17 @@ def test_restart_from_last_with_val_parity(backend: Backend, tmp_path: Path) -> 
     ("train_dataloader_factory", "has_state", "batches_before", "batches_after"),
     [
         # No dataloader
-        (lambda: [], False, [], []),
+        pytest.param(lambda: [], False, [], [], marks=pytest.mark.slow),
         # Single stateful DataLoader
         (lambda: StatefulIterable(), True, [0, 1], [2, 3]),
         # Single, not stateful DataLoader
-        (lambda: CombinedLoader(NotStatefulIterable()), False, [0, 1], [0, 1]),
+        pytest.param(
+            lambda: CombinedLoader(NotStatefulIterable()),
+            False,
+            [0, 1],
+            [0, 1],
+            marks=pytest.mark.slow,
+        ),
         # Single stateful DataLoader
         (lambda: CombinedLoader(StatefulIterable()), True, [0, 1], [2, 3]),
         # Multiple stateful DataLoaders
