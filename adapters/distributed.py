@@ -27,7 +27,9 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,14 +196,28 @@ def commit(
     return lg.get(result[1:].decode())
 
 
+_OPENED: dict[Path, Ledger] = {}
+"""The ledger this process opened for each directory passed as a path: one ``Ledger`` per
+directory and process, so a ``restore`` and the ``commit`` after it share its lineage."""
+
+
 def _open_shared(ledger: LedgerLike, ch: Channel) -> Ledger:
-    """Every rank's handle on the shared ledger; rank 0 creates it first when it is new."""
+    """Every rank's handle on the shared ledger; rank 0 creates it first when it is new.
+
+    A path is opened once per process and kept (see ``_OPENED``).
+    """
     if isinstance(ledger, Ledger):
         return ledger
-    if ch.rank == 0:
+    key = Path(ledger).resolve() if isinstance(ledger, str | os.PathLike) else None
+    lg = _OPENED.get(key) if key is not None else None
+    if ch.rank == 0 and lg is None:
         lg = open_ledger(ledger)
     ch.barrier("waiting for rank 0 to open the ledger")
-    return lg if ch.rank == 0 else Ledger.open(ledger)
+    if lg is None:
+        lg = Ledger.open(ledger)  # a path (open_ledger checked it on rank 0)
+    if key is not None:
+        _OPENED[key] = lg
+    return lg
 
 
 def _commit_on_rank0(stage: Stage, reports: list[bytes], **meta: Any) -> bytes:
@@ -324,6 +340,8 @@ def restore(
         load_resharded(lg, commit_id, root, state, ch.group)
         apply(state, _rank_tree(lg, commit_id, 0)["state"], strict=strict, tensors=False)
     ch.barrier("waiting for every rank to restore")
+    if ch.rank == 0:
+        lg.base_on(commit_id)  # rank 0 writes the commits: its next one continues from here
     return lg.get(commit_id)
 
 

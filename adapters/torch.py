@@ -3,7 +3,10 @@
 This module owns the two-line training-loop pattern: commit the model,
 optimizer, scheduler, grad scaler and any extra state every ``every`` steps
 (and whenever a watched metric improves), keep a ``best`` branch on the best
-commit, turn ``keep=``/``on_best=`` into retention policies, and resume. It
+commit, turn ``keep=``/``on_best=`` into retention policies, and resume (the
+next commit then continues from the commit resumed, see ``Ledger.base_on``).
+The user's ``state=`` mapping is read at every commit and restored into, so
+plain values in it (epoch, counters) are the user's own, current ones. It
 only calls the public ``Ledger`` API and must never pickle or hold state the
 ledger does not have (everything it needs to resume is read back from it).
 
@@ -16,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from ledger import Commit, Ledger
@@ -52,8 +55,10 @@ class Checkpointer:
         scheduler: the LR scheduler.
         scaler: the ``torch.amp.GradScaler``.
         state: more live state under names of your choice: a data-loader
-            ``torch.Generator``, an EMA model, counters (plain values are
-            restored into this mapping).
+            ``torch.Generator``, an EMA model, counters. The mapping itself is
+            kept (not copied): every commit stores what it holds then, and
+            ``resume`` writes plain values back into it (so
+            ``state["epoch"]`` is the resumed epoch).
         every: commit when ``step % every == 0``.
         keep: keep the state of only the newest ``keep`` commits (``KeepLast``),
             plus the best ones when ``on_best`` is set; applied by ``gc``.
@@ -105,19 +110,30 @@ class Checkpointer:
         self.params = plain_params(params or {})
         self.gc_every = gc_every
         self.blocking = blocking
-        self.state: dict[str, Any] = {}
+        self._named: dict[str, Any] = {}
         for name, obj in zip(_NAMED, (model, optimizer, scheduler, scaler), strict=True):
             if obj is not None:
-                self.state[name] = obj
-        for name, obj in (state or {}).items():
-            if name in self.state:
-                raise AdapterError(f"state[{name!r}] clashes with the {name}= argument; rename it")
-            self.state[name] = obj
+                self._named[name] = obj
+        self.user_state: Mapping[str, Any] = state if state is not None else {}
         if not self.state:
             raise AdapterError("nothing to checkpoint: pass model=, optimizer=, ... or state=")
         self.best: float | None = None
         self._commits = 0
         install_retention(self.ledger, keep_last=keep, best=on_best, best_k=1, mode=self.mode)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What a commit stores now: the named objects and the user's mapping as it is now.
+
+        Raises:
+            AdapterError: a key of ``state=`` clashes with ``model=``, ``optimizer=`` ...
+        """
+        tree = dict(self._named)
+        for name, obj in self.user_state.items():
+            if name in tree:
+                raise AdapterError(f"state[{name!r}] clashes with the {name}= argument; rename it")
+            tree[name] = obj
+        return tree
 
     def step(
         self, step: int, metrics: Mapping[str, Any] | None = None
@@ -196,7 +212,9 @@ class Checkpointer:
         cid = resolve_resume(self.ledger, rev)
         if cid is None:
             return 0
-        commit = self.ledger.restore(self.state, cid)
+        tree = self.state
+        commit = self.ledger.restore(tree, cid)  # records the lineage: the next commit's parent
+        self._write_back(tree)
         if commit.step is None:
             raise ResumeError(
                 f"commit {cid[:12]} has no step, so there is no step to resume from; "
@@ -204,6 +222,18 @@ class Checkpointer:
             )
         self.best = self._best_so_far()
         return commit.step + 1
+
+    def _write_back(self, tree: dict[str, Any]) -> None:
+        """Put the restored plain values (replaced, not loaded in place) into the user's mapping."""
+        changed = {k: tree[k] for k in self.user_state if tree[k] is not self.user_state[k]}
+        if not changed:
+            return
+        if not isinstance(self.user_state, MutableMapping):
+            raise AdapterError(
+                f"state= is a read-only {type(self.user_state).__name__}, so the restored values "
+                f"of {sorted(changed)} cannot be put back into it; pass a dict"
+            )
+        self.user_state.update(changed)
 
     def _best_so_far(self) -> float | None:
         if self.on_best is None or self.best_ref not in self.ledger.branches():

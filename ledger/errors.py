@@ -216,3 +216,20 @@ class StalePlanError(RefConflictError):
 
 class ExportError(LedgerError):
     """A commit cannot be exported as asked (the output folder is taken, a format refuses a value)."""
+
+
+class PartialRestoreWarning(UserWarning):
+    """``restore(strict=False)`` left paths unloaded: missing from the commit, or not in the live state.
+
+    Example:
+        >>> import warnings
+        >>> warnings.simplefilter("error", PartialRestoreWarning)  # make partial restores fail
+    """
+
+
+class NothingRestoredWarning(UserWarning):
+    """``restore(strict=False)`` loaded nothing at all: the state and the commit share no path.
+
+    Its own class (not a :class:`PartialRestoreWarning`), so silencing partial
+    restores never silences this one.
+    """

@@ -194,3 +194,70 @@ def test_bad_arguments_are_adapter_errors(lg: Ledger, kwargs: dict[str, Any], ma
 def test_nothing_to_checkpoint_is_an_adapter_error(lg: Ledger) -> None:
     with pytest.raises(AdapterError, match="nothing to checkpoint"):
         Checkpointer(lg)
+
+
+# -- plain values in state=, and lineage ------------------------------------------------------
+
+
+def test_plain_values_are_committed_current_and_restored_into_the_users_mapping(
+    lg: Ledger,
+) -> None:
+    run = Run(0)
+    counters: dict[str, Any] = {"epoch": 0, "samples": 0, "history": [], "data": run.data}
+    ckpt = Checkpointer(lg, model=run.model, optimizer=run.opt, state=counters, every=2)
+    for step in range(6):
+        run.step()
+        counters["samples"] += 8
+        counters["history"] = [*counters["history"], step]
+        if step % 3 == 2:
+            counters["epoch"] += 1
+        ckpt.step(step)
+    committed = {c.step: lg.checkout(c.id) for c in lg.log()}
+    assert {s: (t["epoch"], t["samples"]) for s, t in committed.items()} == {
+        4: (1, 40),
+        2: (1, 24),
+        0: (0, 8),
+    }
+    assert committed[4]["history"] == [0, 1, 2, 3, 4]
+
+    fresh = Run(3)
+    mine: dict[str, Any] = {"epoch": -1, "samples": -1, "history": ["x"], "data": fresh.data}
+    again = Checkpointer(lg, model=fresh.model, optimizer=fresh.opt, state=mine, every=2)
+    assert again.resume("main~1") == 3
+    assert mine["epoch"] == 1 and mine["samples"] == 24 and mine["history"] == [0, 1, 2]
+    assert mine["data"] is fresh.data and fresh.data.get_state().equal(
+        committed[2]["data"].get_state()
+    )
+    # A key added to the mapping later is committed too.
+    mine["lr_scale"] = 0.5
+    made = again.commit(3)
+    assert lg.checkout(made.id)["lr_scale"] == 0.5  # type: ignore[union-attr]
+
+
+def test_resume_of_an_older_commit_continues_from_it_and_keeps_the_old_tip(lg: Ledger) -> None:
+    run = Run(0)
+    ckpt = run.checkpointer(lg, every=1, on_best="loss")
+    ids = []
+    for step, loss in enumerate([3.0, 1.0, 2.0, 4.0]):
+        run.step()
+        made = ckpt.step(step, {"loss": loss})
+        assert made is not None
+        ids.append(made.id)  # type: ignore[union-attr]
+    assert lg.branches()["best"] == ids[1]
+    again = Run(1).checkpointer(Ledger.open(lg.root, fsync=False), every=1, on_best="loss")
+    assert again.resume("best") == 2
+    made = again.step(2, {"loss": 5.0})
+    assert made is not None and made.parents == [ids[1]]  # type: ignore[union-attr]
+    branches = again.ledger.branches()
+    assert branches["main"] == made.id  # type: ignore[union-attr]
+    assert branches[f"orig/main/{ids[3][:12]}"] == ids[3], "the old tip became unreachable"
+    again.ledger.close()
+
+
+def test_a_clash_added_to_state_later_is_an_adapter_error(lg: Ledger) -> None:
+    run = Run(0)
+    extra: dict[str, Any] = {"n": 1}
+    ckpt = Checkpointer(lg, model=run.model, state=extra)
+    extra["model"] = 2
+    with pytest.raises(AdapterError, match="clashes with the model= argument"):
+        ckpt.commit(0)

@@ -13,7 +13,7 @@ from ledger.api.maintain import Maintenance
 from ledger.api.refs import RefOps
 from ledger.api.remotes import RemoteOps
 from ledger.api.reports import Reports
-from ledger.api.restore import Restoring
+from ledger.api.restore import RestoreReport, Restoring
 from ledger.api.staging import Part, Stage
 from ledger.pending import CommitHandle
 
@@ -24,6 +24,7 @@ __all__ = [
     "Ledger",
     "LedgerCore",
     "Part",
+    "RestoreReport",
     "Stage",
 ]
 

@@ -17,8 +17,9 @@ from typing import Any, Literal, overload
 
 from ledger.api.core import LedgerCore
 from ledger.api.inputs import _done
-from ledger.api.staging import Draft, Stage, commit_target, draft_of
+from ledger.api.staging import Draft, Stage, draft_of
 from ledger.errors import UnsupportedValueError
+from ledger.history.lineage import commit_target
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
 from ledger.state.flatten import Flattener
@@ -91,6 +92,11 @@ class Committing(LedgerCore):
         blocking: bool = True,
     ) -> Commit | CommitHandle:
         """Store ``state`` as a new commit on the current branch (or on ``branch``).
+
+        The parent is the branch's tip (a new branch starts at HEAD's commit);
+        after :meth:`restore` or :meth:`base_on` on this instance it is the commit
+        the state came from instead, and a tip that commit does not descend from
+        is kept on the automatic branch ``orig/<branch>/<tip id>``.
 
         Args:
             state: mapping of tensors, arrays, stateful objects (modules,
@@ -201,6 +207,7 @@ class Committing(LedgerCore):
             pool=pool,
             on_commit=self._committed,
             on_close=self._after_commits,
+            lineage=(self.lineage, lambda cid: self.record(cid).parents),
         )
 
     def _write_commit(self, draft: Draft, pool: ThreadPoolExecutor) -> Commit:
@@ -209,6 +216,7 @@ class Committing(LedgerCore):
 
     def _committed(self, commit_id: str, record: CommitRecord) -> None:
         self._records[commit_id] = record
+        self.lineage.set(commit_id, explicit=False)
         self._commits_since_gc += 1
 
     def _after_commits(self) -> None:

@@ -47,6 +47,7 @@ from ledger.errors import (
 )
 from ledger.history.gc import GcReport, collect
 from ledger.history.graph import first_parents, refs_under
+from ledger.history.lineage import Lineage
 from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
@@ -116,6 +117,7 @@ class LedgerCore:
         self.unchanged = UnchangedTensors() if trust_versions else None
         self._staging = Staging()
         self._stages: weakref.WeakSet[Stage] = weakref.WeakSet()  # handed out by stage()
+        self.lineage = Lineage()  # what this instance's live state came from (restore, base_on)
 
     @classmethod
     def open(

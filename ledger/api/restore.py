@@ -1,14 +1,19 @@
-"""Reading a commit back: ``checkout`` (new objects) and ``restore`` (into live objects).
+"""Reading a commit back: ``checkout`` (new objects), ``restore`` (into live objects), lineage.
 
-This module owns the user-facing read paths; how nodes become tensors (and
-how bytes go straight into live memory) is ``ledger.state.build``'s.
+This module owns the user-facing read paths, the :class:`RestoreReport` of a
+restore, and recording on this ``Ledger`` instance which commit its live state
+came from (``restore``, ``base_on``, ``based_on``; the parent rule itself is
+``ledger.history.lineage``'s). How nodes become tensors (and how bytes go
+straight into live memory) is ``ledger.state.build``'s.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal, overload
 
+import msgspec
 import torch
 
 from ledger.api.core import LedgerCore
@@ -17,14 +22,65 @@ from ledger.api.inputs import (
     _to_cuda,
 )
 from ledger.errors import (
+    NothingRestoredWarning,
+    PartialRestoreWarning,
     UnsupportedValueError,
 )
 from ledger.history.records import (
     Commit,
 )
-from ledger.state.build import Builder, finalize, parse_paths
+from ledger.state.build import Builder, Path_, finalize, parse_paths
 from ledger.state.restore import Restorer
 from ledger.state.rng import RNG_KEY, restore_rng
+
+
+class RestoreReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``restore(..., report=True)`` did, by state path (``"model/fc.weight"``, ``"epoch"``).
+
+    Attributes:
+        commit: the commit restored.
+        missing: live paths the commit has no value for (left as they were).
+        unexpected: stored paths the live state lacks: added to a mapping that
+            lacked them, ignored where a module lacks them.
+        loaded: every live path that now holds the commit's value (RNG not
+            included; paths added to a mapping are in ``unexpected`` only).
+
+    Example:
+        >>> r = lg.restore(state, "best", strict=False, report=True)  # doctest: +SKIP
+        >>> r.missing, r.unexpected  # doctest: +SKIP
+        (['ema'], ['model/head.bias'])
+    """
+
+    commit: Commit
+    missing: list[str]
+    unexpected: list[str]
+    loaded: list[str]
+
+
+def _paths(paths: list[Path_]) -> list[str]:
+    return ["/".join(str(p) for p in path) for path in paths]
+
+
+def _warn(report: RestoreReport) -> None:
+    """The warnings of a non-strict restore (``stacklevel`` points at the caller of restore)."""
+    c = report.commit.id[:12]
+    if not report.loaded and (report.missing or report.unexpected):
+        warnings.warn(
+            f"restore(strict=False) of commit {c} LOADED NOTHING: the live state and the "
+            f"commit share no path (live only: {report.missing[:8]}; stored only: "
+            f"{report.unexpected[:8]}); is this the state that was committed? This ledger's "
+            "lineage was left unchanged",
+            NothingRestoredWarning,
+            stacklevel=3,
+        )
+    elif report.missing or report.unexpected:
+        warnings.warn(
+            f"restore(strict=False) of commit {c} did not load every path: missing from the "
+            f"commit (left as they were): {report.missing}; in the commit but not in the live "
+            f"state (added to mappings, ignored by modules): {report.unexpected}",
+            PartialRestoreWarning,
+            stacklevel=3,
+        )
 
 
 class Restoring(LedgerCore):
@@ -71,23 +127,52 @@ class Restoring(LedgerCore):
                 torch.cuda.synchronize()
             return out
 
+    @overload
+    def restore(
+        self,
+        state: MutableMapping[Any, Any],
+        rev: str = ...,
+        strict: bool = ...,
+        rng: bool = ...,
+        report: Literal[False] = ...,
+    ) -> Commit: ...
+
+    @overload
+    def restore(
+        self,
+        state: MutableMapping[Any, Any],
+        rev: str = ...,
+        strict: bool = ...,
+        rng: bool = ...,
+        *,
+        report: Literal[True],
+    ) -> RestoreReport: ...
+
     def restore(
         self,
         state: MutableMapping[Any, Any],
         rev: str = "HEAD",
         strict: bool = True,
         rng: bool = True,
-    ) -> Commit:
+        report: bool = False,
+    ) -> Commit | RestoreReport:
         """Load a commit into live objects in place: modules, optimizers, tensors, values.
 
         Every key, shape and dtype is checked before anything changes; plain
-        values are assigned back into ``state``.
+        values are assigned back into ``state``. HEAD does not move: this
+        ``Ledger`` instance records the commit as :attr:`based_on`, and its next
+        commit takes it as parent (see :meth:`base_on`).
 
         Args:
             state: the same kind of mapping that was committed.
             rev: the revision to restore.
-            strict: fail on keys missing from either side.
+            strict: fail on keys missing from either side. ``strict=False`` loads
+                what both sides have (like ``load_state_dict(strict=False)``) and
+                warns (``PartialRestoreWarning``) naming what it did not load, or
+                loudly (``NothingRestoredWarning``) when it loaded nothing.
             rng: also set the global RNGs back.
+            report: return a :class:`RestoreReport` (paths missing, unexpected,
+                loaded) instead of the :class:`Commit`.
 
         Raises:
             StateMismatchError: keys, shapes or dtypes differ (nothing was changed).
@@ -97,6 +182,8 @@ class Restoring(LedgerCore):
 
         Example:
             >>> lg.restore({"model": model, "optim": opt, "step": 0})  # doctest: +SKIP
+            >>> lg.restore(state, "best", strict=False, report=True).missing  # doctest: +SKIP
+            ['ema']
         """
         with self._lock:
             self._check_open()
@@ -117,4 +204,56 @@ class Restoring(LedgerCore):
             restorer.apply()
             if rng_tree is not None:
                 restore_rng(finalize(rng_tree, lambda t: t))
-            return Commit.from_record(cid, self.record(cid))
+            done = RestoreReport(
+                commit=Commit.from_record(cid, self.record(cid)),
+                missing=_paths(restorer.missing),
+                unexpected=_paths(restorer.unexpected),
+                loaded=_paths(restorer.loaded),
+            )
+            if done.loaded or not (done.missing or done.unexpected):
+                self.lineage.set(cid, explicit=True, source=f"restore of {rev}")
+            if not strict:
+                _warn(done)
+            return done if report else done.commit
+
+    @property
+    def based_on(self) -> Commit | None:
+        """The commit this instance's live state came from: the last ``restore``,
+        ``base_on`` or commit of this ``Ledger`` object (None before any).
+
+        Each ``Ledger`` instance has its own (HEAD is shared by every process;
+        this is not): an eval job restoring ``best`` changes nothing for a
+        training job's next commit.
+
+        Example:
+            >>> lg.restore(state, "best"); lg.based_on.id == lg.resolve("best")  # doctest: +SKIP
+            True
+        """
+        self._check_open()  # a background commit lands first
+        cid = self.lineage.commit
+        return None if cid is None else Commit.from_record(cid, self.record(cid))
+
+    def base_on(self, rev: str) -> Commit:
+        """Declare, loading nothing, that the live state came from ``rev``.
+
+        For resume paths that load state some other way (a framework reading
+        files the ledger wrote, ``checkout`` + ``load_state_dict`` by hand). The
+        next commit of this instance, to any branch, takes that commit as its
+        parent; when that moves the branch off a tip that ``rev`` does not
+        descend from, the old tip is kept on the automatic branch
+        ``orig/<branch>/<old tip id>`` so no commit becomes unreachable. HEAD
+        does not move.
+
+        Raises:
+            RevisionNotFoundError: ``rev`` names nothing.
+
+        Example:
+            >>> model.load_state_dict(lg.checkout("main~3")["model"])  # doctest: +SKIP
+            >>> lg.base_on("main~3"); lg.commit({"model": model})  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            cid = self.resolve(rev)
+            commit = Commit.from_record(cid, self.record(cid))
+            self.lineage.set(cid, explicit=True, source=f"based on {rev}")
+            return commit

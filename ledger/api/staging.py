@@ -11,7 +11,8 @@ of it; multi-process commits, importers and other builders are the others:
   to bytes so another process can send it to the committer;
 - :meth:`Stage.commit` writes one commit of a tree whose leaves may be such
   parts (plus any ordinary values, stored on the spot), moving the branch by
-  compare-and-swap.
+  compare-and-swap. The parent (and an automatic branch keeping an old tip)
+  comes from the ledger instance's resume lineage, ``ledger.history.lineage``.
 
 A :class:`Stage` is built from plain parts (store, refs, gc lock, config,
 threads), so it can be constructed and tested on its own. It never invents an
@@ -34,9 +35,11 @@ from ledger.api.inputs import _clean_metrics, _clean_params, _opt_int
 from ledger.errors import (
     ClosedLedgerError,
     CorruptionError,
-    DetachedHeadError,
+    RevisionNotFoundError,
     UnsupportedValueError,
 )
+from ledger.history.graph import ParentsOf
+from ledger.history.lineage import CommitPlan, Lineage, commit_target
 from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
@@ -47,7 +50,6 @@ from ledger.history.records import (
     utcnow,
 )
 from ledger.history.refs import BRANCH_PREFIX, GcLock, RefStore, check_ref_name
-from ledger.history.revisions import head_target
 from ledger.manifest import DictNode, ListNode, Manifest, Node, TupleNode, renumber
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore, PackWriter
@@ -171,31 +173,6 @@ def draft_of(
     )
 
 
-def commit_target(refs: dict[str, str], branch: str | None) -> tuple[str, str | None]:
-    """The branch a commit goes to and its parent: ``branch`` (its tip, or HEAD's commit for a
-    new branch), else the branch HEAD is on.
-
-    Raises:
-        DetachedHeadError: HEAD is detached and ``branch`` is None.
-
-    Example:
-        >>> commit_target({"HEAD": "ref: refs/heads/main"}, None)
-        ('main', None)
-    """
-    head_branch, head_id = head_target(refs)
-    if branch is not None:
-        check_ref_name(branch, "branch")
-        existing = refs.get(BRANCH_PREFIX + branch)
-        return branch, existing if existing is not None else head_id
-    if head_branch is None:
-        raise DetachedHeadError(
-            f"HEAD is detached at {head_id and head_id[:12]}; pass branch='name' to commit, "
-            "or switch to a branch first",
-            commit=head_id,
-        )
-    return head_branch, head_id
-
-
 class Stage:
     """One staging session on a ledger: durable parts now, one commit of them later.
 
@@ -221,8 +198,10 @@ class Stage:
         pool: ThreadPoolExecutor,
         on_commit: Callable[[str, CommitRecord], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        lineage: tuple[Lineage, ParentsOf] | None = None,
     ) -> None:
         self.store = store
+        self.lineage = lineage  # the ledger instance's resume lineage, and a parent lookup
         self.refs = refs
         self.gc_lock = gc_lock
         self.config = config
@@ -377,6 +356,7 @@ class Stage:
         refs = self.refs.snapshot()
         target, parent = commit_target(refs, draft.branch)
         expected = refs.get(BRANCH_PREFIX + target)
+        plan = self._plan(refs, target, parent)
         flat = draft.flat
         with self._writer() as writer:
             flat.check_reused()
@@ -398,7 +378,7 @@ class Stage:
             )
             record = CommitRecord(
                 manifest=manifest_id,
-                parents=[parent] if parent else [],
+                parents=[plan.parent] if plan.parent else [],
                 time=utcnow(),
                 branch=target,
                 step=draft.step,
@@ -410,14 +390,35 @@ class Stage:
                 stats=stats,
             )
             commit_id = writer.put("commit", msgpack_encoder.encode(record))
-        self.refs.update(
-            {BRANCH_PREFIX + target: (expected, commit_id)}, f"commit {commit_id[:12]}"
-        )
+        changes: dict[str, tuple[str | None, str | None]] = {
+            BRANCH_PREFIX + target: (expected, commit_id)
+        }
+        changes.update({ref: (None, tip) for ref, tip in plan.keep.items()})
+        reasons = dict.fromkeys(plan.keep, plan.reason)
+        self.refs.update(changes, f"commit {commit_id[:12]}", reasons=reasons)
         if self.on_commit is not None:
             self.on_commit(commit_id, record)
         made = Commit.from_record(commit_id, record)
         self.commits.append(made)
         return made
+
+    def _plan(self, refs: dict[str, str], target: str, parent: str | None) -> CommitPlan:
+        """The parent (the ledger's resume lineage decides) and the automatic branch to keep."""
+        if self.lineage is None:
+            return CommitPlan(parent=parent)
+        lineage, parents_of = self.lineage
+        plan = lineage.plan(refs, target, parent, parents_of)
+        if (
+            plan.parent
+            and plan.parent != parent
+            and self.store.locate(bytes.fromhex(plan.parent)) is None
+        ):
+            raise RevisionNotFoundError(
+                f"commit {plan.parent[:12]}, which this ledger's state was restored from, is no "
+                "longer stored (gc removed it); call base_on() with a stored commit",
+                revision=plan.parent,
+            )
+        return plan
 
 
 class _Assembler:

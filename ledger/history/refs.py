@@ -270,10 +270,12 @@ class RefStore:
         changes: dict[str, tuple[str | None, str | None]],
         reason: str,
         extra: list[Event] | None = None,
+        reasons: dict[str, str] | None = None,
     ) -> None:
         """Move refs atomically: ``{ref: (expected_old, new)}``; None means absent.
 
-        ``extra`` events (retention, expiry) are appended in the same write.
+        ``extra`` events (retention, expiry) are appended in the same write;
+        ``reasons`` gives some refs' events their own note instead of ``reason``.
 
         Raises:
             RefConflictError: a ref does not hold its expected value (another
@@ -292,7 +294,9 @@ class RefStore:
                     )
             now = utcnow()
             events: list[Event] = [
-                RefUpdate(ref=ref, old=old, new=new, time=now, reason=reason)
+                RefUpdate(
+                    ref=ref, old=old, new=new, time=now, reason=(reasons or {}).get(ref, reason)
+                )
                 for ref, (old, new) in changes.items()
             ]
             events.extend(extra or [])

@@ -45,6 +45,11 @@ class Restorer:
         self.strict = strict
         self.actions: list[Callable[[], None]] = []
         self.problems: list[str] = []
+        # What a restore did, by state path (for ``restore(report=True)``, filled when not strict
+        # too): live paths the commit lacks, stored paths the live state lacks, paths loaded.
+        self.missing: list[Path_] = []
+        self.unexpected: list[Path_] = []
+        self.loaded: list[Path_] = []
 
     def plan_root(self, live: MutableMapping[Any, Any], node: DictNode, skip: set[str]) -> None:
         """Plan loading ``node`` into the user's state mapping."""
@@ -72,18 +77,23 @@ class Restorer:
                     f"{format_path((*path, key))} is in the commit but not in the live state"
                 )
             else:
-                self._assign(live, key, self.b.build(child, (*path, key)))
-        if self.strict:
-            for key in live:
-                if key not in stored and not (skip and key in skip):
+                self.unexpected.append((*path, key))  # added to the mapping, not "loaded"
+                self._assign(live, key, self.b.build(child, (*path, key)), None)
+        for key in live:
+            if key not in stored and not (skip and key in skip):
+                if self.strict:
                     self.problems.append(
                         f"{format_path((*path, key))} is in the live state but not in the commit"
                     )
+                else:
+                    self.missing.append((*path, key))
 
-    def _assign(self, container: Any, key: Any, value: Any) -> None:
+    def _assign(self, container: Any, key: Any, value: Any, path: Path_ | None) -> None:
         def act() -> None:
             container[key] = finalize(value, lambda t: t)
 
+        if path is not None:
+            self.loaded.append(path)
         self.actions.append(act)
 
     def _into_slot(self, container: Any, key: Any, node: Node, path: Path_) -> None:
@@ -102,7 +112,7 @@ class Restorer:
             self.actions.append(lambda: container.__setitem__(key, tuple(temp)))
             return
         if not self._into(live, node, path):
-            self._assign(container, key, self.b.build(node, path))
+            self._assign(container, key, self.b.build(node, path), path)
 
     def _mismatch(self, path: Path_, what: str) -> None:
         self.problems.append(f"{format_path(path)}: {what}")
@@ -124,6 +134,7 @@ class Restorer:
                     f"array {live.dtype}{list(live.shape)} live, {src.dtype}{list(src.shape)} stored",
                 )
             else:
+                self.loaded.append(path)
                 self.actions.append(lambda: np.copyto(live, src))
             return True
         if isinstance(live, torch.Generator) and isinstance(node, GeneratorNode):
@@ -132,6 +143,7 @@ class Restorer:
             def act() -> None:
                 live.set_state(state)
 
+            self.loaded.append(path)
             self.actions.append(act)
             return True
         if isinstance(live, MutableMapping) and isinstance(node, DictNode):
@@ -164,6 +176,7 @@ class Restorer:
 
     def _tensor(self, live: torch.Tensor, node: TensorNode | AliasNode, path: Path_) -> None:
         if self.b.tensor_into(node, live, path):
+            self.loaded.append(path)
             return  # read in place, straight into the live tensor's memory
         src = self.b.alias(node, path) if isinstance(node, AliasNode) else self.b.tensor(node, path)
         if src.shape != live.shape or src.dtype != live.dtype:
@@ -177,6 +190,7 @@ class Restorer:
             with torch.no_grad():
                 as_bits(live).copy_(as_bits(src))  # a bit copy works for every dtype
 
+        self.loaded.append(path)
         self.actions.append(act)
 
     def _stateful(self, live: Any, node: StatefulNode, path: Path_) -> None:
@@ -189,6 +203,10 @@ class Restorer:
                     self._mismatch((*path, k), "in the commit but not in the module")
                 for k in current.keys() - stored.keys():
                     self._mismatch((*path, k), "in the module but not in the commit")
+            else:
+                self.unexpected += [(*path, k) for k in stored if k not in current]  # ignored
+                self.missing += [(*path, k) for k in current if k not in stored]
+            self.loaded += [(*path, k) for k in stored if k in current]
             for k, child in stored.items():
                 have = current.get(k)
                 if isinstance(child, AliasNode) and child.of in self.b.nodes_by_id:
@@ -202,6 +220,8 @@ class Restorer:
                         (*path, k),
                         f"tensor {str(have.dtype)[6:]}{list(have.shape)} live, {child.dtype}{child.shape} stored",
                     )
+        else:
+            self.loaded.append(path)
         if isinstance(live, torch.optim.Optimizer):
             self._optimizer_groups(live, node.state, path)
             self._optimizer_in_place(live, node.state, path)
