@@ -98,12 +98,10 @@ def lightning_tree(
 def declare_base(lg: Ledger, commit: Commit) -> None:
     """Tell the ledger the live state now comes from ``commit``, so the next commit's parent is it.
 
-    ``Ledger.base_on`` is the lineage API (docs/design-decisions.md); a ledger
-    without it (an older core) keeps its old rule.
+    ``Ledger.base_on`` is the lineage API (docs/design-decisions.md): it
+    records this on the ``Ledger`` instance, loads nothing and moves no ref.
     """
-    base_on = getattr(lg, "base_on", None)
-    if callable(base_on):
-        base_on(commit.id)
+    lg.base_on(commit.id)
 
 
 class LedgerCheckpointIO(CheckpointIO):

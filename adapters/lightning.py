@@ -172,8 +172,8 @@ class LedgerCheckpoint(Checkpoint):
     @property
     def io(self) -> LedgerCheckpointIO:
         """The checkpoint-IO plugin this callback installs on the strategy."""
-        if self._io is None:
-            self._io = LedgerCheckpointIO(self._ledger if self._ledger is not None else self.root)
+        if self._io is None:  # one Ledger instance: the lineage base_on records is per instance
+            self._io = LedgerCheckpointIO(self.ledger)
         return self._io
 
     def __getstate__(self) -> dict[str, Any]:
@@ -260,6 +260,8 @@ class LedgerCheckpoint(Checkpoint):
         """Install the ``ledger:`` checkpoint IO on the strategy (before Lightning loads ``ckpt_path``)."""
         current = trainer.strategy.checkpoint_io
         if isinstance(current, LedgerCheckpointIO):
+            if current.root == self.root:  # share the instance, so a resume declares our lineage
+                current._ledger = self.ledger
             self._io = current
         else:
             self.io.wrapped = current

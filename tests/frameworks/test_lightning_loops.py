@@ -116,8 +116,7 @@ def test_restart_parity(backend: Backend, tmp_path: Path) -> None:
         lg = backend.ledger()
         step2 = lg.get(backend.find(epoch=0, step=2).rpartition("#")[2])
         second_step4 = lg.get(backend.find(epoch=0, step=4, version=1).rpartition("#")[2])
-        if hasattr(lg, "base_on"):
-            assert second_step4.parents == [step2.id]
+        assert second_step4.parents == [step2.id]
 
 
 # test_loops.py::test_restart_with_val_parity
