@@ -8,7 +8,8 @@ the same, and a ``torch.utils.data.RandomSampler`` without a ``generator``
 draws its order from the global RNG when the epoch's iterator is made, which
 no checkpoint holds at that instant (a mid-epoch commit holds the RNG of
 mid-epoch). The fix is a generator whose state the loader saves with its own
-state (torchdata's sampler does; a hand-written loader must), so the check
+state (torchdata's ``StatefulDataLoader(shuffle=True)`` makes and saves one;
+a hand-written loader must), so the check
 warns, naming the loader and the fix, when a run that commits mid-epoch has
 a stateful loader over such a sampler.
 """
@@ -70,8 +71,8 @@ def warn_order_not_saved(loaders: Iterable[Any]) -> bool:
             "global RNG when each epoch starts, which no checkpoint holds: a run resumed from a "
             "mid-epoch commit would see different batches for the rest of that epoch. Pass "
             "generator=torch.Generator().manual_seed(SEED) to the loader and save that generator's "
-            "state (as of the epoch's start) in the loader's state_dict; torchdata's "
-            "StatefulDataLoader(shuffle=True, generator=...) does both",
+            "state (as of the epoch's start) in the loader's state_dict, or use torchdata's "
+            "StatefulDataLoader(shuffle=True), whose own sampler saves its generator",
             DataOrderWarning,
             stacklevel=3,
         )

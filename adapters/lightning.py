@@ -156,6 +156,7 @@ class LedgerCheckpoint(Checkpoint):
         self.last_commit: Commit | None = None
         self._last_global_step_saved = -1
         self._order_checked = False
+        self._rng_again: dict[str, Any] | None = None
         if self._ledger is not None:
             self._install_retention(self._ledger)
 
@@ -276,16 +277,33 @@ class LedgerCheckpoint(Checkpoint):
         """
         if self.io.loaded_rng is not None:
             restore_rng(self.io.loaded_rng)
+            self._rng_again = self.io.loaded_rng
             self.io.loaded_rng = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The RNG, for strategies that load the checkpoint only after ``on_fit_start``; the data-order check."""
+        """The RNG, for strategies that load the checkpoint only after ``on_fit_start``; the data-order check.
+
+        A commit made mid-epoch was taken after that epoch's loader iterator
+        had drawn from the RNG; the resumed run makes a new iterator (which
+        draws again), so the RNG is set back once more before the first batch.
+        """
         self.on_fit_start(trainer, pl_module)
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if not 0 < progress < trainer.num_training_batches:
+            self._rng_again = None  # resumed at an epoch's end: the new iterator is the run's own
         if not self._order_checked and self._commits_mid_epoch(trainer):
             self._order_checked = True
             combined = getattr(trainer.fit_loop, "_combined_loader", None)
             if combined is not None:
                 warn_order_not_saved(combined.flattened)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """After a mid-epoch resume: the RNG as committed, now that the loader's iterator exists."""
+        if self._rng_again is not None:
+            restore_rng(self._rng_again)
+            self._rng_again = None
 
     def on_train_batch_end(
         self,

@@ -20,10 +20,13 @@ back through fsspec exactly as Lightning reads a file.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import pytest
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -172,6 +175,21 @@ class LedgerBackend(Backend):
 def make_backend(name: str, folder: Path) -> Backend:
     """The backend called ``name`` ("modelcheckpoint" or "ledger"), writing under ``folder``."""
     return {"modelcheckpoint": ModelCheckpointBackend, "ledger": LedgerBackend}[name](folder)
+
+
+@pytest.fixture(name="backend", params=BACKENDS)
+def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each backend in turn (a test module binds it: ``backend = lm.backend_fixture``)."""
+    return make_backend(request.param, tmp_path / "checkpoints")
+
+
+@pytest.fixture(name="quiet", autouse=True)
+def quiet_fixture() -> Iterator[None]:
+    """Lightning's advice and deprecation warnings off (a test module binds it too)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        yield
 
 
 # -- from tests_pytorch/checkpointing/test_model_checkpoint.py (2.6.5) ------------------
@@ -329,9 +347,12 @@ class ResumableLoader(DataLoader[Any]):
 class ShuffledRegressor(LightningModule):
     """Dropout, SGD with momentum, a shuffled loader: every part of the state matters on resume."""
 
-    def __init__(self, generator_seed: int | None = 0, batches: int = 8) -> None:
+    def __init__(
+        self, generator_seed: int | None = 0, batches: int = 8, torchdata: bool = False
+    ) -> None:
         super().__init__()
         self.generator_seed = generator_seed
+        self.torchdata = torchdata
         self.batches = batches
         self.net = torch.nn.Sequential(
             torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.ReLU(), torch.nn.Linear(8, 1)
@@ -356,7 +377,12 @@ class ShuffledRegressor(LightningModule):
             if self.generator_seed is None
             else torch.Generator().manual_seed(self.generator_seed)
         )
-        return ResumableLoader(TensorDataset(x, x.sum(1, keepdim=True)), 4, gen)
+        data_set = TensorDataset(x, x.sum(1, keepdim=True))
+        if self.torchdata:
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
+            return StatefulDataLoader(data_set, batch_size=4, shuffle=True, generator=gen)  # type: ignore[no-any-return]
+        return ResumableLoader(data_set, 4, gen)
 
 
 class SpawnModel(BoringModel):

@@ -169,21 +169,38 @@ def _fit(model: ShuffledRegressor, cb: LedgerCheckpoint, max_steps: int, ckpt: s
     trainer.fit(model, ckpt_path=ckpt)
 
 
-def test_mid_epoch_resume_with_a_stateful_loader_is_bit_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="hand-written-stateful-loader"),
+        pytest.param({"torchdata": True, "generator_seed": None}, id="torchdata-shuffle"),
+        pytest.param(
+            {"torchdata": True},
+            id="torchdata-with-generator",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="with StatefulDataLoader(generator=g) the epoch after a mid-epoch resume "
+                "shuffles differently, with ModelCheckpoint too (docs/adapters/lightning.md)",
+            ),
+        ),
+    ],
+)
+def test_mid_epoch_resume_with_a_stateful_loader_is_bit_exact(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
     """12 steps straight == 5 steps (mid-epoch 1 of 8-batch epochs) + resume in a new trainer + 7."""
     L.seed_everything(7, verbose=False)
-    straight = ShuffledRegressor()
+    straight = ShuffledRegressor(**kwargs)
     _fit(straight, LedgerCheckpoint(tmp_path / "a", every_n_train_steps=5), 12, None)
 
     L.seed_everything(7, verbose=False)
-    half = ShuffledRegressor()
+    half = ShuffledRegressor(**kwargs)
     cb = LedgerCheckpoint(tmp_path / "b", every_n_train_steps=5, every_n_epochs=None, save_top_k=-1)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "error", DataOrderWarning
-        )  # a loader that saves its order: no warning
+        # a loader that saves its order: no warning
+        warnings.simplefilter("error", DataOrderWarning)
         _fit(half, cb, 5, None)
-    resumed = ShuffledRegressor()
+    resumed = ShuffledRegressor(**kwargs)
     _fit(resumed, LedgerCheckpoint(tmp_path / "b", every_n_train_steps=5), 12, cb.resume("HEAD"))
 
     assert torch.equal(torch.cat(half.seen + resumed.seen), torch.cat(straight.seen))

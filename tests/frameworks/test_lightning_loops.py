@@ -13,8 +13,7 @@ step), ``last.ckpt`` is ``callback.last_model_path``, and ``torch.load`` is
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +24,19 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities import CombinedLoader
 
 try:  # tests/frameworks is a plain folder, or a package if another suite makes it one
-    from frameworks.lightning_models import (  # type: ignore[import-not-found,unused-ignore]
-        BACKENDS,
-        Backend,
-        LedgerBackend,
-        NotStatefulIterable,
-        PredictableBoringModel,
-        StatefulIterable,
-        compare_state_dicts,
-        make_backend,
-    )
+    from frameworks import lightning_models as lm  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
-    from lightning_models import (  # type: ignore[import-not-found,no-redef,unused-ignore]
-        BACKENDS,
-        Backend,
-        LedgerBackend,
-        NotStatefulIterable,
-        PredictableBoringModel,
-        StatefulIterable,
-        compare_state_dicts,
-        make_backend,
-    )
+    import lightning_models as lm  # type: ignore[import-not-found,no-redef,unused-ignore]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return make_backend(request.param, tmp_path / "checkpoints")
-
-
-@pytest.fixture(autouse=True)
-def quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module="lightning")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        yield
+backend, quiet = lm.backend_fixture, lm.quiet_fixture
+Backend = lm.Backend
+LedgerBackend = lm.LedgerBackend
+NotStatefulIterable = lm.NotStatefulIterable
+PredictableBoringModel = lm.PredictableBoringModel
+StatefulIterable = lm.StatefulIterable
+compare_state_dicts = lm.compare_state_dicts
+make_backend = lm.make_backend
+BACKENDS = lm.BACKENDS
 
 
 def _assert_parity(backend: Backend, epoch: int, step: int) -> None:
