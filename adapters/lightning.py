@@ -258,7 +258,15 @@ class LedgerCheckpoint(Checkpoint):
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Install the ``ledger:`` checkpoint IO on the strategy (before Lightning loads ``ckpt_path``)."""
+        """Open the ledger (global rank 0 first: it may create it), install the ``ledger:`` checkpoint IO.
+
+        This runs before Lightning loads ``ckpt_path``. Ranks open the ledger
+        only after rank 0 did, since two processes creating one ledger
+        directory at once would race.
+        """
+        if trainer.is_global_zero:
+            self.ledger  # noqa: B018 - opens, or creates, the ledger
+        trainer.strategy.barrier("LedgerCheckpoint.setup")
         current = trainer.strategy.checkpoint_io
         if isinstance(current, LedgerCheckpointIO):
             if current.root == self.root:  # share the instance, so a resume declares our lineage

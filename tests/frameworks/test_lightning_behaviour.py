@@ -104,19 +104,7 @@ class BoringModelWithVal(BoringModel):
 @pytest.mark.slow  # two spawned processes importing torch and Lightning: ~30 s on 2 busy cores
 def test_ddp_spawn_with_two_cpu_processes_commits_once_per_epoch(ledger_dir: Path) -> None:
     cb = LedgerCheckpoint(ledger_dir, monitor="val_loss", save_top_k=-1)
-    trainer = L.Trainer(
-        strategy="ddp_spawn",
-        accelerator="cpu",
-        devices=2,
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        callbacks=[cb],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer([cb], strategy="ddp_spawn", devices=2, limit_train_batches=2)
     trainer.fit(SpawnModel())
     with Ledger.open(ledger_dir) as lg:
         assert [(c.epoch, c.step) for c in lg.log()] == [(1, 4), (0, 2)]

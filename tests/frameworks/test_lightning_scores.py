@@ -60,6 +60,20 @@ def test_checkpointing_with_nan_as_first(backend: Backend, tmp_path: Path, mode:
     assert backend.load(callback.best_model_path)["epoch"] == len(monitor) - 1  # (added)
 
 
+def _one_batch_trainer(tmp_path: Path, callback: Any, max_epochs: int) -> Trainer:
+    """The Trainer both current_score tests build (Lightning's arguments, written once)."""
+    return Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=max_epochs,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
 # test_model_checkpoint.py::test_current_score
 def test_current_score(backend: Backend, tmp_path: Path) -> None:
     class TestModel(BoringModel):
@@ -68,17 +82,7 @@ def test_current_score(backend: Backend, tmp_path: Path) -> None:
             return super().training_step(*args)
 
     model_checkpoint = backend.callback(save_top_k=3, monitor="foo", mode="min")
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=3,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        callbacks=[model_checkpoint],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(TestModel())
+    _one_batch_trainer(tmp_path, model_checkpoint, max_epochs=3).fit(TestModel())
     assert model_checkpoint.current_score == 0.3
     ckpts = [backend.own_state(ckpt) for ckpt in backend.kept()]
     assert sorted(float(ckpt["current_score"]) for ckpt in ckpts) == pytest.approx([0.1, 0.2, 0.3])
@@ -93,17 +97,7 @@ def test_current_score_when_nan(backend: Backend, tmp_path: Path, mode: str) -> 
             return super().training_step(*args)
 
     model_checkpoint = backend.callback(save_top_k=1, monitor="foo", mode=mode)
-    trainer = Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        callbacks=[model_checkpoint],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(TestModel())
+    _one_batch_trainer(tmp_path, model_checkpoint, max_epochs=1).fit(TestModel())
     expected = float("inf" if mode == "min" else "-inf")
     assert model_checkpoint.best_model_score == expected
     assert model_checkpoint.current_score == expected
