@@ -213,7 +213,8 @@ class LedgerFileSystem(AbstractFileSystem):
         text = os.fspath(path[0] if isinstance(path, list) else path)
         return text[len(URL_PREFIX) :] if text.startswith(URL_PREFIX) else text
 
-    def _bytes(self, path: str) -> bytes:
+    def _bytes(self, path: str, keep: bool = False) -> bytes:
+        """The checkpoint bytes; ``keep``: hold them for the next call (``info`` then ``open``)."""
         root, rev = split_ledger_path(URL_PREFIX + self._strip_protocol(path))
         assert root is not None
         if not Path(root).is_dir():
@@ -221,16 +222,19 @@ class LedgerFileSystem(AbstractFileSystem):
         with Ledger.open(root) as lg:
             cid = lg.resolve(rev)
             with self._lock:
-                if self._last is not None and self._last[0] == (root, cid):
-                    return self._last[1]
+                last = type(self)._last
+                if last is not None and last[0] == (root, cid):
+                    type(self)._last = last if keep else None
+                    return last[1]
             tree = lg.checkout(cid)
         if isinstance(tree, dict):
             tree.pop(RNG_KEY, None)
         buf = io.BytesIO()
         torch.save(tree, buf)
         data = buf.getvalue()
-        with self._lock:
-            type(self)._last = ((root, cid), data)
+        if keep:
+            with self._lock:
+                type(self)._last = ((root, cid), data)
         return data
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> io.BytesIO:
@@ -243,7 +247,7 @@ class LedgerFileSystem(AbstractFileSystem):
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         """Name, size and type ("file") of a commit read as a checkpoint file."""
         path = self._strip_protocol(path)
-        return {"name": path, "size": len(self._bytes(path)), "type": "file"}
+        return {"name": path, "size": len(self._bytes(path, keep=True)), "type": "file"}
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         """A commit is a single file."""

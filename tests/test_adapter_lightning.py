@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import lightning as L
 import pytest
 import torch
@@ -248,3 +249,23 @@ def test_importing_without_lightning_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert MissingExtraError.__name__ in out.stdout
     assert "pip install 'training-ledger[lightning]'" in out.stdout
+
+
+def test_the_plugin_alone_loads_the_short_form_of_a_ledger_path(lg: Ledger) -> None:
+    model = Tiny()
+    _trainer(LedgerCheckpoint(lg, monitor="val_loss"), epochs=2).fit(model, _loader(), _loader())
+    fresh = Tiny()
+    trainer = L.Trainer(
+        plugins=[LedgerCheckpointIO(lg.root)],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(fresh, _loader(), ckpt_path="ledger:best", verbose=False)
+    assert torch.equal(fresh.net.weight, lg.checkout("best")["state_dict"]["net.weight"])
+
+
+def test_the_ledger_filesystem_is_read_only(lg: Ledger) -> None:
+    with pytest.raises(AdapterError, match="read-only"):
+        fsspec.open(ledger_url(lg.root, "HEAD"), "wb").open()
