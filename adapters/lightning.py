@@ -5,9 +5,11 @@ train steps, every N epochs, at validation end, ported from
 ``ModelCheckpoint``'s rules), what a commit holds (Lightning's own full
 checkpoint dict, from ``dump_checkpoint``, plus the global RNG), the ``best``
 branch and retention for ``monitor``/``save_top_k``, and the checkpoint-IO
-plugin that reads ``ledger:<rev>`` paths so ``trainer.fit(ckpt_path=...)``
-resumes from the ledger. It never writes checkpoint files of its own and
-never pickles; values Lightning puts in its dict that a ledger cannot store
+plugin that reads ``ledger:`` paths so ``trainer.fit(ckpt_path=...)``
+resumes from the ledger (in ``_lightning_io``, with the ``ledger://``
+filesystem that ``load_from_checkpoint`` reads). The callback pickles and
+deep-copies: the open ledger is dropped and reopened on first use. It
+never writes checkpoint files of its own and never pickles; values Lightning puts in its dict that a ledger cannot store
 are converted by the documented rules in ``_common.storable`` (with a
 warning) or refused with their path.
 
@@ -19,12 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import os
+import math
+from pathlib import Path
 from typing import Any
 
 try:
     import lightning.pytorch as pl
-    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
     from lightning.pytorch.callbacks import Checkpoint
     from lightning.pytorch.trainer.states import TrainerFn
 except ImportError as _e:  # pragma: no cover - exercised in a process without lightning
@@ -35,13 +37,12 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without l
 import torch
 
 from ledger import Commit, Ledger
-from ledger.state.rng import RNG_KEY, restore_rng
+from ledger.state.rng import restore_rng
 
 from ._common import (
     BEST,
     AdapterError,
     LedgerLike,
-    ResumeError,
     better,
     check_mode,
     install_retention,
@@ -53,95 +54,18 @@ from ._common import (
     storable,
     warn_conversions,
 )
+from ._lightning_data import DataOrderWarning, warn_order_not_saved
+from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
 
-__all__ = ["PREFIX", "LedgerCheckpoint", "LedgerCheckpointIO"]
-
-PREFIX = "ledger:"
-"""Checkpoint paths that start with this name a revision of the ledger: ``ledger:main~1``."""
-
-
-def ledger_path(rev: str) -> str:
-    """The checkpoint path Lightning is handed for revision ``rev``.
-
-    Example:
-        >>> ledger_path("best")
-        'ledger:best'
-    """
-    return PREFIX + rev
-
-
-class LedgerCheckpointIO(CheckpointIO):
-    """A checkpoint-IO plugin that reads ``ledger:<rev>`` paths and hands every other path on.
-
-    ``LedgerCheckpoint`` installs it on the trainer's strategy in ``setup``;
-    pass it yourself (``Trainer(plugins=[LedgerCheckpointIO("ckpt")])``) to
-    load ``ledger:`` paths without the callback, e.g. for ``trainer.test``.
-
-    Args:
-        ledger: a ledger directory or an open ``Ledger``.
-        wrapped: the plugin that handles ordinary file paths (default: Lightning's ``TorchCheckpointIO``).
-
-    Example:
-        >>> io = LedgerCheckpointIO("ckpt")  # doctest: +SKIP
-        >>> ckpt = io.load_checkpoint("ledger:best")  # doctest: +SKIP
-    """
-
-    def __init__(self, ledger: LedgerLike, wrapped: CheckpointIO | None = None) -> None:
-        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-        self.ledger: Ledger = open_ledger(ledger)
-        self.wrapped: CheckpointIO = wrapped if wrapped is not None else TorchCheckpointIO()
-        self.loaded_rng: dict[str, Any] | None = None
-        self.loaded_commit: Commit | None = None
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        """Write a file through the wrapped plugin; ``ledger:`` paths are refused (commits come from the callback)."""
-        if _is_ledger_path(path):
-            raise AdapterError(
-                f"cannot save to {path!r}: commits are made by LedgerCheckpoint (add it to the "
-                "Trainer's callbacks, or call its commit(trainer)); save files to a file path"
-            )
-        self.wrapped.save_checkpoint(checkpoint, path, storage_options)
-
-    def load_checkpoint(
-        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        """Lightning's checkpoint dict from ``ledger:<rev>``, or the wrapped plugin's from a file.
-
-        Tensors come back on the device they were committed from when it
-        exists (as Lightning's own loader does), or on ``map_location`` when
-        that is a device. The commit's global RNG state is kept in
-        ``loaded_rng`` for ``LedgerCheckpoint`` to set when training starts.
-        """
-        if not _is_ledger_path(path):
-            return self.wrapped.load_checkpoint(path, map_location, weights_only)
-        rev = str(path)[len(PREFIX) :]
-        where = map_location if isinstance(map_location, str | torch.device) else None
-        commit = self.ledger.get(rev)
-        tree = self.ledger.checkout(commit.id, map_location=where)
-        if "pytorch-lightning_version" not in tree:
-            raise ResumeError(
-                f"commit {commit.id[:12]} ({rev}) is not a Lightning checkpoint (it has "
-                f"{sorted(map(str, tree))[:8]}); resume it with Ledger.restore instead"
-            )
-        self.loaded_rng = tree.pop(RNG_KEY, None)
-        self.loaded_commit = commit
-        return tree
-
-    def remove_checkpoint(self, path: Any) -> None:
-        """Remove a file through the wrapped plugin (commits are dropped by retention and gc)."""
-        if not _is_ledger_path(path):
-            self.wrapped.remove_checkpoint(path)
-
-    def teardown(self) -> None:
-        """Tear down the wrapped plugin."""
-        self.wrapped.teardown()
-
-
-def _is_ledger_path(path: Any) -> bool:
-    return isinstance(path, str | os.PathLike) and os.fspath(path).startswith(PREFIX)
+__all__ = [
+    "PREFIX",
+    "URL_PREFIX",
+    "DataOrderWarning",
+    "LedgerCheckpoint",
+    "LedgerCheckpointIO",
+    "LedgerFileSystem",
+    "ledger_url",
+]
 
 
 class LedgerCheckpoint(Checkpoint):
@@ -152,17 +76,24 @@ class LedgerCheckpoint(Checkpoint):
     ``EarlyStopping``'s, precision-plugin state, hyper-parameters) plus the
     global RNG of torch, CUDA, numpy and Python, with metrics logged by
     ``self.log`` as commit metrics and ``save_hyperparameters`` values as params.
+    The callback pickles and deep-copies (``ddp_spawn``, Lightning's own
+    ``deepcopy(trainer.callbacks)``): the open ledger is reopened on first use.
 
     Args:
         ledger: a ledger directory (created when missing) or an open ``Ledger``.
         every_n_train_steps: commit every this many optimizer steps (None/0: never by steps).
         every_n_epochs: commit every this many epochs (None/0: never by epochs); at the
             end of the train epoch, or at validation end when validation runs mid-epoch.
-        monitor: a logged metric; the ``best`` branch follows the commit where it was best.
+        monitor: a logged metric, or ``"epoch"``/``"step"`` (as in ``ModelCheckpoint``);
+            the ``best`` branch follows the commit where it was best.
         mode: "min" or "max" for ``monitor``.
-        save_top_k: keep the state of only this many commits: the ``k`` best by
-            ``monitor`` (``KeepBest``), or without ``monitor`` the newest ``k``
-            (``KeepLast``); None or -1 keeps all. Applied by ``gc``.
+        save_top_k: keep the state of only this many commits (``ModelCheckpoint``'s
+            default, 1): the ``k`` best by ``monitor`` (``KeepBest``), or without
+            ``monitor`` the newest ``k`` (``KeepLast``); -1 or None keeps all; 0 commits
+            nothing unless ``save_last``. Applied by ``gc``; the branch tip is always kept.
+        save_last: accepted for ``ModelCheckpoint`` compatibility: the branch tip is
+            always the last state (``last_model_path``); with ``save_top_k=0`` it makes
+            the callback commit (keeping only the tip).
         branch: commit to this branch instead of HEAD's (HEAD does not move).
         best_ref: the branch that follows the best commit.
         save_on_train_epoch_end: force epoch commits to the train-epoch end (True)
@@ -181,8 +112,9 @@ class LedgerCheckpoint(Checkpoint):
         every_n_epochs: int | None = 1,
         monitor: str | None = None,
         mode: str = "min",
-        save_top_k: int | None = None,
+        save_top_k: int | None = 1,
         *,
+        save_last: bool | str | None = None,
         branch: str | None = None,
         best_ref: str = BEST,
         save_on_train_epoch_end: bool | None = None,
@@ -194,37 +126,82 @@ class LedgerCheckpoint(Checkpoint):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise AdapterError(f"{name}={value!r} must be a non-negative integer or None")
         if save_top_k is not None and (not isinstance(save_top_k, int) or save_top_k < -1):
-            raise AdapterError(f"save_top_k={save_top_k!r} must be None, -1 or a positive integer")
-        if save_top_k == 0:
             raise AdapterError(
-                "save_top_k=0 would commit nothing; leave LedgerCheckpoint out of the callbacks instead"
+                f"save_top_k={save_top_k!r} must be None, -1 (keep all), 0 or a positive integer"
             )
-        self.ledger: Ledger = open_ledger(ledger)
-        self.io = LedgerCheckpointIO(self.ledger)
+        if monitor is None and save_top_k is not None and save_top_k > 1:
+            raise AdapterError(
+                f"LedgerCheckpoint(save_top_k={save_top_k}, monitor=None) is ambiguous (as in "
+                "ModelCheckpoint): pass a monitor to keep the k best, or save_top_k=-1 to keep all"
+            )
+        if not isinstance(ledger, Ledger | str) and not hasattr(ledger, "__fspath__"):
+            open_ledger(ledger)  # raises the AdapterError that names what to pass
+        self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self.root = str(Path(ledger.root if isinstance(ledger, Ledger) else ledger).resolve())
+        self._io: LedgerCheckpointIO | None = None
+        self._retention_installed = False
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_epochs = every_n_epochs or 0
         self.monitor = monitor
         self.mode = check_mode(mode)
         self.save_top_k = save_top_k
+        self.save_last = save_last
         self.branch = branch
         self.best_ref = best_ref
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.best_score: float | None = None
+        self.current_score: torch.Tensor | None = None
+        self.best_k_models: dict[str, torch.Tensor] = {}
+        self.kth_best_model_path = ""
         self.last_commit: Commit | None = None
         self._last_global_step_saved = -1
-        top_k = save_top_k if save_top_k is not None and save_top_k > 0 else None
+        self._order_checked = False
+        self._rng_again: dict[str, Any] | None = None
+        if self._ledger is not None:
+            self._install_retention(self._ledger)
+
+    # -- the ledger, opened lazily (so the callback pickles) ------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        """The open ledger (opened, or created, on first use; a copy reopens its own)."""
+        if self._ledger is None:
+            self._ledger = open_ledger(self.root)
+            self._install_retention(self._ledger)
+        return self._ledger
+
+    @property
+    def io(self) -> LedgerCheckpointIO:
+        """The checkpoint-IO plugin this callback installs on the strategy."""
+        if self._io is None:  # one Ledger instance: the lineage base_on records is per instance
+            self._io = LedgerCheckpointIO(self.ledger)
+        return self._io
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the open ledger and its plugin; the copy reopens them on first use."""
+        return {**self.__dict__, "_ledger": None, "_io": None, "_retention_installed": False}
+
+    def _install_retention(self, lg: Ledger) -> None:
+        if self._retention_installed:
+            return
+        k = self.save_top_k
+        top_k = k if k is not None and k > 0 else (1 if k == 0 else None)
         install_retention(
-            self.ledger,
-            keep_last=top_k if monitor is None else None,
-            best=monitor if top_k is not None else None,
+            lg,
+            keep_last=top_k if self.monitor is None or k == 0 else None,
+            best=self.monitor if top_k is not None and k != 0 else None,
             best_k=top_k or 1,
             mode=self.mode,
         )
+        self._retention_installed = True
 
     # -- resuming ----------------------------------------------------------------
 
     def resume(self, rev: str = "HEAD") -> str | None:
-        """The ``ckpt_path`` that resumes ``rev`` (``ledger:<commit id>``), or None on an empty ledger.
+        """The ``ckpt_path`` that resumes ``rev`` (``ledger://<dir>#<commit id>``), or None on an empty ledger.
+
+        Loading it (``trainer.fit(ckpt_path=...)``) makes that commit the
+        parent of this ledger's next commit (``Ledger.base_on``).
 
         Raises:
             RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
@@ -233,13 +210,40 @@ class LedgerCheckpoint(Checkpoint):
             >>> trainer.fit(model, ckpt_path=cb.resume("best"))  # doctest: +SKIP
         """
         cid = resolve_resume(self.ledger, rev)
-        return None if cid is None else ledger_path(cid)
+        return None if cid is None else ledger_url(self.root, cid)
 
     @property
     def best_model_path(self) -> str:
-        """``ledger:<id>`` of the best commit ("" before there is one), so ``ckpt_path="best"`` works."""
-        best = self.ledger.branches().get(self.best_ref) if self.monitor else None
-        return ledger_path(best) if best else ""
+        """``ledger://<dir>#<id>`` of the best commit ("" before there is one).
+
+        ``trainer.test(ckpt_path="best")``, ``ckpt_path=cb.best_model_path`` and
+        ``MyModule.load_from_checkpoint(cb.best_model_path)`` all read it. Without
+        ``monitor`` it is the last commit, as in ``ModelCheckpoint``.
+        """
+        if not self.monitor:
+            return self.last_model_path if self.save_top_k != 0 else ""
+        best = self.ledger.branches().get(self.best_ref)
+        return ledger_url(self.root, best) if best else ""
+
+    @best_model_path.setter
+    def best_model_path(self, value: str) -> None:
+        """Accepted and ignored: the path is read from the ledger (``ddp_spawn`` sets it from rank 0's)."""
+
+    @property
+    def last_model_path(self) -> str:
+        """``ledger://<dir>#<id>`` of the newest commit of this callback's branch ("" before one)."""
+        if self.last_commit is not None:
+            return ledger_url(self.root, self.last_commit.id)
+        cid = resolve_resume(self.ledger, self.branch or "HEAD") if self._commits() else None
+        return ledger_url(self.root, cid) if cid else ""
+
+    @property
+    def best_model_score(self) -> torch.Tensor | None:
+        """The best value of ``monitor`` so far, as a tensor like ``ModelCheckpoint``'s (None without one)."""
+        return None if self.best_score is None else torch.tensor(self.best_score)
+
+    def _commits(self) -> bool:
+        return self.save_top_k != 0 or bool(self.save_last)
 
     # -- Lightning hooks -----------------------------------------------------------
 
@@ -254,10 +258,20 @@ class LedgerCheckpoint(Checkpoint):
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Install the ``ledger:`` checkpoint IO on the strategy (before Lightning loads ``ckpt_path``)."""
+        """Open the ledger (global rank 0 first: it may create it), install the ``ledger:`` checkpoint IO.
+
+        This runs before Lightning loads ``ckpt_path``. Ranks open the ledger
+        only after rank 0 did, since two processes creating one ledger
+        directory at once would race.
+        """
+        if trainer.is_global_zero:
+            self.ledger  # noqa: B018 - opens, or creates, the ledger
+        trainer.strategy.barrier("LedgerCheckpoint.setup")
         current = trainer.strategy.checkpoint_io
         if isinstance(current, LedgerCheckpointIO):
-            self.io = current
+            if current.root == self.root:  # share the instance, so a resume declares our lineage
+                current._ledger = self.ledger
+            self._io = current
         else:
             self.io.wrapped = current
             trainer.strategy.checkpoint_io = self.io
@@ -271,11 +285,33 @@ class LedgerCheckpoint(Checkpoint):
         """
         if self.io.loaded_rng is not None:
             restore_rng(self.io.loaded_rng)
+            self._rng_again = self.io.loaded_rng
             self.io.loaded_rng = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The RNG, for strategies that load the checkpoint only after ``on_fit_start``."""
+        """The RNG, for strategies that load the checkpoint only after ``on_fit_start``; the data-order check.
+
+        A commit made mid-epoch was taken after that epoch's loader iterator
+        had drawn from the RNG; the resumed run makes a new iterator (which
+        draws again), so the RNG is set back once more before the first batch.
+        """
         self.on_fit_start(trainer, pl_module)
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if not 0 < progress < trainer.num_training_batches:
+            self._rng_again = None  # resumed at an epoch's end: the new iterator is the run's own
+        if not self._order_checked and self._commits_mid_epoch(trainer):
+            self._order_checked = True
+            combined = getattr(trainer.fit_loop, "_combined_loader", None)
+            if combined is not None:
+                warn_order_not_saved(combined.flattened)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """After a mid-epoch resume: the RNG as committed, now that the loader's iterator exists."""
+        if self._rng_again is not None:
+            restore_rng(self._rng_again)
+            self._rng_again = None
 
     def on_train_batch_end(
         self,
@@ -288,23 +324,24 @@ class LedgerCheckpoint(Checkpoint):
         """Commit every ``every_n_train_steps`` optimizer steps."""
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0 and not self._skip(trainer):
-            self.commit(trainer)
+            self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Commit at the end of every ``every_n_epochs``-th epoch (when that is where epochs end)."""
         if self._epoch_due(trainer) and self._on_train_epoch_end(trainer):
-            self.commit(trainer)
+            self._save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Commit after validation when epoch commits belong there (validation mid-epoch)."""
         if self._epoch_due(trainer) and not self._on_train_epoch_end(trainer):
-            self.commit(trainer)
+            self._save(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        """This callback's state inside each commit: the best score and the last committed step."""
+        """This callback's state inside each commit: the scores and the last committed step."""
         return {
             "monitor": self.monitor,
             "best_score": self.best_score,
+            "current_score": None if self.current_score is None else float(self.current_score),
             "last_global_step_saved": self._last_global_step_saved,
         }
 
@@ -316,6 +353,10 @@ class LedgerCheckpoint(Checkpoint):
 
     # -- committing ----------------------------------------------------------------
 
+    def _save(self, trainer: pl.Trainer) -> None:
+        if self._commits():
+            self.commit(trainer)
+
     def commit(self, trainer: pl.Trainer, message: str | None = None) -> Commit | None:
         """Commit the trainer's full state now (on every rank's call; global rank 0 writes).
 
@@ -325,10 +366,17 @@ class LedgerCheckpoint(Checkpoint):
             >>> cb.commit(trainer, message="before changing the data mix")  # doctest: +SKIP
         """
         metrics = metric_floats(trainer.callback_metrics)
+        if self.monitor in ("epoch", "step"):  # ModelCheckpoint's monitor candidates
+            metrics.setdefault("epoch", float(trainer.current_epoch))
+            metrics.setdefault("step", float(trainer.global_step))
         value = metrics.get(self.monitor) if self.monitor else None
+        if value is not None and math.isnan(value):  # ModelCheckpoint: NaN is the worst value
+            value = math.inf if self.mode == "min" else -math.inf
         improved = value is not None and better(value, self.best_score, self.mode)
-        if improved:
-            self.best_score = value
+        if value is not None:
+            self.current_score = torch.tensor(value)
+            if improved or self.best_score is None:
+                self.best_score = value
         self._last_global_step_saved = trainer.global_step
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         state, notes = storable(checkpoint)
@@ -345,7 +393,9 @@ class LedgerCheckpoint(Checkpoint):
                 branch=self.branch,
             )
             self.last_commit = commit
-            if improved and value is not None:
+            if value is not None:
+                self._track_top_k(commit, value)
+            if value is not None and (improved or self.best_ref not in self.ledger.branches()):
                 move_branch(
                     self.ledger,
                     self.best_ref,
@@ -354,6 +404,20 @@ class LedgerCheckpoint(Checkpoint):
                 )
         trainer.strategy.barrier("LedgerCheckpoint.commit")
         return commit
+
+    def _track_top_k(self, commit: Commit, value: float) -> None:
+        """``best_k_models`` / ``kth_best_model_path`` as ``ModelCheckpoint`` keeps them (what retention keeps)."""
+        self.best_k_models[ledger_url(self.root, commit.id)] = torch.tensor(value)
+        k = self.save_top_k
+        ranked = sorted(
+            self.best_k_models.items(),
+            key=lambda kv: float(kv[1]),
+            reverse=self.mode == "max",
+        )
+        if k is not None and k > 0:
+            ranked = ranked[:k]
+        self.best_k_models = dict(ranked)
+        self.kth_best_model_path = ranked[-1][0]
 
     def _skip(self, trainer: pl.Trainer) -> bool:
         return (
@@ -366,6 +430,12 @@ class LedgerCheckpoint(Checkpoint):
     def _epoch_due(self, trainer: pl.Trainer) -> bool:
         n = self.every_n_epochs
         return bool(n) and (trainer.current_epoch + 1) % n == 0 and not self._skip(trainer)
+
+    def _commits_mid_epoch(self, trainer: pl.Trainer) -> bool:
+        return self._commits() and (
+            bool(self.every_n_train_steps)
+            or (bool(self.every_n_epochs) and not self._on_train_epoch_end(trainer))
+        )
 
     def _on_train_epoch_end(self, trainer: pl.Trainer) -> bool:
         """Whether epoch commits happen at train-epoch end (else at validation end): ModelCheckpoint's rule."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import lightning as L
 import pytest
 import torch
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ledger import Ledger
 from ledger.adapters._common import AdapterError, MissingExtraError, ResumeError
-from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO
+from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO, ledger_url
 from ledger.errors import RevisionNotFoundError, UnsupportedValueError
 from ledger.retention import KeepBest, KeepLast
 
@@ -147,21 +148,21 @@ def test_monitor_moves_best_and_ckpt_path_best_loads_it_through_the_plugin(lg: L
     trainer = _trainer(cb, epochs=3)
     trainer.fit(model, _loader(), _loader())
     assert lg.get("best").epoch == 2  # val_loss falls every epoch here
-    assert cb.best_model_path == f"ledger:{lg.resolve('best')}"
+    assert cb.best_model_path == ledger_url(lg.root, lg.resolve("best"))
     assert isinstance(trainer.strategy.checkpoint_io, LedgerCheckpointIO)
     trainer.validate(model, _loader(), ckpt_path="best", verbose=False)  # loads ledger:<best>
 
 
 def test_save_top_k_without_monitor_keeps_the_newest(lg: Ledger) -> None:
-    LedgerCheckpoint(lg, save_top_k=2)
-    assert lg.retention() == [KeepLast(2)]
+    LedgerCheckpoint(lg, save_top_k=1)  # ModelCheckpoint's default, and its only k without monitor
+    assert lg.retention() == [KeepLast(1)]
 
 
 def test_resume_is_none_on_an_empty_ledger_and_an_error_for_unknown_names(lg: Ledger) -> None:
     cb = LedgerCheckpoint(lg)
     assert cb.resume("HEAD") is None
     _trainer(cb, epochs=1).fit(Tiny(), _loader())
-    assert cb.resume("HEAD") == f"ledger:{lg.resolve('HEAD')}"
+    assert cb.resume("HEAD") == ledger_url(lg.root, lg.resolve("HEAD"))
     with pytest.raises(RevisionNotFoundError):
         cb.resume("nope")
 
@@ -228,7 +229,7 @@ def test_resume_restores_early_stopping_state(lg: Ledger) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"save_top_k": 0}, "commit nothing"),
+        ({"save_top_k": 3}, r"save_top_k=3, monitor=None"),
         ({"save_top_k": -2}, "save_top_k=-2"),
         ({"every_n_epochs": -1}, "every_n_epochs=-1"),
         ({"mode": "best"}, "mode='best'"),
@@ -248,3 +249,23 @@ def test_importing_without_lightning_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert MissingExtraError.__name__ in out.stdout
     assert "pip install 'training-ledger[lightning]'" in out.stdout
+
+
+def test_the_plugin_alone_loads_the_short_form_of_a_ledger_path(lg: Ledger) -> None:
+    model = Tiny()
+    _trainer(LedgerCheckpoint(lg, monitor="val_loss"), epochs=2).fit(model, _loader(), _loader())
+    fresh = Tiny()
+    trainer = L.Trainer(
+        plugins=[LedgerCheckpointIO(lg.root)],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(fresh, _loader(), ckpt_path="ledger:best", verbose=False)
+    assert torch.equal(fresh.net.weight, lg.checkout("best")["state_dict"]["net.weight"])
+
+
+def test_the_ledger_filesystem_is_read_only(lg: Ledger) -> None:
+    with pytest.raises(AdapterError, match="read-only"):
+        fsspec.open(ledger_url(lg.root, "HEAD"), "wb").open()
