@@ -27,9 +27,11 @@ from typing import IO, Any
 import torch
 from safetensors.torch import save_file
 
+from ledger.interop.export_hf import commit_files, write_files
 from ledger.state.rng import RNG_KEY
 
 from ._common import AdapterError, ResumeError
+from ._hf_files import STATE_KEY as FILES_KEY
 from ._hf_rotation import STATE_KEY
 
 OWNER = ".owner"
@@ -115,6 +117,8 @@ def write_checkpoint(tree: dict[str, Any], out: Path) -> None:
         >>> write_checkpoint(lg.checkout("HEAD"), Path("checkpoint-100"))  # doctest: +SKIP
     """
     save_file(_unshared(tree["model"]), str(out / "model.safetensors"))
+    # config.json, tokenizer files ... as the Trainer's own checkpoint holds them
+    write_files(commit_files(tree, FILES_KEY, out.name), out)
     for key, name in (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt")):
         if key in tree:
             torch.save(tree[key], out / name)

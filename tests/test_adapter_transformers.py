@@ -88,13 +88,18 @@ def test_save_steps_commit_with_logged_metrics_and_arguments(runs: Path) -> None
         assert all(lg.show(c.id).expired is None for c in log)  # 2 saves, save_total_limit=2
         best = min(log, key=lambda c: c.metrics["eval_loss"])
         assert lg.resolve("best") == best.id
-        assert sorted(lg.checkout("HEAD")) == [
+        head = lg.checkout("HEAD")
+        assert sorted(head) == [
             "__rng__",
+            "hf_files",
             "model",
             "optimizer",
             "scheduler",
             "trainer_state",
         ]
+        # the model's own files, as the Trainer's checkpoint folder holds them
+        config = json.loads(head["hf_files"]["config.json"].data)
+        assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
 
 
 def test_resume_writes_the_trainer_layout_loadable_without_pickle(runs: Path) -> None:
@@ -103,6 +108,8 @@ def test_resume_writes_the_trainer_layout_loadable_without_pickle(runs: Path) ->
     assert path is not None and Path(path).name == "checkpoint-8"
     files = sorted(p.name for p in Path(path).iterdir())
     assert files == [
+        "config.json",
+        "generation_config.json",
         "model.safetensors",
         "optimizer.pt",
         "rng_state.pth",

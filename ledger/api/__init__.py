@@ -30,9 +30,7 @@ __all__ = [
 ]
 
 
-class Ledger(
-    Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, Interop, LedgerCore
-):
+class Ledger(Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, Interop, LedgerCore):
     """A ledger directory: commits of training state, branches, tags and HEAD.
 
     Example:

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from ledger.api.core import LedgerCore
 from ledger.interop.export import export_commit
-from ledger.interop.imports import ImportReport, import_path
-from ledger.interop.source import ExportReport
-from ledger.remotes.release import ReleaseResult, release
+from ledger.interop.imports import ImportReport, LedgerLike, import_path
+from ledger.interop.source import ExportReport, ExportSource
+from ledger.remotes.release import ReleaseReader, ReleaseResult, release
 
 
 class Interop(LedgerCore):
-    """Import, export and release of a ledger's commits."""
+    """Import, export and release of a ledger's commits.
+
+    The protocols these functions take are met by ``Ledger`` (this mixin and
+    its siblings together), hence the casts of ``self``.
+    """
 
     def import_checkpoints(
         self,
@@ -52,7 +56,7 @@ class Interop(LedgerCore):
             [500, 1000, 1500]
         """
         self._check_open()
-        return import_path(self, path, branch=branch, onto=onto, allow=allow)
+        return import_path(cast(LedgerLike, self), path, branch=branch, onto=onto, allow=allow)
 
     def export(
         self,
@@ -77,7 +81,9 @@ class Interop(LedgerCore):
         """
         with self._lock:
             self._check_open()
-            return export_commit(self, rev, fmt, os.fspath(out), force=force, **options)
+            return export_commit(
+                cast(ExportSource, self), rev, fmt, os.fspath(out), force=force, **options
+            )
 
     def release(
         self,
@@ -102,4 +108,6 @@ class Interop(LedgerCore):
         """
         with self._lock:
             self._check_open()
-            return release(self, rev, to, revision=revision, tag=tag, public=public)
+            return release(
+                cast(ReleaseReader, self), rev, to, revision=revision, tag=tag, public=public
+            )
