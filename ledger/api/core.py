@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
 import weakref
 from collections.abc import Iterator
@@ -30,8 +29,11 @@ from ledger import metadata
 from ledger.api.inputs import (
     CONFIG_FILE,
     DEFAULT_CHUNK_SIZE,
+    _clear_interrupted_init,
     _default_budget,
+    _init_lock,
     _interrupted_init,
+    _not_a_ledger,
     _read_config,
     _refuse_newer,
 )
@@ -177,21 +179,9 @@ class LedgerCore:
             return cls(root, _read_config(cfg_path), **settings)
         if root.exists() and not root.is_dir():
             raise NotALedgerError(f"{root} is a file, not a ledger directory", path=str(root))
-        if create and _interrupted_init(root):
-            shutil.rmtree(root)
-        if root.is_dir() and any(root.iterdir()):
-            if _interrupted_init(root):
-                raise NotALedgerError(
-                    f"{root} holds an interrupted init (no {CONFIG_FILE} file, no data); "
-                    "pass create=True to start it over",
-                    path=str(root),
-                )
-            raise NotALedgerError(
-                f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
-                "choose an empty or new directory",
-                path=str(root),
-            )
         if not create:
+            if root.is_dir() and any(root.iterdir()):
+                raise _not_a_ledger(root)
             raise NotALedgerError(
                 f"no ledger at {root}; pass create=True to make one", path=str(root), exists=False
             )
@@ -200,7 +190,16 @@ class LedgerCore:
                 f"chunk_size={chunk_size} must be a multiple of 64 and at least 4096",
                 path="chunk_size",
             )
-        return cls._create(root, chunk_size=chunk_size, compress=compress, **settings)
+        # Processes creating one ledger at once (every rank of a job) take turns:
+        # the first creates it, the others open what it made.
+        with _init_lock(root):
+            if cfg_path.is_file():
+                return cls(root, _read_config(cfg_path), **settings)
+            if _interrupted_init(root):
+                _clear_interrupted_init(root)
+            if any(root.iterdir()):
+                raise _not_a_ledger(root)
+            return cls._create(root, chunk_size=chunk_size, compress=compress, **settings)
 
     @classmethod
     def _create(

@@ -7,8 +7,11 @@ the caller's thread to the writer. It never writes anything.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -154,3 +157,42 @@ def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
     # Pinned (page-locked) source buffers make these copies asynchronous DMA;
     # checkout synchronizes once before handing the tensors back.
     return lambda t: t.to(device, non_blocking=t.is_pinned())
+
+
+def _not_a_ledger(root: Path) -> NotALedgerError:
+    if _interrupted_init(root):
+        return NotALedgerError(
+            f"{root} holds an interrupted init (no {CONFIG_FILE} file, no data); "
+            "pass create=True to start it over",
+            path=str(root),
+        )
+    return NotALedgerError(
+        f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
+        "choose an empty or new directory",
+        path=str(root),
+    )
+
+
+@contextlib.contextmanager
+def _init_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the (new or empty) ledger directory itself.
+
+    Nothing is written for it: the lock lives on the directory's own inode, so
+    the last process out leaves no file behind and a crash leaves no stale lock.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _clear_interrupted_init(root: Path) -> None:
+    """Remove the skeleton a crash inside ``_create`` left (only the names it writes)."""
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
