@@ -73,8 +73,8 @@ def train(where: str, output: str, crash_at: int | None) -> LedgerCallback:
         save_steps=3,  # -> a commit every 3 steps
         eval_strategy="steps",
         eval_steps=3,
-        metric_for_best_model="loss",  # -> KeepBest("eval_loss") and the `best` branch
-        save_total_limit=2,  # -> KeepLast(2)
+        metric_for_best_model="loss",  # -> the `best` branch follows best_model_checkpoint
+        save_total_limit=2,  # -> the Trainer's rotation: older commits expired and freed
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
@@ -111,7 +111,8 @@ def main() -> None:
             f"{c.id[:12]}  step {c.step:>2}  loss {c.metrics['loss']:.4f}  eval_loss {c.metrics['eval_loss']:.4f}"
         )
     best = lg.get("best")
-    print(f"best: step {best.step} ({best.id[:12]}); retention: {lg.retention()}")
+    kept = [c.step for c in lg.log() if lg.show(c.id).expired is None]
+    print(f"best: step {best.step} ({best.id[:12]}); steps keeping their state: {kept}")
     print(
         f"files the Trainer wrote into {output}: {sorted(p.name for p in Path(output).iterdir())}"
     )
