@@ -80,10 +80,11 @@ def _import_branch(e: LedgerError) -> str | None:
     branch = getattr(e, "branch", None)
     if branch is None:
         return None
-    if getattr(e, "revision", None) is not None:  # --onto given for a branch that exists
+    onto = getattr(e, "revision", None)
+    if onto is not None:  # --onto given for a branch that exists
         return (
             f"`--onto` starts a new branch: `ledger import PATH --branch NEW "
-            f"--onto {_q(e.revision)}`, or drop `--onto` to append onto {_q(branch)}"
+            f"--onto {_q(onto)}`, or drop `--onto` to append onto {_q(branch)}"
         )
     return (
         f"`ledger import PATH --branch {_q(branch)}` appends onto it; "
