@@ -94,8 +94,8 @@ def _import_branch(e: LedgerError) -> str | None:
 
 def _export(e: LedgerError) -> str | None:
     return (
-        "in the shell force=True is `--force`, key= `--key`, model_key= `--model-key`; "
-        "`ledger show REV` lists what the commit holds"
+        "`ledger show REV` lists what the commit holds; for `ledger export`, force=True is "
+        "`--force`, key= `--key`, model_key= `--model-key`"
     )
 
 
