@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	touch $@
 
 demo: venv
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py && $(PY) examples/import_export.py
 
 test: venv
 	$(PY) -m pytest -m "not slow" -n 2 --timeout=600 -q

@@ -17,6 +17,7 @@ from ledger.errors import (
     CorruptionError,
     DetachedHeadError,
     DivergedError,
+    ExportError,
     LedgerError,
     NotALedgerError,
     RefNameError,
@@ -24,7 +25,12 @@ from ledger.errors import (
     RevisionNotFoundError,
     UnmergedBranchError,
 )
+from ledger.interop.imports import ImportBranchError
+from ledger.interop.imports_read import ImportRefusedError
 from ledger.remotes.release import ReleaseConflictError
+
+_BLOCKED_MODULES = ("sys", "os", "posix", "nt")
+"""torch's ``_weights_only_unpickler._blocklisted_modules``: no ``--allow`` admits their types."""
 
 
 def _q(value: object) -> str:
@@ -58,6 +64,41 @@ def _release_conflict(e: LedgerError) -> str | None:
     }.get(str(getattr(e, "reason", None)))
 
 
+def _import_refused(e: LedgerError) -> str | None:
+    kind = getattr(e, "type", None)
+    if not kind or str(kind).split(".")[0] in _BLOCKED_MODULES:
+        return None  # DCP metadata of another type, or a type that can run commands
+    where = getattr(e, "path", None)
+    trust = f"if you trust {_q(where)}, " if where else "if you trust the file, "
+    return (
+        f"{trust}run `ledger import PATH --allow {_q(kind)}` "
+        "(add one `--allow` for each type it names next)"
+    )
+
+
+def _import_branch(e: LedgerError) -> str | None:
+    branch = getattr(e, "branch", None)
+    if branch is None:
+        return None
+    onto = getattr(e, "revision", None)
+    if onto is not None:  # --onto given for a branch that exists
+        return (
+            f"`--onto` starts a new branch: `ledger import PATH --branch NEW "
+            f"--onto {_q(onto)}`, or drop `--onto` to append onto {_q(branch)}"
+        )
+    return (
+        f"`ledger import PATH --branch {_q(branch)}` appends onto it; "
+        "`--branch NEW` starts another branch"
+    )
+
+
+def _export(e: LedgerError) -> str | None:
+    return (
+        "`ledger show REV` lists what the commit holds; for `ledger export`, force=True is "
+        "`--force`, key= `--key`, model_key= `--model-key`"
+    )
+
+
 def _diverged(e: LedgerError) -> str | None:
     branch = getattr(e, "branch", None)
     if branch is None:
@@ -80,6 +121,9 @@ _HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
     (RefNameError, lambda e: "`ledger branch` lists the branches, `ledger tag` the tags"),
     (DetachedHeadError, lambda e: "`ledger checkout BRANCH` attaches HEAD to a branch"),
     (ReleaseConflictError, _release_conflict),
+    (ImportRefusedError, _import_refused),
+    (ImportBranchError, _import_branch),
+    (ExportError, _export),
     (RemoteConflictError, _conflict),
     (DivergedError, _diverged),
     (CorruptionError, lambda e: "`ledger verify --full` lists everything damaged"),
