@@ -41,6 +41,8 @@ POSITION_KEY = "__data_position__"
 """Marks a data-position record; its value is the record's format version."""
 
 _VERSION = 1
+_LOADER_KEY = "_sampler_iter_yielded"
+"""A key of every torchdata ``StatefulDataLoader`` state."""
 _CONFIG = ("dataset_len", "shuffle", "seed", "drop_last")
 
 
@@ -270,6 +272,10 @@ def merge_positions(
 
     Returns:
         The paths of the merged records.
+
+    Raises:
+        ResumeError: the records disagree, or a ``StatefulDataLoader`` state holds no
+            data position (its sampler's position cannot be carried over).
     """
     paths = list(_positions(tree, ()))
     for path in paths:
@@ -283,8 +289,18 @@ def _positions(tree: Any, path: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     if is_position(tree):
         yield path
     elif isinstance(tree, Mapping):
+        found = False
         for k, v in tree.items():
-            yield from _positions(v, (*path, k))
+            for inner in _positions(v, (*path, k)):
+                found = True
+                yield inner
+        if not found and _LOADER_KEY in tree:
+            raise ResumeError(
+                f"state{''.join(f'[{p!r}]' for p in path)} is a StatefulDataLoader whose sampler "
+                "keeps no data position (a DistributedSampler or StatefulDistributedSampler): "
+                "its per-rank count would skip or repeat samples on another world size; use "
+                "ledger.adapters.distributed.ResumableSampler, or resume on the same world size"
+            )
     elif isinstance(tree, list):  # not tuples: they cannot be changed in place
         for i, v in enumerate(tree):
             yield from _positions(v, (*path, i))

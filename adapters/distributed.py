@@ -340,11 +340,11 @@ def restore(
         if rng:
             restore_rng(tree["rng"])
     else:
-        load_resharded(lg, commit_id, root, state, ch.group)
-        stored = _stored_at(lg, commit_id, 0, "state")
+        stored = _stored_at(lg, commit_id, 0, "state")  # positions merge before anything changes
         merge_positions(
             stored, stored_world, lambda r, p: _stored_at(lg, commit_id, r, "state", *p)
         )
+        load_resharded(lg, commit_id, root, state, ch.group)
         apply(state, stored, strict=strict, tensors=False)
         if rng:
             rngs = [_stored_at(lg, commit_id, r, "rng", "torch") for r in range(stored_world)]

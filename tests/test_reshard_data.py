@@ -179,6 +179,15 @@ def test_a_stateful_data_loader_carries_the_position_in_its_state(lg: Ledger) ->
     assert sorted(set(seen + rest)) == list(range(n)) and len(seen) + len(rest) == n + 1
 
 
+def test_a_stateful_loader_over_a_distributed_sampler_is_refused_on_another_world_size() -> None:
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    sampler = DistributedSampler(range(10), num_replicas=2, rank=0)
+    loader = stateful.StatefulDataLoader(list(range(10)), batch_size=2, sampler=sampler)
+    next(iter(loader))
+    with pytest.raises(ResumeError, match=r"state\['loader'\] is a StatefulDataLoader"):
+        merge_positions({"loader": loader.state_dict()}, 2, lambda r, path: {})
+
+
 def _at(tree: Any, path: tuple[Any, ...]) -> Any:
     for key in path:
         tree = tree[key]
@@ -198,6 +207,23 @@ def test_the_same_world_size_resumes_each_rank_where_it_stopped() -> None:
         again.set_epoch(5)  # the next epoch is a whole one again
         ds.set_epoch(5)
         assert list(again) == list(ds)
+
+
+def test_a_resharded_epoch_committed_again_resumes_on_the_same_world_size() -> None:
+    first = ranks(2, 13, True, False, 0)
+    seen = [x for r in run(first, [3, 3]) for x in r]
+    records = [s.state_dict() for s in first]
+    second = resumed(records, 3, 13, True, False)
+    taken = run(second, [1, 1, 1])
+    third = []
+    for r, s in enumerate(second):  # each rank's own record, history included
+        again = ResumableSampler(13, 3, r, True, 7)
+        again.load_state_dict(s.state_dict())
+        third.append(list(again))
+    uninterrupted = [list(s) for s in resumed(records, 3, 13, True, False)]
+    assert [t + rest for t, rest in zip(taken, third, strict=True)] == uninterrupted
+    pool = [x for x in order(13, True, 7, 0) if x not in seen]
+    assert uninterrupted == laid_out(pool, 3, False)
 
 
 def test_mismatched_positions_are_refused_with_what_differs() -> None:
