@@ -10,8 +10,8 @@ rank reported its chunks durable. A rank that fails or dies makes the others
 raise ``DistributedCommitError`` within ``timeout`` and no commit appears.
 Restoring with the same world size gives each rank its own shard back
 (RNG included); with another world size, ``DTensor`` entries are resharded
-by ``torch.distributed.checkpoint``'s load planner reading the stored shards
-and every other value comes from rank 0's shard.
+by ``torch.distributed.checkpoint``'s load planner, data positions
+(``ResumableSampler``) are merged over all ranks, the rest is rank 0's.
 
 Commit layout (docs/adapters/distributed.md): the root holds ``world_size``
 and ``ranks``, a list with one ``{"state": ..., "rng": ...}`` per rank, where
@@ -51,9 +51,10 @@ from ._common import (
     plain_params,
     resolve_resume,
 )
+from ._data_position import ResumableSampler, merge_positions, reseed_rng
 from ._reshard import SHARD_KEY, load_resharded
 
-__all__ = ["SHARD_KEY", "commit", "restore"]
+__all__ = ["SHARD_KEY", "ResumableSampler", "commit", "restore"]
 
 
 _OK, _FAILED = b"o", b"x"
@@ -307,8 +308,10 @@ def restore(
 
     Same world size: each rank gets exactly its own shard back (and its RNG).
     Another world size: ``DTensor`` entries are resharded through
-    ``torch.distributed.checkpoint``'s load planner; every other value comes
-    from rank 0's shard, and the RNG is left alone.
+    ``torch.distributed.checkpoint``'s load planner, data positions
+    (:class:`ResumableSampler`) are merged over every stored rank, every
+    other value comes from rank 0's shard, and the RNG is re-seeded from the
+    stored ones (docs/adapters/distributed.md).
 
     Returns:
         The commit, or None on an empty ledger (every rank agrees: rank 0 decides).
@@ -332,13 +335,20 @@ def restore(
     root = lg.manifest(commit_id)[1].root
     stored_world = _world_size(root, commit_id)
     if stored_world == ch.world:
-        tree = _rank_tree(lg, commit_id, ch.rank)
+        tree = _stored_at(lg, commit_id, ch.rank)
         apply(state, tree["state"], strict=strict)
         if rng:
             restore_rng(tree["rng"])
     else:
+        stored = _stored_at(lg, commit_id, 0, "state")  # positions merge before anything changes
+        merge_positions(
+            stored, stored_world, lambda r, p: _stored_at(lg, commit_id, r, "state", *p)
+        )
         load_resharded(lg, commit_id, root, state, ch.group)
-        apply(state, _rank_tree(lg, commit_id, 0)["state"], strict=strict, tensors=False)
+        apply(state, stored, strict=strict, tensors=False)
+        if rng:
+            rngs = [_stored_at(lg, commit_id, r, "rng", "torch") for r in range(stored_world)]
+            reseed_rng(rngs, ch.world, ch.rank)
     ch.barrier("waiting for every rank to restore")
     if ch.rank == 0:
         lg.base_on(commit_id)  # rank 0 writes the commits: its next one continues from here
@@ -356,10 +366,12 @@ def _world_size(root: DictNode, cid: str) -> int:
     return int(size.value)  # type: ignore[arg-type]
 
 
-def _rank_tree(lg: Ledger, cid: str, rank: int) -> dict[str, Any]:
-    tree = lg.checkout(cid, paths=[f"ranks/{rank}"])["ranks"][0]
-    assert isinstance(tree, dict)
-    return tree
+def _stored_at(lg: Ledger, cid: str, rank: int, *path: Any) -> Any:
+    """One stored rank's tree, or a value in it (a checkout keeps only the chosen list items)."""
+    value: Any = lg.checkout(cid, paths=["/".join(map(str, ("ranks", rank, *path)))])
+    for key in ("ranks", rank, *path):
+        value = value[0 if isinstance(value, list) else key]
+    return value
 
 
 def apply(
