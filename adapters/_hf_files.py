@@ -29,6 +29,18 @@ STATE_KEY = "hf_files"
 """The state key the files are committed under (what ``ledger export --format hf`` reads)."""
 
 
+def has_hf_files(model: Any) -> bool:
+    """Whether ``model`` (or a PEFT model's base) has a transformers config to save.
+
+    Example:
+        >>> has_hf_files(torch.nn.Linear(2, 2))  # doctest: +SKIP
+        False
+    """
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return callable(getattr(getattr(model, "config", None), "save_pretrained", None))
+
+
 def hf_files(model: Any, processing_class: Any = None) -> dict[str, File]:
     """What ``save_pretrained`` writes next to the weights, file name -> :class:`~ledger.File`.
 

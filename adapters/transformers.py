@@ -62,7 +62,7 @@ from ._common import (
     resolve_resume,
 )
 from ._hf_files import STATE_KEY as FILES_KEY
-from ._hf_files import hf_files
+from ._hf_files import has_hf_files, hf_files
 from ._hf_resume import ResumeDir, write_checkpoint
 from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
 
@@ -292,8 +292,9 @@ class LedgerCallback(TrainerCallback):
         if args.should_save:
             _refresh_callbacks(trainer)
         tree: dict[str, Any] = {"model": trainer.model}
-        # config, generation config, tokenizer files: `ledger export --format hf` needs them
-        tree[FILES_KEY] = hf_files(trainer.model, getattr(trainer, "processing_class", None))
+        if has_hf_files(trainer.model):  # a plain torch model has no from_pretrained folder
+            # config, generation config, tokenizer files: `ledger export --format hf` needs them
+            tree[FILES_KEY] = hf_files(trainer.model, getattr(trainer, "processing_class", None))
         if not args.save_only_model:
             tree["optimizer"] = trainer.optimizer
             tree["scheduler"] = trainer.lr_scheduler
