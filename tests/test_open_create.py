@@ -57,7 +57,7 @@ def _skeleton(root: Path) -> None:
 def test_an_interrupted_init_is_named_and_started_over_only_with_create(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     _skeleton(root)
-    with pytest.raises(NotALedgerError, match="interrupted init.*create=True"):
+    with pytest.raises(NotALedgerError, match=r"interrupted init.*create=True"):
         Ledger.open(root)
     with Ledger.open(root, create=True) as lg:
         lg.commit({"w": torch.ones(2)}, step=1)

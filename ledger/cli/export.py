@@ -82,9 +82,10 @@ def export_command(
     lg = open_ledger()
     with progress(f"exporting {rev} as {fmt}"):
         written = export_commit(lg, rev, fmt, out, force=force, **opts)
+    n = len(written.files)
     confirm(
         written,
-        f"wrote {short(written.commit)} as {fmt} to {out}: {len(written.files)} files, "
+        f"wrote {short(written.commit)} as {fmt} to {out}: {n} file{'' if n == 1 else 's'}, "
         f"{human_bytes(written.bytes)}",
     )
 
