@@ -145,7 +145,7 @@ def show(lg: Ledger, rev: str) -> ShowReport:
         path: leaf_value(node)
         for path, node in iter_leaves(manifest.root)
         if not path.startswith("__rng__")
-        and type(node).__name__ in ("ValueNode", "BytesNode", "BigIntNode")
+        and type(node).__name__ in ("ValueNode", "BytesNode", "BigIntNode", "FileNode")
     }
     return ShowReport(
         commit=commit, tensors=tensors, values=values, logical_bytes=sum(t.nbytes for t in tensors)

@@ -114,3 +114,11 @@ def test_file_values_compare_by_content_and_come_from_regular_files(tmp_path: Pa
         File.from_path(tmp_path / "missing")
     with pytest.raises(UnsupportedValueError, match="not str"):
         File("text")  # type: ignore[arg-type]
+
+
+def test_show_lists_each_file_with_its_size_beside_the_values(small: Ledger) -> None:
+    small.commit({"w": torch.ones(2), "hf_files": {"config.json": File(b'{"a": 1}')}, "n": 3})
+    values = small.show("HEAD").values
+    assert values["hf_files/config.json"] == "<file, 8 bytes>"
+    assert values["n"] == 3
+    assert [t.path for t in small.show("HEAD").tensors] == ["w"]
