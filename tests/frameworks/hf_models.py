@@ -90,6 +90,15 @@ class RegressionModelConfig(PreTrainedConfig):
         self.hidden_size = 1
 
 
+def _regression_forward(model: Any, input_x: torch.Tensor, labels: Any) -> Any:
+    """``y = a * x + b`` with an MSE loss when labels are given (upstream's Regression forward)."""
+    y = input_x * model.a + model.b
+    if labels is None:
+        return (y, y) if model.double_output else (y,)
+    loss = nn.functional.mse_loss(y, labels)
+    return (loss, y, y) if model.double_output else (loss, y)
+
+
 class RegressionModel(nn.Module):
     def __init__(self, a: float = 0, b: float = 0, double_output: bool = False) -> None:
         super().__init__()
@@ -99,11 +108,7 @@ class RegressionModel(nn.Module):
         self.config = None
 
     def forward(self, input_x: torch.Tensor, labels: Any = None, **kwargs: Any) -> Any:
-        y = input_x * self.a + self.b
-        if labels is None:
-            return (y, y) if self.double_output else (y,)
-        loss = nn.functional.mse_loss(y, labels)
-        return (loss, y, y) if self.double_output else (loss, y)
+        return _regression_forward(self, input_x, labels)
 
 
 class RegressionPreTrainedModel(PreTrainedModel):
@@ -118,11 +123,7 @@ class RegressionPreTrainedModel(PreTrainedModel):
         self.post_init()
 
     def forward(self, input_x: torch.Tensor, labels: Any = None, **kwargs: Any) -> Any:
-        y = input_x * self.a + self.b
-        if labels is None:
-            return (y, y) if self.double_output else (y,)
-        loss = nn.functional.mse_loss(y, labels)
-        return (loss, y, y) if self.double_output else (loss, y)
+        return _regression_forward(self, input_x, labels)
 
 
 class RegressionRandomPreTrainedModel(PreTrainedModel):
