@@ -5,6 +5,9 @@ What must hold:
 * the same values as the default checkout, for every dtype, odd sizes, tensors
   of many chunks, tied tensors and numpy arrays; chunks that are compressed or
   not back to back in one pack are read as usual;
+* tensors whose bytes dedup to the same place in a pack (equal tensors, or one
+  whose chunk is another's) are still separate tensors: writing to one never
+  changes another, as with the default checkout;
 * mapped tensors really are views of the pack file (no copy), and writing to
   them changes neither the pack nor a later checkout;
 * a damaged chunk fails the checkout, naming the tensor, as the default does;
@@ -101,6 +104,28 @@ def test_mapped_tensors_are_views_of_the_pack_and_writes_stay_private(raw: Ledge
     assert pack.read_bytes() == on_disk
     assert bits(raw.checkout(c.id, mmap=True)) == bits(state())
     assert raw.verify(full=True).ok
+
+
+def test_tensors_whose_bytes_dedup_to_one_place_stay_separate(raw: Ledger) -> None:
+    g = torch.Generator().manual_seed(1)
+    long = torch.randn(3 * CHUNK // 4, generator=g)  # three chunks
+    s = {
+        "a": torch.tensor(0.0),
+        "b": torch.zeros(2, dtype=torch.int16),  # the same 4 bytes as "a"
+        "long": long,
+        "second": long[CHUNK // 4 : CHUNK // 2].clone(),  # long's second chunk, alone
+        "copy": long.clone(),  # equal to long, not tied to it
+    }
+    c = raw.commit(s, rng=False)
+    got = raw.checkout(c.id, mmap=True)
+    assert bits(got) == bits(s)
+    storages = {k: t.untyped_storage().data_ptr() for k, t in got.items()}
+    assert len(set(storages.values())) == len(storages), storages
+    for name in s:
+        fresh = raw.checkout(c.id, mmap=True)
+        fresh[name].reshape(-1).view(torch.uint8).fill_(0xFF)
+        others = {k: v for k, v in fresh.items() if k != name}
+        assert bits(others) == bits({k: v for k, v in s.items() if k != name}), name
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")

@@ -10,6 +10,7 @@ anything stored, and it treats every manifest field as untrusted.
 
 from __future__ import annotations
 
+import bisect
 import math
 import mmap
 from collections.abc import Callable
@@ -96,6 +97,10 @@ class Builder:
         # Map raw chunks of the packs instead of reading them (checkout(mmap=True)).
         self.mmap = False
         self.maps: dict[str, mmap.mmap] = {}
+        # Per pack, the sorted, disjoint byte ranges already handed out as
+        # mapped tensors: identical bytes dedup to one place in a pack, and two
+        # tensors must never share memory the manifest does not alias.
+        self.taken: dict[str, list[tuple[int, int]]] = {}
         self.checks: list[tuple[bytes, memoryview, str, str]] = []
         self.devices: dict[int, str] = {}
 
@@ -178,9 +183,23 @@ class Builder:
                 mm = self.maps[pack] = self.store.map_pack(pack)
             except (FileNotFoundError, ValueError, OSError):
                 return None  # gone under a concurrent gc, or not mappable: read it
-        if offset + nbytes > len(mm):
+        if offset + nbytes > len(mm) or not self._take(pack, offset, nbytes):
             return None
         return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset), pack
+
+    def _take(self, pack: str, offset: int, nbytes: int) -> bool:
+        """Claim ``[offset, offset + nbytes)`` of ``pack`` for one tensor; False if any is taken."""
+        if nbytes == 0:
+            return True
+        ranges = self.taken.setdefault(pack, [])
+        end = offset + nbytes
+        i = bisect.bisect_left(ranges, (offset, end))
+        if i > 0 and ranges[i - 1][1] > offset:
+            return False
+        if i < len(ranges) and ranges[i][0] < end:
+            return False
+        ranges.insert(i, (offset, end))
+        return True
 
     def tensor_into(self, node: TensorNode | AliasNode, live: torch.Tensor, path: Path_) -> bool:
         """Queue ``node``'s chunks to be read straight into ``live``'s memory, if it can take them.
