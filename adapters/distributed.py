@@ -26,18 +26,15 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from ledger import Commit, Ledger, Part, Stage
-from ledger.errors import StateMismatchError
 from ledger.manifest import DictNode, ListNode, ValueNode
 from ledger.state.rng import capture_rng, restore_rng
 
@@ -52,82 +49,11 @@ from ._common import (
     resolve_resume,
 )
 from ._data_position import ResumableSampler, merge_positions, reseed_rng
+from ._dist_apply import apply, stateful
+from ._dist_channel import FAILED, OK, Channel
 from ._reshard import SHARD_KEY, load_resharded
 
-__all__ = ["SHARD_KEY", "ResumableSampler", "commit", "restore"]
-
-
-_OK, _FAILED = b"o", b"x"
-
-
-class Channel:
-    """Byte messages between ranks over a gloo group whose operations time out.
-
-    Example:
-        >>> ch = Channel(timeout=30.0)  # doctest: +SKIP
-        >>> parts = ch.gather(b"hello")  # rank 0: one bytes per rank; others: None  # doctest: +SKIP
-    """
-
-    _groups: dict[float, Any] = {}
-
-    def __init__(self, timeout: float) -> None:
-        if not dist.is_available() or not dist.is_initialized():
-            raise AdapterError(
-                "ledger.adapters.distributed needs torch.distributed initialised "
-                "(dist.init_process_group); for one process use Ledger.commit"
-            )
-        self.timeout = float(timeout)
-        self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
-        group = Channel._groups.get(self.timeout)
-        if group is None:
-            group = self._run(
-                "setting up the gloo group (every rank must call this)",
-                lambda: dist.new_group(backend="gloo", timeout=dt.timedelta(seconds=self.timeout)),
-            )
-            Channel._groups[self.timeout] = group
-        self.group = group
-
-    def _run(self, what: str, op: Callable[[], Any]) -> Any:
-        try:
-            return op()
-        except (RuntimeError, dist.DistError) as e:
-            raise DistributedCommitError(
-                f"rank {self.rank}: {what} failed or timed out after {self.timeout:g}s "
-                f"(another rank died or stopped answering: {e})"
-            ) from e
-
-    def gather(self, data: bytes) -> list[bytes] | None:
-        """Rank 0 gets every rank's ``data`` in rank order; the others get None."""
-        size = torch.tensor([len(data)], dtype=torch.int64)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
-        self._run("exchanging shard sizes", lambda: dist.all_gather(sizes, size, group=self.group))
-        longest = max(int(s.item()) for s in sizes)
-        buf = torch.zeros(max(longest, 1), dtype=torch.uint8)
-        if data:
-            buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        parts = [torch.empty_like(buf) for _ in range(self.world)] if self.rank == 0 else None
-        self._run(
-            "gathering shards on rank 0",
-            lambda: dist.gather(buf, parts, dst=0, group=self.group),
-        )
-        if parts is None:
-            return None
-        return [bytes(p[: int(n.item())].numpy()) for p, n in zip(parts, sizes, strict=True)]
-
-    def broadcast(self, data: bytes | None, what: str) -> bytes:
-        """Rank 0's ``data`` on every rank."""
-        size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
-        self._run(what, lambda: dist.broadcast(size, src=0, group=self.group))
-        buf = torch.zeros(max(int(size.item()), 1), dtype=torch.uint8)
-        if self.rank == 0 and data:
-            buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        self._run(what, lambda: dist.broadcast(buf, src=0, group=self.group))
-        return bytes(buf[: int(size.item())].numpy())
-
-    def barrier(self, what: str) -> None:
-        """Wait for every rank (or fail after the timeout)."""
-        self._run(what, lambda: dist.barrier(group=self.group))
+__all__ = ["SHARD_KEY", "Channel", "ResumableSampler", "apply", "commit", "expand", "restore"]
 
 
 # -- committing ------------------------------------------------------------------------
@@ -170,10 +96,10 @@ def commit(
         try:
             shard = stage.write(expand(state))
             rng = stage.write(capture_rng())
-            report = _OK + _pair(shard.encode(), rng.encode())
+            report = OK + _pair(shard.encode(), rng.encode())
         except Exception as e:  # reported to every rank, re-raised here below
             error = e
-            report = _FAILED + f"{type(e).__name__}: {e}".encode()
+            report = FAILED + f"{type(e).__name__}: {e}".encode()
         parts = ch.gather(report)
         outcome = None
         if parts is not None:
@@ -191,7 +117,7 @@ def commit(
         result = ch.broadcast(outcome, "learning the commit from rank 0")
     if error is not None:
         raise error
-    if result.startswith(_FAILED):
+    if result.startswith(FAILED):
         raise DistributedCommitError(result[1:].decode())
     lg.refresh()
     return lg.get(result[1:].decode())
@@ -222,9 +148,9 @@ def _open_shared(ledger: LedgerLike, ch: Channel) -> Ledger:
 
 
 def _commit_on_rank0(stage: Stage, reports: list[bytes], **meta: Any) -> bytes:
-    failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(reports) if p[:1] != _OK]
+    failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(reports) if p[:1] != OK]
     if failed:
-        return _FAILED + ("no commit was made; " + "; ".join(failed)).encode()
+        return FAILED + ("no commit was made; " + "; ".join(failed)).encode()
     try:
         ranks = []
         for report in reports:
@@ -241,8 +167,8 @@ def _commit_on_rank0(stage: Stage, reports: list[bytes], **meta: Any) -> bytes:
             summary=meta["summary"],
         )
     except Exception as e:
-        return _FAILED + f"rank 0 could not write the commit: {type(e).__name__}: {e}".encode()
-    return _OK + made.id.encode()
+        return FAILED + f"rank 0 could not write the commit: {type(e).__name__}: {e}".encode()
+    return OK + made.id.encode()
 
 
 def _pair(a: bytes, b: bytes) -> bytes:
@@ -275,7 +201,7 @@ def expand(value: Any) -> Any:
         }
     if isinstance(value, torch.Tensor):
         return value
-    if _stateful(value):
+    if stateful(value):
         return expand(value.state_dict())
     if isinstance(value, Mapping):
         return {k: expand(v) for k, v in value.items()}
@@ -284,12 +210,6 @@ def expand(value: Any) -> Any:
     if isinstance(value, list):
         return [expand(v) for v in value]
     return value
-
-
-def _stateful(value: Any) -> bool:
-    return callable(getattr(value, "state_dict", None)) and callable(
-        getattr(value, "load_state_dict", None)
-    )
 
 
 # -- restoring -------------------------------------------------------------------------
@@ -372,128 +292,3 @@ def _stored_at(lg: Ledger, cid: str, rank: int, *path: Any) -> Any:
     for key in ("ranks", rank, *path):
         value = value[0 if isinstance(value, list) else key]
     return value
-
-
-def apply(
-    live: MutableMapping[Any, Any], stored: Mapping[Any, Any], *, strict: bool, tensors: bool = True
-) -> None:
-    """Load a stored shard tree into live objects; everything is checked before anything changes.
-
-    With ``tensors=False`` tensor and DTensor entries are left as they are
-    (a reshard already loaded them) and only the other values are taken.
-    """
-    plan = _Plan(strict=strict, tensors=tensors)
-    plan.mapping(live, stored, ())
-    if plan.problems:
-        shown = "; ".join(plan.problems[:8])
-        raise StateMismatchError(f"cannot restore: {shown}; nothing was changed on this rank")
-    for act in plan.actions:
-        act()
-
-
-class _Plan:
-    """Collects the changes a restore makes (run only when there is no problem)."""
-
-    def __init__(self, *, strict: bool, tensors: bool) -> None:
-        self.strict = strict
-        self.tensors = tensors
-        self.actions: list[Callable[[], None]] = []
-        self.problems: list[str] = []
-
-    def mapping(
-        self, live: MutableMapping[Any, Any], stored: Mapping[Any, Any], path: tuple[Any, ...]
-    ) -> None:
-        for key, value in stored.items():
-            if key in live:
-                self.slot(live, key, value, (*path, key))
-            elif self.strict and path == ():
-                self.problems.append(
-                    f"{_where((*path, key))} is in the commit but not in the live state"
-                )
-            else:
-                self._assign(live, key, _plain_value(value))
-        if self.strict and path == ():
-            for key in live:
-                if key not in stored:
-                    self.problems.append(
-                        f"{_where((key,))} is in the live state but not in the commit"
-                    )
-
-    def slot(self, container: Any, key: Any, stored: Any, path: tuple[Any, ...]) -> None:
-        live = container[key]
-        if isinstance(live, DTensor) or _is_record(stored):
-            self._shard(live, stored, path)
-        elif isinstance(live, torch.Tensor):
-            self._tensor(live, stored, path)
-        elif _stateful(live):
-            current = dict(live.state_dict())
-            if not isinstance(stored, Mapping):
-                self.problems.append(
-                    f"{_where(path)}: a stateful object live, {type(stored).__name__} stored"
-                )
-                return
-            self.mapping(current, stored, path)
-            self.actions.append(lambda: live.load_state_dict(current))
-        elif isinstance(live, MutableMapping) and isinstance(stored, Mapping):
-            self.mapping(live, stored, path)
-        elif isinstance(live, list) and isinstance(stored, list) and len(live) == len(stored):
-            for i, item in enumerate(stored):
-                self.slot(live, i, item, (*path, i))
-        elif isinstance(live, tuple) and isinstance(stored, tuple) and len(live) == len(stored):
-            rebuilt = list(live)
-            for i, item in enumerate(stored):
-                self.slot(rebuilt, i, item, (*path, i))
-            self.actions.append(lambda: container.__setitem__(key, tuple(rebuilt)))
-        else:
-            self._assign(container, key, _plain_value(stored))
-
-    def _shard(self, live: Any, stored: Any, path: tuple[Any, ...]) -> None:
-        if not self.tensors:
-            return
-        if not (isinstance(live, DTensor) and _is_record(stored)):
-            self.problems.append(f"{_where(path)}: a sharded tensor on one side only")
-            return
-        (chunk,) = live.__create_chunk_list__()
-        info = stored[SHARD_KEY]
-        if list(live.shape) != info["global_shape"] or list(chunk.offsets) != info["offsets"]:
-            self.problems.append(
-                f"{_where(path)}: shard at {list(chunk.offsets)} of {list(live.shape)} live, "
-                f"at {info['offsets']} of {info['global_shape']} stored"
-            )
-            return
-        self._tensor(live.to_local(), stored["local"], path)
-
-    def _tensor(self, live: torch.Tensor, stored: Any, path: tuple[Any, ...]) -> None:
-        if not self.tensors:
-            return
-        if not isinstance(stored, torch.Tensor):
-            self.problems.append(f"{_where(path)}: a tensor live, {type(stored).__name__} stored")
-        elif live.shape != stored.shape or live.dtype != stored.dtype:
-            self.problems.append(
-                f"{_where(path)}: {live.dtype}{list(live.shape)} live, {stored.dtype}{list(stored.shape)} stored"
-            )
-        else:
-
-            def act() -> None:
-                with torch.no_grad():
-                    live.copy_(stored)
-
-            self.actions.append(act)
-
-    def _assign(self, container: Any, key: Any, value: Any) -> None:
-        self.actions.append(lambda: container.__setitem__(key, value))
-
-
-def _is_record(value: Any) -> bool:
-    return isinstance(value, Mapping) and SHARD_KEY in value
-
-
-def _plain_value(value: Any) -> Any:
-    """A stored value for a slot the live state has no object for (records become their local tensor)."""
-    if _is_record(value):
-        return value["local"]
-    return value
-
-
-def _where(path: tuple[Any, ...]) -> str:
-    return "state" + "".join(f"[{p!r}]" for p in path)
