@@ -20,7 +20,7 @@ from ledger.history.graph import ancestors
 from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX
 from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
-from ledger.manifest import ArrayNode, TensorNode
+from ledger.manifest import ArrayNode, FileNode, TensorNode
 from ledger.state.build import Builder
 
 if TYPE_CHECKING:
@@ -95,6 +95,9 @@ class DiffReport(msgspec.Struct):
     params: list[FieldChange]
     meta: list[FieldChange]
     tensors: TensorDiff
+    #: The state's other leaves (plain values, bytes, files) by ``/`` path, RNG left out;
+    #: a file compares by its chunks, shown as its size. Empty when a side's state expired.
+    values: list[FieldChange] = []
 
 
 class BranchUsage(msgspec.Struct):
@@ -186,7 +189,40 @@ def diff(lg: Ledger, rev_a: str, rev_b: str) -> DiffReport:
         params=_fields(a.params, b.params),
         meta=_fields(meta_a, meta_b),
         tensors=_tensor_diff(lg, a.id, b.id),
+        values=_value_diff(lg, a.id, b.id),
     )
+
+
+_PLAIN = ("ValueNode", "BytesNode", "BigIntNode", "FileNode")
+
+
+def _plain_leaves(lg: Ledger, commit_id: str) -> dict[str, tuple[Any, Any]]:
+    """Each plain leaf's path -> (what it compares by, what is shown)."""
+    _, manifest = lg.manifest(commit_id)
+    out: dict[str, tuple[Any, Any]] = {}
+    for path, node in iter_leaves(manifest.root):
+        if path.startswith("__rng__") or type(node).__name__ not in _PLAIN:
+            continue
+        key = tuple(node.chunks) if isinstance(node, FileNode) else leaf_value(node)
+        out[path] = (key, leaf_value(node))
+    return out
+
+
+def _value_diff(lg: Ledger, a_id: str, b_id: str) -> list[FieldChange]:
+    try:
+        va, vb = _plain_leaves(lg, a_id), _plain_leaves(lg, b_id)
+    except CommitExpiredError:
+        return []
+    missing = (None, None)
+    return [
+        FieldChange(
+            key=p,
+            a=va.get(p, missing)[1],
+            b=vb.get(p, missing)[1],
+            same=va.get(p, missing) == vb.get(p, missing),
+        )
+        for p in sorted(va.keys() | vb.keys())
+    ]
 
 
 def _tensor_diff(lg: Ledger, a_id: str, b_id: str) -> TensorDiff:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import msgspec
 import pyarrow as pa
 import pytest
 import torch
+from helpers import run_cli
 
-from ledger import Ledger
+from ledger import File, Ledger
 from ledger.errors import RefNameError, UnmergedBranchError
 
 
@@ -49,6 +51,41 @@ def test_diff_reports_metric_deltas_params_and_changed_tensor_statistics(lg: Led
     # The report is a msgspec Struct: it encodes to JSON as the CLI prints it.
     decoded = msgspec.json.decode(msgspec.json.encode(report))
     assert decoded["tensors"]["changed"][0]["path"] == "model/2.weight"
+
+
+def test_diff_lists_the_plain_values_and_files_of_the_state_that_differ(
+    lg: Ledger, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"hidden": 8}')
+    state = {
+        "step": 1,
+        "name": "run",
+        "cfg": File.from_path(cfg),
+        "notes": File(b"same"),
+        "gone": 3,
+        "nested": {"lr": 0.1},
+    }
+    a = lg.commit(state)
+    cfg.write_text('{"hidden": 9}')  # the same size: compared by content, not size
+    b = lg.commit(
+        {**state, "step": 2, "cfg": File.from_path(cfg), "nested": {"lr": 0.1}, "gone": None}
+    )
+    del state["gone"]
+    c = lg.commit({**state, "new": True})
+    by_key = {f.key: f for f in lg.diff(a.id, b.id).values}
+    assert not by_key["step"].same and (by_key["step"].a, by_key["step"].b) == (1, 2)
+    assert not by_key["cfg"].same and by_key["cfg"].a == by_key["cfg"].b == "<file, 13 bytes>"
+    assert by_key["notes"].same and by_key["nested/lr"].same and by_key["name"].same
+    assert not by_key["gone"].same and by_key["gone"].b is None
+    assert not any(k.startswith("__rng__") for k in by_key)
+    added = {f.key: f for f in lg.diff(a.id, c.id).values if not f.same}
+    assert set(added) == {"gone", "new"} and added["new"].a is None
+    out = run_cli("--dir", lg.root, "diff", a.id, b.id)
+    assert out.exit_code == 0, out.output
+    assert "state values (differing)" in out.output and "cfg" in out.output
+    assert "notes" not in out.output  # the same on both sides: listed only with --all
+    assert "notes" in run_cli("--dir", lg.root, "diff", "--all", a.id, b.id).output
 
 
 def test_show_lists_every_tensor_and_plain_value(lg: Ledger) -> None:

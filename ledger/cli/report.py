@@ -57,8 +57,9 @@ def show_command(rev: str) -> None:
 def diff_command(a: str, b: str, show_all: bool) -> None:
     """Compare two commits: metadata, then tensors.
 
-    Metrics (with deltas), params and metadata side by side, then tensors
-    added, removed and changed (bytes changed, relative L2, max abs).
+    Metrics (with deltas), params, metadata and the state's plain values and
+    files side by side, then tensors added, removed and changed (bytes
+    changed, relative L2, max abs).
 
     Only what differs is listed unless --all; --json always holds everything
     (each field says whether it is the same).
@@ -196,7 +197,11 @@ def render_diff(con: Console, report: DiffReport, show_all: bool = False) -> Non
         for m in metrics:
             row(t, m.name, m.a, m.b, signed(m.delta))
         _block(con, t)
-    for title, fields in (("params", report.params), ("meta", report.meta)):
+    for title, fields in (
+        ("params", report.params),
+        ("meta", report.meta),
+        ("state values", report.values),
+    ):
         _render_fields(con, title, fields, col_a, col_b, show_all)
     td = report.tensors
     if td.unavailable:
