@@ -269,3 +269,23 @@ def test_the_plugin_alone_loads_the_short_form_of_a_ledger_path(lg: Ledger) -> N
 def test_the_ledger_filesystem_is_read_only(lg: Ledger) -> None:
     with pytest.raises(AdapterError, match="read-only"):
         fsspec.open(ledger_url(lg.root, "HEAD"), "wb").open()
+
+
+def test_a_process_that_never_imported_the_adapter_knows_the_ledger_protocol(
+    lg: Ledger,
+) -> None:
+    cb = LedgerCheckpoint(lg, every_n_epochs=1)
+    _trainer(cb, epochs=1).fit(Tiny(), _loader())
+    url = ledger_url(lg.root, lg.resolve("HEAD"))
+    code = (
+        "import sys, fsspec, torch\n"
+        "with fsspec.open(sys.argv[1], 'rb') as f:\n"
+        "    ckpt = torch.load(f, weights_only=True)\n"
+        "print(sorted(ckpt['state_dict']), ckpt['global_step'])\n"
+        "assert 'ledger.adapters.lightning' not in sys.modules\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "['net.bias', 'net.weight'] 4"
