@@ -193,6 +193,31 @@ def test_the_branch_a_ledger_remote_pushes_to_is_refused(hub: FakeHub, tmp_path:
     assert same_outputs(load("release", tmp_path / "cache"), gpt2())
 
 
+def test_a_first_push_onto_a_released_main_is_refused_and_changes_nothing(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    lg = new_ledger(tmp_path / "lg")
+    commit(lg, gpt2(), step=1)
+    r = release(lg, "HEAD", URL)  # main: the release
+    lg.remote_add("origin", URL)
+    with pytest.raises(ReleaseConflictError, match="holds a release") as e:
+        lg.push()
+    assert e.value.reason == "release-branch" and e.value.remote == "origin"
+    repo = hub.state.repos[REPO]
+    assert repo.branches["main"] == r.hub_commit
+    assert not any(p.startswith("ledger/") for p in repo.commits[r.hub_commit])
+    assert same_outputs(load("main", tmp_path / "cache"), gpt2())
+    out = run_cli("--dir", lg.root, "push")
+    assert out.exit_code != 0 and "holds a release" in out.output
+    assert "Traceback" not in out.output
+    lg.remote_add("runs", URL + "-runs")  # another repo takes the pushes
+    lg.push("runs")
+    assert (
+        "ledger/refs.json"
+        in hub.state.repos[REPO + "-runs"].commits[hub.state.repos[REPO + "-runs"].branches["main"]]
+    )
+
+
 def test_repos_are_private_unless_public_and_never_change(
     hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,6 +119,20 @@ class HubRemote(Remote):
         except (RepositoryNotFoundError, RevisionNotFoundError):
             return None
 
+    def read_card(self) -> str | None:
+        """The model card (``README.md`` at the repo root) on ``main``, or None without one."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        where = hf_hub_url(
+            self.repo_id, "README.md", revision=self.sha or self.revision, endpoint=self.endpoint
+        )
+        response = get_session().get(where, headers=build_hf_headers(), follow_redirects=True)
+        if response.status_code == 404:
+            return None
+        hf_raise_for_status(response)
+        return bytes(response.content).decode("utf-8", errors="replace")
+
     def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
         self.sha = self.head_commit()
         if self.sha is None:

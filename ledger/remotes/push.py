@@ -149,6 +149,8 @@ def _prepare(
 ) -> _Prepared:
     remote, cache = open_named(lg, name)
     view = load_view(remote, cache)
+    if view.refs is None:
+        _refuse_a_release_branch(remote, name)
     local = lg.refs.snapshot()
     wanted = _push_branches(local, branch, all_branches)
     old = view.refs or RemoteRefs(
@@ -405,6 +407,29 @@ def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name
                 ref=REFS_KEY,
                 remote=name,
             ) from None
+
+
+def _refuse_a_release_branch(remote: Remote, name: str) -> None:
+    """Refuse a first push onto a Hub ``main`` that ``ledger release`` wrote (its card would go)."""
+    hub = remote.unwrap()
+    if not isinstance(hub, HubRemote) or hub.head_commit() is None:
+        return
+    from ledger.remotes.card import released_files
+    from ledger.remotes.release import ReleaseConflictError
+
+    card = hub.read_card()
+    if card is None or not released_files(card):
+        return
+    raise ReleaseConflictError(
+        f"branch 'main' of {hub.url} holds a release (`ledger release` wrote its model card "
+        f"and files); a push there would replace its card: give remote {name!r} another repo "
+        "(a repo keeps a ledger remote on main and releases on other branches)",
+        repo=hub.repo_id,
+        revision="main",
+        url=hub.url,
+        remote=name,
+        reason="release-branch",
+    )
 
 
 def _stage_hub_extras(

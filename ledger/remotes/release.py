@@ -49,7 +49,7 @@ class ReleaseConflictError(RemoteError):
     repo: str | None = None
     revision: str | None = None
     tag: str | None = None
-    #: "push-branch", "tag-exists" or "moved"
+    #: "push-branch", "tag-exists", "moved", or (raised by a push) "release-branch"
     reason: str | None = None
 
 
