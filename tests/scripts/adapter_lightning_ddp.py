@@ -1,0 +1,136 @@
+"""One process of a 2-process Lightning job (gloo, CPU) for tests/test_adapter_lightning_ddp.py.
+
+Usage, once per rank: LOCAL_RANK=.. NODE_RANK=0 WORLD_SIZE=2 MASTER_ADDR=.. MASTER_PORT=..
+adapter_lightning_ddp.py OUT_DIR. Lightning sees the processes were started for it
+(its ``LightningEnvironment``), so ``strategy="ddp"`` launches nothing more; this is
+what ``strategy="ddp"``'s own launcher does when it re-runs a script.
+
+The job runs the same 4-epoch training (a model with dropout, so each rank's own
+RNG matters; a shuffled loader under Lightning's ``DistributedSampler``) as:
+
+- ``straight``: 4 epochs with ``LedgerCheckpoint`` (ledger ``OUT/straight``);
+- ``ledger``: 2 epochs into ``OUT/ledger``, then a fresh trainer and model resumed
+  from ``cb.resume("HEAD")`` for 2 more;
+- ``files``: the same with Lightning's ``ModelCheckpoint`` (files in ``OUT/files``).
+
+Every fit starts as a fresh process would (``Seeder``: rank ``r`` seeds its RNG
+with ``100 + r`` in ``setup``). ``Recorder`` writes, per run and rank,
+``<run>-rank<r>.json`` (per-step losses as float hex, the SHA-256 of the torch RNG
+state at each epoch end) and ``<run>-rank<r>.safetensors`` (the final weights).
+The test imports ``Net``, ``Seeder``, ``Recorder`` and ``fit`` for its
+``ddp_spawn`` case (module level, so the spawned processes unpickle them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ledger.adapters.lightning import LedgerCheckpoint
+
+EPOCHS, HALF = 4, 2
+
+
+class Net(L.LightningModule):
+    """A small regressor with dropout; records its per-step losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, shuffle=True)
+
+
+class Seeder(Callback):
+    """Seeds each rank's RNG at setup, as a freshly started process of that rank would be."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.set_num_threads(1)
+        torch.manual_seed(100 + trainer.global_rank)
+
+
+class Recorder(Callback):
+    """Writes the run's losses, RNG digests at epoch ends and final weights, per rank."""
+
+    def __init__(self, out: Path, run: str) -> None:
+        self.out, self.run = out, run
+        self.rng: list[str] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # runs before the checkpoint callbacks (Lightning orders those last): the RNG they store
+        self.rng.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, Net)
+        name = self.out / f"{self.run}-rank{trainer.global_rank}"
+        record = {"losses": [v.hex() for v in pl_module.losses], "rng": self.rng}
+        name.with_suffix(".json").write_text(json.dumps(record))
+        weights = {k: v.detach().clone().contiguous() for k, v in pl_module.state_dict().items()}
+        save_file(weights, str(name.with_suffix(".safetensors")))
+
+
+def fit(
+    out: Path,
+    run: str,
+    checkpoint: Callback,
+    epochs: int,
+    strategy: str,
+    ckpt_path: str | None = None,
+    model_seed: int = 0,
+) -> None:
+    """One fit of ``Net`` on 2 CPU processes with ``checkpoint`` saving every epoch."""
+    torch.manual_seed(model_seed)  # a resumed run starts from other weights: the commit's win
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_epochs=epochs,
+        callbacks=[Seeder(), Recorder(out, run), checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
+    )
+    trainer.fit(Net(), ckpt_path=ckpt_path)
+
+
+def main(out: Path, strategy: str = "ddp") -> None:
+    warnings.filterwarnings("ignore")
+    fit(out, "straight", LedgerCheckpoint(out / "straight", save_top_k=-1), EPOCHS, strategy)
+    first = LedgerCheckpoint(out / "ledger", save_top_k=-1)
+    fit(out, "ledger-first", first, HALF, strategy)
+    again = LedgerCheckpoint(out / "ledger", save_top_k=-1)
+    fit(out, "ledger", again, EPOCHS, strategy, again.resume("HEAD"), model_seed=7)
+    files = out / "files"
+    fit(out, "files-first", ModelCheckpoint(files, save_top_k=-1), HALF, strategy)
+    last = str(files / f"epoch={HALF - 1}-step={HALF * 4}.ckpt")
+    fit(out, "files", ModelCheckpoint(files, save_top_k=-1), EPOCHS, strategy, last, model_seed=7)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
