@@ -15,7 +15,10 @@ than one process (``strategy="ddp"``, ``"ddp_spawn"``, ``"fsdp"``):
   such a commit (same number of processes), or, on another number, rank 0's
   loader state with ``ResumableSampler`` positions merged and the RNG
   re-seeded by the rule of ``ledger.adapters.distributed``.
-- :func:`refuse_unsupported`: strategies the callback cannot commit (DeepSpeed).
+- :func:`refuse_unsupported`: strategies the callback cannot commit (DeepSpeed,
+  FSDP with sharded state dicts); :func:`load_through_ledger`: FSDP reads the
+  checkpoint path itself, bypassing the checkpoint-IO plugin, so its
+  ``load_checkpoint`` is wrapped to read ``ledger:`` paths (full state dicts).
 
 Commit layout (docs/adapters/lightning.md): the root is Lightning's dict
 with rank 0's RNG under ``__rng__`` (so every single-process reader works
@@ -26,7 +29,7 @@ but ``torch.distributed`` collectives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch.distributed as dist
@@ -66,6 +69,73 @@ def refuse_unsupported(strategy: Any) -> None:
             "only from them, so a ledger commit would miss the optimizer state; use "
             "ModelCheckpoint with DeepSpeed, or strategy='ddp' / 'fsdp' with LedgerCheckpoint"
         )
+    if is_fsdp(strategy) and getattr(strategy, "_state_dict_type", "full") != "full":
+        raise AdapterError(
+            "LedgerCheckpoint needs FSDPStrategy(state_dict_type='full') (got "
+            f"{strategy._state_dict_type!r}): a sharded state dict differs on every rank, and "
+            "the callback stores global rank 0's; for per-rank shards use "
+            "ledger.adapters.distributed.commit"
+        )
+
+
+def is_fsdp(strategy: Any) -> bool:
+    """Whether ``strategy`` is Lightning's ``FSDPStrategy`` (or a subclass), without importing FSDP."""
+    return any(cls.__name__ == "FSDPStrategy" for cls in type(strategy).__mro__)
+
+
+def load_through_ledger(strategy: Any, load_ledger: Callable[[str], dict[str, Any]]) -> None:
+    """Make an FSDP strategy's ``load_checkpoint`` read ``ledger:`` paths through ``load_ledger``.
+
+    ``FSDPStrategy.load_checkpoint`` opens the path itself (a file, or a folder
+    of shards) instead of asking the checkpoint-IO plugin; for a ``ledger:``
+    path this reads the commit through the plugin and loads the full state
+    dict as Lightning's own full-checkpoint branch does. Other paths go to
+    Lightning's method unchanged.
+    """
+    original = strategy.load_checkpoint
+    if getattr(original, "ledger_wrapped", False):
+        return
+
+    def load_checkpoint(checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        if not str(checkpoint_path).startswith("ledger:"):
+            return original(checkpoint_path, weights_only)  # type: ignore[no-any-return]
+        return _load_full(strategy, load_ledger(str(checkpoint_path)))
+
+    load_checkpoint.ledger_wrapped = True  # type: ignore[attr-defined]
+    strategy.load_checkpoint = load_checkpoint
+
+
+def _load_full(strategy: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Lightning 2.6's ``FSDPStrategy.load_checkpoint`` for a full checkpoint, from a dict."""
+    from lightning.fabric.strategies.fsdp import _get_full_state_dict_context
+    from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+    from lightning.pytorch.trainer.states import TrainerFn
+    from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
+
+    module, model = strategy.lightning_module, strategy.model
+    world_size = strategy.world_size
+    state = checkpoint.pop("state_dict")
+    _load_raw_module_state(state, module=model, world_size=world_size, strict=module.strict_loading)
+    states = checkpoint.get("optimizer_states")
+    if states is None or module.trainer.state.fn != TrainerFn.FITTING:
+        return checkpoint
+    if len(strategy.optimizers) != len(states):
+        raise AdapterError(
+            f"the commit holds {len(states)} optimizer states and the module configures "
+            f"{len(strategy.optimizers)} optimizers; resume with the same optimizers"
+        )
+    with _get_full_state_dict_context(model, world_size=world_size, rank0_only=False):
+        for optimizer, opt_state in zip(strategy.optimizers, states, strict=True):
+            if opt_state["state"] and isinstance(next(iter(opt_state["state"])), int):
+                opt_state = FullyShardedDataParallel.rekey_optim_state_dict(
+                    opt_state, OptimStateKeyType.PARAM_NAME, model
+                )
+            optimizer.load_state_dict(
+                FullyShardedDataParallel.optim_state_dict_to_load(
+                    optim_state_dict=opt_state, model=model, optim=optimizer
+                )
+            )
+    return checkpoint
 
 
 def world() -> tuple[int, int]:

@@ -55,7 +55,7 @@ from ._common import (
     warn_conversions,
 )
 from ._lightning_data import DataOrderWarning, warn_order_not_saved
-from ._lightning_dist import commit_ranks, refuse_unsupported
+from ._lightning_dist import commit_ranks, is_fsdp, load_through_ledger, refuse_unsupported
 from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
 
 __all__ = [
@@ -270,7 +270,8 @@ class LedgerCheckpoint(Checkpoint):
         directory at once would race. A DeepSpeed strategy is refused here.
 
         Raises:
-            AdapterError: the strategy is DeepSpeed (not supported yet, see the docs).
+            AdapterError: the strategy is DeepSpeed, or FSDP with sharded state dicts
+                (not supported yet, see the docs).
         """
         refuse_unsupported(trainer.strategy)
         if trainer.is_global_zero:
@@ -284,6 +285,8 @@ class LedgerCheckpoint(Checkpoint):
         else:
             self.io.wrapped = current
             trainer.strategy.checkpoint_io = self.io
+        if is_fsdp(trainer.strategy):  # FSDP reads ckpt_path itself, not through the plugin
+            load_through_ledger(trainer.strategy, self.io.load_checkpoint)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Set the global RNG back to the resumed commit's.

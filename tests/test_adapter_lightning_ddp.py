@@ -2,8 +2,9 @@
 
 One 2-process job (tests/scripts/adapter_lightning_ddp.py, ``strategy="ddp"``
 in processes started with Lightning's environment variables, as its own
-launcher starts them) trains 4 epochs straight, 2 + resume + 2 with the
-ledger, and 2 + resume + 2 with ``ModelCheckpoint``'s files. The tests read
+launcher starts them) trains 4 epochs straight with ``LedgerCheckpoint`` and
+``ModelCheckpoint`` side by side, then resumes the last 2 epochs from the
+epoch-2 commit, and from ``ModelCheckpoint``'s epoch-2 file. The tests read
 what it left: one commit per epoch holding both ranks' RNG as each rank had
 it at the commit, the replicated model stored once, a resume that is bitwise
 the straight run (per-step losses and final weights, on every rank), while
@@ -30,7 +31,7 @@ import lightning as L
 import pytest
 import torch
 from helpers import SCRIPTS, finish, start
-from lightning.pytorch.strategies import DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 from safetensors.torch import load_file
 
 from ledger import Ledger
@@ -55,15 +56,23 @@ def _job_module() -> Any:
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 2-process ``ddp`` job's output directory (about 15 s on an idle 2-core machine)."""
     out = tmp_path_factory.mktemp("lightning-ddp")
+    _two_processes(out, "ddp", "cpu")
+    return out
+
+
+def _two_processes(out: Path, strategy: str, accelerator: str) -> None:
+    """Run the job as 2 processes started with Lightning's environment variables; both exit 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "NODE_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
     env["MASTER_PORT"] = str(port)
-    procs = [start(JOB, out, env={**env, "LOCAL_RANK": str(rank)}) for rank in range(2)]
+    procs = [
+        start(JOB, out, strategy, accelerator, env={**env, "LOCAL_RANK": str(rank)})
+        for rank in range(2)
+    ]
     for proc in procs:
         finish(proc)
-    return out
 
 
 def _record(out: Path, run: str, rank: int) -> dict[str, Any]:
@@ -120,24 +129,26 @@ def test_the_replicated_model_and_optimizer_are_stored_once(job: Path) -> None:
 
 
 def test_resume_on_two_processes_is_bitwise_the_straight_run(job: Path) -> None:
+    _assert_resumed_bitwise(job, ranks=2, steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def _assert_resumed_bitwise(out: Path, ranks: int, steps_per_epoch: int) -> None:
+    """Per-step losses and final weights of the resumed run are the straight run's, per rank."""
+    cut = HALF * steps_per_epoch
+    for rank in range(ranks):
+        straight = _record(out, "straight", rank)["losses"]
+        assert len(straight) == 4 * steps_per_epoch
+        assert _record(out, "ledger", rank)["losses"] == straight[cut:]
+        assert _weights(out, "ledger", rank) == _weights(out, "straight", rank)
+    assert _weights(out, "straight", 0)  # rank 0 holds the full weights (FSDP gathers them)
+    with Ledger.open(out / "ledger") as lg:  # resumed from a commit of the straight ledger
+        assert [c.step for c in lg.log()] == [steps_per_epoch * e for e in (4, 3)]
+
+
+def test_modelcheckpoint_files_resume_other_dropout_masks(job: Path) -> None:
     cut = HALF * STEPS_PER_EPOCH
     for rank in range(2):
         straight = _record(job, "straight", rank)["losses"]
-        assert len(straight) == 16
-        assert _record(job, "ledger-first", rank)["losses"] == straight[:cut]
-        assert _record(job, "ledger", rank)["losses"] == straight[cut:]
-        assert _weights(job, "ledger", rank) == _weights(job, "straight", rank)
-    with Ledger.open(job / "ledger") as lg:
-        log = list(lg.log())
-        assert [c.step for c in log] == [16, 12, 8, 4]
-        assert log[1].parents == [log[2].id]  # the resumed run continues the commit it loaded
-
-
-def test_modelcheckpoint_files_resume_the_same_weights_but_not_the_rng(job: Path) -> None:
-    cut = HALF * STEPS_PER_EPOCH
-    for rank in range(2):
-        straight = _record(job, "straight", rank)["losses"]
-        assert _record(job, "files-first", rank)["losses"] == straight[:cut]  # same job, same run
         resumed = _record(job, "files", rank)["losses"]
         # Lightning's checkpoint holds no RNG: its resume draws other dropout masks
         assert resumed[0] != straight[cut] and resumed != straight[cut:]
@@ -146,7 +157,7 @@ def test_modelcheckpoint_files_resume_the_same_weights_but_not_the_rng(job: Path
 def test_a_commit_holds_what_modelcheckpoints_file_holds(job: Path) -> None:
     with open(job / "files" / f"epoch={HALF - 1}-step={HALF * STEPS_PER_EPOCH}.ckpt", "rb") as f:
         saved = torch.load(f, weights_only=True)
-    with Ledger.open(job / "ledger") as lg:
+    with Ledger.open(job / "straight") as lg:  # the commit and the file of the same instant
         (commit,) = [c for c in lg.log() if c.step == HALF * STEPS_PER_EPOCH]
         tree = lg.checkout(commit.id)
     for key in ("state_dict", "optimizer_states", "loops", "epoch", "global_step"):
@@ -224,18 +235,62 @@ def test_a_deepspeed_strategy_is_refused_at_setup(tmp_path: Path) -> None:
         refuse_unsupported(real)
 
 
-@pytest.mark.slow  # 3 fits, each spawning 2 processes that import torch and Lightning: ~1-3 min
+def test_fsdp_with_sharded_state_dicts_is_refused() -> None:
+    with pytest.raises(AdapterError, match="state_dict_type='full'"):
+        refuse_unsupported(FSDPStrategy(state_dict_type="sharded"))
+    refuse_unsupported(FSDPStrategy())  # the default, full state dicts, is accepted
+
+
+@pytest.mark.slow  # 2 fits, each spawning 2 processes that import torch and Lightning: ~1-3 min
 @pytest.mark.usefixtures("quiet")
 def test_ddp_spawn_commits_every_ranks_rng_and_resumes_bitwise(tmp_path: Path) -> None:
-    _job_module().main(tmp_path, "ddp_spawn", files=False)
-    cut = HALF * STEPS_PER_EPOCH
-    for rank in range(2):
-        straight = _record(tmp_path, "straight", rank)
-        assert _record(tmp_path, "ledger", rank)["losses"] == straight["losses"][cut:]
-        assert _weights(tmp_path, "ledger", rank) == _weights(tmp_path, "straight", rank)
+    job = _job_module()
+    job.main(tmp_path, job.Where("ddp_spawn"), files=False)
+    _assert_resumed_bitwise(tmp_path, ranks=2, steps_per_epoch=STEPS_PER_EPOCH)
     with Ledger.open(tmp_path / "straight") as lg:
         ranks = lg.checkout("HEAD", paths=["__ranks__"])["__ranks__"]
     for rank in range(2):
         assert (
             _digest(ranks[rank]["rng"]["torch"]) == _record(tmp_path, "straight", rank)["rng"][-1]
         )
+
+
+# -- FSDP: Lightning 2.6 runs it on CUDA only ------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="Lightning's FSDP needs a CUDA device"
+)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("quiet")
+def test_fsdp_on_one_gpu_commits_full_state_and_resumes_bitwise(tmp_path: Path) -> None:
+    """One process: the commit holds FSDP's full state dict; resuming goes through FSDP's own loader."""
+    job = _job_module()
+    try:
+        job.main(tmp_path, job.Where("fsdp", "cuda", 1), files=True)
+    finally:
+        if torch.distributed.is_initialized():  # Lightning left a 1-process group in this process
+            torch.distributed.destroy_process_group()
+    _assert_resumed_bitwise(tmp_path, ranks=1, steps_per_epoch=2 * STEPS_PER_EPOCH)
+    steps = 2 * STEPS_PER_EPOCH
+    with open(tmp_path / "files" / f"epoch={HALF - 1}-step={HALF * steps}.ckpt", "rb") as f:
+        saved = torch.load(f, weights_only=True)
+    with Ledger.open(tmp_path / "straight") as lg:
+        (commit,) = [c for c in lg.log() if c.step == HALF * steps]
+        tree = lg.checkout(commit.id)
+    for key in ("state_dict", "optimizer_states"):
+        assert _bits(tree[key]) == _bits(saved[key]), key
+    assert "cuda" in tree["__rng__"]  # the CUDA RNG (dropout on the GPU) is committed
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.usefixtures("quiet")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_fsdp_on_two_gpus_commits_every_rank_and_resumes_bitwise(tmp_path: Path) -> None:
+    _two_processes(tmp_path, "fsdp", "cuda")
+    _assert_resumed_bitwise(tmp_path, ranks=2, steps_per_epoch=STEPS_PER_EPOCH)
+    with Ledger.open(tmp_path / "straight") as lg:
+        assert len(lg.checkout("HEAD", paths=["__ranks__"])["__ranks__"]) == 2

@@ -1,24 +1,26 @@
 """One process of a 2-process Lightning job (gloo, CPU) for tests/test_adapter_lightning_ddp.py.
 
 Usage, once per rank: LOCAL_RANK=.. NODE_RANK=0 WORLD_SIZE=2 MASTER_ADDR=.. MASTER_PORT=..
-adapter_lightning_ddp.py OUT_DIR. Lightning sees the processes were started for it
+adapter_lightning_ddp.py OUT_DIR [STRATEGY [ACCELERATOR]] (default ``ddp`` ``cpu``; the
+GPU test runs ``fsdp`` ``cuda``). Lightning sees the processes were started for it
 (its ``LightningEnvironment``), so ``strategy="ddp"`` launches nothing more; this is
 what ``strategy="ddp"``'s own launcher does when it re-runs a script.
 
 The job runs the same 4-epoch training (a model with dropout, so each rank's own
 RNG matters; a shuffled loader under Lightning's ``DistributedSampler``) as:
 
-- ``straight``: 4 epochs with ``LedgerCheckpoint`` (ledger ``OUT/straight``);
-- ``ledger``: 2 epochs into ``OUT/ledger``, then a fresh trainer and model resumed
-  from ``cb.resume("HEAD")`` for 2 more;
-- ``files``: the same with Lightning's ``ModelCheckpoint`` (files in ``OUT/files``).
+- ``straight``: 4 epochs with ``LedgerCheckpoint`` (ledger ``OUT/straight``) and
+  Lightning's ``ModelCheckpoint`` (files in ``OUT/files``) side by side;
+- ``ledger``: a fresh trainer and model resumed from the commit at the end of epoch 2
+  (``cb.resume("HEAD~2")``) for the last 2 epochs, into ``OUT/ledger``;
+- ``files``: the same from ``ModelCheckpoint``'s ``epoch=1-step=8.ckpt``.
 
 Every fit starts as a fresh process would (``Seeder``: rank ``r`` seeds its RNG
 with ``100 + r`` in ``setup``). ``Recorder`` writes, per run and rank,
 ``<run>-rank<r>.json`` (per-step losses as float hex, the SHA-256 of the torch RNG
 state at each epoch end) and ``<run>-rank<r>.safetensors`` (the final weights).
-The test imports ``Net``, ``Seeder``, ``Recorder`` and ``fit`` for its
-``ddp_spawn`` case (module level, so the spawned processes unpickle them).
+The test imports :func:`main` for its ``ddp_spawn`` and one-GPU FSDP cases (the
+classes are module level, so the spawned processes unpickle them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -88,27 +90,27 @@ class Recorder(Callback):
         name = self.out / f"{self.run}-rank{trainer.global_rank}"
         record = {"losses": [v.hex() for v in pl_module.losses], "rng": self.rng}
         name.with_suffix(".json").write_text(json.dumps(record))
-        weights = {k: v.detach().clone().contiguous() for k, v in pl_module.state_dict().items()}
+        full = trainer.strategy.lightning_module_state_dict()  # FSDP: gathered on rank 0
+        weights = {k: v.detach().cpu().clone().contiguous() for k, v in full.items()}
         save_file(weights, str(name.with_suffix(".safetensors")))
 
 
 def fit(
     out: Path,
     run: str,
-    checkpoint: Callback,
-    epochs: int,
-    strategy: str,
+    checkpoints: list[Callback],
+    where: Where,
     ckpt_path: str | None = None,
     model_seed: int = 0,
 ) -> None:
-    """One fit of ``Net`` on 2 CPU processes with ``checkpoint`` saving every epoch."""
+    """One fit of ``Net`` for ``EPOCHS`` epochs, the ``checkpoints`` saving every epoch."""
     torch.manual_seed(model_seed)  # a resumed run starts from other weights: the commit's win
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_epochs=epochs,
-        callbacks=[Seeder(), Recorder(out, run), checkpoint],
+        accelerator=where.accelerator,
+        devices=where.devices,
+        strategy=where.strategy,
+        max_epochs=EPOCHS,
+        callbacks=[Seeder(), Recorder(out, run), *checkpoints],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -119,21 +121,32 @@ def fit(
     trainer.fit(Net(), ckpt_path=ckpt_path)
 
 
-def main(out: Path, strategy: str = "ddp", files: bool = True) -> None:
+class Where(NamedTuple):
+    """Where the job runs: Lightning's ``strategy``, ``accelerator`` and ``devices``."""
+
+    strategy: str = "ddp"
+    accelerator: str = "cpu"
+    devices: int = 2
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return 32 // (4 * self.devices)
+
+
+def main(out: Path, where: Where | None = None, files: bool = True) -> None:
     """The runs of the job (``files=False``: only the ledger's, for the slower ``ddp_spawn``)."""
     warnings.filterwarnings("ignore")
-    fit(out, "straight", LedgerCheckpoint(out / "straight", save_top_k=-1), EPOCHS, strategy)
-    first = LedgerCheckpoint(out / "ledger", save_top_k=-1)
-    fit(out, "ledger-first", first, HALF, strategy)
-    again = LedgerCheckpoint(out / "ledger", save_top_k=-1)
-    fit(out, "ledger", again, EPOCHS, strategy, again.resume("HEAD"), model_seed=7)
-    if not files:
-        return
-    folder = out / "files"
-    fit(out, "files-first", ModelCheckpoint(folder, save_top_k=-1), HALF, strategy)
-    last = str(folder / f"epoch={HALF - 1}-step={HALF * 4}.ckpt")
-    fit(out, "files", ModelCheckpoint(folder, save_top_k=-1), EPOCHS, strategy, last, model_seed=7)
+    where = where or Where()
+    straight = LedgerCheckpoint(out / "straight", save_top_k=-1)
+    both = [straight, ModelCheckpoint(out / "files", save_top_k=-1)] if files else [straight]
+    fit(out, "straight", both, where)
+    half = straight.resume(f"HEAD~{EPOCHS - HALF}")  # the commit at the end of epoch HALF
+    fit(out, "ledger", [LedgerCheckpoint(out / "ledger", save_top_k=-1)], where, half, 7)
+    if files:
+        last = str(out / "files" / f"epoch={HALF - 1}-step={HALF * where.steps_per_epoch}.ckpt")
+        again = ModelCheckpoint(out / "files-resumed", save_top_k=-1)
+        fit(out, "files", [again], where, last, model_seed=7)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Where(*sys.argv[2:4]))
