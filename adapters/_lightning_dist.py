@@ -37,7 +37,7 @@ import torch.distributed as dist
 from ledger import Commit, Ledger, Part, Stage
 from ledger.state.rng import RNG_KEY, capture_rng, restore_rng
 
-from ._common import AdapterError, DistributedCommitError
+from ._common import AdapterError, DistributedCommitError, storable, warn_conversions
 from ._data_position import merge_positions, reseed_rng
 from ._dist_channel import FAILED, OK, Channel
 
@@ -98,7 +98,7 @@ def load_through_ledger(strategy: Any, load_ledger: Callable[[str], dict[str, An
 
     def load_checkpoint(checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if not str(checkpoint_path).startswith("ledger:"):
-            return original(checkpoint_path, weights_only)  # type: ignore[no-any-return]
+            return original(checkpoint_path, weights_only)
         return _load_full(strategy, load_ledger(str(checkpoint_path)))
 
     load_checkpoint.ledger_wrapped = True  # type: ignore[attr-defined]
@@ -124,7 +124,8 @@ def _load_full(strategy: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
             f"the commit holds {len(states)} optimizer states and the module configures "
             f"{len(strategy.optimizers)} optimizers; resume with the same optimizers"
         )
-    with _get_full_state_dict_context(model, world_size=world_size, rank0_only=False):
+    full: Any = _get_full_state_dict_context(model, world_size=world_size, rank0_only=False)
+    with full:
         for optimizer, opt_state in zip(strategy.optimizers, states, strict=True):
             if opt_state["state"] and isinstance(next(iter(opt_state["state"])), int):
                 opt_state = FullyShardedDataParallel.rekey_optim_state_dict(
@@ -164,7 +165,8 @@ def commit_ranks(
 
     Args:
         lg: this process's handle on the shared ledger.
-        checkpoint: this rank's storable Lightning dict; only global rank 0's is stored whole.
+        checkpoint: this rank's Lightning dict (from ``dump_checkpoint``); only global
+            rank 0's is stored whole, made storable by ``_common.storable``.
         timeout: seconds a rank waits for the others.
         meta: ``Stage.commit``'s metadata (message, step, epoch, metrics, params, branch),
             taken from rank 0.
@@ -172,24 +174,27 @@ def commit_ranks(
     Raises:
         DistributedCommitError: a rank failed, died or timed out; no commit was made.
     """
-    if RANKS_KEY in checkpoint:
-        raise AdapterError(
-            f"the checkpoint dict has a key {RANKS_KEY!r}, which LedgerCheckpoint keeps for "
-            "every rank's state; rename it in on_save_checkpoint"
-        )
+    for key in (RANKS_KEY, RNG_KEY):  # every rank has the same keys: all raise alike
+        if key in checkpoint:
+            raise AdapterError(
+                f"the checkpoint dict has a key {key!r}, which LedgerCheckpoint keeps for "
+                "the RNG and every rank's state; rename it in on_save_checkpoint"
+            )
     ch = Channel(timeout)
     with lg.stage() as stage:  # holds the gc lock until rank 0 moved the ref
         error: BaseException | None = None
-        entry = rank_entry(checkpoint)
+        tree: dict[str, Any] = {}
         try:
+            entry = rank_entry(checkpoint)
             report = OK + stage.write(entry).encode()
+            if ch.rank == 0:  # rank 0's dict is the commit's root; its RNG as one process stores it
+                state, notes = storable(checkpoint)
+                warn_conversions(notes, "LedgerCheckpoint")
+                tree = {**state, RNG_KEY: entry["rng"]}
         except Exception as e:  # reported to every rank, re-raised below
             error, report = e, FAILED + f"{type(e).__name__}: {e}".encode()
         reports = ch.gather(report)
-        outcome = None
-        if reports is not None:
-            tree = {**checkpoint, RNG_KEY: entry["rng"]}  # rank 0's RNG, as one process stores it
-            outcome = _commit_on_rank0(stage, tree, reports, meta)
+        outcome = None if reports is None else _commit_on_rank0(stage, tree, reports, meta)
         result = ch.broadcast(outcome, "learning the commit from rank 0")
     if error is not None:
         raise error

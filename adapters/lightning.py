@@ -386,11 +386,8 @@ class LedgerCheckpoint(Checkpoint):
         value, improved = self._score(metrics) if trainer.is_global_zero else (None, False)
         self._last_global_step_saved = trainer.global_step
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        state, notes = storable(checkpoint)
-        if trainer.is_global_zero:
-            warn_conversions(notes, "LedgerCheckpoint")
-        meta = {
-            "message": message or f"epoch {trainer.current_epoch} step {trainer.global_step}",
+        message = message or f"epoch {trainer.current_epoch} step {trainer.global_step}"
+        meta: dict[str, Any] = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "metrics": metrics,
@@ -398,11 +395,15 @@ class LedgerCheckpoint(Checkpoint):
             "branch": self.branch,
         }
         if trainer.world_size > 1:
-            commit = commit_ranks(self.ledger, state, timeout=self.timeout, **meta)
+            commit = commit_ranks(
+                self.ledger, checkpoint, timeout=self.timeout, message=message, **meta
+            )
             if not trainer.is_global_zero:  # rank 0's score, so every rank ranks alike
                 value, improved = self._score(dict(commit.metrics))
         else:
-            commit = self.ledger.commit(state, meta.pop("message"), **meta)
+            state, notes = storable(checkpoint)
+            warn_conversions(notes, "LedgerCheckpoint")
+            commit = self.ledger.commit(state, message, **meta)
         self.last_commit = commit
         if value is not None:
             self._track_top_k(commit, value)
