@@ -241,6 +241,15 @@ def test_fsdp_with_sharded_state_dicts_is_refused() -> None:
     refuse_unsupported(FSDPStrategy())  # the default, full state dicts, is accepted
 
 
+@pytest.mark.slow  # Lightning's launcher starts rank 1 once rank 0 has imported everything: ~1 min
+def test_ddp_launched_by_lightning_from_a_script_resumes_bitwise(tmp_path: Path) -> None:
+    """``strategy="ddp"`` as users run it: one command; Lightning re-runs the script as rank 1."""
+    launch = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launch}
+    finish(start(JOB, tmp_path, env=env))
+    _assert_resumed_bitwise(tmp_path, ranks=2, steps_per_epoch=STEPS_PER_EPOCH)
+
+
 @pytest.mark.slow  # 2 fits, each spawning 2 processes that import torch and Lightning: ~1-3 min
 @pytest.mark.usefixtures("quiet")
 def test_ddp_spawn_commits_every_ranks_rng_and_resumes_bitwise(tmp_path: Path) -> None:
