@@ -9,8 +9,10 @@ what it left: one commit per epoch holding both ranks' RNG as each rank had
 it at the commit, the replicated model stored once, a resume that is bitwise
 the straight run (per-step losses and final weights, on every rank), while
 ``ModelCheckpoint``'s resume is not (it keeps no RNG), and commits that hold
-exactly what ``ModelCheckpoint``'s files hold. ``ddp_spawn`` runs the same
-ledger runs in the slow tier; FSDP runs where a GPU is.
+exactly what ``ModelCheckpoint``'s files hold. In the slow tier: ``ddp_spawn``
+and Lightning's own ``ddp`` launcher run the same ledger runs, and a mid-epoch
+resume gives each rank its own stateful loader's state back. FSDP runs where a
+GPU is.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _two_processes(out: Path, strategy: str, accelerator: str) -> None:
+def _two_processes(out: Path, strategy: str, accelerator: str, *mode: str) -> None:
     """Run the job as 2 processes started with Lightning's environment variables; both exit 0."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +70,7 @@ def _two_processes(out: Path, strategy: str, accelerator: str) -> None:
     env = {**os.environ, "NODE_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
     env["MASTER_PORT"] = str(port)
     procs = [
-        start(JOB, out, strategy, accelerator, env={**env, "LOCAL_RANK": str(rank)})
+        start(JOB, out, strategy, accelerator, *mode, env={**env, "LOCAL_RANK": str(rank)})
         for rank in range(2)
     ]
     for proc in procs:
@@ -239,6 +241,22 @@ def test_fsdp_with_sharded_state_dicts_is_refused() -> None:
     with pytest.raises(AdapterError, match="state_dict_type='full'"):
         refuse_unsupported(FSDPStrategy(state_dict_type="sharded"))
     refuse_unsupported(FSDPStrategy())  # the default, full state dicts, is accepted
+
+
+@pytest.mark.slow  # a second 2-process job: ~20 s idle
+def test_a_mid_epoch_resume_gives_each_rank_its_own_loader_state(tmp_path: Path) -> None:
+    """Each rank shuffles its own shard with its own generator; the resume is from step 6 of 16."""
+    _two_processes(tmp_path, "ddp", "cpu", "mid-epoch")
+    with Ledger.open(tmp_path / "straight") as lg:
+        assert [c.step for c in lg.log()] == [15, 12, 9, 6, 3]
+        ranks = lg.checkout("HEAD~3", paths=["__ranks__"])["__ranks__"]
+    (first,), (second,) = (r["loaders"] for r in ranks)
+    assert first["yielded"] == second["yielded"] == 2  # step 6: 2 batches into epoch 1
+    assert not torch.equal(first["generator"], second["generator"])  # each rank's own order
+    for rank in range(2):
+        straight = _record(tmp_path, "straight", rank)["losses"]
+        assert _record(tmp_path, "ledger", rank)["losses"] == straight[6:]
+        assert _weights(tmp_path, "ledger", rank) == _weights(tmp_path, "straight", rank)
 
 
 @pytest.mark.slow  # Lightning's launcher starts rank 1 once rank 0 has imported everything: ~1 min

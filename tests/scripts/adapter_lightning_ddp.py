@@ -41,11 +41,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ledger.adapters.lightning import LedgerCheckpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "frameworks"))
+from lightning_models import ResumableLoader  # tests/frameworks, put on the path just above
+
 EPOCHS, HALF = 4, 2
 
 
 class Net(L.LightningModule):
     """A small regressor with dropout; records its per-step losses."""
+
+    own_shards = False  # Lightning's DistributedSampler splits the data
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,6 +69,21 @@ class Net(L.LightningModule):
     def train_dataloader(self) -> DataLoader[Any]:
         x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
         return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, shuffle=True)
+
+
+class RankNet(Net):
+    """Each rank reads its own half of the data, shuffled by a generator of its own.
+
+    Its loader (``ResumableLoader``, stateful) differs per rank, so a resume
+    mid-epoch is exact only if each rank gets its own loader state back.
+    """
+
+    own_shards = True
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))[self.global_rank :: 2]
+        generator = torch.Generator().manual_seed(10 + self.global_rank)
+        return ResumableLoader(TensorDataset(x, x.sum(1, keepdim=True)), 4, generator)
 
 
 class Seeder(Callback):
@@ -102,8 +122,9 @@ def fit(
     where: Where,
     ckpt_path: str | None = None,
     model_seed: int = 0,
+    module: type[Net] = Net,
 ) -> None:
-    """One fit of ``Net`` for ``EPOCHS`` epochs, the ``checkpoints`` saving every epoch."""
+    """One fit of ``module`` for ``EPOCHS`` epochs with the ``checkpoints``."""
     torch.manual_seed(model_seed)  # a resumed run starts from other weights: the commit's win
     trainer = L.Trainer(
         accelerator=where.accelerator,
@@ -117,8 +138,9 @@ def fit(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         deterministic=True,
+        use_distributed_sampler=not module.own_shards,
     )
-    trainer.fit(Net(), ckpt_path=ckpt_path)
+    trainer.fit(module(), ckpt_path=ckpt_path)
 
 
 class Where(NamedTuple):
@@ -148,5 +170,18 @@ def main(out: Path, where: Where | None = None, files: bool = True) -> None:
         fit(out, "files", [again], where, last, model_seed=7)
 
 
+def mid_epoch(out: Path, where: Where) -> None:
+    """``RankNet`` committing every 3 steps, resumed from step 6 (mid-epoch 1) into ``OUT/ledger``."""
+    warnings.filterwarnings("ignore")
+    straight = LedgerCheckpoint(out / "straight", 3, 0, save_top_k=-1)
+    fit(out, "straight", [straight], where, module=RankNet)
+    at_6 = straight.resume("HEAD~3")  # commits at steps 3, 6, 9, 12, 15
+    again = LedgerCheckpoint(out / "ledger", 3, 0, save_top_k=-1)
+    fit(out, "ledger", [again], where, at_6, model_seed=7, module=RankNet)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Where(*sys.argv[2:4]))
+    if sys.argv[4:] == ["mid-epoch"]:
+        mid_epoch(Path(sys.argv[1]), Where(*sys.argv[2:4]))
+    else:
+        main(Path(sys.argv[1]), Where(*sys.argv[2:4]))
