@@ -127,6 +127,23 @@ def test_the_replicated_model_and_optimizer_are_stored_once(job: Path) -> None:
         assert show.logical_bytes <= model + momentum + 3 * rank0_rng  # + __rng__, deduplicated
 
 
+def test_every_rank_ranks_by_rank_0s_metric(job: Path) -> None:
+    """``monitor="train_loss"`` logged without ``sync_dist``: each rank has its own value."""
+    ranks = [_record(job, "straight", rank) for rank in range(2)]
+    assert ranks[0]["own_metric"] != ranks[1]["own_metric"]  # so agreeing below means something
+    assert ranks[0]["ranking"] == ranks[1]["ranking"]
+    with Ledger.open(job / "straight") as lg:
+        commits = list(lg.log())
+        best = min(commits, key=lambda c: c.metrics["train_loss"])
+        assert ranks[0]["ranking"]["best_model_path"] == ledger_url(job / "straight", best.id)
+        assert lg.resolve("best") == best.id
+        assert float.fromhex(ranks[0]["own_metric"]) == commits[0].metrics["train_loss"]
+    ranking = ranks[1]["ranking"]
+    assert float.fromhex(ranking["best_model_score"]) == best.metrics["train_loss"]
+    assert float.fromhex(ranking["current_score"]) == commits[0].metrics["train_loss"]
+    assert len(ranking["best_k_models"]) == 4
+
+
 # -- resume --------------------------------------------------------------------------------
 
 

@@ -61,6 +61,9 @@ class Net(L.LightningModule):
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
         self.losses.append(loss.item())
+        self.log(
+            "train_loss", loss
+        )  # each rank's own (no sync_dist): the callback ranks by rank 0's
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -108,7 +111,18 @@ class Recorder(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, Net)
         name = self.out / f"{self.run}-rank{trainer.global_rank}"
-        record = {"losses": [v.hex() for v in pl_module.losses], "rng": self.rng}
+        record: dict[str, Any] = {"losses": [v.hex() for v in pl_module.losses], "rng": self.rng}
+        ours = [c for c in trainer.callbacks if isinstance(c, LedgerCheckpoint)]  # type: ignore[attr-defined]
+        if ours and ours[0].monitor:
+            cb = ours[0]
+            record["own_metric"] = float(trainer.callback_metrics[cb.monitor]).hex()
+            record["ranking"] = {
+                "best_model_path": cb.best_model_path,
+                "best_model_score": float(cb.best_model_score).hex(),
+                "current_score": float(cb.current_score).hex(),
+                "best_k_models": {k: float(v).hex() for k, v in cb.best_k_models.items()},
+                "last_model_path": cb.last_model_path,
+            }
         name.with_suffix(".json").write_text(json.dumps(record))
         full = trainer.strategy.lightning_module_state_dict()  # FSDP: gathered on rank 0
         weights = {k: v.detach().cpu().clone().contiguous() for k, v in full.items()}
@@ -159,7 +173,7 @@ def main(out: Path, where: Where | None = None, files: bool = True) -> None:
     """The runs of the job (``files=False``: only the ledger's, for the slower ``ddp_spawn``)."""
     warnings.filterwarnings("ignore")
     where = where or Where()
-    straight = LedgerCheckpoint(out / "straight", save_top_k=-1)
+    straight = LedgerCheckpoint(out / "straight", monitor="train_loss", save_top_k=-1)
     both = [straight, ModelCheckpoint(out / "files", save_top_k=-1)] if files else [straight]
     fit(out, "straight", both, where)
     half = straight.resume(f"HEAD~{EPOCHS - HALF}")  # the commit at the end of epoch HALF
