@@ -112,7 +112,7 @@ class Recorder(Callback):
         assert isinstance(pl_module, Net)
         name = self.out / f"{self.run}-rank{trainer.global_rank}"
         record: dict[str, Any] = {"losses": [v.hex() for v in pl_module.losses], "rng": self.rng}
-        ours = [c for c in trainer.callbacks if isinstance(c, LedgerCheckpoint)]  # type: ignore[attr-defined]
+        ours = [c for c in trainer.callbacks if isinstance(c, LedgerCheckpoint)]
         if ours and ours[0].monitor:
             cb = ours[0]
             record["own_metric"] = float(trainer.callback_metrics[cb.monitor]).hex()
