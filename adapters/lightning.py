@@ -7,7 +7,10 @@ checkpoint dict, from ``dump_checkpoint``, plus the global RNG), the ``best``
 branch and retention for ``monitor``/``save_top_k``, and the checkpoint-IO
 plugin that reads ``ledger:`` paths so ``trainer.fit(ckpt_path=...)``
 resumes from the ledger (in ``_lightning_io``, with the ``ledger://``
-filesystem that ``load_from_checkpoint`` reads). The callback pickles and
+filesystem that ``load_from_checkpoint`` reads). With several processes
+(``ddp``, ``ddp_spawn``, ``fsdp``) one commit holds every rank's RNG and
+loader states besides rank 0's dict (``_lightning_dist``); DeepSpeed is
+refused at setup. The callback pickles and
 deep-copies: the open ledger is dropped and reopened on first use. It
 never writes checkpoint files of its own and never pickles; values Lightning puts in its dict that a ledger cannot store
 are converted by the documented rules in ``_common.storable`` (with a
