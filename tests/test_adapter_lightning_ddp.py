@@ -32,7 +32,7 @@ import fsspec
 import lightning as L
 import pytest
 import torch
-from helpers import SCRIPTS, finish, start
+from helpers import SCRIPTS, finish, load_script, start
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 from safetensors.torch import load_file
 
@@ -44,6 +44,7 @@ from ledger.adapters.lightning import LedgerCheckpoint, LedgerCheckpointIO, ledg
 from ledger.state.rng import capture_rng
 
 JOB = SCRIPTS / "adapter_lightning_ddp.py"
+util = load_script("adapter_util")
 STEPS_PER_EPOCH, HALF = 4, 2  # 32 samples, batch 4, 2 ranks; the job resumes after 2 epochs
 
 
@@ -56,10 +57,13 @@ def _job_module() -> Any:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 2-process ``ddp`` job's output directory (about 15 s on an idle 2-core machine)."""
-    out = tmp_path_factory.mktemp("lightning-ddp")
-    _two_processes(out, "ddp", "cpu")
-    return out
+    """The 2-process ``ddp`` job's output directory (about 15 s on an idle 2-core machine).
+
+    Run once per session even when several xdist workers run these tests.
+    """
+    return util.shared_dir(
+        tmp_path_factory, "lightning-ddp", lambda out: _two_processes(out, "ddp", "cpu")
+    )
 
 
 def _two_processes(out: Path, strategy: str, accelerator: str, *mode: str) -> None:
