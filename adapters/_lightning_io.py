@@ -34,6 +34,7 @@ from ledger import Commit, Ledger
 from ledger.state.rng import RNG_KEY
 
 from ._common import AdapterError, LedgerLike, ResumeError, open_ledger
+from ._lightning_dist import RANKS_KEY, take_rank
 
 __all__ = ["PREFIX", "URL_PREFIX", "LedgerCheckpointIO", "LedgerFileSystem", "ledger_url"]
 
@@ -176,7 +177,7 @@ class LedgerCheckpointIO(CheckpointIO):
         else:
             commit, tree = lightning_tree(lg, rev, where)
             declare_base(lg, commit)
-        self.loaded_rng = tree.pop(RNG_KEY, None)
+        self.loaded_rng = take_rank(tree)  # this process's own, from a multi-process commit
         self.loaded_commit = commit
         return tree
 
@@ -194,7 +195,7 @@ class LedgerFileSystem(AbstractFileSystem):
     """Read-only fsspec filesystem: ``ledger://<dir>#<rev>`` reads as a ``torch.save`` file of that commit.
 
     The bytes are made in memory on open (the commit's tree without its RNG
-    entry); nothing is written to disk and nothing pickled is read back
+    and per-rank entries); nothing is written to disk and nothing pickled is read back
     (``torch.load(..., weights_only=True)`` accepts them). Registered for
     the ``ledger`` protocol when ``ledger.adapters.lightning`` is imported.
 
@@ -229,6 +230,7 @@ class LedgerFileSystem(AbstractFileSystem):
             tree = lg.checkout(cid)
         if isinstance(tree, dict):
             tree.pop(RNG_KEY, None)
+            tree.pop(RANKS_KEY, None)
         buf = io.BytesIO()
         torch.save(tree, buf)
         data = buf.getvalue()

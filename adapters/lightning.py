@@ -7,7 +7,10 @@ checkpoint dict, from ``dump_checkpoint``, plus the global RNG), the ``best``
 branch and retention for ``monitor``/``save_top_k``, and the checkpoint-IO
 plugin that reads ``ledger:`` paths so ``trainer.fit(ckpt_path=...)``
 resumes from the ledger (in ``_lightning_io``, with the ``ledger://``
-filesystem that ``load_from_checkpoint`` reads). The callback pickles and
+filesystem that ``load_from_checkpoint`` reads). With several processes
+(``ddp``, ``ddp_spawn``, ``fsdp``) one commit holds every rank's RNG and
+loader states besides rank 0's dict (``_lightning_dist``); DeepSpeed is
+refused at setup. The callback pickles and
 deep-copies: the open ledger is dropped and reopened on first use. It
 never writes checkpoint files of its own and never pickles; values Lightning puts in its dict that a ledger cannot store
 are converted by the documented rules in ``_common.storable`` (with a
@@ -55,6 +58,7 @@ from ._common import (
     warn_conversions,
 )
 from ._lightning_data import DataOrderWarning, warn_order_not_saved
+from ._lightning_dist import commit_ranks, is_fsdp, load_through_ledger, refuse_unsupported
 from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
 
 __all__ = [
@@ -98,6 +102,8 @@ class LedgerCheckpoint(Checkpoint):
         best_ref: the branch that follows the best commit.
         save_on_train_epoch_end: force epoch commits to the train-epoch end (True)
             or to validation end (False); None decides as ``ModelCheckpoint`` does.
+        timeout: with several processes, seconds a rank waits for the others at a
+            commit before raising ``DistributedCommitError`` (no commit is made).
 
     Example:
         >>> cb = LedgerCheckpoint("ckpt", monitor="val_loss", save_top_k=3)  # doctest: +SKIP
@@ -118,6 +124,7 @@ class LedgerCheckpoint(Checkpoint):
         branch: str | None = None,
         best_ref: str = BEST,
         save_on_train_epoch_end: bool | None = None,
+        timeout: float = 300.0,
     ) -> None:
         for name, value in (
             ("every_n_train_steps", every_n_train_steps),
@@ -149,6 +156,7 @@ class LedgerCheckpoint(Checkpoint):
         self.branch = branch
         self.best_ref = best_ref
         self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.timeout = float(timeout)
         self.best_score: float | None = None
         self.current_score: torch.Tensor | None = None
         self.best_k_models: dict[str, torch.Tensor] = {}
@@ -262,8 +270,13 @@ class LedgerCheckpoint(Checkpoint):
 
         This runs before Lightning loads ``ckpt_path``. Ranks open the ledger
         only after rank 0 did, since two processes creating one ledger
-        directory at once would race.
+        directory at once would race. A DeepSpeed strategy is refused here.
+
+        Raises:
+            AdapterError: the strategy is DeepSpeed, or FSDP with sharded state dicts
+                (not supported yet, see the docs).
         """
+        refuse_unsupported(trainer.strategy)
         if trainer.is_global_zero:
             self.ledger  # noqa: B018 - opens, or creates, the ledger
         trainer.strategy.barrier("LedgerCheckpoint.setup")
@@ -275,6 +288,8 @@ class LedgerCheckpoint(Checkpoint):
         else:
             self.io.wrapped = current
             trainer.strategy.checkpoint_io = self.io
+        if is_fsdp(trainer.strategy):  # FSDP reads ckpt_path itself, not through the plugin
+            load_through_ledger(trainer.strategy, self.io.load_checkpoint)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Set the global RNG back to the resumed commit's.
@@ -357,10 +372,12 @@ class LedgerCheckpoint(Checkpoint):
         if self._commits():
             self.commit(trainer)
 
-    def commit(self, trainer: pl.Trainer, message: str | None = None) -> Commit | None:
-        """Commit the trainer's full state now (on every rank's call; global rank 0 writes).
+    def commit(self, trainer: pl.Trainer, message: str | None = None) -> Commit:
+        """Commit the trainer's full state now (call it on every rank; global rank 0 writes).
 
-        Returns the commit on global rank 0, None on the other ranks.
+        With several processes every rank also stores its own RNG and loader
+        states in the same commit (docs/adapters/lightning.md, "Several
+        processes"); every rank returns the commit and takes rank 0's score.
 
         Example:
             >>> cb.commit(trainer, message="before changing the data mix")  # doctest: +SKIP
@@ -369,33 +386,31 @@ class LedgerCheckpoint(Checkpoint):
         if self.monitor in ("epoch", "step"):  # ModelCheckpoint's monitor candidates
             metrics.setdefault("epoch", float(trainer.current_epoch))
             metrics.setdefault("step", float(trainer.global_step))
-        value = metrics.get(self.monitor) if self.monitor else None
-        if value is not None and math.isnan(value):  # ModelCheckpoint: NaN is the worst value
-            value = math.inf if self.mode == "min" else -math.inf
-        improved = value is not None and better(value, self.best_score, self.mode)
-        if value is not None:
-            self.current_score = torch.tensor(value)
-            if improved or self.best_score is None:
-                self.best_score = value
+        value, improved = self._score(metrics) if trainer.is_global_zero else (None, False)
         self._last_global_step_saved = trainer.global_step
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        state, notes = storable(checkpoint)
-        commit = None
-        if trainer.is_global_zero:
-            warn_conversions(notes, "LedgerCheckpoint")
-            commit = self.ledger.commit(
-                state,
-                message or f"epoch {trainer.current_epoch} step {trainer.global_step}",
-                step=trainer.global_step,
-                epoch=trainer.current_epoch,
-                metrics=metrics,
-                params=_hyperparameters(trainer),
-                branch=self.branch,
+        message = message or f"epoch {trainer.current_epoch} step {trainer.global_step}"
+        meta: dict[str, Any] = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "metrics": metrics,
+            "params": _hyperparameters(trainer),
+            "branch": self.branch,
+        }
+        if trainer.world_size > 1:
+            commit = commit_ranks(
+                self.ledger, checkpoint, timeout=self.timeout, message=message, **meta
             )
-            self.last_commit = commit
-            if value is not None:
-                self._track_top_k(commit, value)
-            if value is not None and (improved or self.best_ref not in self.ledger.branches()):
+            if not trainer.is_global_zero:  # rank 0's score, so every rank ranks alike
+                value, improved = self._score(dict(commit.metrics))
+        else:
+            state, notes = storable(checkpoint)
+            warn_conversions(notes, "LedgerCheckpoint")
+            commit = self.ledger.commit(state, message, **meta)
+        self.last_commit = commit
+        if value is not None:
+            self._track_top_k(commit, value)
+            if trainer.is_global_zero and (improved or self.best_ref not in self.ledger.branches()):
                 move_branch(
                     self.ledger,
                     self.best_ref,
@@ -404,6 +419,18 @@ class LedgerCheckpoint(Checkpoint):
                 )
         trainer.strategy.barrier("LedgerCheckpoint.commit")
         return commit
+
+    def _score(self, metrics: dict[str, float]) -> tuple[float | None, bool]:
+        """``monitor``'s value in ``metrics`` (NaN as the worst) and whether it improved; updates the scores."""
+        value = metrics.get(self.monitor) if self.monitor else None
+        if value is not None and math.isnan(value):  # ModelCheckpoint: NaN is the worst value
+            value = math.inf if self.mode == "min" else -math.inf
+        improved = value is not None and better(value, self.best_score, self.mode)
+        if value is not None:
+            self.current_score = torch.tensor(value)
+            if improved or self.best_score is None:
+                self.best_score = value
+        return value, improved
 
     def _track_top_k(self, commit: Commit, value: float) -> None:
         """``best_k_models`` / ``kth_best_model_path`` as ``ModelCheckpoint`` keeps them (what retention keeps)."""
