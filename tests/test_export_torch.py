@@ -206,6 +206,20 @@ def test_lightning_export_resumes_with_fit_ckpt_path_and_loads_from_checkpoint(
     assert resumed.steps_run == 4 and trainer.global_step == 8  # one epoch more, not two
 
 
+def test_a_multi_process_lightning_commit_exports_without_its_per_rank_entries(
+    lg: Ledger, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    _trainer(1, callbacks=[LedgerCheckpoint(lg)], enable_checkpointing=True).fit(Tiny())
+    one = {k: v for k, v in lg.checkout("HEAD").items() if k != "__rng__"}
+    ranks = [{"rng": {"torch": torch.get_rng_state()}, "loaders": []} for _ in range(2)]
+    lg.commit({**one, "__ranks__": ranks}, rng=False)  # the layout a ddp job commits
+    export_commit(lg, "HEAD", "lightning", tmp_path / "ddp.ckpt")
+    ckpt = torch.load(tmp_path / "ddp.ckpt", weights_only=True)
+    assert "__ranks__" not in ckpt and "__rng__" not in ckpt
+    assert bits(ckpt) == bits(one)
+
+
 def test_a_plain_commit_exports_as_a_weights_only_lightning_checkpoint(
     lg: Ledger, tmp_path: Path
 ) -> None:

@@ -103,11 +103,16 @@ def write_torch(job: ExportJob, *, key: str | None = None) -> None:
     _save_atomic(weights_only_tree(selected(job.state, key, job.rev)), job.out)
 
 
+LIGHTNING_RANKS_KEY = "__ranks__"
+"""Where the Lightning adapter keeps every rank's RNG and loader states (docs/adapters/lightning.md)."""
+
+
 def write_lightning(job: ExportJob, *, key: str = "model") -> None:
     """Write a Lightning ``.ckpt``.
 
     A commit of the Lightning adapter holds Lightning's checkpoint dict itself:
-    it is written whole, so ``Trainer.fit(ckpt_path=...)`` resumes from it. Any
+    it is written whole (less the ledger's ``__rng__`` and a multi-process
+    commit's ``__ranks__``), so ``Trainer.fit(ckpt_path=...)`` resumes from it. Any
     other commit gives a weights-only checkpoint: ``state[key]`` as
     ``state_dict`` (with the commit's epoch, step and params as
     ``epoch``, ``global_step`` and ``hyper_parameters``), which
@@ -119,6 +124,8 @@ def write_lightning(job: ExportJob, *, key: str = "model") -> None:
     state, commit, out, force = job
     rev = job.rev
     tree = selected(state, None, rev)
+    # A multi-process commit's per-rank RNG and loader states: a .ckpt has none.
+    tree = {k: v for k, v in tree.items() if k != LIGHTNING_RANKS_KEY}
     if not all(k in tree for k in LIGHTNING_KEYS):
         weights = selected(state, key, rev)
         if not isinstance(weights, Mapping):
