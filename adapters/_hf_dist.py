@@ -121,15 +121,17 @@ def commit_ranks(
     """
     with lg.stage() as stage:  # from the first dedup decision until rank 0 moved the ref
         report, error = _attempt(lambda: stage.write(capture_rng()).encode())
-        reports = ch.gather(report)
-        outcome = None if reports is None else _commit_on_rank0(stage, reports, tree or {}, meta)
-        result = ch.broadcast(outcome, "learning the commit from rank 0")
-    if error is not None:
-        raise error
-    if result.startswith(FAILED):
-        raise DistributedCommitError(result[1:].decode())
+        reports = ch.gather(report) or []
+        try:
+            made = from_rank0(
+                ch, lambda: _commit_on_rank0(stage, reports, tree or {}, meta), "writing the commit"
+            )
+        except DistributedCommitError:
+            if error is not None:
+                raise error from None  # this rank's own failure, which the others name
+            raise
     lg.refresh()
-    return lg.get(result[1:].decode())
+    return lg.get(made.decode())
 
 
 def _attempt(work: Callable[[], bytes]) -> tuple[bytes, BaseException | None]:
@@ -143,16 +145,13 @@ def _attempt(work: Callable[[], bytes]) -> tuple[bytes, BaseException | None]:
 def _commit_on_rank0(
     stage: Stage, reports: list[bytes], tree: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> bytes:
+    """Rank 0: one commit of ``tree`` and every rank's RNG part; its id."""
     failed = [f"rank {r}: {p[1:].decode()}" for r, p in enumerate(reports) if p[:1] != OK]
     if failed:
-        return FAILED + ("no commit was made; " + "; ".join(failed)).encode()
-    try:
-        rngs = [Part.decode(report[1:]) for report in reports]
-        full = {**tree, RNG_KEY: rngs[0], RANKS_KEY: rngs}
-        made = stage.commit(full, summary=tree, **meta)
-    except Exception as e:
-        return FAILED + f"rank 0 could not write the commit: {type(e).__name__}: {e}".encode()
-    return OK + made.id.encode()
+        raise DistributedCommitError("no commit was made; " + "; ".join(failed))
+    rngs = [Part.decode(report[1:]) for report in reports]
+    made = stage.commit({**tree, RNG_KEY: rngs[0], RANKS_KEY: rngs}, summary=tree, **meta)
+    return made.id.encode()
 
 
 def from_rank0(ch: Channel, work: Callable[[], bytes], what: str) -> bytes:

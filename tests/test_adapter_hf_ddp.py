@@ -49,7 +49,7 @@ def _two_processes(phase: str, out: Path, **env: str) -> None:
 
 
 def _check_job(out: Path) -> None:
-    """What both the one-launch and the two-launch jobs must show."""
+    """What every job must show."""
     folder = [util.load_image(out / f"folder-rank{r}") for r in range(2)]
     ledger = [util.load_image(out / f"ledger-rank{r}") for r in range(2)]
     for rank in range(2):
@@ -64,8 +64,10 @@ def _check_job(out: Path) -> None:
 
     seen = [json.loads((out / f"resume-rank{r}.json").read_text()) for r in range(2)]
     assert seen[0]["path"] == seen[1]["path"]  # rank 0 wrote it, rank 1 read it
-    assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors"} <= set(seen[0]["files"])
-    assert "rng_state.pth" not in seen[0]["files"]
+    for rank in range(2):
+        files = set(seen[rank]["files"])
+        assert {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors"} <= files
+        assert "rng_state.pth" not in files
     assert not seen[0]["left"] and not seen[1]["left"]  # removed once both had loaded it
 
     assert not list((out / "lgout").glob("checkpoint-*"))  # the Trainer wrote no folder
