@@ -127,6 +127,23 @@ def test_fsdp_on_cpu_runs_as_ddp_and_commits_like_it(tmp_path: Path) -> None:
     _check_job(tmp_path)
 
 
+@pytest.mark.slow
+def test_a_save_rank_0_cannot_commit_fails_on_every_process_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    with Ledger.open(tmp_path / "lg", create=True) as lg:
+        first = lg.commit({"w": torch.ones(2)}, "before the job")
+        lg.switch(first.id)  # HEAD detached: a commit without branch= is refused
+    _two_processes("fail", tmp_path)
+    errors = [json.loads((tmp_path / f"error-rank{r}.json").read_text()) for r in range(2)]
+    assert errors[0]["type"] == "DetachedHeadError"  # rank 0: its own error
+    assert errors[1]["type"] == "DistributedCommitError"  # rank 1: names rank 0's
+    assert "rank 0 failed while writing the commit: DetachedHeadError" in errors[1]["message"]
+    with Ledger.open(tmp_path / "lg") as lg:
+        assert [c.id for c in lg.log(first.id)] == [first.id]
+        assert [c.id for c in lg.log("main")] == [first.id]  # no commit appeared
+
+
 # -- refusals --------------------------------------------------------------------------
 
 

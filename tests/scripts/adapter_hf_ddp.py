@@ -19,6 +19,10 @@ that mixed them up would train differently.
   weights, optimizer, scheduler, the losses logged after step 2) and
   ``OUT/resume-rank<r>.json`` (the folder it resumed from and its files).
 
+- ``fail``: the ledger run alone, with HEAD detached in ``OUT/lg`` (rank 0
+  cannot commit); each process writes the error its ``train()`` raised to
+  ``OUT/error-rank<r>.json``.
+
 ``HF_DDP_FSDP=<option>`` passes ``fsdp=<option>`` to ``TrainingArguments``.
 """
 
@@ -109,6 +113,13 @@ def main() -> None:
     phase, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
+    if phase == "fail":
+        try:
+            trainer(out / "lgout", rank, STOP_AT, LedgerCallback(out / "lg", timeout=60)).train()
+        except Exception as e:
+            error = {"type": type(e).__name__, "message": str(e)}
+            (out / f"error-rank{rank}.json").write_text(json.dumps(error))
+        return
     if phase in ("first", "both"):
         trainer(out / "folder", rank, STOP_AT).train()
         trainer(out / "lgout", rank, STOP_AT, LedgerCallback(out / "lg")).train()
