@@ -76,7 +76,10 @@ def _check_job(out: Path) -> None:
         commits = list(lg.log())
         assert [c.step for c in commits] == [4, 3, 2, 1]  # one commit per save
         kept = sorted(c.step for c in commits if lg.show(c.id).expired is None)
-        assert kept == kept_folders == [3, 4]  # save_total_limit=2, as the Trainer rotates
+        assert kept == kept_folders and len(kept) == 2  # save_total_limit=2, the Trainer's rule
+        best = plain["best"]  # the same on both sides: the images are equal
+        assert best.startswith("checkpoint-") and int(best.split("-")[1]) in kept
+        assert lg.get("best").step == int(best.split("-")[1])
         assert lg.gc(dry_run=True, grace=0).objects_freed == 0  # rank 0 freed their state
 
         head = lg.checkout("HEAD", paths=[RANKS_KEY, RNG_KEY])

@@ -3,7 +3,8 @@
 Usage: torchrun --standalone --nproc_per_node 2 adapter_hf_ddp.py PHASE OUT
 
 A tiny GPT-2 (from a config) with dropout and tied embeddings trains under
-DDP, the same job twice side by side: once with the Trainer's own
+DDP, evaluating after every step and loading the best checkpoint at the
+end, the same job twice side by side: once with the Trainer's own
 checkpoint folders (``OUT/folder``), once with ``LedgerCallback``
 (ledger ``OUT/lg``, output dir ``OUT/lgout``, where nothing is written).
 Each process draws from its RNG after every step a number of times that
@@ -16,9 +17,9 @@ that mixed them up would train differently.
 - ``second``: the folder run resumes from ``OUT/folder/checkpoint-2``
   (``resume_from_checkpoint``), the ledger run from ``cb.resume("HEAD")``;
   both train to step 4. Each process writes ``OUT/<run>-rank<r>`` (its
-  weights, optimizer, scheduler, the losses logged after step 2) and
-  ``OUT/resume-rank<r>.json`` (the folder it resumed from and its files).
-
+  weights, optimizer, scheduler, the losses logged after step 2, the best
+  checkpoint's name) and ``OUT/resume-rank<r>.json`` (the folder it
+  resumed from and its files).
 - ``fail``: the ledger run alone, with HEAD detached in ``OUT/lg`` (rank 0
   cannot commit); each process writes the error its ``train()`` raised to
   ``OUT/error-rank<r>.json``.
@@ -79,6 +80,10 @@ def trainer(output: Path, rank: int, stop_at: int | None, *extra: TrainerCallbac
         save_strategy="steps",
         save_steps=1,
         save_total_limit=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="loss",
+        load_best_model_at_end=True,
         seed=0,
         report_to=[],
         use_cpu=True,
@@ -87,7 +92,13 @@ def trainer(output: Path, rank: int, stop_at: int | None, *extra: TrainerCallbac
         fsdp=fsdp,
     )
     callbacks = [Diverge(rank, stop_at), *extra]
-    return Trainer(model=model, args=args, train_dataset=Tokens(40), callbacks=callbacks)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Tokens(40),
+        eval_dataset=Tokens(8),
+        callbacks=callbacks,
+    )
 
 
 def image(t: Trainer, path: Path) -> None:
@@ -102,6 +113,7 @@ def image(t: Trainer, path: Path) -> None:
             "optimizer": t.optimizer.state_dict(),
             "scheduler": t.lr_scheduler.state_dict(),
             "global_step": t.state.global_step,
+            "best": Path(t.state.best_model_checkpoint or "none").name,
             "losses": losses,
             "after": torch.rand(4),  # where each process's RNG stream ends up
         },
