@@ -147,6 +147,38 @@ def test_a_save_rank_0_cannot_commit_fails_on_every_process_and_commits_nothing(
         assert [c.id for c in lg.log("main")] == [first.id]  # no commit appeared
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rng_files_of_a_multi_process_commit_give_every_cuda_device_its_state_back(
+    tmp_path: Path,
+) -> None:
+    """The CUDA part of ``rng_state_{rank}.pth``: every device's state, as the Trainer's DDP save has it."""
+    from transformers.trainer_pt_utils import safe_globals, set_rng_state_for_device
+
+    from ledger.adapters._hf_resume import write_checkpoint
+    from ledger.state.rng import capture_rng
+
+    torch.cuda.manual_seed_all(7)
+    torch.rand(3, device="cuda")
+    saved = torch.cuda.get_rng_state_all()
+    with Ledger.open(tmp_path / "lg", create=True) as lg:
+        rng = capture_rng()  # what each process stores as its part
+        state = {"model": {"w": torch.ones(2)}, "trainer_state": {"global_step": 1}}
+        lg.commit({**state, RANKS_KEY: [rng, rng]})
+        tree = lg.checkout("HEAD")
+    out = tmp_path / "checkpoint-1"
+    out.mkdir()
+    write_checkpoint(tree, out)
+    torch.rand(3, device="cuda")  # the stream moves on
+    with safe_globals():
+        loaded = torch.load(out / "rng_state_1.pth", weights_only=True)
+    assert isinstance(loaded["cuda"], list) and len(loaded["cuda"]) == torch.cuda.device_count()
+    set_rng_state_for_device("CUDA", torch.cuda, loaded, is_distributed=True)  # the Trainer's call
+    assert all(
+        torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), saved, strict=True)
+    )
+
+
 # -- refusals --------------------------------------------------------------------------
 
 
