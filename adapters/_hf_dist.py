@@ -20,7 +20,7 @@ runs as several processes of a ``torch.distributed`` job (``torchrun`` /
 Commit layout (docs/adapters/transformers.md): the single-process layout
 (``model``, ``optimizer``, ``scheduler``, ``trainer_state`` ... and rank 0's
 RNG at the usual RNG key, so export and single-process tools read it as
-they are), plus ``rank_rng``: every rank's RNG tree, by ``process_index``.
+they are), plus ``rng_ranks``: every rank's RNG tree, by ``process_index``.
 It never pickles: what ranks exchange is msgpack bytes of manifest nodes.
 """
 

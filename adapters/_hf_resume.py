@@ -35,7 +35,7 @@ from ._hf_files import STATE_KEY as FILES_KEY
 from ._hf_rotation import STATE_KEY
 
 OWNER = ".owner"
-RANKS_KEY = "rank_rng"
+RANKS_KEY = "rng_ranks"
 """The key of every process's RNG tree (by ``process_index``) in a commit made by several processes."""
 _UNLOCKED_GRACE = 60.0  # seconds a folder may lack its lock file (being made) before it is stale
 

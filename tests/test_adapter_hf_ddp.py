@@ -32,7 +32,7 @@ from ledger.state.rng import RNG_KEY
 
 util = load_script("adapter_util")
 SCRIPT = SCRIPTS / "adapter_hf_ddp.py"
-RANKS_KEY = "rank_rng"
+RANKS_KEY = "rng_ranks"
 
 
 def _two_processes(phase: str, out: Path, **env: str) -> None:
@@ -52,8 +52,11 @@ def _check_job(out: Path) -> None:
     """What every job must show."""
     folder = [util.load_image(out / f"folder-rank{r}") for r in range(2)]
     ledger = [util.load_image(out / f"ledger-rank{r}") for r in range(2)]
+    imported = [util.load_image(out / f"imported-rank{r}") for r in range(2)]
     for rank in range(2):
         assert ledger[rank] == folder[rank], f"rank {rank} resumed differently from the Trainer"
+        # the Trainer's own DDP folder, imported, resumes through the callback the same way
+        assert imported[rank] == folder[rank], f"rank {rank}: the imported folder differs"
     plain = folder[0]["plain"]
     assert plain["global_step"] == 4 and sorted(k for k in plain if k.startswith("losses/")) == [
         "losses/3",

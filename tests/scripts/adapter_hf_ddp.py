@@ -11,15 +11,18 @@ Each process draws from its RNG after every step a number of times that
 depends on its rank, so the two processes' RNG states differ and a resume
 that mixed them up would train differently.
 
-- ``first``: both runs save after every step and stop after step 2 (of 4).
+- ``first``: both runs save after every step and stop after step 2 (of 4);
+  rank 0 then imports the folder's ``checkpoint-2`` into the ledger
+  ``OUT/imported`` (``Ledger.import_checkpoints``).
+- ``second``: the folder run resumes from ``OUT/folder/checkpoint-2``
+  (``resume_from_checkpoint``), the ledger run from ``cb.resume("HEAD")``,
+  a third run from the imported ledger the same way; all train to step 4.
+  Each process writes ``OUT/<run>-rank<r>`` (``<run>``: folder, ledger,
+  imported: its weights, optimizer, scheduler, the losses logged after
+  step 2, the best checkpoint's name) and ``OUT/resume-rank<r>.json`` (the
+  folder the ledger run resumed from and its files).
 - ``both``: ``first`` then ``second`` in the same processes (fresh models,
   Trainers and callbacks; a new ``Ledger`` handle).
-- ``second``: the folder run resumes from ``OUT/folder/checkpoint-2``
-  (``resume_from_checkpoint``), the ledger run from ``cb.resume("HEAD")``;
-  both train to step 4. Each process writes ``OUT/<run>-rank<r>`` (its
-  weights, optimizer, scheduler, the losses logged after step 2, the best
-  checkpoint's name) and ``OUT/resume-rank<r>.json`` (the folder it
-  resumed from and its files).
 - ``fail``: the ledger run alone, with HEAD detached in ``OUT/lg`` (rank 0
   cannot commit); each process writes the error its ``train()`` raised to
   ``OUT/error-rank<r>.json``.
@@ -44,6 +47,7 @@ from adapter_hf_train import Tokens
 from adapter_util import save_image
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
+from ledger import Ledger
 from ledger.adapters.transformers import LedgerCallback
 
 warnings.filterwarnings("ignore")
@@ -135,8 +139,15 @@ def main() -> None:
     if phase in ("first", "both"):
         trainer(out / "folder", rank, STOP_AT).train()
         trainer(out / "lgout", rank, STOP_AT, LedgerCallback(out / "lg")).train()
+        if rank == 0:  # every process's files of checkpoint-2 are written by now
+            with Ledger.open(out / "imported", create=True) as lg:
+                lg.import_checkpoints(out / "folder" / f"checkpoint-{STOP_AT}", branch="main")
     if phase == "first":
         return
+    imported = LedgerCallback(out / "imported")
+    from_import = trainer(out / "importout", rank, None, imported)
+    from_import.train(resume_from_checkpoint=imported.resume("HEAD"))
+    image(from_import, out / f"imported-rank{rank}")
     folder = trainer(out / "folder", rank, None)
     folder.train(resume_from_checkpoint=str(out / "folder" / f"checkpoint-{STOP_AT}"))
     image(folder, out / f"folder-rank{rank}")
