@@ -11,6 +11,8 @@ temporary directory in the Trainer's checkpoint layout from a commit
 (``_hf_resume``), which ``trainer.train(resume_from_checkpoint=...)`` then
 loads (every file loads with ``torch.load(weights_only=True)`` or is
 safetensors/JSON). It never pickles and never writes into ``output_dir``.
+With several processes (DDP) a save is one collective commit and rank 0
+writes the resume folder every process reads (``_hf_dist``).
 
 How the save is taken over: the callback finds its Trainer when the Trainer
 calls its first event and replaces that Trainer object's ``_save_checkpoint``
@@ -347,11 +349,13 @@ class LedgerCallback(TrainerCallback):
         }
         if ch is None:
             commit = self.ledger.commit(_saved(trainer), **meta)
-            self._keep(commit)
         else:
             commit = commit_ranks(self.ledger, ch, _saved(trainer) if ch.rank == 0 else None, meta)
-            self._keep_on_rank0(ch, commit)
         self.last_commit = commit
+        if ch is None:
+            self._keep(commit)
+        else:
+            self._keep_on_rank0(ch, commit)
         return commit
 
     def _keep(self, commit: Commit) -> None:
