@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import os
@@ -41,7 +40,6 @@ from typing import Any
 try:
     import transformers
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-    from transformers.trainer_callback import ExportableState
     from transformers.trainer_utils import SaveStrategy
     from transformers.utils import logging
 except ImportError as _e:  # pragma: no cover - exercised in a process without transformers
@@ -57,7 +55,6 @@ from ._common import (
     AdapterError,
     LedgerLike,
     ResumeError,
-    metric_floats,
     move_branch,
     open_ledger,
     plain_params,
@@ -72,10 +69,9 @@ from ._hf_dist import (
     open_channel,
     shared_resume,
 )
-from ._hf_files import STATE_KEY as FILES_KEY
-from ._hf_files import has_hf_files, hf_files
 from ._hf_resume import ResumeDir, write_checkpoint
 from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
+from ._hf_saved import logged_at, refresh_callbacks, saved_tree
 
 __all__ = ["LedgerCallback", "write_checkpoint"]
 
@@ -338,19 +334,21 @@ class LedgerCallback(TrainerCallback):
                     trainer._get_output_dir(trial=trial), f"checkpoint-{state.best_global_step}"
                 )
         if args.should_save:
-            _refresh_callbacks(trainer)
+            refresh_callbacks(trainer)
         meta: dict[str, Any] = {
             "message": message or f"step {step}",
             "step": step,
             "epoch": int(state.epoch or 0),
-            "metrics": _logged_at(state, step),
+            "metrics": logged_at(state, step),
             "params": plain_params(args.to_dict()),
             "branch": self.branch,
         }
         if ch is None:
-            commit = self.ledger.commit(_saved(trainer), **meta)
+            commit = self.ledger.commit(saved_tree(trainer), **meta)
         else:
-            commit = commit_ranks(self.ledger, ch, _saved(trainer) if ch.rank == 0 else None, meta)
+            commit = commit_ranks(
+                self.ledger, ch, saved_tree(trainer) if ch.rank == 0 else None, meta
+            )
         self.last_commit = commit
         if ch is None:
             self._keep(commit)
@@ -438,44 +436,6 @@ class LedgerCallback(TrainerCallback):
             return
         weights = self.ledger.checkout(best.id, paths=["model"])["model"]
         trainer.model.load_state_dict(weights, strict=False)
-
-
-def _saved(trainer: Any) -> dict[str, Any]:
-    """What the Trainer's ``_save_checkpoint`` saves, as a state tree (the ``TrainerState`` as JSON values)."""
-    args: TrainingArguments = trainer.args
-    tree: dict[str, Any] = {"model": trainer.model}
-    if has_hf_files(trainer.model):  # a plain torch model has no from_pretrained folder
-        # config, generation config, tokenizer files: `ledger export --format hf` needs them
-        tree[FILES_KEY] = hf_files(trainer.model, getattr(trainer, "processing_class", None))
-    if not args.save_only_model:
-        tree["optimizer"] = trainer.optimizer
-        tree["scheduler"] = trainer.lr_scheduler
-        scaler = getattr(trainer.accelerator, "scaler", None)
-        if scaler is not None:
-            tree["scaler"] = scaler
-    tree[STATE_KEY] = json.loads(json.dumps(dataclasses.asdict(trainer.state)))  # as save_to_json
-    return tree
-
-
-def _refresh_callbacks(trainer: Any) -> None:
-    """Store the ``ExportableState`` callbacks' state in ``trainer.state``, as ``_save_checkpoint`` does."""
-    saved: dict[str, Any] = trainer.state.stateful_callbacks
-    for cb in [*trainer.callback_handler.callbacks, trainer.control]:
-        if isinstance(cb, ExportableState):
-            name = type(cb).__name__
-            if isinstance(saved.get(name), list):
-                saved[name].append(cb.state())
-            else:
-                saved[name] = cb.state()
-
-
-def _logged_at(state: TrainerState, step: int) -> dict[str, float]:
-    """Every number the Trainer logged at ``step`` (train and eval entries merged)."""
-    merged: dict[str, Any] = {}
-    for entry in state.log_history:
-        if entry.get("step") == step:
-            merged.update({k: v for k, v in entry.items() if k not in ("step", "epoch")})
-    return metric_floats(merged)
 
 
 def _find_trainer() -> Any:
