@@ -35,6 +35,8 @@ from ._hf_files import STATE_KEY as FILES_KEY
 from ._hf_rotation import STATE_KEY
 
 OWNER = ".owner"
+RANKS_KEY = "rng_ranks"
+"""The key of every process's RNG tree (by ``process_index``) in a commit made by several processes."""
 _UNLOCKED_GRACE = 60.0  # seconds a folder may lack its lock file (being made) before it is stale
 
 
@@ -111,7 +113,9 @@ def write_checkpoint(tree: dict[str, Any], out: Path) -> None:
 
     Nothing pickled: tensors go to safetensors, the rest through ``torch.save``
     of plain containers, which ``torch.load(weights_only=True)`` reads (the RNG
-    file with the numpy types the Trainer's ``safe_globals`` allows).
+    file with the numpy types the Trainer's ``safe_globals`` allows). A commit
+    made by several processes gets ``rng_state_{rank}.pth`` for each of them,
+    as the Trainer writes them under DDP, instead of ``rng_state.pth``.
 
     Example:
         >>> write_checkpoint(lg.checkout("HEAD"), Path("checkpoint-100"))  # doctest: +SKIP
@@ -124,9 +128,12 @@ def write_checkpoint(tree: dict[str, Any], out: Path) -> None:
             torch.save(tree[key], out / name)
     if "scaler" in tree:
         torch.save(tree["scaler"], out / "scaler.pt")
-    rng = tree.get(RNG_KEY)
-    if rng is not None:
-        torch.save(_trainer_rng(rng), out / "rng_state.pth")
+    ranks = tree.get(RANKS_KEY)
+    if ranks is not None and len(ranks) > 1:
+        for rank, rng in enumerate(ranks):
+            torch.save(_trainer_rng(rng, distributed=True), out / f"rng_state_{rank}.pth")
+    elif tree.get(RNG_KEY) is not None:
+        torch.save(_trainer_rng(tree[RNG_KEY]), out / "rng_state.pth")
     (out / "trainer_state.json").write_text(
         json.dumps(tree[STATE_KEY], indent=2, sort_keys=True) + "\n"
     )
@@ -145,8 +152,8 @@ def _unshared(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _trainer_rng(rng: dict[str, Any]) -> dict[str, Any]:
-    """The ledger's RNG tree in ``Trainer._save_rng_state``'s single-process format."""
+def _trainer_rng(rng: dict[str, Any], *, distributed: bool = False) -> dict[str, Any]:
+    """The ledger's RNG tree in ``Trainer._save_rng_state``'s format (CUDA: every device's when distributed)."""
     version, internal, gauss = rng["python"]
     out: dict[str, Any] = {
         "python": (version, tuple(internal), gauss),
@@ -155,5 +162,5 @@ def _trainer_rng(rng: dict[str, Any]) -> dict[str, Any]:
     }
     cuda = rng.get("cuda") or []
     if cuda and torch.cuda.is_available():
-        out["cuda"] = cuda[torch.cuda.current_device()]
+        out["cuda"] = list(cuda) if distributed else cuda[torch.cuda.current_device()]
     return out

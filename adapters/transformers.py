@@ -11,6 +11,8 @@ temporary directory in the Trainer's checkpoint layout from a commit
 (``_hf_resume``), which ``trainer.train(resume_from_checkpoint=...)`` then
 loads (every file loads with ``torch.load(weights_only=True)`` or is
 safetensors/JSON). It never pickles and never writes into ``output_dir``.
+With several processes (DDP) a save is one collective commit and rank 0
+writes the resume folder every process reads (``_hf_dist``).
 
 How the save is taken over: the callback finds its Trainer when the Trainer
 calls its first event and replaces that Trainer object's ``_save_checkpoint``
@@ -28,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import os
@@ -39,7 +40,6 @@ from typing import Any
 try:
     import transformers
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-    from transformers.trainer_callback import ExportableState
     from transformers.trainer_utils import SaveStrategy
     from transformers.utils import logging
 except ImportError as _e:  # pragma: no cover - exercised in a process without transformers
@@ -55,16 +55,23 @@ from ._common import (
     AdapterError,
     LedgerLike,
     ResumeError,
-    metric_floats,
     move_branch,
     open_ledger,
     plain_params,
     resolve_resume,
 )
-from ._hf_files import STATE_KEY as FILES_KEY
-from ._hf_files import has_hf_files, hf_files
+from ._dist_channel import Channel
+from ._hf_dist import (
+    Found,
+    check_supported,
+    commit_ranks,
+    from_rank0,
+    open_channel,
+    shared_resume,
+)
 from ._hf_resume import ResumeDir, write_checkpoint
 from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
+from ._hf_saved import logged_at, refresh_callbacks, saved_tree
 
 __all__ = ["LedgerCallback", "write_checkpoint"]
 
@@ -84,6 +91,9 @@ class LedgerCallback(TrainerCallback):
         free_space: after a save expires commits (``save_total_limit``), run
             ``gc(grace=0)`` at once so their bytes go, as the Trainer's deleted
             folders do; False leaves them to the next ``ledger gc``.
+        timeout: with several processes, seconds a process waits for the
+            others during a save or a resume before it raises
+            ``DistributedCommitError`` (a process died or stopped answering).
 
     Commits happen where the Trainer would save (``save_strategy``,
     ``save_steps``), each with ``step`` = ``global_step``, the metrics the
@@ -95,6 +105,11 @@ class LedgerCallback(TrainerCallback):
     is set exactly when the Trainer would set it (to the path the Trainer
     would use) and the ``best`` branch points at that commit; with
     ``load_best_model_at_end`` its weights are loaded where the Trainer loads them.
+
+    Under ``torchrun`` / ``accelerate launch`` (DDP) every process passes the
+    same ledger directory; each save is one commit in which rank 0 stores
+    the replicated state once and every rank its own RNG; expiring, ``gc``
+    and the ``best`` branch happen on rank 0 (docs/adapters/transformers.md).
 
     Example:
         >>> cb = LedgerCallback("ckpt")  # doctest: +SKIP
@@ -109,12 +124,16 @@ class LedgerCallback(TrainerCallback):
         branch: str | None = None,
         best_ref: str = BEST,
         free_space: bool = True,
+        timeout: float = 300.0,
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
         self.branch = branch
         self.best_ref = best_ref
         self.free_space = free_space
+        self.timeout = timeout
         self.trainer: Any = None
+        self._channel: Channel | None = None
+        self._sync_remove = False  # a shared resume: wait for every process before removing it
         self.last_commit: Commit | None = None
         self._checkpoints = Checkpoints.of(self.ledger)
         self._dirs: list[ResumeDir] = []
@@ -137,6 +156,11 @@ class LedgerCallback(TrainerCallback):
         or when this callback is collected, and by the next ``resume`` of any
         process if this one is killed. The next commit's parent is that commit.
 
+        With several processes, call it on every process: rank 0 resolves
+        ``rev`` and writes the folder, with ``rng_state_{rank}.pth`` for every
+        rank that made the commit, and every process on its machine reads that
+        folder (a process that cannot see it writes its own copy).
+
         Raises:
             RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
             ResumeError: the commit was not made by this callback.
@@ -144,18 +168,36 @@ class LedgerCallback(TrainerCallback):
         Example:
             >>> trainer.train(resume_from_checkpoint=cb.resume("best"))  # doctest: +SKIP
         """
-        cid = self._resolve(rev)
-        if cid is None:
+        ch = self._channel or open_channel(self.timeout)
+        found: Found | None
+        if ch is None:
+            cid = self._resolve(rev)
+            found = None if cid is None else self._write_resume(cid, rev)
+        else:
+            found = shared_resume(
+                ch,
+                lambda: None if (c := self._resolve(rev)) is None else self._write_resume(c, rev),
+                lambda c: self._write_resume(c, rev),
+            )
+            self._sync_remove = found is not None
+        if found is None:
             return None
+        cid, path, step, best = found
+        base_on = getattr(self.ledger, "base_on", None)
+        if callable(base_on):  # lineage: the next commit's parent is this one
+            base_on(cid)
+        self._resumed = (step, best)
+        return path
+
+    def _write_resume(self, cid: str, rev: str) -> Found:
+        """Write commit ``cid`` as a Trainer checkpoint folder of this process."""
+        self.ledger.refresh()
         tree = self.ledger.checkout(cid)
         if STATE_KEY not in tree or "model" not in tree:
             raise ResumeError(
                 f"commit {cid[:12]} ({rev}) was not made by LedgerCallback (it has "
                 f"{sorted(map(str, tree))[:8]}); resume it with Ledger.restore instead"
             )
-        base_on = getattr(self.ledger, "base_on", None)
-        if callable(base_on):  # lineage: the next commit's parent is this one
-            base_on(cid)
         step = int(tree[STATE_KEY].get("global_step", 0))
         folder = ResumeDir()
         self._dirs.append(folder)
@@ -165,8 +207,7 @@ class LedgerCallback(TrainerCallback):
         best = tree[STATE_KEY].get("best_model_checkpoint")
         if best is not None and self._commit_for(best, cid) is None:
             best = None  # its commit lost its state: the Trainer finds no folder either
-        self._resumed = (step, best)
-        return str(out)
+        return cid, str(out), step, best
 
     def _resolve(self, rev: str) -> str | None:
         if rev.startswith("ledger:"):
@@ -209,13 +250,13 @@ class LedgerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         """Remove resume directories: the Trainer has loaded everything from them by now."""
-        _remove_all(self._dirs)
+        self._remove_resumed()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         """With ``save_total_limit=1`` keep only the best commit, as the Trainer does; remove resume directories."""
-        _remove_all(self._dirs)
+        self._remove_resumed()
         tip = self._line()
         if not args.should_save or state.best_model_checkpoint is None or tip is None:
             return
@@ -239,17 +280,15 @@ class LedgerCallback(TrainerCallback):
                 "LedgerCallback could not find its Trainer; pass it in Trainer(callbacks=[...]) "
                 "or trainer.add_callback(...) before train()"
             )
-        if args.world_size > 1:
-            raise AdapterError(
-                f"LedgerCallback supports single-process training; this run has world_size="
-                f"{args.world_size} (per-process RNG and sharded state are not committed yet)"
-            )
+        check_supported(trainer, args)
         for name in ("_save_checkpoint", "_load_best_model", "_get_output_dir"):
             if not callable(getattr(trainer, name, None)):
                 raise AdapterError(
                     f"transformers {transformers.__version__} has no Trainer.{name}; "
                     "LedgerCallback is tested with transformers 5.x"
                 )
+        if args.world_size > 1:
+            self._channel = Channel(self.timeout)  # every process attaches: a collective
         self.trainer = trainer
         callback = weakref.ref(self)
 
@@ -276,11 +315,16 @@ class LedgerCallback(TrainerCallback):
         if trainer is None:
             raise AdapterError("LedgerCallback is not attached to a Trainer yet")
         if trainer.hp_search_backend is None and trial is None:
-            trainer.store_flos()
+            trainer.store_flos()  # a collective under DDP: every process is here
         state: TrainerState = trainer.state
         args: TrainingArguments = trainer.args
+        ch = self._channel
         step = state.global_step
-        if args.save_strategy in _SAVING and state.best_global_step:
+        if (
+            (ch is None or ch.rank == 0)
+            and args.save_strategy in _SAVING
+            and state.best_global_step
+        ):
             # the Trainer: best_model_checkpoint = checkpoint-<best_global_step> if that folder exists
             tip = self._line()
             if state.best_global_step == step or (
@@ -290,28 +334,32 @@ class LedgerCallback(TrainerCallback):
                     trainer._get_output_dir(trial=trial), f"checkpoint-{state.best_global_step}"
                 )
         if args.should_save:
-            _refresh_callbacks(trainer)
-        tree: dict[str, Any] = {"model": trainer.model}
-        if has_hf_files(trainer.model):  # a plain torch model has no from_pretrained folder
-            # config, generation config, tokenizer files: `ledger export --format hf` needs them
-            tree[FILES_KEY] = hf_files(trainer.model, getattr(trainer, "processing_class", None))
-        if not args.save_only_model:
-            tree["optimizer"] = trainer.optimizer
-            tree["scheduler"] = trainer.lr_scheduler
-            scaler = getattr(trainer.accelerator, "scaler", None)
-            if scaler is not None:
-                tree["scaler"] = scaler
-        tree[STATE_KEY] = json.loads(json.dumps(dataclasses.asdict(state)))  # as save_to_json
-        commit = self.ledger.commit(
-            tree,
-            message or f"step {step}",
-            step=step,
-            epoch=int(state.epoch or 0),
-            metrics=_logged_at(state, step),
-            params=plain_params(args.to_dict()),
-            branch=self.branch,
-        )
+            refresh_callbacks(trainer)
+        meta: dict[str, Any] = {
+            "message": message or f"step {step}",
+            "step": step,
+            "epoch": int(state.epoch or 0),
+            "metrics": logged_at(state, step),
+            "params": plain_params(args.to_dict()),
+            "branch": self.branch,
+        }
+        if ch is None:
+            commit = self.ledger.commit(saved_tree(trainer), **meta)
+        else:
+            commit = commit_ranks(
+                self.ledger, ch, saved_tree(trainer) if ch.rank == 0 else None, meta
+            )
         self.last_commit = commit
+        if ch is None:
+            self._keep(commit)
+        else:
+            self._keep_on_rank0(ch, commit)
+        return commit
+
+    def _keep(self, commit: Commit) -> None:
+        """Move the ``best`` branch and expire what ``save_total_limit`` rotates out."""
+        state: TrainerState = self.trainer.state
+        args: TrainingArguments = self.trainer.args
         best = None
         if state.best_model_checkpoint is not None:
             best = self._commit_for(state.best_model_checkpoint, commit.id)
@@ -332,7 +380,27 @@ class LedgerCallback(TrainerCallback):
                 f"save_total_limit={args.save_total_limit}: rotated out as the Trainer "
                 "rotates its checkpoint folders",
             )
-        return commit
+
+    def _keep_on_rank0(self, ch: Channel, commit: Commit) -> None:
+        """:meth:`_keep` on rank 0 (refs, expiry, gc), then every process agrees on the best checkpoint."""
+        state: TrainerState = self.trainer.state
+
+        def keep() -> bytes:
+            self._keep(commit)
+            return json.dumps(state.best_model_checkpoint).encode()
+
+        best = from_rank0(ch, keep, f"moving refs and rotating commits after {commit.id[:12]}")
+        if ch.rank != 0:
+            state.best_model_checkpoint = json.loads(best)
+            self.ledger.refresh()
+            self.ledger.base_on(commit.id)  # this process's line of history follows rank 0's
+
+    def _remove_resumed(self) -> None:
+        """Remove this process's resume folders, after every process has read a shared one."""
+        if self._sync_remove and self._channel is not None:
+            self._sync_remove = False
+            self._channel.barrier("waiting for every process to read the resume folder")
+        _remove_all(self._dirs)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -368,27 +436,6 @@ class LedgerCallback(TrainerCallback):
             return
         weights = self.ledger.checkout(best.id, paths=["model"])["model"]
         trainer.model.load_state_dict(weights, strict=False)
-
-
-def _refresh_callbacks(trainer: Any) -> None:
-    """Store the ``ExportableState`` callbacks' state in ``trainer.state``, as ``_save_checkpoint`` does."""
-    saved: dict[str, Any] = trainer.state.stateful_callbacks
-    for cb in [*trainer.callback_handler.callbacks, trainer.control]:
-        if isinstance(cb, ExportableState):
-            name = type(cb).__name__
-            if isinstance(saved.get(name), list):
-                saved[name].append(cb.state())
-            else:
-                saved[name] = cb.state()
-
-
-def _logged_at(state: TrainerState, step: int) -> dict[str, float]:
-    """Every number the Trainer logged at ``step`` (train and eval entries merged)."""
-    merged: dict[str, Any] = {}
-    for entry in state.log_history:
-        if entry.get("step") == step:
-            merged.update({k: v for k, v in entry.items() if k not in ("step", "epoch")})
-    return metric_floats(merged)
 
 
 def _find_trainer() -> Any:
