@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,27 @@ def test_onto_gives_the_first_commit_a_parent_and_a_new_branch_b_is_created(
         import_path(lg, trainer_run / "checkpoint-4", branch="ft", onto=base.id)
     import_path(lg, trainer_run / "checkpoint-4", branch="ft")
     assert [c.step for c in lg.log("ft")] == [4, 2, 0]
+
+
+def test_a_ddp_checkpoint_keeps_its_ranks_rng_in_rank_order(
+    lg: Ledger, trainer_run: Path, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(trainer_run / "checkpoint-2", ckpt)
+    one = torch.load(ckpt / "rng_state.pth", weights_only=False)
+    (ckpt / "rng_state.pth").unlink()
+    for rank in range(11):  # rank 10 sorts before rank 2 as text
+        rng = {**one, "cpu": torch.Generator().manual_seed(rank).get_state()}
+        torch.save(rng, ckpt / f"rng_state_{rank}.pth")
+    lg.import_checkpoints(ckpt, branch="ddp")
+    state = lg.checkout("ddp")
+    want = [torch.Generator().manual_seed(r).get_state() for r in range(11)]
+    assert [bits(r["torch"]) for r in state["rng_ranks"]] == [bits(w) for w in want]
+    assert bits(state["__rng__"]["torch"]) == bits(want[0])
+    (ckpt / "rng_state_4.pth").unlink()
+    with pytest.raises(ImportSourceError, match=r"not for \[4\]"):
+        lg.import_checkpoints(ckpt, branch="gap")
+    assert "gap" not in lg.branches()
 
 
 def test_an_imported_trainer_checkpoint_resumes_exactly_as_the_trainers_own_resume(

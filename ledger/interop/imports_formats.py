@@ -110,7 +110,7 @@ def _trainer(src: Source, allow: tuple[Any, ...]) -> Loaded:
             tree[key] = ImportedState(load_torch(d / name, allow))
     tree["trainer_state"] = state
     with_hf_files(tree, d)
-    rng_files = sorted(p for p in dir_files(d) if re.fullmatch(r"rng_state(_\d+)?\.pth", p.name))
+    rng_files = _rank_files(d)
     ranks = [load_torch(p, (*TRAINER_RNG_ALLOW, *allow)) for p in rng_files]
     if ranks:
         tree[RNG_KEY] = _trainer_rng(ranks[0], rng_files[0])
@@ -132,6 +132,24 @@ def _trainer(src: Source, allow: tuple[Any, ...]) -> Loaded:
         params=params,
         skipped=skipped if (d / "training_args.bin").exists() else [],
     )
+
+
+def _rank_files(d: Path) -> list[Path]:
+    """``rng_state.pth``, or ``rng_state_{rank}.pth`` in rank order (rank 10 after rank 9)."""
+    found = {}
+    for p in dir_files(d):
+        m = re.fullmatch(r"rng_state(?:_(\d+))?\.pth", p.name)
+        if m:
+            found[int(m.group(1)) if m.group(1) else -1] = p
+    ranks = sorted(k for k in found if k >= 0)
+    if ranks and ranks != list(range(len(ranks))):
+        missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
+        raise ImportSourceError(
+            f"{d} has rng_state files for ranks {ranks} but not for {missing}: copy the "
+            "missing ranks' files from the run, or import its weights alone",
+            path=str(d),
+        )
+    return [found[k] for k in ranks] if ranks else [found[k] for k in found]
 
 
 def _trainer_rng(rng: Any, path: Path) -> dict[str, Any]:
