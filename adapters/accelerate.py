@@ -172,6 +172,27 @@ def project_ledger(accelerator: Accelerator) -> Path:
     return Path(accelerator.project_dir) / LEDGER_FOLDER
 
 
+_ENGINES = {
+    "DEEPSPEED": "DeepSpeed keeps its engine's state in its own checkpoint files "
+    "(model.save_checkpoint), which the ledger does not call",
+    "FSDP": "FSDP shapes each process's state dict by its own settings (sharded or full), and "
+    "no test here shows it restores (FSDP needs a GPU in Accelerate)",
+    "MEGATRON_LM": "Megatron-LM saves through its own engine",
+    "XLA": "XLA (TPU) tensors are saved through torch_xla, which is not tested here",
+}
+"""Strategies whose state ``save_state`` cannot take as it is, with why (docs/adapters/accelerate.md)."""
+
+
+def _refuse_unsupported(accelerator: Accelerator, what: str) -> None:
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    why = _ENGINES.get(kind)
+    if why is not None:
+        raise AdapterError(
+            f"ledger.adapters.accelerate.{what} does not support distributed_type {kind} yet: "
+            f"{why}; use accelerator.{what} (Accelerate's own) for this job"
+        )
+
+
 def save_state(
     accelerator: Accelerator,
     ledger: LedgerLike | None = None,
@@ -213,11 +234,13 @@ def save_state(
         The commit (on every process).
 
     Raises:
-        AdapterError: no ledger given and no ``project_dir`` with automatic naming.
+        AdapterError: no ledger given and no ``project_dir`` with automatic naming; or
+            a DeepSpeed, FSDP, Megatron-LM or XLA job (not supported yet).
 
     Example:
         >>> save_state(accelerator, "ckpt", step=step, metrics={"loss": loss.item()})  # doctest: +SKIP
     """
+    _refuse_unsupported(accelerator, "save_state")
     if not accelerator.sync_gradients:
         warnings.warn(
             "save_state in the middle of a gradient accumulation: the partly accumulated "
@@ -286,11 +309,13 @@ def load_state(
         RevisionNotFoundError: ``rev`` names nothing in a ledger that has commits.
         StateMismatchError: the prepared objects do not match the commit (nothing changed).
         ResumeError: the commit was not made by ``save_state``.
+        AdapterError: a DeepSpeed, FSDP, Megatron-LM or XLA job (not supported yet).
 
     Example:
         >>> commit = load_state(accelerator, "ckpt", "best")  # doctest: +SKIP
         >>> start = 0 if commit is None else commit.step + 1  # doctest: +SKIP
     """
+    _refuse_unsupported(accelerator, "load_state")
     lg = _open(project_ledger(accelerator) if ledger is None else ledger, accelerator)
     cid = resolve_resume(lg, rev)
     if cid is None:

@@ -357,3 +357,29 @@ def test_two_processes_number_commits_by_iteration_keep_the_total_limit_and_fork
             lg.checkout(ids[0])
         freeable = lg.gc(dry_run=True, grace=0)  # the main process freed it already
         assert freeable.objects_freed == 0 and not freeable.expired
+
+
+class _EngineAccelerator(Accelerator):
+    """An accelerator that reports another strategy, as Accelerate does once its plugin is set."""
+
+    kind: str | None = None  # until set: the real one (prepare looks at it)
+
+    @property
+    def distributed_type(self) -> Any:
+        from accelerate.utils import DistributedType
+
+        return DistributedType(self.kind) if self.kind else super().distributed_type
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"])
+def test_engines_whose_state_is_their_own_are_refused_and_nothing_is_written(
+    lg: Ledger, kind: str
+) -> None:
+    accelerator = _EngineAccelerator(cpu=True)
+    model = accelerator.prepare(nn.Linear(2, 1))
+    accelerator.kind = kind
+    with pytest.raises(AdapterError, match=f"distributed_type {kind}.*accelerator.save_state"):
+        save_state(accelerator, lg, step=1)
+    with pytest.raises(AdapterError, match=f"distributed_type {kind}.*accelerator.load_state"):
+        load_state(accelerator, lg)
+    assert list(lg.log()) == [] and model.weight.shape == (1, 2)
