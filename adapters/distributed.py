@@ -97,8 +97,8 @@ def commit(
         >>> c = distributed.commit("s3://bucket/run", {"model": model}, step=100)  # doctest: +SKIP
     """
     if _dist_remote.is_remote_url(ledger):
-        meta = {"step": step, "epoch": epoch, "metrics": metrics, "params": params}
-        meta.update(message=message, branch=branch)
+        meta: dict[str, Any] = {"step": step, "epoch": epoch, "metrics": metrics}
+        meta.update(params=params, message=message, branch=branch)
         return _dist_remote.commit(str(ledger), state, timeout=timeout, **meta)
     ch = Channel(timeout)
     lg = _open_shared(ledger, ch)

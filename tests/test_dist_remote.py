@@ -15,12 +15,14 @@ the same way.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 from helpers import SCRIPTS, load_script, start
+from safetensors.torch import load_file
 from servers.s3 import AWS_KEY_ID, AWS_SECRET, S3Proxy, s3_bucket, s3_endpoint
 
 from ledger import Ledger
@@ -94,20 +96,36 @@ def remote_state(url: str) -> tuple[bytes, dict[str, str], dict[str, tuple[str, 
     return raw, dict(refs.branches), objects
 
 
-def ranged_reads(proxy: S3Proxy, objects: dict[str, tuple[str, int, int]]) -> set[str]:
-    """The objects a rank's range reads of packs covered (whole objects inside a read)."""
+def _spans(proxy: S3Proxy) -> list[tuple[str, int, int]]:
+    """A rank's range reads of packs: (pack name, first byte, last byte)."""
     spans: list[tuple[str, int, int]] = []
     for method, path, rng in proxy.log:
         if method == "GET" and "/packs/" in path and rng:
             start, end = rng.removeprefix("bytes=").split("-")
             name = unquote(path).rsplit("/", 1)[1].split(".")[0]
             spans.append((name, int(start), int(end)))
+    return spans
+
+
+def ranged_reads(proxy: S3Proxy, objects: dict[str, tuple[str, int, int]]) -> set[str]:
+    """The objects a rank's range reads of packs covered (whole objects inside a read)."""
     return {
         oid
         for oid, (pack, off, length) in objects.items()
-        for name, start, end in spans
+        for name, start, end in _spans(proxy)
         if name == pack and start <= off and off + length - 1 <= end
     }
+
+
+def read_ends(proxy: S3Proxy, objects: dict[str, tuple[str, int, int]]) -> set[str]:
+    """The objects each range read starts or ends with; fails on a read cutting an object."""
+    ends: set[str] = set()
+    for name, first_byte, last_byte in _spans(proxy):
+        first = [o for o, (p, off, _) in objects.items() if p == name and off == first_byte]
+        last = [o for o, (p, off, n) in objects.items() if p == name and off + n - 1 == last_byte]
+        assert first and last, f"a read of {name[:12]} [{first_byte}, {last_byte}] cuts an object"
+        ends.update(first + last)
+    return ends
 
 
 def fetched(tmp: Path, url: str) -> Ledger:
@@ -182,3 +200,99 @@ def _metadata(objects: dict[str, tuple[str, int, int]], chunks: list[set[str]]) 
     """Objects that are no rank's chunks (records, manifests: read by every rank)."""
     every = set().union(*chunks)
     return {oid for oid in objects if oid not in every}
+
+
+def _state_chunks(tree: object, rank: int) -> tuple[set[str], set[str]]:
+    """(chunks of stored rank ``rank``'s sharded ``w``, of the rest of its state)."""
+    w = _chunks_of(tree, rank, "state", "w")
+    return w, _chunks_of(tree, rank, "state") - w
+
+
+@pytest.mark.slow
+def test_four_ranks_survive_a_rank_killed_mid_upload_and_reshard_onto_two(
+    tmp_path: Path, s3: str, s3_endpoint: str
+) -> None:
+    proxies = proxies_for(s3_endpoint, 4)
+    first = Job(tmp_path, s3, "commit", 4, proxies)
+    first.ok()
+    refs_before, branches, _ = remote_state(s3)
+    assert branches == {"main": first.commit(0)}
+
+    # rank 2 is killed (SIGKILL) while its first pack is being uploaded
+    victim: list[int] = []
+
+    def kill_on_pack_upload(method: str, path: str) -> None:
+        if method == "PUT" and "/packs/" in path and victim:
+            os.kill(victim.pop(), signal.SIGKILL)
+
+    proxies[2].on_request = kill_on_pack_upload
+    started = time.monotonic()
+    stalled = Job(tmp_path, s3, "stall", 4, proxies)
+    victim.append(stalled.procs[2].pid)  # long before it uploads: it imports torch first
+    stalled.wait()
+    proxies[2].on_request = None
+    assert stalled.procs[2].returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 120
+    for rank in (0, 1, 3):
+        kind = (stalled.out / f"rank{rank}.error").read_text().split("\n", 1)[0]
+        assert kind == "DistributedCommitError", rank
+    assert remote_state(s3)[0] == refs_before  # the refs did not move
+    with fetched(tmp_path, s3) as lg:  # the remote is consistent (verify is clean)
+        assert lg.get("origin/main").id == first.commit(0)
+
+    again = Job(tmp_path, s3, "commit-again", 4, proxies)  # restores, then commits
+    again.ok()
+    _, branches, objects = remote_state(s3)
+    assert branches == {"main": again.commit(0)}  # restored from the tip: nothing kept aside
+    with fetched(tmp_path, s3) as lg:
+        assert lg.get("origin/main").parents == [first.commit(0)]
+        assert lg.get("origin/main").step == 9
+        tree = lg.manifest("origin/main")[1].root
+
+    for proxy in proxies:
+        proxy.log.clear()
+    same = Job(tmp_path, s3, "restore", 4, proxies)
+    same.ok()
+    own = [_chunks_of(tree, rank) for rank in range(4)]
+    for rank in range(4):
+        assert same.image(rank) == again.image(rank)
+        read = ranged_reads(proxies[rank], objects) - _metadata(objects, own)
+        assert read == own[rank], f"rank {rank} read chunks that are not its own"
+
+    for proxy in proxies:
+        proxy.log.clear()
+    resharded = Job(tmp_path, s3, "restore", 2, proxies[:2])
+    resharded.ok()
+    rank0 = load_file(str((again.out / "rank0").with_suffix(".safetensors")))
+    for rank in range(2):
+        got = load_file(str((resharded.out / f"rank{rank}").with_suffix(".safetensors")))
+        assert got["w_full"].equal(rank0["w_full"])  # the DTensor, resharded by DCP's planner
+        assert got["w_local"].shape[0] == 5
+        for key in ("local", "model/weight", "opt/state/0/momentum_buffer"):
+            assert got[key].equal(rank0[key]), key  # everything else comes from rank 0's shard
+    w, rest = zip(*(_state_chunks(tree, r) for r in range(4)), strict=True)
+    rngs = set().union(*(_chunks_of(tree, r, "rng") for r in range(4)))
+    # new rank 0 holds old boxes 0-1, new rank 1 old boxes 1-3; both read old rank 0's other
+    # values (rank 1 reads rank 0's whole state) and every stored RNG (the re-seeding)
+    allowed = [w[0] | w[1] | rest[0] | rngs, w[0] | w[1] | w[2] | w[3] | rest[0] | rngs]
+    for rank in range(2):
+        read = ranged_reads(proxies[rank], objects) - _metadata(objects, own)
+        assert read <= allowed[rank], f"rank {rank} read chunks of boxes it does not hold"
+        assert read_ends(proxies[rank], objects)  # every read is of whole chunks
+        assert w[2 * rank + 1] <= read  # a box it needs came from the remote
+    assert not ranged_reads(proxies[0], objects) & (w[2] | w[3])  # boxes rank 0 does not hold
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.mark.slow
+def test_a_directory_url_takes_a_distributed_commit_and_restores_it(tmp_path: Path) -> None:
+    url = (tmp_path / "remote").as_uri()
+    saved = Job(tmp_path, url, "commit", 2, [])
+    saved.ok()
+    with fetched(tmp_path, url) as lg:
+        assert lg.get("origin/main").id == saved.commit(0)
+    restored = Job(tmp_path, url, "restore", 2, [])
+    restored.ok()
+    for rank in range(2):
+        assert restored.image(rank) == saved.image(rank)
