@@ -9,7 +9,7 @@ the ranks restore it bit-exact from the remote; each rank reads only the
 chunks of the boxes it needs (range reads mapped to index entries); a rank
 killed mid-upload leaves the refs unmoved and the remote verifiable, and the
 next commit works; a 4-rank commit reshards onto 2 ranks; a directory URL works
-the same way.
+the same way, and a local ledger that pulled the commit restores it by path.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import torch
 from helpers import SCRIPTS, load_script, start
 from safetensors.torch import load_file
 from servers.s3 import AWS_KEY_ID, AWS_SECRET, S3Proxy, s3_bucket, s3_endpoint
 
 from ledger import Ledger
-from ledger.remotes import open_remote
+from ledger.errors import RemoteConflictError, RemoteError
+from ledger.remotes import DirectCommit, open_remote
 from ledger.remotes.layout import decode_index, decode_refs, index_key
 
 __all__ = ["s3_bucket", "s3_endpoint"]  # fixtures used by this module
@@ -142,10 +144,13 @@ def test_two_ranks_commit_to_s3_with_one_index_and_restore_from_it_bitwise(
     tmp_path: Path, s3: str, s3_endpoint: str
 ) -> None:
     proxies = proxies_for(s3_endpoint, 2)
-    saved = Job(tmp_path, s3, "commit", 2, proxies)
-    saved.ok()
-    cid = saved.commit(0)
-    assert saved.commit(1) == cid
+    job = Job(tmp_path, s3, "roundtrip", 2, proxies)  # commit, then restore into fresh objects
+    job.ok()
+    cid = job.commit(0)
+    assert job.commit(1) == cid
+    for rank in range(2):
+        assert job.image(rank) == util.load_image(job.out / f"rank{rank}-saved")
+    assert job.image(0) != job.image(1)
     remote = open_remote(s3)
     refs = decode_refs(remote.get("refs.json"), s3)
     assert refs.branches == {"main": cid} and refs.head == "main"
@@ -158,26 +163,17 @@ def test_two_ranks_commit_to_s3_with_one_index_and_restore_from_it_bitwise(
             if m == "PUT" and "/packs/" in p
         }
         assert put and put <= {p.name for p in packs}, rank
-    with fetched(tmp_path, s3) as lg:
+    with fetched(tmp_path, s3) as lg:  # a local ledger sees the commit after a fetch
         c = lg.get("origin/main")
         assert c.id == cid and c.step == 7 and c.metrics == {"loss": 0.5}
         assert lg.checkout("origin/main", paths=["world_size"])["world_size"] == 2
-    for proxy in proxies:
-        proxy.log.clear()
-    restored = Job(tmp_path, s3, "restore", 2, proxies)
-    restored.ok()
-    for rank in range(2):
-        assert restored.image(rank) == saved.image(rank)
-    assert saved.image(0) != saved.image(1)
+        tree = lg.manifest("origin/main")[1].root
     _, _, objects = remote_state(s3)
-    with Ledger.open(tmp_path / "probe", create=True, fsync=False) as probe:
-        probe.remote_add("origin", s3)
-        probe.fetch("origin")
-        tree = probe.manifest("origin/main")[1].root
     own = [_chunks_of(tree, rank) for rank in range(2)]
-    for rank, proxy in enumerate(proxies):
+    for rank, proxy in enumerate(proxies):  # the commit reads no pack: these are the restore's
         read = ranged_reads(proxy, objects) - _metadata(objects, own)
         assert read == own[rank], f"rank {rank} read other ranks' chunks"
+        assert read_ends(proxy, objects)  # every read is of whole chunks
     for proxy in proxies:
         proxy.stop()
 
@@ -296,3 +292,73 @@ def test_a_directory_url_takes_a_distributed_commit_and_restores_it(tmp_path: Pa
     restored.ok()
     for rank in range(2):
         assert restored.image(rank) == saved.image(rank)
+    # a local ledger that pulled the commit restores it with distributed.restore(path)
+    local = tmp_path / "local"
+    with Ledger.open(local, create=True, fsync=False) as lg:
+        lg.remote_add("origin", url)
+        lg.pull("origin", "main")
+        assert lg.head is not None and lg.head.id == saved.commit(0)
+    out = tmp_path / "from-local"
+    out.mkdir()
+    worker = SCRIPTS / "adapter_dist_worker.py"
+    procs = [start(worker, "restore", r, 2, out / "rendezvous", local, out) for r in range(2)]
+    for rank, proc in enumerate(procs):
+        proc.wait(timeout=180)
+        assert proc.returncode == 0, proc.stdout.read() if proc.stdout else rank
+        assert util.load_image(out / f"rank{rank}") == saved.image(rank)
+
+
+def _pushed(tmp: Path, url: str) -> Ledger:
+    lg = Ledger.open(tmp / "writer", create=True, fsync=False)
+    lg.commit({"w": torch.arange(8.0)}, step=1)
+    lg.remote_add("origin", url)
+    lg.push("origin")
+    return lg
+
+
+def test_a_direct_commit_that_loses_the_race_moves_no_ref(tmp_path: Path) -> None:
+    url = (tmp_path / "remote").as_uri()
+    lg = _pushed(tmp_path, url)
+    target = DirectCommit(url)  # reads the refs now
+    with lg.stage() as st:
+        part = st.write({"w": torch.arange(8.0) + 1})
+        packs = target.send(lg, [part.node])
+        made = st.commit({"ranks": [part]}, step=2)
+    other = Ledger.clone(url, tmp_path / "other")
+    other.commit({"w": torch.zeros(8)}, step=3)
+    other.push("origin")  # lands first
+    before, branches, _ = remote_state(url)
+    with pytest.raises(RemoteConflictError, match="changed while the distributed commit"):
+        target.publish(lg, made.id, [packs], "main")
+    assert remote_state(url)[0] == before and branches["main"] == other.head.id  # type: ignore[union-attr]
+    other.close()
+    lg.close()
+
+
+def test_a_direct_commit_from_an_older_commit_keeps_the_remote_tip_on_an_orig_branch(
+    tmp_path: Path,
+) -> None:
+    url = (tmp_path / "remote").as_uri()
+    lg = _pushed(tmp_path, url)
+    first = lg.head.id  # type: ignore[union-attr]
+    tip = lg.commit({"w": torch.arange(8.0) * 2}, step=2).id
+    lg.push("origin")
+    target = DirectCommit(url)
+    assert target.tip(None) == ("main", tip)
+    lg.base_on(first)  # resumed from the older commit
+    with lg.stage() as st:
+        part = st.write({"w": torch.arange(8.0) * 3})
+        packs = target.send(lg, [part.node])
+        made = st.commit({"ranks": [part]}, step=3)
+    target.publish(lg, made.id, [packs], "main")
+    _, branches, objects = remote_state(url)
+    assert branches == {"main": made.id, f"orig/main/{tip[:12]}": tip}
+    assert bytes.fromhex(made.id).hex() in objects
+    with fetched(tmp_path, url) as seen:
+        assert seen.get("origin/main").parents == [first]
+    lg.close()
+
+
+def test_the_hub_is_refused_for_direct_commits() -> None:
+    with pytest.raises(RemoteError, match="cannot go straight to the Hugging Face Hub"):
+        DirectCommit("hf://someone/run")

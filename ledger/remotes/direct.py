@@ -86,7 +86,11 @@ class DirectCommit:
         return name, refs.branches.get(name) if refs else None
 
     def fetch_record(self, lg: LocalLedger, commit_id: str) -> None:
-        """Download one commit record of the remote into ``lg`` (checked), e.g. a parent."""
+        """Download one commit record of the remote into ``lg`` (checked), e.g. a parent.
+
+        Example:
+            >>> target.fetch_record(lg, target.tip("main")[1])  # doctest: +SKIP
+        """
         download(
             self.view, lg.store, [bytes.fromhex(commit_id)], {bytes.fromhex(commit_id): "commit"}
         )
@@ -97,6 +101,11 @@ class DirectCommit:
         The chunks are read from ``lg``'s store and re-hashed; a pack already
         on the remote (a rerun) is not sent again. The returned bytes are an
         index file's (``RemoteIndex``) listing the packs sent, for :meth:`publish`.
+
+        Example:
+            >>> with lg.stage() as st:  # doctest: +SKIP
+            ...     part = st.write({"w": shard})
+            >>> packs = target.send(lg, [part.node])  # doctest: +SKIP
         """
         wanted: dict[bytes, str] = {}
         root = DictNode(keys=[], values=[])
@@ -130,6 +139,9 @@ class DirectCommit:
         Raises:
             RemoteCorruptionError: a process's pack list is malformed.
             RemoteConflictError: someone else wrote the remote's refs since they were read.
+
+        Example:
+            >>> target.publish(lg, commit.id, [packs_0, packs_1], "main")  # doctest: +SKIP
         """
         packs: list[PackRecord] = []
         for rank, data in enumerate(sent):

@@ -3,7 +3,8 @@
 Usage: dist_remote_worker.py SCENARIO RANK WORLD INIT_FILE URL OUT_DIR
 
 Scenarios: ``commit`` (commit the filled state of adapter_dist_worker at
-step 7), ``commit-again`` (restore, then commit the same state with its
+step 7), ``roundtrip`` (commit, then restore into fresh objects: rank<R>-saved
+and rank<R>), ``commit-again`` (restore, then commit the same state with its
 counter moved, step 9), ``restore`` (restore into fresh objects: same or
 another world size), ``stall`` (commit; the test kills a rank mid-upload).
 Each rank writes what it ends with to OUT_DIR/rank<R> (adapter_util image) and
@@ -50,6 +51,12 @@ def main() -> None:
             distributed.restore(url, state, timeout=30)
             state["count"] += 1
             made = distributed.commit(url, state, step=9, timeout=30)
+        elif scenario == "roundtrip":  # commit, then restore into fresh objects in the same job
+            state = make_state(rank, world, seed=rank, filled=True)
+            made = distributed.commit(url, state, step=7, metrics={"loss": 0.5}, timeout=30)
+            save_image(image(state), out / f"rank{rank}-saved")
+            state = make_state(rank, world, seed=100 + rank, filled=False)
+            distributed.restore(url, state, timeout=30)
         elif scenario == "restore":
             state = make_state(rank, world, seed=100 + rank, filled=False)
             made = distributed.restore(url, state, timeout=30)
