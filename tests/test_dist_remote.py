@@ -362,3 +362,17 @@ def test_a_direct_commit_from_an_older_commit_keeps_the_remote_tip_on_an_orig_br
 def test_the_hub_is_refused_for_direct_commits() -> None:
     with pytest.raises(RemoteError, match="cannot go straight to the Hugging Face Hub"):
         DirectCommit("hf://someone/run")
+
+
+def test_a_direct_commit_naming_a_chunk_nobody_sent_is_refused(tmp_path: Path) -> None:
+    url = (tmp_path / "remote").as_uri()
+    lg = _pushed(tmp_path, url)
+    target = DirectCommit(url)
+    with lg.stage() as st:
+        part = st.write({"w": torch.arange(8.0) + 5})  # written here, never sent
+        made = st.commit({"ranks": [part]}, step=2)
+    before = remote_state(url)[0]
+    with pytest.raises(RemoteError, match="neither sent nor listed"):
+        target.publish(lg, made.id, [], "main")
+    assert remote_state(url)[0] == before
+    lg.close()

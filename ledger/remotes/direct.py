@@ -138,6 +138,7 @@ class DirectCommit:
 
         Raises:
             RemoteCorruptionError: a process's pack list is malformed.
+            RemoteError: a chunk of the commit is neither sent nor on the remote as read.
             RemoteConflictError: someone else wrote the remote's refs since they were read.
 
         Example:
@@ -146,9 +147,22 @@ class DirectCommit:
         packs: list[PackRecord] = []
         for rank, data in enumerate(sent):
             packs += decode_index(data, hash_bytes(data).hex(), f"the packs of process {rank}")
+        needs = list(commit_needs(lg, commit_id, expired=False))
+        sent_ids = {entry.id for pack in packs for entry in pack.entries}
+        lost = [
+            n.what
+            for n in needs
+            if n.kind == "chunk" and n.id not in sent_ids | self.view.objects.keys()
+        ]
+        if lost:
+            raise RemoteError(
+                f"{self.url}: {lost[0]} (and {len(lost) - 1} more) is neither sent nor listed by "
+                "the remote as read here (a remote gc ran meanwhile?): nothing was committed; "
+                "commit again"
+            )
         meta = [
             (need.id, need.what)
-            for need in commit_needs(lg, commit_id, expired=False)
+            for need in needs
             if need.kind != "chunk" and need.id not in self.view.objects
         ]
         stats = upload(lg.store, self.remote, meta, lg.pool, target=1 << 62, keep_files=False)
