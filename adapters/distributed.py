@@ -38,6 +38,7 @@ from ledger import Commit, Ledger, Part, Stage
 from ledger.manifest import DictNode, ListNode, ValueNode
 from ledger.state.rng import capture_rng, restore_rng
 
+from . import _dist_remote
 from ._common import (
     AdapterError,
     DistributedCommitError,
@@ -86,9 +87,19 @@ def commit(
         DistributedCommitError: a rank failed, died or timed out; no commit was made.
         UnsupportedValueError: (on the rank whose state holds it) a value cannot be stored.
 
+    ``ledger`` may be a remote URL (``s3://bucket/run``, ``file:///dir``): every
+    rank then uploads its own chunks there and rank 0 moves the remote's branch;
+    no rank needs a shared disk (docs/adapters/distributed.md, "Straight to an
+    object store").
+
     Example:
         >>> c = distributed.commit("ckpt", {"model": model}, step=100)  # doctest: +SKIP
+        >>> c = distributed.commit("s3://bucket/run", {"model": model}, step=100)  # doctest: +SKIP
     """
+    if _dist_remote.is_remote_url(ledger):
+        meta: dict[str, Any] = {"step": step, "epoch": epoch, "metrics": metrics}
+        meta.update(params=params, message=message, branch=branch)
+        return _dist_remote.commit(str(ledger), state, timeout=timeout, **meta)
     ch = Channel(timeout)
     lg = _open_shared(ledger, ch)
     with lg.stage() as stage:  # from the first dedup decision until rank 0 moved the ref
@@ -241,9 +252,17 @@ def restore(
         ResumeError: the commit was not made by :func:`commit`.
         DistributedCommitError: another rank died or timed out.
 
+    ``ledger`` may be a remote URL: each rank then reads only the chunks it
+    needs straight from there (``rev`` names a commit, branch or tag there).
+
     Example:
         >>> distributed.restore("ckpt", {"model": model, "optim": opt}, "best")  # doctest: +SKIP
+        >>> distributed.restore("s3://bucket/run", {"model": model})  # doctest: +SKIP
     """
+    if _dist_remote.is_remote_url(ledger):
+        return _dist_remote.restore(
+            str(ledger), state, rev, strict=strict, rng=rng, timeout=timeout
+        )
     ch = Channel(timeout)
     lg = _open_shared(ledger, ch)
     chosen = resolve_resume(lg, rev) if ch.rank == 0 else None

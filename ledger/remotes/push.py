@@ -33,6 +33,7 @@ from ledger.remotes.hub import HubRemote
 from ledger.remotes.layout import (
     MAX_INDEX_FILES,
     REFS_KEY,
+    PackRecord,
     RemoteExpiry,
     RemoteRefs,
     encode_index,
@@ -296,16 +297,7 @@ def push(
     extras: Path | None = None
     try:
         packs = [p for s in sent for p in s.packs]
-        index = None
-        indexes = list(old.indexes) if old else []
-        if packs:
-            if len(indexes) + 1 > MAX_INDEX_FILES:
-                index = encode_index([*view.packs, *packs])
-                indexes = [index[1]]
-            else:
-                index = encode_index(packs)
-                indexes.append(index[1])
-            remote.put(index_key(index[1]), index[0])
+        index, indexes = write_index(remote, view, packs)
         new = msgspec.structs.replace(
             ready.refs,
             indexes=indexes,
@@ -314,7 +306,7 @@ def push(
         )
         extras = _stage_hub_extras(lg, remote, ready.refs.branches.get(ready.head or ""), export)
         body = encode_refs(new)
-        _swap_refs(remote, view, body, _push_message(name, plan), name)
+        swap_refs(remote, view, body, _push_message(name, plan), name)
     finally:
         for s in sent:
             for path in s.temp_files:
@@ -393,7 +385,33 @@ def _push_message(name: str, plan: PushPlan) -> str:
     return "\n".join(lines)
 
 
-def _swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name: str) -> None:
+def write_index(
+    remote: Remote, view: RemoteView, packs: list[PackRecord]
+) -> tuple[tuple[bytes, str] | None, list[str]]:
+    """Store one index file for ``packs``; return it (bytes, name) and the index list in force.
+
+    The list keeps the remote's index files plus the new one; one that would
+    grow past ``MAX_INDEX_FILES`` is replaced by a single merged index.
+    """
+    indexes = list(view.refs.indexes) if view.refs else []
+    if not packs:
+        return None, indexes
+    if len(indexes) + 1 > MAX_INDEX_FILES:
+        index = encode_index([*view.packs, *packs])
+        indexes = [index[1]]
+    else:
+        index = encode_index(packs)
+        indexes.append(index[1])
+    remote.put(index_key(index[1]), index[0])
+    return index, indexes
+
+
+def swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name: str) -> None:
+    """Write ``refs.json`` by compare-and-swap against the version ``view`` read.
+
+    Raises:
+        RemoteConflictError: someone else wrote the refs since (nothing changed).
+    """
     try:
         remote.put_if(REFS_KEY, body, view.version, message)
     except RemoteConflictError:

@@ -7,7 +7,7 @@ so the S3 backend's compare-and-swap is exercised for real.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -54,7 +54,9 @@ class S3Proxy:
     so a client that computes or checks MD5s fails here as it would on such a
     bucket. ``fail(n, status, retry_after)`` answers the next ``n`` requests
     with ``status`` (an S3 XML error, with ``Retry-After`` when given);
-    ``served`` counts the requests that reached it.
+    ``served`` counts the requests that reached it, ``log`` lists each as
+    (method, path, Range header), and ``on_request`` (when set) is called with
+    each (method, path) before it is forwarded.
 
     Example:
         >>> proxy = S3Proxy("http://127.0.0.1:5000")  # doctest: +SKIP
@@ -73,6 +75,8 @@ class S3Proxy:
         self.lock = threading.Lock()
         self.opaque: dict[str, str] = {}  # opaque ETag -> moto's
         self.served = 0
+        self.log: list[tuple[str, str, str | None]] = []
+        self.on_request: Callable[[str, str], None] | None = None
         self.faults: list[tuple[int, float | None]] = []
         proxy = self
         etag_xml = re.compile(rb"<ETag>(.*?)</ETag>")
@@ -94,6 +98,10 @@ class S3Proxy:
                 body = self.rfile.read(length) if length else None
                 with proxy.lock:
                     proxy.served += 1
+                    proxy.log.append((self.command, self.path, self.headers.get("Range")))
+                if proxy.on_request is not None:
+                    proxy.on_request(self.command, self.path)
+                with proxy.lock:
                     fault = proxy.faults.pop() if proxy.faults else None
                 if fault is not None:
                     status, after = fault
