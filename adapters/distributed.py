@@ -8,6 +8,8 @@ the ranks then send their manifest nodes (msgpack bytes, never pickle) to
 rank 0, which writes one commit whose manifest covers all ranks, after every
 rank reported its chunks durable. A rank that fails or dies makes the others
 raise ``DistributedCommitError`` within ``timeout`` and no commit appears.
+``commit(..., blocking=False)`` snapshots and does the rest in the background
+(``_dist_async``).
 Restoring with the same world size gives each rank its own shard back
 (RNG included); with another world size, ``DTensor`` entries are resharded
 by ``torch.distributed.checkpoint``'s load planner, data positions
