@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from helpers import SCRIPTS, start
 
-from ledger import Ledger
+from ledger import Commit, Ledger
+from ledger.errors import UnsupportedValueError
+from ledger.pending import BACKGROUND_NICE
 
 WORKER = SCRIPTS / "dist_async_worker.py"
 
@@ -103,6 +106,54 @@ def test_background_commits_of_a_ddp_job(tmp_path: Path, ledger_path: Path) -> N
         assert head["world_size"] == 2
         assert not list((lg.root / "objects" / "tmp").glob("*.pack"))
         assert lg.verify(full=True).ok
+
+
+# -- the plumbing it is built on: Ledger.snapshot, Stage.write(snapshot), Ledger.submit ---------
+
+
+def test_a_snapshot_holds_the_values_of_its_call_and_is_written_once(lg: Ledger) -> None:
+    w = torch.arange(1000, dtype=torch.float32)
+    snap = lg.snapshot({"w": w})
+    assert snap.copied and snap.nbytes == 4000
+    w += 1  # after the snapshot: must not reach the stored part
+    with lg.stage() as stage:
+        part = stage.write(snap)
+        made = stage.commit({"ranks": [part]}, step=1)
+        with pytest.raises(UnsupportedValueError, match="already written"):
+            stage.write(snap)
+    assert torch.equal(lg.checkout(made.id)["ranks"][0]["w"], torch.arange(1000.0))
+
+
+def test_a_snapshot_over_the_budget_is_not_copied(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False, async_budget=100) as lg:
+        snap = lg.snapshot({"w": torch.zeros(1000)})
+        assert not snap.copied and snap.nbytes == 4000
+
+
+def test_submitted_work_runs_on_the_writer_and_its_error_surfaces_twice(lg: Ledger) -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)  # the calling thread's (Linux)
+
+    seen: list[int] = []
+
+    def work() -> Commit:
+        with lg.stage() as stage:  # on the writer: the background threads hash and write
+            seen.append(stage.pool.submit(nice).result())
+            return stage.commit({"w": torch.ones(3)}, step=1)
+
+    first = lg.submit(work).result()
+    if os.uname().sysname == "Linux":
+        assert seen == [min(19, nice() + BACKGROUND_NICE)]
+
+    def broken() -> Commit:
+        raise UnsupportedValueError("broken on purpose")
+
+    handle = lg.submit(broken)
+    with pytest.raises(UnsupportedValueError, match="on purpose"):
+        handle.result()
+    with pytest.raises(UnsupportedValueError, match="on purpose"):  # the next call: never lost
+        lg.branches()
+    assert lg.head is not None and lg.head.id == first.id
 
 
 @pytest.mark.slow
