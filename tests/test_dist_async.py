@@ -7,7 +7,9 @@ one waits for the other, a failure on one rank (a full disk, an unstorable
 value) surfaces on every rank's handle and next call and leaves no commit, a
 state over the budget is committed synchronously, ``close()`` drains; and
 (slow tier) SIGTERM to both ranks during a pending commit lets it land, while
-a rank killed mid-write leaves no commit and the survivor fails fast.
+a rank killed mid-write leaves no commit and the survivor fails fast. The
+plumbing under it (``Ledger.snapshot``, ``Stage.write`` of a snapshot,
+``Ledger.submit``) is tested on its own, in one process.
 """
 
 from __future__ import annotations
