@@ -8,6 +8,8 @@ the ranks then send their manifest nodes (msgpack bytes, never pickle) to
 rank 0, which writes one commit whose manifest covers all ranks, after every
 rank reported its chunks durable. A rank that fails or dies makes the others
 raise ``DistributedCommitError`` within ``timeout`` and no commit appears.
+``commit(..., blocking=False)`` snapshots and does the rest in the background
+(``_dist_async``).
 Restoring with the same world size gives each rank its own shard back
 (RNG included); with another world size, ``DTensor`` entries are resharded
 by ``torch.distributed.checkpoint``'s load planner, data positions
@@ -27,15 +29,16 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch.distributed.tensor import DTensor
 
 from ledger import Commit, Ledger, Part, Stage
 from ledger.manifest import DictNode, ListNode, ValueNode
+from ledger.pending import CommitHandle
 from ledger.state.rng import capture_rng, restore_rng
 
 from . import _dist_remote
@@ -51,6 +54,7 @@ from ._common import (
 )
 from ._data_position import ResumableSampler, merge_positions, reseed_rng
 from ._dist_apply import apply, stateful
+from ._dist_async import commit_async, settle
 from ._dist_channel import FAILED, OK, Channel
 from ._reshard import SHARD_KEY, load_resharded
 
@@ -58,6 +62,54 @@ __all__ = ["SHARD_KEY", "Channel", "ResumableSampler", "apply", "commit", "expan
 
 
 # -- committing ------------------------------------------------------------------------
+
+
+@overload
+def commit(
+    ledger: LedgerLike,
+    state: Mapping[str, Any],
+    *,
+    step: int | None = ...,
+    epoch: int | None = ...,
+    metrics: Mapping[str, Any] | None = ...,
+    params: Mapping[str, Any] | None = ...,
+    message: str | None = ...,
+    branch: str | None = ...,
+    timeout: float = ...,
+    blocking: Literal[True] = ...,
+) -> Commit: ...
+
+
+@overload
+def commit(
+    ledger: LedgerLike,
+    state: Mapping[str, Any],
+    *,
+    step: int | None = ...,
+    epoch: int | None = ...,
+    metrics: Mapping[str, Any] | None = ...,
+    params: Mapping[str, Any] | None = ...,
+    message: str | None = ...,
+    branch: str | None = ...,
+    timeout: float = ...,
+    blocking: Literal[False],
+) -> CommitHandle: ...
+
+
+@overload
+def commit(
+    ledger: LedgerLike,
+    state: Mapping[str, Any],
+    *,
+    step: int | None = ...,
+    epoch: int | None = ...,
+    metrics: Mapping[str, Any] | None = ...,
+    params: Mapping[str, Any] | None = ...,
+    message: str | None = ...,
+    branch: str | None = ...,
+    timeout: float = ...,
+    blocking: bool,
+) -> Commit | CommitHandle: ...
 
 
 def commit(
@@ -71,7 +123,8 @@ def commit(
     message: str | None = None,
     branch: str | None = None,
     timeout: float = 300.0,
-) -> Commit:
+    blocking: bool = True,
+) -> Commit | CommitHandle:
     """Commit every rank's shard as one commit (call it on every rank, like a collective).
 
     Args:
@@ -79,9 +132,14 @@ def commit(
         state: this rank's part: ``DTensor``/tensors, stateful objects, plain values.
         step, epoch, metrics, params, message, branch: metadata, taken from rank 0.
         timeout: seconds any rank waits for the others before giving up.
+        blocking: False returns a ``CommitHandle`` once this rank's shard is
+            snapshotted (copied, within the ledger's ``async_budget``); chunks
+            are written and rank 0 commits in the background. The next
+            ``commit``/``restore`` waits for it and raises its error
+            (docs/adapters/distributed.md, "Asynchronous commits").
 
     Returns:
-        The commit, on every rank.
+        The commit, on every rank (a ``CommitHandle`` of it when not blocking).
 
     Raises:
         DistributedCommitError: a rank failed, died or timed out; no commit was made.
@@ -95,36 +153,47 @@ def commit(
     Example:
         >>> c = distributed.commit("ckpt", {"model": model}, step=100)  # doctest: +SKIP
         >>> c = distributed.commit("s3://bucket/run", {"model": model}, step=100)  # doctest: +SKIP
+        >>> h = distributed.commit("ckpt", {"model": model}, step=200, blocking=False)  # doctest: +SKIP
     """
+    settle()
+    meta = dict(step=step, epoch=epoch, metrics=metrics, params=params, message=message)
     if _dist_remote.is_remote_url(ledger):
-        meta: dict[str, Any] = {"step": step, "epoch": epoch, "metrics": metrics}
-        meta.update(params=params, message=message, branch=branch)
-        return _dist_remote.commit(str(ledger), state, timeout=timeout, **meta)
+        if not blocking:
+            raise AdapterError(
+                f"distributed.commit({str(ledger)!r}, blocking=False): asynchronous commits "
+                "straight to a remote are not supported yet; commit to a shared ledger "
+                "directory with blocking=False and push it, or pass blocking=True"
+            )
+        return _dist_remote.commit(str(ledger), state, timeout=timeout, branch=branch, **meta)
+    if not blocking:
+        return commit_async(ledger, state, timeout=timeout, branch=branch, **meta)
     ch = Channel(timeout)
     lg = _open_shared(ledger, ch)
+    shard = lambda: (expand(state), capture_rng())  # noqa: E731 - read when the stage is open
+    return commit_shard(lg, ch, shard, summary=state, branch=branch, **meta)
+
+
+def commit_shard(
+    lg: Ledger, ch: Channel, parts: Callable[[], tuple[Any, Any]], **meta: Any
+) -> Commit:
+    """Write this rank's part; rank 0 then writes the commit once every rank's is durable.
+
+    ``parts()`` gives this rank's state (or a ``Snapshot`` of it) and its RNG. Runs on the caller's thread (blocking) or on the ledger's background
+    writer (``blocking=False``); ``meta`` is ``summary`` plus the commit
+    metadata, used on rank 0.
+    """
     with lg.stage() as stage:  # from the first dedup decision until rank 0 moved the ref
         error: BaseException | None = None
         try:
-            shard = stage.write(expand(state))
-            rng = stage.write(capture_rng())
-            report = OK + _pair(shard.encode(), rng.encode())
+            state, rng = parts()
+            report = OK + _pair(stage.write(state).encode(), stage.write(rng).encode())
         except Exception as e:  # reported to every rank, re-raised here below
             error = e
             report = FAILED + f"{type(e).__name__}: {e}".encode()
-        parts = ch.gather(report)
+        reports = ch.gather(report)
         outcome = None
-        if parts is not None:
-            outcome = _commit_on_rank0(
-                stage,
-                parts,
-                summary=state,
-                step=step,
-                epoch=epoch,
-                metrics=metrics,
-                params=params,
-                message=message,
-                branch=branch,
-            )
+        if reports is not None:
+            outcome = _commit_on_rank0(stage, reports, **meta)
         result = ch.broadcast(outcome, "learning the commit from rank 0")
     if error is not None:
         raise error
@@ -259,6 +328,7 @@ def restore(
         >>> distributed.restore("ckpt", {"model": model, "optim": opt}, "best")  # doctest: +SKIP
         >>> distributed.restore("s3://bucket/run", {"model": model})  # doctest: +SKIP
     """
+    settle()
     if _dist_remote.is_remote_url(ledger):
         return _dist_remote.restore(
             str(ledger), state, rev, strict=strict, rng=rng, timeout=timeout

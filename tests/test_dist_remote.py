@@ -376,3 +376,15 @@ def test_a_direct_commit_naming_a_chunk_nobody_sent_is_refused(tmp_path: Path) -
         target.publish(lg, made.id, [], "main")
     assert remote_state(url)[0] == before
     lg.close()
+
+
+def test_an_asynchronous_commit_to_a_remote_is_refused_before_any_rank_waits(
+    tmp_path: Path,
+) -> None:
+    from ledger.adapters import distributed
+    from ledger.adapters._common import AdapterError
+
+    url = (tmp_path / "remote").as_uri()
+    with pytest.raises(AdapterError, match=r"blocking=False.*not supported yet"):
+        distributed.commit(url, {"w": torch.ones(2)}, blocking=False)
+    assert not (tmp_path / "remote").exists()  # nothing written, no process group needed

@@ -1,4 +1,5 @@
-"""Committing on the facade: ``commit`` (blocking or in the background), ``wait`` and ``stage``.
+"""Committing on the facade: ``commit`` (blocking or in the background), ``wait``, ``stage``,
+``snapshot`` and ``submit``.
 
 This module owns turning a live state into a draft on the caller's thread
 (flattening, the async snapshot, the memory budget) and handing it to the
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, overload
 
 from ledger.api.core import LedgerCore
 from ledger.api.inputs import _done
+from ledger.api.snapshot import Snapshot
 from ledger.api.staging import Draft, Stage, draft_of
 from ledger.errors import UnsupportedValueError
 from ledger.history.lineage import commit_target
@@ -177,6 +179,52 @@ class Committing(LedgerCore):
         """
         return self._pending.wait()
 
+    def snapshot(self, value: Any) -> Snapshot:
+        """Flatten ``value`` now and copy its bytes, for :meth:`Stage.write` to store later.
+
+        The copy goes into the snapshot buffers ``commit(blocking=False)``
+        reuses, within ``async_budget``: a value over the budget is not copied
+        (``snapshot.copied`` is False, it still reads the live tensors) and the
+        caller should store it at once. Waits for the pending background
+        commit first (the buffers it uses are the ones handed out next), so
+        its error, if any, is raised here.
+
+        Raises:
+            UnsupportedValueError: a value cannot be stored (its path is named).
+
+        Example:
+            >>> snap = lg.snapshot({"model": model})  # doctest: +SKIP
+            >>> h = lg.submit(lambda: write_later(snap))  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            flat = Flattener(self.config.chunk_size)
+            node = flat.flatten(value, ())
+            size = flat.pending_bytes()
+            copied = size <= self.async_budget
+            if copied:
+                flat.snapshot(self._staging)
+            return Snapshot(flat, node, size, copied)
+
+    def submit(self, work: Callable[[], Commit]) -> CommitHandle:
+        """Run ``work`` on this ledger's background commit writer, as ``commit(blocking=False)`` does.
+
+        For code that builds commits in the background from parts
+        (``ledger.adapters.distributed``): ``work`` runs after the commits
+        pending before it, its error surfaces on ``result()`` and on the next
+        call on this ledger, and ``close()``, interpreter exit and SIGTERM
+        wait for it. A stage opened inside ``work`` hashes and writes on the
+        background threads (lower CPU priority).
+
+        Example:
+            >>> snap = lg.snapshot(state)  # doctest: +SKIP
+            >>> h = lg.submit(lambda: write(snap))  # doctest: +SKIP
+            >>> h.result()  # doctest: +SKIP
+        """
+        with self._lock:
+            self._check_open()
+            return self._pending.submit(work)
+
     def stage(self) -> Stage:
         """A staging session: store parts of a commit now, commit a tree of them later.
 
@@ -194,7 +242,8 @@ class Committing(LedgerCore):
             tensor([0., 0., 0., 0.])
         """
         self._check_open()
-        stage = self._stage(self.pool)
+        # On the background writer (``submit``), at the background threads' priority.
+        stage = self._stage(self.background_pool if self._pending.in_writer() else self.pool)
         self._stages.add(stage)
         return stage
 

@@ -32,6 +32,7 @@ import msgspec
 
 from ledger import metadata
 from ledger.api.inputs import _clean_metrics, _clean_params, _opt_int
+from ledger.api.snapshot import Snapshot
 from ledger.errors import (
     ClosedLedgerError,
     CorruptionError,
@@ -254,7 +255,8 @@ class Stage:
         """Store the chunks of ``value`` durably and return its :class:`Part`.
 
         ``value`` is anything a commit stores (a mapping, a tensor, a module's
-        state, ...); an error names its path as ``state[...]`` under it.
+        state, ...), or a :class:`~ledger.api.snapshot.Snapshot` of one taken
+        earlier; an error names its path as ``state[...]`` under it.
 
         Raises:
             UnsupportedValueError: a value under ``value`` cannot be stored.
@@ -265,8 +267,11 @@ class Stage:
         """
         self._check_open()
         started = time.perf_counter()
-        flat = Flattener(self.config.chunk_size)
-        node = flat.flatten(value, ())
+        if isinstance(value, Snapshot):
+            flat, node = value.take()
+        else:
+            flat = Flattener(self.config.chunk_size)
+            node = flat.flatten(value, ())
         with self._writer() as writer:
             flat.assign(writer.put_chunks(flat.chunks()))
         stats = CommitStats(
