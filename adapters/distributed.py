@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -37,7 +37,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from ledger import Commit, Ledger, Part, Stage
-from ledger.manifest import DictNode, ListNode, ValueNode
+from ledger.manifest import DictNode, ListNode, Node, TupleNode, ValueNode
 from ledger.pending import CommitHandle
 from ledger.state.rng import capture_rng, restore_rng
 
@@ -349,7 +349,7 @@ def restore(
         if rng:
             restore_rng(tree["rng"])
     else:
-        stored = _stored_at(lg, commit_id, 0, "state")  # positions merge before anything changes
+        stored = _values_at(lg, commit_id, root, 0)  # positions merge before anything changes
         merge_positions(
             stored, stored_world, lambda r, p: _stored_at(lg, commit_id, r, "state", *p)
         )
@@ -373,6 +373,45 @@ def _world_size(root: DictNode, cid: str) -> int:
             "restore it with Ledger.restore"
         )
     return int(size.value)  # type: ignore[arg-type]
+
+
+def _values_at(lg: Ledger, cid: str, root: DictNode, rank: int) -> Any:
+    """A stored rank's state less its ``DTensor`` boxes (DCP's planner reads those it needs).
+
+    Only the chunks of what :func:`apply` takes on another world size are read:
+    every value and plain tensor, each record's shard description, no record's
+    ``local`` tensor.
+    """
+    ranks = dict(zip(root.keys, root.values, strict=True))["ranks"]
+    node = ranks.items[rank]  # type: ignore[union-attr]
+    state = dict(zip(node.keys, node.values, strict=True))["state"]  # type: ignore[union-attr]
+    paths = ["/".join(map(str, p)) for p in _unsharded(state, ("ranks", rank, "state"))]
+    value: Any = lg.checkout(cid, paths=paths)
+    for key in ("ranks", rank, "state"):
+        value = value[0 if isinstance(value, list) else key]
+    return value
+
+
+def _unsharded(node: Node, path: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """The paths under ``node`` that cover everything but the records' ``local`` tensors."""
+    if isinstance(node, DictNode) and SHARD_KEY in node.keys:
+        yield (*path, SHARD_KEY)
+    elif not _holds_record(node):
+        yield path
+    elif isinstance(node, DictNode):
+        for key, value in zip(node.keys, node.values, strict=True):
+            yield from _unsharded(value, (*path, key))
+    else:  # a list or tuple: every item is chosen, so none moves
+        for i, value in enumerate(node.items):  # type: ignore[union-attr]
+            yield from _unsharded(value, (*path, i))
+
+
+def _holds_record(node: Node) -> bool:
+    if isinstance(node, DictNode):
+        return SHARD_KEY in node.keys or any(_holds_record(v) for v in node.values)
+    if isinstance(node, ListNode | TupleNode):
+        return any(_holds_record(v) for v in node.items)
+    return False
 
 
 def _stored_at(lg: Ledger, cid: str, rank: int, *path: Any) -> Any:
