@@ -43,6 +43,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without a
 from ledger import Commit, Ledger
 from ledger.errors import StateMismatchError
 from ledger.manifest import DictNode, ListNode
+from ledger.pending import CommitHandle
 from ledger.state.rng import restore_rng
 
 from ._common import (
@@ -204,7 +205,8 @@ def save_state(
     message: str | None = None,
     branch: str | None = None,
     free_space: bool = True,
-) -> Commit | None:
+    blocking: bool = True,
+) -> Commit | CommitHandle | None:
     """Commit everything ``accelerator.save_state`` would save (call it on every process).
 
     One process: one ordinary commit. Several processes: every process
@@ -229,9 +231,15 @@ def save_state(
             process right after the commit, so what ``KeepLast`` expired leaves
             the disk as Accelerate's deleted folders do; False leaves that to
             a later ``ledger gc``.
+        blocking: False returns a ``CommitHandle`` once every process copied
+            its state (``Ledger.commit(blocking=False)`` with one process,
+            ``distributed.commit(..., blocking=False)`` with several): the
+            training loop goes on while the chunks are written. The next
+            ``save_state`` waits for it (raising its error), and only then
+            frees what ``total_limit`` expired.
 
     Returns:
-        The commit (on every process).
+        The commit (on every process), or its ``CommitHandle`` when not blocking.
 
     Raises:
         AdapterError: no ledger given and no ``project_dir`` with automatic naming; or
@@ -263,18 +271,36 @@ def save_state(
     limit = config.total_limit if config.automatic_checkpoint_naming else None
     if limit is not None and accelerator.is_main_process:
         install_retention(lg, keep_last=limit, best=None, best_k=1, mode="min")
+    pending = _unfreed.pop(lg, None)
+    if pending is not None:  # the previous save ran in the background: free its space now
+        pending.result()
+        _free(accelerator, lg)
+    commit: Commit | CommitHandle | None
     if accelerator.num_processes > 1:
         from . import distributed
 
-        commit: Commit | None = distributed.commit(lg, accelerator_state(accelerator), **meta)
+        commit = distributed.commit(lg, accelerator_state(accelerator), **meta, blocking=blocking)
     else:
-        commit = lg.commit(accelerator_state(accelerator), meta.pop("message"), **meta)
+        commit = lg.commit(
+            accelerator_state(accelerator), meta.pop("message"), **meta, blocking=blocking
+        )
     if limit is not None and free_space:
-        if accelerator.is_main_process:
-            lg.gc(grace=0)  # only what no ref or kept commit needs; the gc lock guards writers
-        accelerator.wait_for_everyone()
+        if isinstance(commit, CommitHandle):
+            _unfreed[lg] = commit
+        else:
+            _free(accelerator, lg)
     config.iteration += 1
     return commit
+
+
+_unfreed: weakref.WeakKeyDictionary[Ledger, CommitHandle] = weakref.WeakKeyDictionary()
+"""A background save whose expired states are freed by the next ``save_state`` on that ledger."""
+
+
+def _free(accelerator: Accelerator, lg: Ledger) -> None:
+    if accelerator.is_main_process:
+        lg.gc(grace=0)  # only what no ref or kept commit needs; the gc lock guards writers
+    accelerator.wait_for_everyone()
 
 
 def load_state(

@@ -322,8 +322,11 @@ def _two_processes(script: str, *args: Path) -> None:
         finish(proc)
 
 
-def test_two_processes_commit_once_and_each_gets_its_own_rng_back(tmp_path: Path) -> None:
-    _two_processes("adapter_accelerate_ddp.py", tmp_path / "lg", tmp_path)
+@pytest.mark.parametrize("mode", ["blocking", "async"])
+def test_two_processes_commit_once_and_each_gets_its_own_rng_back(
+    tmp_path: Path, mode: str
+) -> None:
+    _two_processes("adapter_accelerate_ddp.py", tmp_path / "lg", tmp_path, Path(mode))
     saved = [util.load_image(tmp_path / f"rank{r}-saved") for r in range(2)]
     assert saved[0] != saved[1]  # each process's own RNG stream
     for rank in range(2):
@@ -383,3 +386,32 @@ def test_engines_whose_state_is_their_own_are_refused_and_nothing_is_written(
     with pytest.raises(AdapterError, match=f"distributed_type {kind}.*accelerator.load_state"):
         load_state(accelerator, lg)
     assert list(lg.log()) == [] and model.weight.shape == (1, 2)
+
+
+def test_a_background_save_holds_the_state_of_the_call_and_frees_space_at_the_next(
+    tmp_path: Path,
+) -> None:
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(
+            project_dir=str(tmp_path), automatic_checkpoint_naming=True, total_limit=1
+        ),
+    )
+    model = accelerator.prepare(nn.Linear(64, 64))
+    handles = []
+    for i in range(3):
+        with torch.no_grad():
+            model.weight.fill_(float(i))
+        handles.append(save_state(accelerator, blocking=False))
+        with torch.no_grad():
+            model.weight.fill_(-1.0)  # after the call: not in the commit
+    commits = [h.result() for h in handles]
+    with Ledger.open(tmp_path / LEDGER_FOLDER) as lg:
+        assert [c.step for c in lg.log()] == [2, 1, 0]
+        assert lg.checkout(commits[2].id)["models"][0]["weight"].eq(2.0).all()
+        # the second and third saves freed what KeepLast(1) expired before them: commit 0's
+        # state is gone, commit 1's stays until the next save (or a gc)
+        assert lg.show(commits[0].id).expired and not lg.show(commits[1].id).expired
+    loaded = load_state(accelerator)
+    assert loaded is not None and loaded.id == commits[2].id
+    assert model.weight.eq(2.0).all()

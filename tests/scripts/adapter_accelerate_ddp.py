@@ -1,14 +1,17 @@
 """One process of a 2-process Accelerate (gloo, CPU) job for tests/test_adapter_accelerate.py.
 
-Usage: RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. adapter_accelerate_ddp.py LEDGER OUT_DIR
+Usage: RANK=.. WORLD_SIZE=.. MASTER_ADDR=.. MASTER_PORT=.. adapter_accelerate_ddp.py LEDGER OUT_DIR [async]
 
 Trains a DDP model 4 steps, ``save_state``s, draws from the RNG (each process
 has its own), then frees the prepared objects, prepares fresh ones,
-``load_state``s and draws again. Writes both images per rank.
+``load_state``s and draws again. Writes both images per rank. With ``async``
+the save is ``blocking=False`` and the weights change before the commit is
+awaited: the commit must hold them as they were at the call.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ledger.adapters.accelerate import load_state, save_state
+from ledger.pending import CommitHandle
 
 warnings.filterwarnings("ignore")
 
@@ -66,6 +70,7 @@ def image(
 
 def main() -> None:
     where, out = sys.argv[1], Path(sys.argv[2])
+    background = sys.argv[3:] == ["async"]
     accelerator = cpu_accelerator()
     rank = accelerator.process_index
     model, opt, loader = prepared(accelerator, seed=0)
@@ -77,9 +82,19 @@ def main() -> None:
         opt.zero_grad()
         if i == 3:
             break
-    commit = save_state(accelerator, where, step=4, metrics={"loss": loss})
+    if background:
+        handle = save_state(accelerator, where, step=4, metrics={"loss": loss}, blocking=False)
+        assert isinstance(handle, CommitHandle)
+        saved = copy.deepcopy(image(accelerator, model, opt, loader))  # as it was at the call
+        with torch.no_grad():  # changes made while the commit is written are not in it
+            for p in model.parameters():
+                p.add_(1.0)
+        commit = handle.result()
+    else:
+        commit = save_state(accelerator, where, step=4, metrics={"loss": loss})
+        saved = image(accelerator, model, opt, loader)
     assert commit is not None and commit.step == 4
-    save_image(image(accelerator, model, opt, loader), out / f"rank{rank}-saved")
+    save_image(saved, out / f"rank{rank}-saved")
 
     accelerator.free_memory()
     model, opt, loader = prepared(accelerator, seed=5)
