@@ -477,6 +477,23 @@ def test_process_prints_one_json_document(history: History) -> None:
     assert [c["id"] for c in doc["commits"]] == [history.c2, history.e1, history.c1, history.c0]
 
 
+@pytest.mark.parametrize("args", [["log"], ["--json", "log"], ["show", "HEAD"]])
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly_with_exit_0(
+    history: History, args: list[str]
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "--dir", str(history.dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -1` does once it has its line: every write fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
 def test_process_reports_errors_with_exit_codes(history: History, tmp_path: Path) -> None:
     proc = _proc("--dir", str(history.dir), "checkout", "no-such-branch")
     assert proc.returncode == 1

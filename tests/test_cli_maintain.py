@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import flip_byte, run_cli
 
@@ -90,3 +91,24 @@ def test_gc_remote_from_the_shell_applies_retention_on_the_remote(tmp_path: Path
     assert done["expired"] == doc["expired"]
     with Ledger.open(root) as lg:
         assert lg.refs.state().expired == {}  # the local ledger is untouched
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("loss:x", "whole number >= 1, not 'x'"),
+        ("loss:0", "whole number >= 1, not '0'"),
+        ("loss:2:up", "min or max, not 'up'"),
+        (":2", "use METRIC[:K[:min|max]]"),
+    ],
+)
+def test_a_malformed_keep_best_is_a_one_line_error_and_changes_nothing(
+    tmp_path: Path, spec: str, says: str
+) -> None:
+    root = tmp_path / "ckpt"
+    build(root)
+    before = run_cli("--dir", str(root), "retention", "--json").output
+    result = run_cli("--dir", str(root), "retention", "--keep-best", spec)
+    assert result.exit_code == 1, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert run_cli("--dir", str(root), "retention", "--json").output == before

@@ -171,10 +171,17 @@ def to_json(doc: Any) -> str:
     return msgspec.json.encode(doc, enc_hook=_enc_hook).decode()
 
 
+class _Console(Console):
+    """rich's console, but a closed pipe is the reader's choice (``| head``), not an error."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError  # the CLI's entry point exits 0 and drops stdout
+
+
 def console(stderr: bool = False) -> Console:
     """A rich console on stdout (or stderr); 160 columns when not a terminal."""
     file = sys.stderr if stderr else sys.stdout
-    return Console(
+    return _Console(
         file=file,
         highlight=False,
         width=None if file.isatty() else 160,

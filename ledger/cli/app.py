@@ -11,6 +11,7 @@ modules and are listed in :data:`COMMAND_MODULES`; later issues add theirs
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -120,6 +121,16 @@ class LedgerGroup(click.Group):
         except LedgerError as e:
             code = int(getattr(e, "exit_code", EXIT_USER))
             return _report(opts, type(e).__name__, str(e), code, e.fields, hint_for(e))
+        except BrokenPipeError:  # `ledger log | head -1`: the reader has all it wanted
+            _drop_stdout()
+            return EXIT_OK
+        except SystemExit:
+            # click's own answer to a closed stdout (EPIPE), even outside standalone
+            # mode: it wraps the streams and exits 1; a closed pipe is not an error here
+            if type(sys.stdout).__name__ != "_PacifyFlushWrapper":
+                raise
+            _drop_stdout()
+            return EXIT_OK
         except OSError as e:
             return _report(opts, type(e).__name__, str(e), EXIT_USER)
         except Exception as e:
@@ -129,6 +140,15 @@ class LedgerGroup(click.Group):
                 "this is a bug in training-ledger; please report it with the traceback"
             )
             return _report(opts, type(e).__name__, message, EXIT_BUG)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's): nothing to flush
+        pass
 
 
 @click.group(cls=LedgerGroup, name="ledger", no_args_is_help=True)

@@ -151,9 +151,14 @@ def _parse_best(spec: str) -> KeepBest:
     parts = spec.split(":")
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise CommandError(f"--keep-best {spec!r}: use METRIC[:K[:min|max]], e.g. val_loss:2:min")
-    k = int(parts[1]) if len(parts) > 1 and parts[1] else 1
+    usage = f"--keep-best {spec!r}: use METRIC[:K[:min|max]], e.g. val_loss:2:min"
+    k_text = parts[1] if len(parts) > 1 and parts[1] else "1"
+    if not (k_text.isdigit() and int(k_text) >= 1):
+        raise CommandError(f"{usage} (K, how many to keep, is a whole number >= 1, not {k_text!r})")
     mode = parts[2] if len(parts) > 2 else "min"
-    return KeepBest(parts[0], k=k, mode=mode)
+    if mode not in ("min", "max"):
+        raise CommandError(f"{usage} (the mode is min or max, not {mode!r})")
+    return KeepBest(parts[0], k=int(k_text), mode=mode)
 
 
 @click.command("retention")
