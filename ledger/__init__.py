@@ -1,13 +1,24 @@
 """training-ledger: git for training state.
 
+The names below are loaded on first use (PEP 562), so ``import ledger`` and
+``ledger --help`` stay fast: the facade pulls in torch only when a tensor is
+committed or read.
+
 Example:
     >>> from ledger import Ledger, LedgerError
 """
 
-from ledger.api import Ledger, Part, RestoreReport, Stage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ledger.errors import LedgerError, NothingRestoredWarning, PartialRestoreWarning
-from ledger.history.records import Commit
-from ledger.state.files import File
+
+if TYPE_CHECKING:
+    from ledger.api import Ledger, Part, RestoreReport, Stage
+    from ledger.history.records import Commit
+    from ledger.state.files import File
 
 __all__ = [
     "Commit",
@@ -21,3 +32,25 @@ __all__ = [
     "Stage",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Ledger": "ledger.api",
+    "Part": "ledger.api",
+    "RestoreReport": "ledger.api",
+    "Stage": "ledger.api",
+    "Commit": "ledger.history.records",
+    "File": "ledger.state.files",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ledger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

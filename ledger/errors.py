@@ -218,6 +218,29 @@ class ExportError(LedgerError):
     """A commit cannot be exported as asked (the output folder is taken, a format refuses a value)."""
 
 
+class ImportBranchError(LedgerError):
+    """The branch an import would create exists, or ``onto`` was given for an existing branch."""
+
+
+class ImportRefusedError(LedgerError, ValueError):
+    """A checkpoint file holds a type ``torch.load(weights_only=True)`` refuses; nothing was imported."""
+
+
+class ImportSourceError(LedgerError, ValueError):
+    """A checkpoint cannot be imported (unknown layout, truncated or damaged file, missing shard)."""
+
+
+class ReleaseConflictError(RemoteError):
+    """A release would collide with what is on the Hub: the branch a ledger remote pushes
+    to, a tag that exists (tags never move), or a branch that moved during the release."""
+
+    repo: str | None = None
+    revision: str | None = None
+    tag: str | None = None
+    #: "push-branch", "tag-exists", "moved", or (raised by a push) "release-branch"
+    reason: str | None = None
+
+
 class PartialRestoreWarning(UserWarning):
     """``restore(strict=False)`` left paths unloaded: missing from the commit, or not in the live state.
 

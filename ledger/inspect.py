@@ -12,8 +12,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pyarrow as pa
-import torch
 
 from ledger.errors import CommitExpiredError
 from ledger.history.graph import ancestors
@@ -21,9 +19,11 @@ from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX
 from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
 from ledger.manifest import ArrayNode, FileNode, TensorNode
-from ledger.state.build import Builder
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and pyarrow load only where a tensor is read or a table built
+    import pyarrow as pa
+    import torch
+
     from ledger.api.core import LedgerCore as Ledger
 
 
@@ -241,6 +241,8 @@ def _tensor_diff(lg: Ledger, a_id: str, b_id: str) -> TensorDiff:
         if (ta[p].dtype, ta[p].shape, ta[p].chunks) != (tb[p].dtype, tb[p].shape, tb[p].chunks)
     ]
     unchanged = len(ta.keys() & tb.keys()) - len(changed_paths)
+    from ledger.state.build import Builder
+
     builder_a = Builder(lg.store, lg.pool, a_id, ma.chunk_size)
     builder_b = Builder(lg.store, lg.pool, b_id, mb.chunk_size)
     # Read-only comparison: map raw chunks from the packs (hashed all the same)
@@ -281,6 +283,8 @@ def _tensor_diff(lg: Ledger, a_id: str, b_id: str) -> TensorDiff:
 def _compare(
     path: str, xa: torch.Tensor, xb: torch.Tensor, node: TensorNode | ArrayNode
 ) -> TensorChange:
+    import torch
+
     ua = xa.reshape(-1).view(torch.uint8) if xa.numel() else xa.reshape(-1)
     ub = xb.reshape(-1).view(torch.uint8) if xb.numel() else xb.reshape(-1)
     bytes_changed = int((ua != ub).sum().item()) if xa.numel() else 0
@@ -380,6 +384,8 @@ def _size(chunks: Iterable[str], sizes: dict[str, int]) -> int:
 
 def table(lg: Ledger) -> pa.Table:
     """One row per commit: id, branch, parents, step, epoch, time, message, metrics.*, params.*."""
+    import pyarrow as pa
+
     lg.store.refresh()
     commits = sorted((lg.get(oid.hex()) for oid in lg.store.ids("commit")), key=lambda c: c.time)
     tips = {
@@ -416,6 +422,8 @@ def table(lg: Ledger) -> pa.Table:
 
 
 def _param_column(values: list[Any]) -> pa.Array:
+    import pyarrow as pa
+
     kinds = {type(v) for v in values if v is not None}
     if kinds <= {bool}:
         return pa.array(values, pa.bool_())

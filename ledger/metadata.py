@@ -20,9 +20,10 @@ import sys
 import time
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    pass
 
 REDACTED = "<redacted>"
 PROCESS_STARTED = time.time()
@@ -161,6 +162,8 @@ def installed_packages() -> bytes:
 @lru_cache(maxsize=1)
 def environment_info() -> dict[str, Any]:
     """Python, platform, framework versions, CUDA/cuDNN, and non-secret training env vars."""
+    import torch  # here, not at the top: `ledger log` and `--help` must not import torch
+
     versions = {name: v for name in _FRAMEWORKS if (v := _version(name))}
     cudnn = None
     if torch.backends.cudnn.is_available():
@@ -201,6 +204,8 @@ def _ram_bytes() -> int | None:
 
 @lru_cache(maxsize=1)
 def _static_hardware() -> dict[str, Any]:
+    import torch
+
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -212,6 +217,8 @@ def _static_hardware() -> dict[str, Any]:
 def hardware_info() -> dict[str, Any]:
     """CPU model and count, RAM, GPUs, and the distributed world size and rank."""
     info = dict(_static_hardware())
+    import torch
+
     world, rank = 1, 0
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -231,6 +238,8 @@ def model_summary(state: Mapping[Any, Any]) -> dict[str, Any]:
         >>> model_summary({"model": torch.nn.Linear(2, 3)})["model"]["parameters"]
         9
     """
+    import torch
+
     out: dict[str, Any] = {}
     for key, value in state.items():
         if not isinstance(value, torch.nn.Module):
@@ -259,8 +268,9 @@ def prefetch() -> None:
     so the first commit does not pay for listing packages and running git."""
     installed_packages()
     code_info()
-    environment_info()
-    _static_hardware()
+    if "torch" in sys.modules:  # a training script; a read-only command never loads torch
+        environment_info()
+        _static_hardware()
 
 
 def capture(

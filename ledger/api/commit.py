@@ -24,8 +24,6 @@ from ledger.errors import UnsupportedValueError
 from ledger.history.lineage import commit_target
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
-from ledger.state.flatten import Flattener
-from ledger.state.rng import capture_rng
 
 
 class Committing(LedgerCore):
@@ -139,6 +137,9 @@ class Committing(LedgerCore):
             started = time.perf_counter()
             if branch is None:
                 commit_target(self.refs.snapshot(), None)  # raises DetachedHeadError
+            from ledger.state.flatten import Flattener  # torch: loaded by the first commit
+            from ledger.state.rng import capture_rng
+
             flat = Flattener(self.config.chunk_size, unchanged=self.unchanged, has=self.store.has)
             root = flat.flatten_root(state, capture_rng() if rng else None)
             draft = draft_of(
@@ -198,6 +199,8 @@ class Committing(LedgerCore):
         """
         with self._lock:
             self._check_open()
+            from ledger.state.flatten import Flattener
+
             flat = Flattener(self.config.chunk_size)
             node = flat.flatten(value, ())
             size = flat.pending_bytes()

@@ -71,12 +71,12 @@ from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.pending import Pending, lower_priority
 from ledger.remotes.lazy import LazySource
-from ledger.state.flatten import Staging
-from ledger.state.unchanged import UnchangedTensors
 from ledger.threads import block_signals
 
 if TYPE_CHECKING:
     from ledger.api.staging import Stage
+    from ledger.state.flatten import Staging
+    from ledger.state.unchanged import UnchangedTensors
 
 L = TypeVar("L", bound="LedgerCore")
 
@@ -116,8 +116,12 @@ class LedgerCore:
         threading.Thread(target=metadata.prefetch, name="ledger-metadata", daemon=True).start()
         self._gc_due = False
         self.async_budget = async_budget if async_budget is not None else _default_budget()
-        self.unchanged = UnchangedTensors() if trust_versions else None
-        self._staging = Staging()
+        self.unchanged: UnchangedTensors | None = None
+        if trust_versions:
+            from ledger.state.unchanged import UnchangedTensors
+
+            self.unchanged = UnchangedTensors()
+        self._snapshot_buffers: Staging | None = None  # made by the first async commit
         self._stages: weakref.WeakSet[Stage] = weakref.WeakSet()  # handed out by stage()
         self.lineage = Lineage()  # what this instance's live state came from (restore, base_on)
 
@@ -245,7 +249,8 @@ class LedgerCore:
             finally:
                 self._closed = True
                 self._pending.shutdown()
-                self._staging.clear()
+                if self._snapshot_buffers is not None:
+                    self._snapshot_buffers.clear()
                 for pool in (self._pool, self._background_pool):
                     if pool is not None:
                         pool.shutdown(wait=True)
@@ -255,6 +260,15 @@ class LedgerCore:
         if self._closed:
             raise ClosedLedgerError(f"the ledger at {self.root} was closed; open it again")
         self._pending.wait()  # a background commit lands first; its error surfaces here
+
+    @property
+    def _staging(self) -> Staging:
+        """The snapshot buffers async commits reuse (made on first use: torch is loaded then)."""
+        if self._snapshot_buffers is None:
+            from ledger.state.flatten import Staging
+
+            self._snapshot_buffers = Staging()
+        return self._snapshot_buffers
 
     @property
     def pool(self) -> ThreadPoolExecutor:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import torch
 
 from ledger.errors import (
     FormatVersionError,
@@ -32,7 +31,6 @@ from ledger.history.records import (
     config_decoder,
     unknown_tags,
 )
-from ledger.state.build import Builder, device_available
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 CONFIG_FILE = "LEDGER"
@@ -135,28 +133,6 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         )
 
     return {str(k): clean(v, f"params[{k!r}]") for k, v in (params or {}).items()}
-
-
-def _to_cuda(map_location: str | torch.device | None) -> bool:
-    if map_location is None or not torch.cuda.is_available():
-        return False
-    return torch.device(map_location).type == "cuda"
-
-
-def _mover(map_location: str | torch.device | None, builder: Builder) -> Any:
-    if map_location is None:
-
-        def home(t: torch.Tensor) -> torch.Tensor:
-            saved = builder.devices.get(id(t), "cpu")
-            return t.to(saved) if saved != "cpu" and device_available(saved) else t
-
-        return home
-    device = torch.device(map_location)
-    if device.type == "cpu":
-        return lambda t: t
-    # Pinned (page-locked) source buffers make these copies asynchronous DMA;
-    # checkout synchronizes once before handing the tensors back.
-    return lambda t: t.to(device, non_blocking=t.is_pinned())
 
 
 def _not_a_ledger(root: Path) -> NotALedgerError:

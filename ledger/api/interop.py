@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ledger.api.core import LedgerCore
-from ledger.interop.export import export_commit
-from ledger.interop.imports import ImportReport, LedgerLike, import_path
-from ledger.interop.source import ExportReport, ExportSource
-from ledger.remotes.release import ReleaseReader, ReleaseResult, release
+
+if TYPE_CHECKING:  # each is imported by its method: formats load torch, safetensors, DCP
+    from ledger.interop.imports import ImportReport
+    from ledger.interop.source import ExportReport
+    from ledger.remotes.release import ReleaseResult
 
 
 class Interop(LedgerCore):
@@ -55,6 +56,8 @@ class Interop(LedgerCore):
             >>> [c.step for c in report.commits]  # doctest: +SKIP
             [500, 1000, 1500]
         """
+        from ledger.interop.imports import LedgerLike, import_path
+
         self._check_open()
         return import_path(cast(LedgerLike, self), path, branch=branch, onto=onto, allow=allow)
 
@@ -79,6 +82,9 @@ class Interop(LedgerCore):
         Example:
             >>> lg.export("best", "hf", "model-best", max_shard_size="2GB")  # doctest: +SKIP
         """
+        from ledger.interop.export import export_commit
+        from ledger.interop.source import ExportSource
+
         with self._lock:
             self._check_open()
             return export_commit(
@@ -106,6 +112,8 @@ class Interop(LedgerCore):
         Example:
             >>> lg.release("best", "hf://me/gpt2-small", tag="v1")  # doctest: +SKIP
         """
+        from ledger.remotes.release import ReleaseReader, release
+
         with self._lock:
             self._check_open()
             return release(

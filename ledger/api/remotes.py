@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
 from ledger.api.core import LedgerCore
 from ledger.errors import RemoteError
-from ledger.interop.export import CommitReader
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
 from ledger.remotes import tracking
@@ -27,6 +26,9 @@ from ledger.remotes.hub import creating_public
 from ledger.remotes.lazy import LazySource
 from ledger.remotes.push import PushPlan, PushResult
 from ledger.remotes.transfer import Progress
+
+if TYPE_CHECKING:  # exporting weights needs torch; a plain push does not
+    from ledger.interop.export import CommitReader
 
 R = TypeVar("R", bound="RemoteOps")
 
@@ -135,7 +137,7 @@ class RemoteOps(LedgerCore):
             if dry_run:
                 return _push.plan_push(self, name, branch, all_branches=all, tags=tags)
             # The facade composes checkout (ledger.api.restore) with this mixin: a Ledger reads state.
-            reader = cast(CommitReader, self) if export_weights else None
+            reader = cast("CommitReader", self) if export_weights else None
             with creating_public(public):
                 return _push.push(
                     self,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from ledger import inspect
 from ledger.api.core import LedgerCore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class Reports(LedgerCore):

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import MutableMapping
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import msgspec
-import torch
 
 from ledger.api.core import LedgerCore
-from ledger.api.inputs import (
-    _mover,
-    _to_cuda,
-)
 from ledger.errors import (
     NothingRestoredWarning,
     PartialRestoreWarning,
@@ -29,9 +24,11 @@ from ledger.errors import (
 from ledger.history.records import (
     Commit,
 )
-from ledger.state.build import Builder, Path_, finalize, parse_paths
-from ledger.state.restore import Restorer
-from ledger.state.rng import RNG_KEY, restore_rng
+
+if TYPE_CHECKING:  # torch is imported where a tensor is built: `ledger log` never loads it
+    import torch
+
+    from ledger.state.build import Path_
 
 
 class RestoreReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,16 +116,20 @@ class Restoring(LedgerCore):
             >>> weights = lg.checkout("best", paths=["model"])["model"]  # doctest: +SKIP
             >>> frozen = lg.checkout("base", mmap=True)  # doctest: +SKIP
         """
+        import torch
+
+        from ledger.state.build import Builder, finalize, mover, parse_paths, to_cuda
+
         with self._lock:
             self._check_open()
             cid, manifest = self.manifest(rev)
             builder = Builder(self.store, self.pool, cid, manifest.chunk_size)
-            builder.pin = _to_cuda(map_location)
+            builder.pin = to_cuda(map_location)
             builder.mmap = mmap and not builder.pin
             builder.index(manifest.root, ())
             tree = builder.build(manifest.root, (), parse_paths(paths))
             builder.load()
-            out = finalize(tree, _mover(map_location, builder))
+            out = finalize(tree, mover(map_location, builder))
             if builder.pin:
                 torch.cuda.synchronize()
             return out
@@ -191,6 +192,10 @@ class Restoring(LedgerCore):
             >>> lg.restore(state, "best", strict=False, report=True).missing  # doctest: +SKIP
             ['ema']
         """
+        from ledger.state.build import Builder, finalize
+        from ledger.state.restore import Restorer
+        from ledger.state.rng import RNG_KEY, restore_rng
+
         with self._lock:
             self._check_open()
             if not isinstance(state, MutableMapping):

@@ -9,9 +9,13 @@ change while :meth:`ledger.Stage.write` stores it from another thread.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ledger.errors import UnsupportedValueError
 from ledger.manifest import Node
-from ledger.state.flatten import Flattener
+
+if TYPE_CHECKING:
+    from ledger.state.flatten import Flattener
 
 
 class Snapshot:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -54,7 +54,9 @@ from ledger.history.refs import BRANCH_PREFIX, GcLock, RefStore, check_ref_name
 from ledger.manifest import DictNode, ListNode, Manifest, Node, TupleNode, renumber
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.store import ObjectStore, PackWriter
-from ledger.state.flatten import Flattener, format_path
+
+if TYPE_CHECKING:
+    from ledger.state.flatten import Flattener
 
 ID_STRIDE = 1 << 40
 """Tensor ids of the ``k``-th part of a commit start at ``k * ID_STRIDE`` (k >= 1), so the
@@ -270,6 +272,8 @@ class Stage:
         if isinstance(value, Snapshot):
             flat, node = value.take()
         else:
+            from ledger.state.flatten import Flattener
+
             flat = Flattener(self.config.chunk_size)
             node = flat.flatten(value, ())
         with self._writer() as writer:
@@ -328,6 +332,8 @@ class Stage:
             raise UnsupportedValueError(
                 f"a commit's tree must be a mapping such as a dict, not {type(tree).__name__}"
             )
+        from ledger.state.flatten import Flattener
+
         flat = Flattener(self.config.chunk_size)
         assembler = _Assembler(flat)
         root = assembler.mapping(tree, ())
@@ -438,6 +444,8 @@ class _Assembler:
         node = DictNode(keys=[], values=[])
         for key, value in tree.items():
             if not isinstance(key, str):
+                from ledger.state.flatten import format_path
+
                 raise UnsupportedValueError(
                     f"{format_path(path)} has the key {key!r}; a tree with parts needs string keys"
                 )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -25,8 +25,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ledger.api import Ledger
 from ledger.errors import LedgerError, NotALedgerError
+
+if TYPE_CHECKING:  # opened by the command that needs it: `ledger --help` loads no ledger
+    from ledger.api import Ledger
 
 ENV_DIR = "LEDGER_DIR"
 DEFAULT_DIR_NAME = ".ledger"
@@ -144,6 +146,8 @@ def open_ledger() -> Ledger:
     Example:
         >>> lg = open_ledger()  # doctest: +SKIP
     """
+    from ledger.api import Ledger
+
     ctx = click.get_current_context()
     path = find_ledger(options().dir, os.environ, Path.cwd())
     return ctx.with_resource(Ledger.open(path))

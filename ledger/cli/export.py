@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pyarrow as pa
 
 from ledger.cli._common import (
     CommandError,
@@ -26,8 +25,10 @@ from ledger.cli._common import (
     to_json,
     warn,
 )
-from ledger.interop.export import FORMATS as EXPORT_FORMATS
-from ledger.interop.export import export_commit
+from ledger.interop.source import EXPORT_FORMATS
+
+if TYPE_CHECKING:  # pyarrow and torch load when a command needs them, not for --help
+    import pyarrow as pa
 
 FORMATS = {"parquet": (".parquet", ".pq"), "csv": (".csv",), "jsonl": (".jsonl", ".ndjson")}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -81,6 +82,8 @@ def export_command(
     opts = {k: v for k, v in given.items() if v is not None}
     lg = open_ledger()
     with progress(f"exporting {rev} as {fmt}"):
+        from ledger.interop.export import export_commit
+
         written = export_commit(lg, rev, fmt, out, force=force, **opts)
     n = len(written.files)
     confirm(
@@ -108,6 +111,8 @@ def write_table(table: pa.Table, out: Path, fmt: str) -> None:
     Example:
         >>> write_table(lg.table(), Path("log.parquet"), "parquet")  # doctest: +SKIP
     """
+    import pyarrow as pa
+
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -18,16 +18,16 @@ from ledger.errors import (
     DetachedHeadError,
     DivergedError,
     ExportError,
+    ImportBranchError,
+    ImportRefusedError,
     LedgerError,
     NotALedgerError,
     RefNameError,
+    ReleaseConflictError,
     RemoteConflictError,
     RevisionNotFoundError,
     UnmergedBranchError,
 )
-from ledger.interop.imports import ImportBranchError
-from ledger.interop.imports_read import ImportRefusedError
-from ledger.remotes.release import ReleaseConflictError
 
 _BLOCKED_MODULES = ("sys", "os", "posix", "nt")
 """torch's ``_weights_only_unpickler._blocklisted_modules``: no ``--allow`` admits their types."""

@@ -10,6 +10,7 @@ that the command group prints with their hints.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
@@ -25,7 +26,9 @@ from ledger.cli._common import (
     table,
 )
 from ledger.cli._common import row as add_row
-from ledger.interop.imports import ImportReport
+
+if TYPE_CHECKING:  # the importers load torch and safetensors; --help must not
+    from ledger.interop.imports import ImportReport
 
 
 def _render(report: ImportReport, out: Console) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.text import Text
 
-from ledger import Commit, Ledger
 from ledger.cli._common import (
     age,
     emit,
@@ -28,6 +28,9 @@ from ledger.cli._common import (
 )
 from ledger.cli.graph import GraphRow, draw, topo_order
 from ledger.errors import RefNameError
+
+if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
+    from ledger import Commit, Ledger
 
 KEY_METRICS = 3
 
@@ -83,6 +86,8 @@ def _ref_tips(lg: Ledger) -> list[str]:
 
 def _reachable(lg: Ledger, tips: Iterable[str]) -> dict[str, Commit]:
     """Every commit reachable from ``tips`` through all parent links."""
+    from ledger.history.records import Commit
+
     found: dict[str, Commit] = {}
     stack = [lg.resolve(t) for t in tips]
     while stack:

@@ -8,6 +8,8 @@ corruption.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 
@@ -22,10 +24,12 @@ from ledger.cli._common import (
     short,
 )
 from ledger.cli.remote import confirm_remote_gc
-from ledger.history.gc import GcPlan
 from ledger.history.records import Policy
 from ledger.history.retention import describe
 from ledger.retention import KeepBest, KeepEvery, KeepLast, KeepWithin
+
+if TYPE_CHECKING:  # gc loads the object store: `ledger --help` does not
+    from ledger.history.gc import GcPlan
 
 EXIT_CORRUPT = 3
 

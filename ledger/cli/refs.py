@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.text import Text
 
-from ledger import Ledger
 from ledger.cli._common import (
     DEFAULT_DIR_NAME,
     aligned,
@@ -29,7 +29,9 @@ from ledger.cli._common import (
     progress,
     short,
 )
-from ledger.interop.export import write_safetensors_dir
+
+if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
+    from ledger import Ledger
 
 
 @click.command("init")
@@ -42,6 +44,8 @@ def init_command(directory: Path | None) -> None:
         raise click.UsageError(f"two directories given: {directory} and --dir {given}")
     path = directory or given or Path(DEFAULT_DIR_NAME)
     existed = (path / "LEDGER").is_file()
+    from ledger.api import Ledger
+
     Ledger.open(path, create=True).close()
     where = os.path.abspath(path)
     verb = "ledger already exists in" if existed else "initialized an empty ledger in"
@@ -155,6 +159,8 @@ def checkout_command(rev: str, new_branch: str | None, out: Path | None, force: 
         raise click.UsageError("--force only applies to --out")
     lg = open_ledger()
     if out is not None:
+        from ledger.interop.export import write_safetensors_dir  # torch: only with --out
+
         exported = lg.get(rev)
         with progress(f"reading {short(exported.id)}"):
             state = lg.checkout(exported.id, mmap=True)  # only read, to be written out

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -25,7 +26,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ledger import Ledger
 from ledger.cli._common import (
     aligned,
     confirm,
@@ -37,8 +37,10 @@ from ledger.cli._common import (
     options,
     short,
 )
-from ledger.remotes.collect import RemoteGcReport
-from ledger.remotes.push import PushPlan
+
+if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
+    from ledger.remotes.collect import RemoteGcReport
+    from ledger.remotes.push import PushPlan
 
 
 class _Bar:
@@ -251,6 +253,8 @@ def pull_command(remote: str | None, branch: str | None) -> None:
 def clone_command(url: str, directory: Path, branch: str | None, depth: int | None) -> None:
     """Make a new ledger in DIRECTORY from URL (remote origin)."""
     with _progress() as bar:
+        from ledger.api import Ledger
+
         lg = Ledger.clone(url, directory, branch=branch, depth=depth, progress=bar)
     click.get_current_context().call_on_close(lg.close)
     head = lg.head

@@ -8,14 +8,13 @@ from ``Ledger.show/diff/du``; nothing here computes one or reads ledger bytes.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ledger import Commit
 from ledger.cli._common import (
     age,
     aligned,
@@ -31,7 +30,10 @@ from ledger.cli._common import (
     signed,
     table,
 )
-from ledger.inspect import DiffReport, DuReport, FieldChange, ShowReport
+
+if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
+    from ledger import Commit
+    from ledger.inspect import DiffReport, DuReport, FieldChange, ShowReport
 
 VALUE_WIDTH = 60
 

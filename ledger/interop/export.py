@@ -27,6 +27,7 @@ from ledger.interop.export_safetensors import (
 )
 from ledger.interop.export_torch import write_dcp, write_lightning, write_torch
 from ledger.interop.source import (
+    EXPORT_FORMATS,
     CommitReader,
     ExportJob,
     ExportReport,
@@ -61,8 +62,9 @@ _WRITERS: dict[str, Callable[..., object]] = {
     "dcp": write_dcp,
     "safetensors": _write_safetensors,
 }
-FORMATS = tuple(_WRITERS)
+FORMATS = EXPORT_FORMATS
 """Every format :func:`export_commit` writes."""
+assert tuple(_WRITERS) == FORMATS, "a writer without its name in EXPORT_FORMATS, or the reverse"
 
 
 def _read(reader: ExportSource, commit_id: str, fmt: str, options: dict[str, Any]) -> Any:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ledger.errors import LedgerError
+from ledger.errors import ImportBranchError
 from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, check_ref_name
 from ledger.interop.imports_formats import load
@@ -50,10 +50,6 @@ __all__ = [
 
 DATA_KEY = "import"
 """Each imported commit's ``meta["data"][DATA_KEY]``: source, format, checkpoint, files, fingerprint."""
-
-
-class ImportBranchError(LedgerError):
-    """The branch an import would create exists, or ``onto`` was given for an existing branch."""
 
 
 class StageLike(AbstractContextManager["StageLike"], Protocol):

@@ -30,16 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ledger.errors import LedgerError
-
-
-class ImportRefusedError(LedgerError, ValueError):
-    """A checkpoint file holds a type ``torch.load(weights_only=True)`` refuses; nothing was imported."""
-
-
-class ImportSourceError(LedgerError, ValueError):
-    """A checkpoint cannot be imported (unknown layout, truncated or damaged file, missing shard)."""
-
+from ledger.errors import ImportRefusedError, ImportSourceError
 
 _NP_CORE = np._core if hasattr(np, "_core") else np.core  # numpy >= 2 moved it
 TRAINER_RNG_ALLOW: tuple[Any, ...] = (

@@ -58,6 +58,10 @@ class ExportJob(NamedTuple):
         return self.commit.id[:12]
 
 
+EXPORT_FORMATS = ("hf", "peft", "torch", "lightning", "dcp", "safetensors")
+"""Every format ``ledger.interop.export.export_commit`` writes (here, where no torch is loaded)."""
+
+
 class ExportReport(msgspec.Struct):
     """What an export wrote: the commit, the format, and every file (relative to ``out``)."""
 

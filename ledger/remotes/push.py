@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -26,7 +27,6 @@ from ledger.history.needs import commit_needs
 from ledger.history.records import Expiry, utcnow
 from ledger.history.refs import BRANCH_PREFIX, TAG_PREFIX
 from ledger.history.revisions import head_target
-from ledger.interop.export import CommitReader
 from ledger.remotes import transfer
 from ledger.remotes.base import Remote
 from ledger.remotes.hub import HubRemote
@@ -49,6 +49,9 @@ from ledger.remotes.transfer import (
     load_view,
     upload,
 )
+
+if TYPE_CHECKING:  # export needs torch; pushing does not
+    from ledger.interop.export import CommitReader
 
 
 class PushResult(msgspec.Struct):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ledger.errors import RefNameError, RemoteError, RemoteURLError
+from ledger.errors import RefNameError, ReleaseConflictError, RemoteError, RemoteURLError
 from ledger.interop.export import CommitReader
 from ledger.remotes.card import release_card, released_files, write_hf
 from ledger.remotes.hub import PREFIX, _http_library
@@ -40,17 +40,6 @@ from ledger.remotes.layout import REFS_KEY
 CARD = "README.md"
 _REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-
-
-class ReleaseConflictError(RemoteError):
-    """A release would collide with what is on the Hub: the branch a ledger remote pushes
-    to, a tag that exists (tags never move), or a branch that moved during the release."""
-
-    repo: str | None = None
-    revision: str | None = None
-    tag: str | None = None
-    #: "push-branch", "tag-exists", "moved", or (raised by a push) "release-branch"
-    reason: str | None = None
 
 
 class ReleaseReader(CommitReader, Protocol):

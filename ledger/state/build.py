@@ -387,3 +387,31 @@ def device_available(device: str) -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_available()
     return device == "cpu"
+
+
+def to_cuda(map_location: str | torch.device | None) -> bool:
+    """Whether ``map_location`` puts tensors on a CUDA device that exists here."""
+    if map_location is None or not torch.cuda.is_available():
+        return False
+    return torch.device(map_location).type == "cuda"
+
+
+def mover(map_location: str | torch.device | None, builder: Builder) -> Callable[[Any], Any]:
+    """The function that moves each built CPU tensor to where ``map_location`` says.
+
+    ``None`` puts each tensor back on the device it was saved from, where that
+    device exists here (else it stays on the CPU).
+    """
+    if map_location is None:
+
+        def home(t: torch.Tensor) -> torch.Tensor:
+            saved = builder.devices.get(id(t), "cpu")
+            return t.to(saved) if saved != "cpu" and device_available(saved) else t
+
+        return home
+    device = torch.device(map_location)
+    if device.type == "cpu":
+        return lambda t: t
+    # Pinned (page-locked) source buffers make these copies asynchronous DMA;
+    # checkout synchronizes once before handing the tensors back.
+    return lambda t: t.to(device, non_blocking=t.is_pinned())

@@ -147,6 +147,10 @@ def serve_hub(monkeypatch: Any, tmp_path: Any, lfs_threshold: int | None = None)
     template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # Tests of offline code (the Trainer's, the importers') set HF_HUB_OFFLINE=1 in this process;
+    # whichever imported huggingface_hub first fixed it. The fake Hub is online, always.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return server
 
 
