@@ -396,8 +396,7 @@ def scrub_user(
             }
         if isinstance(value, list | tuple):
             return [
-                walk(f"{qualified}.{i}", _join(plain, str(i)), name, v)
-                for i, v in enumerate(value)
+                walk(f"{qualified}.{i}", _join(plain, str(i)), name, v) for i, v in enumerate(value)
             ]
         return field(qualified, plain, value, name)
 

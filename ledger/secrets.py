@@ -65,9 +65,12 @@ _CONTEXT: list[tuple[str, re.Pattern[str]]] = [
     )),
 ]  # fmt: skip
 
-# A bare 40-character AWS secret access key: base64 letters, bounded, not part of a path or name.
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=_.-])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=_-])(?!\.\w)")
-_PATH_SEGMENT = re.compile(r"[A-Z]?[a-z]{2,}[0-9]*|[a-z0-9]+|[A-Z0-9]{1,8}|")
+# A bare 40-character AWS secret access key: 40 base64 letters that are a whole run of them, or
+# a whole part of one between ``/`` (``s3://bucket/<key>``), not glued to a name (``run_2``,
+# ``.pt``) and not a path of words.
+_B64_RUN = re.compile(r"[A-Za-z0-9/+]{40,}")
+_GLUED_RIGHT = re.compile(r"^(?:[=_-]|\.\w)")
+_PATH_SEGMENT = re.compile(r"[A-Z]?[a-z]+(?:[A-Z][a-z]{2,})*[0-9]*|[a-z0-9]+|[A-Z0-9]{1,8}|")
 _CAMEL_WORDS = re.compile(r"(?:[A-Z][a-z]+)+")
 
 # ``scheme://user:password@`` (the password may hold ``/``) and ``scheme://token@``.
@@ -145,11 +148,18 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
         spans += [(m.start(), m.end(), kind) for m in pattern.finditer(text)]
     for kind, pattern in _CONTEXT:
         spans += [(m.start(1), m.end(1), kind) for m in pattern.finditer(text)]
-    spans += [
-        (m.start(), m.end(), "an AWS secret access key")
-        for m in _AWS_SECRET.finditer(text)
-        if _aws_secret(m.group())
-    ]
+    for m in _B64_RUN.finditer(text):
+        run, base = m.group(), m.start()
+        starts = [0] if base == 0 or text[base - 1] not in "_.-" else []
+        starts += [i + 1 for i, c in enumerate(run) if c == "/"]
+        for start in starts:
+            end = start + 40
+            if end < len(run) and run[end] != "/":
+                continue
+            if end == len(run) and _GLUED_RIGHT.match(text[m.end() : m.end() + 2]):
+                continue
+            if end <= len(run) and _aws_secret(run[start:end]):
+                spans.append((base + start, base + end, "an AWS secret access key"))
     spans.sort()
     merged: list[tuple[int, int, str]] = []
     for start, end, kind in spans:
