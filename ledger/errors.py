@@ -256,3 +256,19 @@ class NothingRestoredWarning(UserWarning):
     Its own class (not a :class:`PartialRestoreWarning`), so silencing partial
     restores never silences this one.
     """
+
+
+class SecretRedactedWarning(UserWarning):
+    """A commit's ``params=``, metric names, message or ``data=`` held something that looks like
+    a secret (a token, a key, URL credentials); it was stored as ``<redacted>``.
+
+    ``fields`` names each redacted field (as ``allow_secrets=`` takes it), never the secret.
+
+    Example:
+        >>> import warnings
+        >>> warnings.simplefilter("error", SecretRedactedWarning)  # refuse such commits instead
+    """
+
+    def __init__(self, message: str, *, fields: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.fields: list[str] = list(fields or [])

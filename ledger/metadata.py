@@ -1,11 +1,14 @@
 """Metadata captured on every commit: code, environment, hardware, model summary.
 
 This module owns what the ledger records about the world around a commit and
-the secret-scrubbing rules (docs/metadata.md). Everything is gathered without
-user code and without importing optional frameworks (versions come from
-package metadata). It must never store a secret: environment variables whose
-names look secret are dropped, values after ``--token``-like flags are
-replaced, and credentials are stripped from URLs.
+the secret-scrubbing of it and of the user's own fields (docs/metadata.md).
+Everything is gathered without user code and without importing optional
+frameworks (versions come from package metadata). It must never store a
+secret: environment variables whose names look secret are dropped, values
+after ``--token``-like flags are replaced, credentials are stripped from
+URLs, and token-shaped strings (``ledger.secrets``) are redacted wherever
+they appear, in ``params=``, metric names, messages and ``data=`` with a
+:class:`~ledger.errors.SecretRedactedWarning` unless named in ``allow_secrets=``.
 """
 
 from __future__ import annotations
@@ -18,22 +21,27 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    pass
+    import torch  # noqa: F401  (docstring examples; the functions import it)
 
-REDACTED = "<redacted>"
+from ledger.errors import SecretRedactedWarning, UnsupportedValueError
+from ledger.secrets import (
+    REDACTED,
+    is_secret_env_name,
+    is_secret_name,
+    looks_like_credential,
+    redact,
+    strip_url_credentials,
+)
+
 PROCESS_STARTED = time.time()
-_SECRET_NAME = re.compile(
-    r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE", re.I
-)
-_SECRET_FLAG = re.compile(
-    r"^--?[\w-]*(token|api[-_]?key|password|passwd|secret|credential)s?$", re.I
-)
-_URL_CRED = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s:]+(?::[^/@\s]*)?)@")
+# ``HF_TOKEN=...`` on a command line (``env``, launchers): the name decides, as for the environment.
+_ENV_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 # Environment variables worth keeping for reproducibility (then filtered for secrets).
 _ENV_PREFIXES = (
     "CUDA_", "NCCL_", "OMP_", "MKL_", "PYTORCH_", "TORCH_", "TORCHINDUCTOR_", "HF_",
@@ -51,28 +59,19 @@ _FRAMEWORKS = (
 )
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable name looks like it holds a secret.
-
-    Example:
-        >>> is_secret_name("HF_TOKEN"), is_secret_name("CUDA_VISIBLE_DEVICES")
-        (True, False)
-    """
-    return bool(_SECRET_NAME.search(name))
-
-
-def strip_url_credentials(text: str) -> str:
-    """Remove ``user:password@`` from every URL in ``text``.
-
-    Example:
-        >>> strip_url_credentials("https://user:pw@github.com/org/repo.git")
-        'https://github.com/org/repo.git'
-    """
-    return _URL_CRED.sub(r"\1", text)
+def _is_secret_flag(flag: str) -> bool:
+    """A flag named like a secret: its last word says so (``--wandb-key``, ``--auth``, ``--hf_token``)."""
+    return flag.startswith("-") and len(flag) > 1 and is_secret_name(flag)
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with values of secret-looking flags replaced.
+    """The command line with secrets replaced by ``<redacted>``.
+
+    The value of a flag named like a secret (``--token``, ``--api-key=``,
+    ``--wandb-key``, ``--auth``, ``--hf_token`` ...), the value of a
+    ``NAME=value`` argument whose name looks secret (``HF_TOKEN=...``), and any
+    token-shaped part of any argument (``hf_...``, ``Bearer ...``, URL
+    credentials) are replaced.
 
     Example:
         >>> redact_argv(["train.py", "--token", "abc", "--api-key=xyz", "--lr", "3"])
@@ -86,28 +85,54 @@ def redact_argv(argv: list[str]) -> list[str]:
             hide_next = False
             continue
         flag, eq, _ = arg.partition("=")
-        if _SECRET_FLAG.match(flag):
+        if _is_secret_flag(flag):
             if eq:
                 out.append(f"{flag}={REDACTED}")
             else:
                 out.append(arg)
                 hide_next = True
             continue
-        out.append(strip_url_credentials(arg))
+        assignment = _ENV_ASSIGNMENT.match(arg)
+        if assignment and is_secret_env_name(assignment.group(1)):
+            out.append(f"{assignment.group(1)}={REDACTED}")
+            continue
+        out.append(redact(arg))
     return out
 
 
 def scrub(value: Any) -> Any:
-    """Strip URL credentials from every string inside ``value`` (dicts, lists)."""
+    """``value`` (dicts, lists, strings) with every secret redacted (docs/metadata.md).
+
+    Strings lose URL credentials and token-shaped parts; a credential-like
+    string under a key named like a secret (``password``, ``hub_token``) is
+    replaced whole.
+
+    Example:
+        >>> scrub({"remote": "https://u:pw@host/r", "db": {"password": "hunter2!x"}})
+        {'remote': 'https://host/r', 'db': {'password': '<redacted>'}}
+    """
+    return _scrub(value, None, lambda _kind, _path: None, ())
+
+
+def _scrub(
+    value: Any,
+    name: str | None,
+    found: Callable[[str, tuple[str, ...]], None],
+    path: tuple[str, ...],
+) -> Any:
     if isinstance(value, str):
-        return strip_url_credentials(value)
+        if name is not None and is_secret_name(name) and looks_like_credential(value):
+            found("a value named like a secret", path)
+            return REDACTED
+        return redact(value, lambda kind: found(kind, path))
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if isinstance(k, str) and is_secret_name(k) else scrub(v))
-            for k, v in value.items()
-        }
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = _scrub(k, None, found, (*path, str(k))) if isinstance(k, str) else k
+            out[key] = _scrub(v, k if isinstance(k, str) else None, found, (*path, str(k)))
+        return out
     if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
+        return [_scrub(v, name, found, (*path, str(i))) for i, v in enumerate(value)]
     return value
 
 
@@ -138,7 +163,7 @@ def code_info() -> dict[str, Any]:
             "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
             "dirty": bool(status),
             "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-            "remote": strip_url_credentials(remote) if remote else None,
+            "remote": redact(remote) if remote else None,
         }
     return info
 
@@ -169,9 +194,9 @@ def environment_info() -> dict[str, Any]:
     if torch.backends.cudnn.is_available():
         cudnn = torch.backends.cudnn.version()
     env = {
-        k: strip_url_credentials(v)
+        k: redact(v)
         for k, v in sorted(os.environ.items())
-        if k.startswith(_ENV_PREFIXES) and not is_secret_name(k)
+        if k.startswith(_ENV_PREFIXES) and not is_secret_env_name(k)
     }
     return {
         "python": platform.python_version(),
@@ -276,11 +301,12 @@ def prefetch() -> None:
 def capture(
     state: Mapping[Any, Any], data: Mapping[str, Any] | None, packages_blob: str | None
 ) -> dict[str, Any]:
-    """The ``meta`` of one commit (everything scrubbed of secrets).
+    """The ``meta`` of one commit (everything captured scrubbed of secrets).
 
     Args:
         state: the committed state (for the model summary).
-        data: the user's data lineage (dataset names, revisions, fingerprints).
+        data: the user's data lineage (dataset names, revisions, fingerprints),
+            already passed through :func:`scrub_user` (stored as given here).
         packages_blob: id of the stored installed-package list.
     """
     env = dict(environment_info())
@@ -292,17 +318,136 @@ def capture(
         "hardware": hardware_info(),
         "model": model_summary(state),
     }
-    if data:
-        meta["data"] = dict(data)
     scrubbed: dict[str, Any] = scrub(meta)
+    if data:
+        scrubbed["data"] = dict(data)
     return scrubbed
 
 
+class UserFields(NamedTuple):
+    """The user-given metadata of one commit, secrets redacted (what :func:`scrub_user` returns)."""
+
+    message: str | None
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    data: dict[str, Any]
+
+
+def _allowed_names(allow_secrets: Iterable[str] | str | None) -> frozenset[str]:
+    if allow_secrets is None:
+        return frozenset()
+    names = [allow_secrets] if isinstance(allow_secrets, str) else list(allow_secrets)
+    for name in names:
+        if not isinstance(name, str):
+            raise UnsupportedValueError(
+                f"allow_secrets holds {name!r}: it lists field names such as "
+                "'hub_token', 'metrics.loss', 'data.source' or 'message'"
+            )
+    return frozenset(names)
+
+
+def _is_allowed(allowed: frozenset[str], names: tuple[str, ...]) -> bool:
+    return any(n == a or n.startswith(a + ".") for n in names for a in allowed)
+
+
+def scrub_user(
+    *,
+    message: str | None,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any],
+    data: Mapping[str, Any],
+    allow_secrets: Iterable[str] | str | None = None,
+) -> UserFields:
+    """Redact secrets in the user-given fields of a commit, with one warning naming each.
+
+    ``params=``, metric names, the message and ``data=`` go through the same
+    rules as captured metadata (:func:`scrub`). A field is named by its path:
+    ``lr`` or ``params.lr``, ``optim.betas.0`` for nested params, ``loss`` or
+    ``metrics.loss``, ``data.source``, ``message``; a field named in
+    ``allow_secrets`` (or below a name there) is stored as given.
+
+    Warns:
+        SecretRedactedWarning: naming each redacted field (with its secret
+            redacted), what it looked like, and the ``allow_secrets`` to keep it.
+
+    Example:
+        >>> u = scrub_user(message="run", metrics={}, params={"lr": 0.1}, data={})
+        >>> u.params
+        {'lr': 0.1}
+    """
+    allowed = _allowed_names(allow_secrets)
+    hits: dict[str, set[str]] = {}
+
+    def field(qualified: str, plain: str | None, value: Any, name: str | None = None) -> Any:
+        names = (qualified,) if plain is None else (qualified, plain)
+        if _is_allowed(allowed, names):
+            return value
+        kinds: set[str] = set()
+        out = _scrub(value, name, lambda kind, _path: kinds.add(kind), ())
+        if kinds:
+            hits.setdefault(redact(plain if plain is not None else qualified), set()).update(kinds)
+        return out
+
+    def tree(prefix: str, values: Mapping[str, Any], plain: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out[field(f"{prefix}.{key}", key if plain else None, key)] = walk(
+                f"{prefix}.{key}", key if plain else None, key, value
+            )
+        return out
+
+    def walk(qualified: str, plain: str | None, name: str, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {
+                field(f"{qualified}.{k}", _join(plain, k), k): walk(
+                    f"{qualified}.{k}", _join(plain, k), k, v
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [
+                walk(f"{qualified}.{i}", _join(plain, str(i)), name, v) for i, v in enumerate(value)
+            ]
+        return field(qualified, plain, value, name)
+
+    metrics_out: dict[str, float] = {}
+    for key, number in metrics.items():
+        clean = field(f"metrics.{key}", key, key)
+        while clean in metrics_out:  # two names redacted alike stay two metrics
+            clean += "'"
+        metrics_out[clean] = number
+    fields = UserFields(
+        message=None if message is None else field("message", None, message),
+        metrics=metrics_out,
+        params=tree("params", params, plain=True),
+        data=tree("data", data, plain=False),
+    )
+    if hits:
+        listed = "; ".join(f"{name!r} ({', '.join(sorted(k))})" for name, k in hits.items())
+        warnings.warn(
+            SecretRedactedWarning(
+                f"secrets in this commit's metadata were stored as {REDACTED}: {listed}. "
+                f"If a field is not a secret, name it in allow_secrets="
+                f"{sorted(hits)!r} to store it as given (docs/metadata.md)",
+                fields=sorted(hits),
+            ),
+            stacklevel=4,
+        )
+    return fields
+
+
+def _join(prefix: str | None, key: str) -> str | None:
+    return None if prefix is None else f"{prefix}.{key}"
+
+
 __all__ = [
+    "UserFields",
     "capture",
     "installed_packages",
+    "is_secret_env_name",
     "is_secret_name",
     "redact_argv",
     "scrub",
+    "scrub_user",
     "strip_url_credentials",
 ]

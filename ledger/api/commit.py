@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, overload
 
@@ -42,6 +42,7 @@ class Committing(LedgerCore):
         branch: str | None = ...,
         rng: bool = ...,
         data: Mapping[str, Any] | None = ...,
+        allow_secrets: Iterable[str] | None = ...,
         blocking: Literal[True] = ...,
     ) -> Commit: ...
 
@@ -58,6 +59,7 @@ class Committing(LedgerCore):
         branch: str | None = ...,
         rng: bool = ...,
         data: Mapping[str, Any] | None = ...,
+        allow_secrets: Iterable[str] | None = ...,
         blocking: Literal[False],
     ) -> CommitHandle: ...
 
@@ -74,6 +76,7 @@ class Committing(LedgerCore):
         branch: str | None = ...,
         rng: bool = ...,
         data: Mapping[str, Any] | None = ...,
+        allow_secrets: Iterable[str] | None = ...,
         blocking: bool,
     ) -> Commit | CommitHandle: ...
 
@@ -89,6 +92,7 @@ class Committing(LedgerCore):
         branch: str | None = None,
         rng: bool = True,
         data: Mapping[str, Any] | None = None,
+        allow_secrets: Iterable[str] | None = None,
         blocking: bool = True,
     ) -> Commit | CommitHandle:
         """Store ``state`` as a new commit on the current branch (or on ``branch``).
@@ -109,6 +113,11 @@ class Committing(LedgerCore):
             branch: commit to this branch (created at HEAD if missing) without moving HEAD.
             rng: also capture the global RNG of torch, CUDA, numpy and Python.
             data: data lineage: dataset names, revisions, fingerprints (plain values).
+            allow_secrets: names of fields of ``params``, ``metrics``, ``data``
+                (``"hub_token"``, ``"metrics.loss"``, ``"data.source"``) or
+                ``"message"`` to store as given even where they look like a
+                secret; elsewhere a token, key or URL credential is stored as
+                ``<redacted>`` with a :class:`SecretRedactedWarning` (docs/metadata.md).
             blocking: False returns a :class:`CommitHandle` as soon as the state
                 is snapshotted (copied) and writes it in the background; the next
                 call on this ledger waits for it and raises its error, if any.
@@ -154,6 +163,7 @@ class Committing(LedgerCore):
                 data=data,
                 branch=branch,
                 started=started,
+                allow_secrets=allow_secrets,
             )
             if blocking:
                 return self._write_commit(draft, self.pool)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -155,22 +155,27 @@ def draft_of(
     branch: str | None,
     parts: CommitStats | None = None,
     started: float | None = None,
+    allow_secrets: Iterable[str] | None = None,
 ) -> Draft:
-    """A :class:`Draft` of ``root`` with the user's metadata checked and the environment captured."""
+    """A :class:`Draft` of ``root``: user metadata checked, secrets redacted, environment captured."""
     if branch is not None:
         check_ref_name(branch, "branch")
     packages = metadata.installed_packages()
+    metrics, params, data = _clean_metrics(metrics), _clean_params(params), _clean_params(data)
+    user = metadata.scrub_user(
+        message=message, metrics=metrics, params=params, data=data, allow_secrets=allow_secrets
+    )
     return Draft(
         flat=flat,
         root=root,
         branch=branch,
         packages=packages,
-        meta=metadata.capture(summary, _clean_params(data), hash_bytes(packages).hex()),
+        meta=metadata.capture(summary, user.data, hash_bytes(packages).hex()),
         step=_opt_int(step, "step"),
         epoch=_opt_int(epoch, "epoch"),
-        message=message,
-        metrics=_clean_metrics(metrics),
-        params=_clean_params(params),
+        message=user.message,
+        metrics=user.metrics,
+        params=user.params,
         parts=parts,
         started=started,
     )
@@ -300,6 +305,7 @@ class Stage:
         data: Mapping[str, Any] | None = None,
         branch: str | None = None,
         summary: Mapping[Any, Any] | None = None,
+        allow_secrets: Iterable[str] | None = None,
     ) -> Commit:
         """Write one commit of ``tree`` and move its branch (compare-and-swap).
 
@@ -310,7 +316,8 @@ class Stage:
 
         Args:
             tree: the commit's root.
-            message, step, epoch, metrics, params, data, branch: as for ``Ledger.commit``.
+            message, step, epoch, metrics, params, data, branch, allow_secrets: as for
+                ``Ledger.commit``.
             summary: the live state the metadata's model summary describes
                 (default: ``tree``; parts have no live objects).
 
@@ -350,6 +357,7 @@ class Stage:
             branch=branch,
             parts=assembler.stats,
             started=started,
+            allow_secrets=allow_secrets,
         )
         return self.write_draft(draft)
 
