@@ -161,6 +161,27 @@ def tree_bytes(root: Path, *, skip: Collection[str] = ()) -> dict[str, bytes]:
     }
 
 
+def stored_byte_strings(root: Path) -> list[bytes]:
+    """Every file of the ledger at ``root`` plus every object decoded (decompressed) by its store."""
+    blobs = list(tree_bytes(root).values())
+    with Ledger.open(root, fsync=False) as lg:
+        for kind in ("chunk", "manifest", "commit", "blob"):
+            blobs += [bytes(lg.store.read(oid, kind)) for oid in lg.store.ids(kind)]
+    return blobs
+
+
+def git_repo(repo: Path, origin: str) -> Path:
+    """A git repository at ``repo`` with one commit and ``origin`` as its remote."""
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    (repo / "train.py").write_text("print('hi')\n")
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    subprocess.run([*git, "remote", "add", "origin", origin], cwd=repo, check=True)
+    return repo
+
+
 def dir_bytes(root: Path) -> int:
     """Bytes of every file under ``root``."""
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

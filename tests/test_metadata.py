@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from helpers import tree_bytes
+from helpers import git_repo, stored_byte_strings
 
 from ledger import Ledger
 from ledger.metadata import redact_argv, strip_url_credentials
@@ -17,28 +17,13 @@ from ledger.metadata import redact_argv, strip_url_credentials
 SCRIPT = Path(__file__).parent / "scripts" / "commit_with_secrets.py"
 
 
-def _every_stored_byte_string(root: Path) -> list[bytes]:
-    """Raw file contents plus every object decoded (decompressed) from the store."""
-    blobs = list(tree_bytes(root).values())
-    with Ledger.open(root, fsync=False) as lg:
-        for kind in ("chunk", "manifest", "commit", "blob"):
-            blobs += [lg.store.read(oid, kind) for oid in lg.store.ids(kind)]
-    return blobs
-
-
 def test_planted_secrets_appear_nowhere_in_the_ledger(tmp_path: Path) -> None:
     planted = {
         name: secrets.token_urlsafe(24) for name in ("hf", "aws", "wandb", "pw", "tok", "eq")
     }
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    (repo / "train.py").write_text("print('hi')\n")
-    subprocess.run([*git, "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
-    remote = f"https://alice:{planted['pw']}@git.example.com/org/repo.git"
-    subprocess.run([*git, "remote", "add", "origin", remote], cwd=repo, check=True)
+    repo = git_repo(
+        tmp_path / "repo", f"https://alice:{planted['pw']}@git.example.com/org/repo.git"
+    )
     env = dict(os.environ)
     env.update(
         HF_TOKEN=planted["hf"],
@@ -60,7 +45,7 @@ def test_planted_secrets_appear_nowhere_in_the_ledger(tmp_path: Path) -> None:
         env=env,
         check=True,
     )
-    stored = _every_stored_byte_string(ledger_dir)
+    stored = stored_byte_strings(ledger_dir)
     for name, value in planted.items():
         assert not any(value.encode() in blob for blob in stored), f"secret {name} leaked"
     with Ledger.open(ledger_dir) as lg:

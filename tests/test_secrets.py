@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import string
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import tree_bytes
+from helpers import git_repo, stored_byte_strings, tree_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -348,15 +347,6 @@ def test_a_staged_commit_redacts_and_allows_alike(lg: Ledger) -> None:
 # -- end to end: search every stored byte ------------------------------------------------------
 
 
-def _ledger_bytes(root: Path) -> list[bytes]:
-    """Every file of a ledger plus every object decoded (decompressed) by its own store."""
-    blobs = list(tree_bytes(root).values())
-    with Ledger.open(root, fsync=False) as lg:
-        for kind in ("chunk", "manifest", "commit", "blob"):
-            blobs += [bytes(lg.store.read(oid, kind)) for oid in lg.store.ids(kind)]
-    return blobs
-
-
 def _remote_bytes(root: Path) -> list[bytes]:
     """Every file of a directory remote plus every object of its packs, decoded."""
     blobs = list(tree_bytes(root).values())
@@ -401,16 +391,8 @@ def test_planted_secrets_of_every_kind_are_in_no_file_and_no_object_here_or_on_a
 ) -> None:
     p = _planted(random.SystemRandom())
     control = "hf_" + "".join(random.SystemRandom().choice(ALNUM) for _ in range(34))
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
-    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
-    (repo / "train.py").write_text("print('hi')\n")
-    subprocess.run([*git, "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
     origin = f"https://alice:{p['url password']}@git.example.com/org/repo.git"
-    subprocess.run([*git, "remote", "add", "origin", origin], cwd=repo, check=True)
-    monkeypatch.chdir(repo)
+    monkeypatch.chdir(git_repo(tmp_path / "repo", origin))
     monkeypatch.setattr(sys, "argv", [
         "train.py", "--wandb-key", p["wandb flag"], "--auth", p["auth flag"], p["bare hf"],
         "--header", f"Authorization: Bearer {p['bearer']}", f"HF_TOKEN={p['HF_TOKEN= arg']}",
@@ -446,7 +428,7 @@ def test_planted_secrets_of_every_kind_are_in_no_file_and_no_object_here_or_on_a
         lg.push("origin")
 
     for where, blobs in [
-        ("ledger", _ledger_bytes(tmp_path / "ckpt")),
+        ("ledger", stored_byte_strings(tmp_path / "ckpt")),
         ("remote", _remote_bytes(tmp_path / "remote")),
     ]:
         # the control, kept by allow_secrets=, is found by the same search
