@@ -24,10 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-if TYPE_CHECKING:
-    import torch  # noqa: F401  (docstring examples; the functions import it)
+from typing import Any, NamedTuple
 
 from ledger.errors import SecretRedactedWarning, UnsupportedValueError
 from ledger.secrets import (
