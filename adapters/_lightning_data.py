@@ -11,18 +11,39 @@ mid-epoch). The fix is a generator whose state the loader saves with its own
 state (torchdata's ``StatefulDataLoader(shuffle=True)`` makes and saves one;
 a hand-written loader must), so the check
 warns, naming the loader and the fix, when a run that commits mid-epoch has
-a stateful loader over such a sampler.
+a stateful loader over such a sampler. It also describes the run's data for
+the commit's ``data`` metadata (:func:`data_meta`, through ``ledger.datainfo``).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader, RandomSampler
 
-__all__ = ["DataOrderWarning", "order_not_saved", "warn_order_not_saved"]
+from ledger.datainfo import described
+
+__all__ = ["DataOrderWarning", "data_meta", "order_not_saved", "warn_order_not_saved"]
+
+
+def data_meta(
+    trainer: Any, data: Mapping[str, Any], files: Sequence[str | os.PathLike[str]]
+) -> dict[str, Any]:
+    """The commit's ``data``: the train loader and DataModule described, files hashed, ``data`` over them.
+
+    Example:
+        >>> data_meta(trainer, {"name": "toy"}, [])["name"]  # doctest: +SKIP
+        'toy'
+    """
+    return described(
+        data,
+        files,
+        train=getattr(trainer, "train_dataloader", None),
+        datamodule=getattr(trainer, "datamodule", None),
+    )
 
 
 class DataOrderWarning(UserWarning):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without a
     raise missing_extra("accelerate", _e) from _e
 
 from ledger import Commit, Ledger
+from ledger.datainfo import described
 from ledger.errors import StateMismatchError
 from ledger.manifest import DictNode, ListNode
 from ledger.pending import CommitHandle
@@ -194,6 +195,11 @@ def _refuse_unsupported(accelerator: Accelerator, what: str) -> None:
         )
 
 
+def _loaders(accelerator: Accelerator) -> list[Any]:
+    """The prepared data loaders, unwrapped from Accelerate's shards where it keeps the base."""
+    return [getattr(dl, "base_dataloader", dl) for dl in accelerator._dataloaders]
+
+
 def save_state(
     accelerator: Accelerator,
     ledger: LedgerLike | None = None,
@@ -206,6 +212,8 @@ def save_state(
     branch: str | None = None,
     free_space: bool = True,
     blocking: bool = True,
+    data: Mapping[str, Any] | None = None,
+    data_files: Sequence[str | os.PathLike[str]] = (),
 ) -> Commit | CommitHandle | None:
     """Commit everything ``accelerator.save_state`` would save (call it on every process).
 
@@ -237,6 +245,11 @@ def save_state(
             training loop goes on while the chunks are written. The next
             ``save_state`` waits for it (raising its error), and only then
             frees what ``total_limit`` expired.
+        data: the commit's ``data`` metadata; its keys win over ``dataloaders``,
+            found automatically: each prepared loader's dataset class, length,
+            batch size and sampler (a ``datasets`` Dataset's fingerprint too).
+        data_files: data files (or folders) whose blake3 hashes are recorded as
+            ``data.files``, read once per process.
 
     Returns:
         The commit (on every process), or its ``CommitHandle`` when not blocking.
@@ -266,6 +279,7 @@ def save_state(
         "params": plain_params(params or {}),
         "message": message,
         "branch": branch,
+        "data": described(data, data_files, dataloaders=_loaders(accelerator)),
     }
     lg = _open(project_ledger(accelerator) if ledger is None else ledger, accelerator)
     limit = config.total_limit if config.automatic_checkpoint_naming else None

@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ from ._common import (
     storable,
     warn_conversions,
 )
-from ._lightning_data import DataOrderWarning, warn_order_not_saved
+from ._lightning_data import DataOrderWarning, data_meta, warn_order_not_saved
 from ._lightning_dist import commit_ranks, is_fsdp, load_through_ledger, refuse_unsupported
 from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
 
@@ -104,6 +106,8 @@ class LedgerCheckpoint(Checkpoint):
             or to validation end (False); None decides as ``ModelCheckpoint`` does.
         timeout: with several processes, seconds a rank waits for the others at a
             commit before raising ``DistributedCommitError`` (no commit is made).
+        data: the commits' ``data`` metadata, over what is found (``train``: the train
+            loader, ``datamodule``); ``data_files``: files whose blake3 is recorded.
 
     Example:
         >>> cb = LedgerCheckpoint("ckpt", monitor="val_loss", save_top_k=3)  # doctest: +SKIP
@@ -125,7 +129,11 @@ class LedgerCheckpoint(Checkpoint):
         best_ref: str = BEST,
         save_on_train_epoch_end: bool | None = None,
         timeout: float = 300.0,
+        data: Mapping[str, Any] | None = None,
+        data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        self.data = dict(data or {})
+        self.data_files = list(data_files)
         for name, value in (
             ("every_n_train_steps", every_n_train_steps),
             ("every_n_epochs", every_n_epochs),
@@ -396,6 +404,7 @@ class LedgerCheckpoint(Checkpoint):
             "metrics": metrics,
             "params": _hyperparameters(trainer),
             "branch": self.branch,
+            "data": data_meta(trainer, self.data, self.data_files),
         }
         if trainer.world_size > 1:
             commit = commit_ranks(

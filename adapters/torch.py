@@ -19,10 +19,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ledger import Commit, Ledger
+from ledger.datainfo import described
 from ledger.pending import CommitHandle
 
 from ._common import (
@@ -71,6 +73,12 @@ class Checkpointer:
         gc_every: run ``gc`` after every this many commits (retention frees
             space only at gc); None leaves it to you or to ``ledger gc``.
         blocking: False commits in the background (``Ledger.commit(blocking=False)``).
+        dataloader: the training ``DataLoader``: its dataset's class, length (and a
+            ``datasets`` Dataset's fingerprint and split) are recorded as ``data.train``.
+        data: recorded as the commit's ``data`` metadata; its keys win over what is
+            found automatically (docs/metadata.md).
+        data_files: data files (or folders) whose blake3 hashes are recorded as
+            ``data.files``, read once per process.
 
     Example:
         >>> ckpt = Checkpointer("ckpt", model=model, optimizer=opt, scheduler=sched,
@@ -96,6 +104,9 @@ class Checkpointer:
         params: Mapping[str, Any] | None = None,
         gc_every: int | None = None,
         blocking: bool = True,
+        dataloader: Any = None,
+        data: Mapping[str, Any] | None = None,
+        data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise AdapterError(f"every={every!r} must be a positive integer")
@@ -108,6 +119,9 @@ class Checkpointer:
         self.best_ref = best_ref
         self.branch = branch
         self.params = plain_params(params or {})
+        self.dataloader = dataloader
+        self.data = dict(data or {})
+        self.data_files = list(data_files)
         self.gc_every = gc_every
         self.blocking = blocking
         self._named: dict[str, Any] = {}
@@ -174,6 +188,7 @@ class Checkpointer:
             "metrics": values,
             "params": self.params,
             "branch": self.branch,
+            "data": described(self.data, self.data_files, train=self.dataloader),
         }
         made: Commit | CommitHandle
         if self.blocking:

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
@@ -48,6 +49,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without t
     raise missing_extra("transformers", _e) from _e
 
 from ledger import Commit, Ledger
+from ledger.datainfo import described
 from ledger.errors import LedgerError
 
 from ._common import (
@@ -94,6 +96,11 @@ class LedgerCallback(TrainerCallback):
         timeout: with several processes, seconds a process waits for the
             others during a save or a resume before it raises
             ``DistributedCommitError`` (a process died or stopped answering).
+        data: the commits' ``data`` metadata; its keys win over what is found
+            automatically: ``train``/``eval`` describe ``trainer.train_dataset`` and
+            ``eval_dataset`` (a ``datasets`` Dataset's fingerprint, split and rows).
+        data_files: data files (or folders) whose blake3 hashes are recorded as
+            ``data.files``, read once per process.
 
     Commits happen where the Trainer would save (``save_strategy``,
     ``save_steps``), each with ``step`` = ``global_step``, the metrics the
@@ -125,8 +132,12 @@ class LedgerCallback(TrainerCallback):
         best_ref: str = BEST,
         free_space: bool = True,
         timeout: float = 300.0,
+        data: Mapping[str, Any] | None = None,
+        data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
+        self.data = dict(data or {})
+        self.data_files = list(data_files)
         self.branch = branch
         self.best_ref = best_ref
         self.free_space = free_space
@@ -342,6 +353,12 @@ class LedgerCallback(TrainerCallback):
             "metrics": logged_at(state, step),
             "params": plain_params(args.to_dict()),
             "branch": self.branch,
+            "data": described(
+                self.data,
+                self.data_files,
+                train=getattr(trainer, "train_dataset", None),
+                eval=getattr(trainer, "eval_dataset", None),
+            ),
         }
         if ch is None:
             commit = self.ledger.commit(saved_tree(trainer), **meta)

@@ -188,6 +188,10 @@ class RemoteURLError(RemoteError):
     """A remote URL is malformed, of an unsupported kind, or carries a credential."""
 
 
+class DataFileError(LedgerError):
+    """A data file named for hashing (``data_files=``) cannot be read."""
+
+
 class RemoteAuthError(RemoteError):
     """Who the ledger would act as on a remote is missing or not allowed: no token, an
     invalid or read-only Hub token, an unknown stored token name or AWS profile."""
