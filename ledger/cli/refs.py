@@ -160,11 +160,14 @@ def checkout_command(rev: str, new_branch: str | None, out: Path | None, force: 
     lg = open_ledger()
     if out is not None:
         from ledger.interop.export import write_safetensors_dir  # torch: only with --out
+        from ledger.interop.space import guarded_output
 
         exported = lg.get(rev)
-        with progress(f"reading {short(exported.id)}"):
-            state = lg.checkout(exported.id, mmap=True)  # only read, to be written out
-        written = write_safetensors_dir(state, exported, out, force=force)
+        what = f"checkout of {short(exported.id)}"
+        with guarded_output(out, exported.stats.logical_bytes, what):
+            with progress(f"reading {short(exported.id)}"):
+                state = lg.checkout(exported.id, mmap=True)  # only read, to be written out
+            written = write_safetensors_dir(state, exported, out, force=force)
         files = ", ".join(written.files)
         confirm(written, f"wrote {short(exported.id)} to {out}: {files} and metadata.json")
         return

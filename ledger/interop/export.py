@@ -35,6 +35,7 @@ from ledger.interop.source import (
     outside,
     report,
 )
+from ledger.interop.space import guarded_output
 from ledger.state.build import PathNotFoundError
 
 __all__ = [
@@ -129,5 +130,7 @@ def export_commit(
     outside(reader.root, out)
     commit_id = reader.resolve(rev)
     commit = Commit.from_record(commit_id, reader.record(commit_id))
-    _WRITERS[fmt](ExportJob(_read(reader, commit_id, fmt, options), commit, out, force), **options)
+    with guarded_output(out, commit.stats.logical_bytes, f"{fmt} export of {commit_id[:12]}"):
+        state = _read(reader, commit_id, fmt, options)
+        _WRITERS[fmt](ExportJob(state, commit, out, force), **options)
     return report(commit_id, fmt, out)
