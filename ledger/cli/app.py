@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 import ledger
-from ledger.cli import export, imports, log, maintain, refs, release, remote, report
+from ledger.cli import export, imports, log, maintain, refs, release, remote, report, status
 from ledger.cli._common import Options, global_options, to_json
 from ledger.cli.hints import hint_for
 from ledger.errors import LedgerError
@@ -32,6 +32,7 @@ EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1,
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     refs,
     log,
+    status,
     report,
     export,
     maintain,
