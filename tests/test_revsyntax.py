@@ -8,6 +8,7 @@ is a RevisionSyntaxError that says which part is wrong.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from hypothesis import given
@@ -32,8 +33,9 @@ from ledger.history.revsyntax import (
 _NAME = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._/-]{0,12}\Z").filter(
     lambda n: n not in ("step", "epoch", "best") and not n.endswith(("/", "."))
 )
+# a metric cannot hold a keyword segment (``a:step:1`` reads as branch ``best:a``, step 1)
 _METRIC = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_./:-]{0,12}\Z").filter(
-    lambda m: not m.endswith(":") and "::" not in m
+    lambda m: not m.endswith(":") and "::" not in m and not re.search(r"(^|:)(step|epoch|best):", m)
 )
 _OFFSETS = st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
 _MOMENT = st.datetimes(
@@ -94,7 +96,9 @@ def test_canonical_text_is_a_fixed_point(rev: Rev) -> None:
                 )
             ),
         ),
-        # a branch named like a keyword is reached through its full ref name
+        # a branch named like a keyword: the rightmost well-formed selector wins
+        ("best:step:10", Rev(Select(Rev(Name("best")), Step(10)))),
+        ("best:epoch:2", Rev(Select(Rev(Name("best")), Epoch(2)))),
         ("refs/heads/step:step:7", Rev(Select(Rev(Name("refs/heads/step")), Step(7)))),
     ],
 )
@@ -123,8 +127,9 @@ def test_a_metric_ending_in_min_keeps_an_explicit_mode() -> None:
         ("main@{2 hours ago", "closing"),
         ("main@{when the loss dropped}", "no time"),
         ("main@{3 fortnights ago}", "unknown unit"),
-        ("step:1:step:2", "whole number"),
-        ("main@{1 day ago}:step:1:epoch:2", "whole number"),
+        ("step:1:step:2", "two selectors"),
+        ("main@{1 day ago}:step:1:epoch:2", "two selectors"),
+        ("step:1:step:x", "whole number"),
         ("my branch", "not a ref name"),
     ],
 )

@@ -145,9 +145,27 @@ def _parse(text: str, whole: str) -> Rev:
 
 
 def _selector_start(text: str) -> re.Match[str] | None:
-    """The leftmost ``step:``/``epoch:``/``best:`` outside ``@{...}``."""
-    depth_free = re.sub(r"@\{[^}]*\}", lambda m: "#" * len(m.group(0)), text)
-    return _SELECTOR_RE.search(depth_free)
+    """The ``step:``/``epoch:``/``best:`` (outside ``@{...}``) that starts the selector.
+
+    The rightmost one whose body is well formed, so that a scope named like a
+    keyword works: ``best:step:10`` is step 10 on branch ``best`` (the branch
+    the adapters' ``on_best=`` keeps), not a metric named ``step:10``.
+    """
+    masked = re.sub(r"@\{[^}]*\}", lambda m: "#" * len(m.group(0)), text)
+    found = list(re.finditer(r"(?=((?:^|:)(step|epoch|best):))", masked))
+    for m in reversed(found[1:]):
+        body = text[m.start() + len(m.group(1)) :]
+        if _body_ok(m.group(2), body):
+            return _SELECTOR_RE.match(text, m.start())
+    return _SELECTOR_RE.match(text, found[0].start()) if found else None
+
+
+def _body_ok(kind: str, body: str) -> bool:
+    if kind == "best":
+        head, sep, tail = body.rpartition(":")
+        return bool(head if sep and tail in ("min", "max") else body)
+    digits = body[2:] if kind == "step" and body.startswith("<=") else body
+    return digits.isascii() and digits.isdigit()
 
 
 def _parse_base(text: str, whole: str) -> Name | At | Select:
