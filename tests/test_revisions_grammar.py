@@ -171,3 +171,28 @@ def test_the_cli_accepts_the_grammar_and_reports_errors_in_one_line(
     syntax = run_cli("--dir", d, "show", "best:")
     assert syntax.exit_code == 1 and "metric name" in syntax.output
     assert len([line for line in syntax.output.splitlines() if line.strip()]) <= 2
+
+
+def test_an_adapter_resumes_from_a_selector(lg: Ledger) -> None:
+    from ledger.adapters.torch import Checkpointer
+
+    model = torch.nn.Linear(2, 1)
+    ckpt = Checkpointer(lg, model=model, every=1)
+    for step in range(4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ckpt.step(step, metrics={"loss": abs(step - 1.0)})
+    assert ckpt.resume("best:loss") == 2  # step 1 had the lowest loss
+    assert torch.equal(model.weight, torch.full((1, 2), 1.0))
+    assert ckpt.resume("step:<=2") == 3
+
+
+def test_selectors_after_a_remote_url_read_the_remote_records(
+    lg: Ledger, run: dict[str, str], tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    lg.remote_add("origin", str(remote))
+    lg.push("origin", all=True)
+    with Ledger.open(tmp_path / "fresh", create=True, fsync=False) as fresh:
+        assert fresh.resolve(f"file://{remote}@exp:best:val_loss") == run["exp250"]
+        assert fresh.resolve(f"file://{remote}@epoch:1") == run["s300"]
