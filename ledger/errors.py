@@ -192,6 +192,11 @@ class RemoteURLError(RemoteError):
     """A remote URL is malformed, of an unsupported kind, or carries a credential."""
 
 
+class RemoteAuthError(RemoteError):
+    """Who the ledger would act as on a remote is missing or not allowed: no token, an
+    invalid or read-only Hub token, an unknown stored token name or AWS profile."""
+
+
 class RemoteConflictError(RefConflictError):
     """A push lost the compare-and-swap on the remote's refs: someone pushed since it read them."""
 

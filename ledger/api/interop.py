@@ -99,6 +99,7 @@ class Interop(LedgerCore):
         revision: str = "main",
         tag: str | None = None,
         public: bool = False,
+        hf_token_name: str | None = None,
     ) -> ReleaseResult:
         """Publish commit ``rev`` as an ordinary Hub model repo commit (private unless ``public``).
 
@@ -108,6 +109,8 @@ class Interop(LedgerCore):
             revision: the Hub branch to write (created or moved).
             tag: also tag the Hub commit (refused if the tag exists).
             public: create a missing repo public; existing repos keep their visibility.
+            hf_token_name: write with the token ``hf auth login`` stored under this name
+                (default: the client's active token). It is checked (``whoami``) first.
 
         Example:
             >>> lg.release("best", "hf://me/gpt2-small", tag="v1")  # doctest: +SKIP
@@ -117,5 +120,11 @@ class Interop(LedgerCore):
         with self._lock:
             self._check_open()
             return release(
-                cast(ReleaseReader, self), rev, to, revision=revision, tag=tag, public=public
+                cast(ReleaseReader, self),
+                rev,
+                to,
+                revision=revision,
+                tag=tag,
+                public=public,
+                token_name=hf_token_name,
             )

@@ -36,20 +36,47 @@ R = TypeVar("R", bound="RemoteOps")
 class RemoteOps(LedgerCore):
     """Push to and pull from directories, S3 (fsspec) and the Hugging Face Hub."""
 
-    def remote_add(self, name: str, url: str) -> None:
+    def remote_add(
+        self,
+        name: str,
+        url: str,
+        *,
+        hf_token_name: str | None = None,
+        aws_profile: str | None = None,
+    ) -> None:
         """Register remote ``name`` at ``url``: a path or ``file://``, ``s3://bucket/prefix``
         (any fsspec URL), or ``hf://user/repo``. Credentials stay in each client's settings.
 
+        Args:
+            name: the remote's name (``origin`` ...).
+            url: where it is.
+            hf_token_name: for a Hub remote, which of the tokens ``huggingface_hub`` stores
+                (``hf auth login``) to use, by name (default: the client's active token).
+            aws_profile: for an S3 remote, which AWS profile to use (default: the
+                client's usual chain: environment, then the default profile).
+
         Raises:
-            RemoteURLError: the URL is malformed or carries a credential.
+            RemoteURLError: the URL is malformed or carries a credential, or a credential
+                name does not fit its kind.
+            RemoteAuthError: no stored token or profile has the name given.
             RemoteError: the name is taken or invalid.
 
         Example:
-            >>> lg.remote_add("origin", "s3://bucket/runs/bert")  # doctest: +SKIP
+            >>> lg.remote_add("origin", "s3://bucket/runs/bert", aws_profile="ml")  # doctest: +SKIP
         """
         with self._lock:
             self._check_open()
-            tracking.remote_add(self, name, url)
+            tracking.remote_add(self, name, url, hf_token_name, aws_profile)
+
+    def remote_settings(self) -> dict[str, dict[str, str]]:
+        """Remote name -> its settings (``url``, and ``hf_token_name``/``aws_profile`` if set).
+
+        Example:
+            >>> lg.remote_settings()  # doctest: +SKIP
+            {'origin': {'url': 'hf://me/run', 'hf_token_name': 'work'}}
+        """
+        self._check_open()
+        return tracking.remote_settings(self)
 
     def remotes(self) -> dict[str, str]:
         """Remote name -> URL.

@@ -5,6 +5,6 @@ Example:
     >>> main(["--dir", "ckpt", "log", "--graph"])  # doctest: +SKIP
 """
 
-from ledger.cli.app import COMMAND_MODULES, cli, main
+from ledger.cli.app import COMMANDS, cli, main
 
-__all__ = ["COMMAND_MODULES", "cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]

@@ -1,10 +1,11 @@
 """What every ``ledger`` subcommand shares: global options, discovery, output, formatting.
 
-This module owns the global options (``--dir``, ``--json``, ``-q``, accepted
-before or after the subcommand), the rules that find the ledger directory, and
-the two output channels (stdout: one rich rendering or exactly one JSON
+This module owns the rules that find the ledger directory and the two output
+channels (stdout: one rich rendering or exactly one JSON
 document; stderr: progress and warnings). It must never hold a command's logic
-and never read or write ledger bytes itself: that is ``ledger.api``'s job.
+and never read or write ledger bytes itself: that is ``ledger.api``'s job. The
+global options (``--dir``, ``--json``, ``-q``) live in ``ledger.cli.options`` and
+are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -25,89 +25,23 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ledger.cli.options import (  # noqa: F401  (re-exported: commands import them from here)
+    DEFAULT_DIR_NAME,
+    ENV_DIR,
+    Options,
+    global_options,
+    options,
+)
 from ledger.errors import LedgerError, NotALedgerError
 
 if TYPE_CHECKING:  # opened by the command that needs it: `ledger --help` loads no ledger
     from ledger.api import Ledger
 
-ENV_DIR = "LEDGER_DIR"
-DEFAULT_DIR_NAME = ".ledger"
 SHORT = 12
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CommandError(LedgerError):
     """A command's own check failed (unknown metric, output directory not empty ...)."""
-
-
-@dataclass
-class Options:
-    """The global options of one invocation, filled wherever they were given."""
-
-    dir: Path | None = None
-    json: bool = False
-    quiet: bool = False
-
-
-def _set_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(Options).dir = value
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Options).json = True
-
-
-def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.ensure_object(Options).quiet = True
-
-
-def global_options(f: F) -> F:
-    """Add ``--dir``, ``--json`` and ``-q`` to a command (the group and every subcommand).
-
-    The values land in the invocation's :class:`Options` whichever side of the
-    subcommand they were given on.
-
-    Example:
-        >>> @click.command()
-        ... @global_options
-        ... def hello() -> None: ...
-    """
-    decorators = (
-        click.option(
-            "--dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            expose_value=False,
-            callback=_set_dir,
-            help=f"The ledger directory (default: ${ENV_DIR}, else the nearest {DEFAULT_DIR_NAME} upward).",
-        ),
-        click.option(
-            "--json",
-            is_flag=True,
-            expose_value=False,
-            callback=_set_json,
-            help="Print exactly one JSON document on stdout (errors too).",
-        ),
-        click.option(
-            "-q",
-            "--quiet",
-            is_flag=True,
-            expose_value=False,
-            callback=_set_quiet,
-            help="No progress, warnings or confirmations; data and errors still print.",
-        ),
-    )
-    for decorate in reversed(decorators):
-        f = decorate(f)
-    return f
-
-
-def options() -> Options:
-    """The current invocation's global options."""
-    return click.get_current_context().ensure_object(Options)
 
 
 # -- finding and opening the ledger --------------------------------------------

@@ -5,12 +5,14 @@ This module owns turning every outcome into an exit code and one message:
 2 usage (click's usage errors), 3 corruption found (``exit_code == 3``), 4 internal bug (the
 only case that prints a traceback), 130 interrupted. Under ``--json`` the
 error is also the one JSON document on stdout. Subcommands live in their own
-modules and are listed in :data:`COMMAND_MODULES`; later issues add theirs
-(gc, verify, rm, push, pull, remote) there. It must never hold a command.
+modules and are listed in :data:`COMMANDS` with their one-line help, so that
+``ledger --help`` imports none of them and a command imports only its own module
+(a test keeps the table equal to the commands' real help). It must never hold a command.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -21,25 +23,68 @@ from typing import Any
 import click
 
 import ledger
-from ledger.cli import export, imports, log, maintain, refs, release, remote, report, status
-from ledger.cli._common import Options, global_options, to_json
-from ledger.cli.hints import hint_for
+from ledger.cli.options import Options, global_options
 from ledger.errors import LedgerError
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
-#: Modules whose ``click.Command`` objects (names ending in ``_command``) are subcommands.
-COMMAND_MODULES: tuple[ModuleType, ...] = (
-    refs,
-    log,
-    status,
-    report,
-    export,
-    maintain,
-    remote,
-    imports,
-    release,
-)
+#: Every subcommand: name -> (module under ``ledger.cli``, its one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("refs", "Create a ledger (default: --dir, else ./.ledger)."),
+    "branch": ("refs", "List, create, delete or rename branches."),
+    "tag": ("refs", "List tags, or tag REV (default HEAD) as NAME."),
+    "checkout": ("refs", "Move HEAD to REV, or export REV with --out."),
+    "log": ("log", "List commits, newest first (--graph draws branches)."),
+    "status": ("status", "Show HEAD, the branch, its last commit, retention, space and remotes."),
+    "show": ("report", "Show one commit's metadata and tensors."),
+    "diff": ("report", "Compare two commits: metadata, then tensors."),
+    "du": ("report", "Space used, dedup and compression ratios."),
+    "export": ("export", "Write commit REV to OUT as a folder or file another tool loads."),
+    "export-log": ("export", "Write the commit table to OUT (parquet, csv or jsonl)."),
+    "plot": ("export", "Plot METRIC against step, one line per branch."),
+    "gc": ("maintain", "Expire what retention drops, then free every object nothing needs."),
+    "verify": ("maintain", "Check refs, commits and objects; exit 3 with a report on any fault."),
+    "rm": (
+        "maintain",
+        "Drop one commit's state on purpose; its history stays (freed at the next gc).",
+    ),
+    "retention": (
+        "maintain",
+        "Show or replace the retention policies (stored in the ledger; `ledger gc` applies them).",
+    ),
+    "remote": ("remote", "List remotes, or add one with `ledger remote add NAME URL`."),
+    "push": (
+        "remote",
+        "Send BRANCH (default: HEAD's) to REMOTE (default: origin); only missing objects travel.",
+    ),
+    "fetch": (
+        "remote",
+        "Bring REMOTE's commit records and branches (as REMOTE/BRANCH); chunks come on demand.",
+    ),
+    "pull": (
+        "remote",
+        "Fetch REMOTE, then fast-forward BRANCH (default: HEAD's) to it; never merges.",
+    ),
+    "clone": ("remote", "Make a new ledger in DIRECTORY from URL (remote origin)."),
+    "import": (
+        "imports",
+        "Import the checkpoint(s) at PATH, one commit per checkpoint in step order.",
+    ),
+    "release": (
+        "release",
+        "Write commit REV as a plain save_pretrained model (and model card) onto a Hub branch.",
+    ),
+}
+
+
+def command_module(name: str) -> ModuleType:
+    """The module that holds subcommand ``name`` (imported on first use).
+
+    Example:
+        >>> command_module("log").__name__
+        'ledger.cli.log'
+    """
+    return importlib.import_module(f"ledger.cli.{COMMANDS[name][0]}")
 
 
 def _wants_json(args: Sequence[str]) -> bool:
@@ -59,6 +104,8 @@ def _report(
     """Print an error: the JSON document under ``--json`` (with the error's fields and the
     hint), else ``error: ...`` and ``hint: ...`` on stderr."""
     if opts.json:
+        from ledger.cli._common import to_json  # only on the error path: rich stays unloaded
+
         doc: dict[str, Any] = {"type": kind, "message": message, "exit_code": code}
         if fields:
             doc["fields"] = fields
@@ -73,7 +120,42 @@ def _report(
 
 
 class LedgerGroup(click.Group):
-    """A click group whose ``main`` maps every outcome to the documented exit codes."""
+    """A click group whose ``main`` maps every outcome to the documented exit codes.
+
+    Subcommands are found in :data:`COMMANDS` and imported only when invoked;
+    the group's help lists them from the table without importing any.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every subcommand's name, sorted (as click lists them)."""
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Subcommand ``cmd_name``, importing its module on first use."""
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = command_module(cmd_name)
+            found = [
+                obj
+                for key, obj in vars(module).items()
+                if key.endswith("_command") and isinstance(obj, click.Command)
+            ]
+            for obj in found:
+                if obj.name in COMMANDS and obj.name not in self.commands:
+                    self.add_command(obj)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The ``Commands:`` section of ``--help``, from the table (nothing imported)."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(n) for n in names), default=0)
+        rows = []
+        for name in names:
+            # a bare Command carrying the table's text shortens it exactly as click would
+            cmd = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def main(
         self,
@@ -121,6 +203,8 @@ class LedgerGroup(click.Group):
             return _report(opts, "Interrupted", "interrupted", EXIT_INTERRUPTED)
         except LedgerError as e:
             code = int(getattr(e, "exit_code", EXIT_USER))
+            from ledger.cli.hints import hint_for
+
             return _report(opts, type(e).__name__, str(e), code, e.fields, hint_for(e))
         except BrokenPipeError:  # `ledger log | head -1`: the reader has all it wanted
             _drop_stdout()
@@ -162,16 +246,6 @@ def cli() -> None:
     directory upward from here. --dir, --json and -q also work after the
     subcommand. Exit codes: 0 ok, 1 user error, 2 usage, 3 corruption, 4 bug.
     """
-
-
-def _register(group: click.Group, modules: Sequence[ModuleType]) -> None:
-    for module in modules:
-        for name, obj in vars(module).items():
-            if name.endswith("_command") and isinstance(obj, click.Command):
-                group.add_command(obj)
-
-
-_register(cli, COMMAND_MODULES)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

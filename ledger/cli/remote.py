@@ -88,24 +88,48 @@ def remote_command(ctx: click.Context) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    found = open_ledger().remotes()
-    items = [{"name": n, "url": u} for n, u in found.items()]
+    found = open_ledger().remote_settings()
+    items = [{"name": n, **s} for n, s in found.items()]
 
     def render(con: Console) -> None:
-        for line in aligned([[n, u] for n, u in found.items()]):
-            con.print(line, soft_wrap=True, markup=False)
+        rows = [[n, s["url"], _credential(s)] for n, s in found.items()]
+        for line in aligned(rows):
+            con.print(line.rstrip(), soft_wrap=True, markup=False)
 
     emit({"remotes": items}, render)
+
+
+def _credential(settings: dict[str, str]) -> str:
+    if "hf_token_name" in settings:
+        return f"(token {settings['hf_token_name']})"
+    if "aws_profile" in settings:
+        return f"(profile {settings['aws_profile']})"
+    return ""
 
 
 @remote_command.command("add")
 @click.argument("name")
 @click.argument("url")
+@click.option(
+    "--hf-token-name",
+    metavar="TOKEN",
+    help="Hub remotes: use the token `hf auth login` stored under this name (only the name is kept).",
+)
+@click.option(
+    "--aws-profile",
+    metavar="PROFILE",
+    help="S3 remotes: use this AWS profile (only the name is kept).",
+)
 @global_options
-def remote_add(name: str, url: str) -> None:
+def remote_add(name: str, url: str, hf_token_name: str | None, aws_profile: str | None) -> None:
     """Register remote NAME at URL."""
-    open_ledger().remote_add(name, url)
-    confirm({"name": name, "url": url}, f"added remote {name} ({url})")
+    open_ledger().remote_add(name, url, hf_token_name=hf_token_name, aws_profile=aws_profile)
+    doc = {"name": name, "url": url, "hf_token_name": hf_token_name, "aws_profile": aws_profile}
+    extra = _credential({k: v for k, v in doc.items() if v is not None})
+    confirm(
+        {k: v for k, v in doc.items() if v is not None},
+        f"added remote {name} ({url}){' ' + extra if extra else ''}",
+    )
 
 
 @remote_command.command("gc")

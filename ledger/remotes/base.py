@@ -87,6 +87,13 @@ class Remote(abc.ABC):
         self.url = url
         self.requests = 0
 
+    def check_write_access(self) -> None:  # noqa: B027  (a default, not abstract)
+        """Refuse, before anything is written, credentials that cannot write here.
+
+        The default does nothing (the backend's own errors say it at the first
+        write); the Hub asks ``whoami``.
+        """
+
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """The bytes stored under ``key``."""
@@ -272,6 +279,9 @@ class RetryingRemote(Remote):
 
     def delete(self, key: str) -> None:
         self._call(f"deleting {key}", self.backend.delete, key)
+
+    def check_write_access(self) -> None:
+        self._call("checking the credentials", self.backend.check_write_access)
 
     def unwrap(self) -> Remote:
         return self.backend

@@ -6,7 +6,8 @@ path or ``file://`` (directory), ``hf://user/repo`` (the Hub), any other
 ``scheme://`` fsspec knows (``s3://bucket/prefix`` ...). It refuses a URL that
 carries a credential (user:password@, or a token/key/signature in the query):
 credentials come from each client's own configuration and must never be
-written into a ledger.
+written into a ledger. A remote may name *which* of the client's credentials
+to use (a stored Hub token's name, an AWS profile); only that name is kept.
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "signature", "credential", "auth")
 
 
-class RemoteEntry(msgspec.Struct, frozen=True):
-    """One configured remote."""
+class RemoteEntry(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One configured remote: its URL and, optionally, which credential of the client to use.
+
+    ``hf_token_name`` names one of the tokens ``huggingface_hub`` stores
+    (``hf auth login``); ``aws_profile`` an AWS profile (``~/.aws/config``).
+    Only the names are kept, never a token or key.
+    """
 
     url: str
+    hf_token_name: str | None = None
+    aws_profile: str | None = None
 
 
 class RemotesConfig(msgspec.Struct, tag="remotes", kw_only=True):
@@ -89,17 +97,55 @@ def check_url(url: str) -> str:
     return url
 
 
-def open_remote(url: str) -> Remote:
+def open_remote(url: str, entry: RemoteEntry | None = None) -> Remote:
     """A backend for ``url`` (see the module docstring), retried on transient faults.
+
+    ``entry`` (a configured remote) says which credential of the client to use.
 
     Example:
         >>> open_remote("/tmp/ledger-remote").url
         '/tmp/ledger-remote'
     """
-    return RetryingRemote(_backend(check_url(url)))
+    return RetryingRemote(_backend(check_url(url), entry or RemoteEntry(url=url)))
 
 
-def _backend(url: str) -> Remote:
+def check_credential_names(entry: RemoteEntry) -> RemoteEntry:
+    """Refuse a token name or profile that does not fit the URL or that the client lacks.
+
+    Example:
+        >>> check_credential_names(RemoteEntry(url="/tmp/r")).url
+        '/tmp/r'
+    """
+    scheme = entry.url.split("://", 1)[0].lower() if "://" in entry.url else ""
+    if entry.hf_token_name is not None:
+        if scheme != "hf":
+            raise RemoteURLError(
+                f"--hf-token-name applies to Hub remotes (hf://...), not {entry.url!r}"
+            )
+        from ledger.remotes.hub_auth import stored_token
+
+        stored_token(entry.hf_token_name, entry.url)
+    if entry.aws_profile is not None:
+        if scheme not in ("s3", "s3a"):
+            raise RemoteURLError(
+                f"--aws-profile applies to S3 remotes (s3://...), not {entry.url!r}"
+            )
+        import botocore.session
+
+        profiles = botocore.session.Session().available_profiles
+        if entry.aws_profile not in profiles:
+            from ledger.errors import RemoteAuthError
+
+            known = ", ".join(sorted(profiles)) or "none"
+            raise RemoteAuthError(
+                f"no AWS profile named {entry.aws_profile!r} (known: {known}); add it to "
+                "~/.aws/config (`aws configure --profile NAME`) or pick another with --aws-profile",
+                url=entry.url,
+            )
+    return entry
+
+
+def _backend(url: str, entry: RemoteEntry) -> Remote:
     if "://" not in url:
         from ledger.remotes.local import DirectoryRemote
 
@@ -112,7 +158,7 @@ def _backend(url: str) -> Remote:
     if scheme == "hf":
         from ledger.remotes.hub import HubRemote
 
-        return HubRemote(url)
+        return HubRemote(url, token_name=entry.hf_token_name)
     import fsspec
 
     try:
@@ -121,7 +167,8 @@ def _backend(url: str) -> Remote:
         raise RemoteURLError(f"{url!r}: no filesystem for {scheme}:// ({e})") from e
     from ledger.remotes.fs import FsspecRemote
 
-    return FsspecRemote(url)
+    options = {"profile": entry.aws_profile} if entry.aws_profile else {}
+    return FsspecRemote(url, **options)
 
 
 def split_url_rev(text: str) -> tuple[str, str | None]:

@@ -15,8 +15,10 @@ public one (:func:`creating_public`, which ``Ledger.push(public=True)`` sets);
 an existing repo keeps its visibility: nothing here ever changes it.
 
 The server is ``$HF_ENDPOINT`` (or the client's default) and the token comes
-from the client's usual sources (``HF_TOKEN``, the saved login); this module
-must never store, log or pass on a token itself.
+from the client's usual sources (``HF_TOKEN``, the saved login), or, when the
+remote names one, from the tokens the client stores by name
+(:mod:`ledger.remotes.hub_auth`); before a write the token is checked with
+``whoami``. This module must never store, log or pass on a token itself.
 """
 
 from __future__ import annotations
@@ -62,8 +64,12 @@ class HubRemote(Remote):
 
     stages_writes = True
 
-    def __init__(self, url: str, endpoint: str | None = None) -> None:
+    def __init__(
+        self, url: str, endpoint: str | None = None, token_name: str | None = None
+    ) -> None:
         from huggingface_hub import HfApi, constants
+
+        from ledger.remotes.hub_auth import stored_token
 
         super().__init__(url)
         repo_id = url.split("://", 1)[1].strip("/")
@@ -74,7 +80,9 @@ class HubRemote(Remote):
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip(
             "/"
         )
-        self.api = HfApi(endpoint=self.endpoint)
+        # None: the client's default token; a name: that stored token, never kept elsewhere
+        self._token = stored_token(token_name, url) if token_name is not None else None
+        self.api = HfApi(endpoint=self.endpoint, token=self._token)
         self.revision = "main"
         self.sha: str | None = None
         self._staged: list[Any] = []
@@ -92,7 +100,7 @@ class HubRemote(Remote):
     def _download(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-        headers = build_hf_headers()
+        headers = build_hf_headers(token=self._token)
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"
         response = get_session().get(self._url(PREFIX + check_key(key)), headers=headers)
@@ -127,11 +135,19 @@ class HubRemote(Remote):
         where = hf_hub_url(
             self.repo_id, "README.md", revision=self.sha or self.revision, endpoint=self.endpoint
         )
-        response = get_session().get(where, headers=build_hf_headers(), follow_redirects=True)
+        response = get_session().get(
+            where, headers=build_hf_headers(token=self._token), follow_redirects=True
+        )
         if response.status_code == 404:
             return None
         hf_raise_for_status(response)
         return bytes(response.content).decode("utf-8", errors="replace")
+
+    def check_write_access(self) -> None:
+        """Refuse early (``whoami``) a missing, invalid or read-only token."""
+        from ledger.remotes.hub_auth import check_write_token
+
+        check_write_token(self.api, self._token, self.repo_id, self.url)
 
     def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
         self.sha = self.head_commit()

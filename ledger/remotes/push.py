@@ -149,9 +149,17 @@ def plan_push(
 
 
 def _prepare(
-    lg: LocalLedger, name: str, branch: str | None, all_branches: bool, tags: bool, export: bool
+    lg: LocalLedger,
+    name: str,
+    branch: str | None,
+    all_branches: bool,
+    tags: bool,
+    export: bool,
+    write: bool = False,
 ) -> _Prepared:
     remote, cache = open_named(lg, name)
+    if write:  # a missing, invalid or read-only token fails before anything is read or sent
+        remote.check_write_access()
     view = load_view(remote, cache)
     if view.refs is None:
         _refuse_a_release_branch(remote, name)
@@ -271,7 +279,7 @@ def push(
         12
     """
     started = time.perf_counter()
-    ready = _prepare(lg, name, branch, all_branches, tags, export=export is not None)
+    ready = _prepare(lg, name, branch, all_branches, tags, export=export is not None, write=True)
     if not ready.must_write:
         return PushResult(remote=name, updated={}, duration_s=time.perf_counter() - started)
     remote, view, plan = ready.remote, ready.view, ready.plan

@@ -35,6 +35,7 @@ from ledger.errors import RefNameError, ReleaseConflictError, RemoteError, Remot
 from ledger.interop.export import CommitReader
 from ledger.remotes.card import release_card, released_files, write_hf
 from ledger.remotes.hub import PREFIX, _http_library
+from ledger.remotes.hub_auth import check_write_token, stored_token
 from ledger.remotes.layout import REFS_KEY
 
 CARD = "README.md"
@@ -123,6 +124,7 @@ def release(
     tag: str | None = None,
     public: bool = False,
     endpoint: str | None = None,
+    token_name: str | None = None,
 ) -> ReleaseResult:
     """Write commit ``rev``'s ``hf`` export and model card onto branch ``revision`` of ``to``.
 
@@ -134,10 +136,14 @@ def release(
         tag: also tag the release's Hub commit (refused if the tag exists).
         public: create a missing repo public; an existing repo keeps its visibility.
         endpoint: the Hub (default ``$HF_ENDPOINT`` or the client's).
+        token_name: use the token the client stores under this name (default: its
+            active token); either way it is checked with ``whoami`` before anything.
 
     Raises:
         ReleaseConflictError: ``revision`` is where a ledger remote pushes, ``tag``
             exists, or the branch moved while releasing (nothing changed then).
+        RemoteAuthError: no token, or the Hub rejects it, or it is read-only (checked
+            before anything is written).
         RemoteError: the Hub refused (token, permissions) or cannot be reached.
 
     Example:
@@ -153,10 +159,13 @@ def release(
     if tag is not None:
         check_revision(tag, "tag")
     commit_id = reader.resolve(rev)
+    token = stored_token(token_name, to) if token_name is not None else None
     api = HfApi(
-        endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        endpoint=(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/"),
+        token=token,
     )
     try:
+        check_write_token(api, token, repo_id, to)
         return _release(api, reader, commit_id, repo_id, revision, tag, public)
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None

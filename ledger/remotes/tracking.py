@@ -21,6 +21,7 @@ from ledger.remotes.base import Remote
 from ledger.remotes.config import (
     RemoteEntry,
     cache_dir,
+    check_credential_names,
     check_remote_name,
     load_config,
     open_remote,
@@ -31,21 +32,41 @@ from ledger.remotes.protocol import LocalLedger
 # -- remote settings ----------------------------------------------------------------
 
 
-def remote_add(lg: LocalLedger, name: str, url: str) -> None:
-    """Register remote ``name`` at ``url`` (validated, credential-free)."""
+def remote_add(
+    lg: LocalLedger,
+    name: str,
+    url: str,
+    hf_token_name: str | None = None,
+    aws_profile: str | None = None,
+) -> None:
+    """Register remote ``name`` at ``url`` (validated, credential-free).
+
+    ``hf_token_name`` / ``aws_profile`` name which of the client's credentials the
+    remote uses; they must exist now, and only their names are stored.
+    """
     check_remote_name(name)
-    open_remote(url)  # refuses bad or credential-bearing URLs before anything is written
+    entry = check_credential_names(
+        RemoteEntry(url=url, hf_token_name=hf_token_name, aws_profile=aws_profile)
+    )
+    open_remote(url, entry)  # refuses bad or credential-bearing URLs before anything is written
     with lg.refs.lock.hold():
         config = load_config(lg.root)
         if name in config.remotes:
             raise RemoteError(f"remote {name!r} already exists ({config.remotes[name].url})")
-        remotes = {**config.remotes, name: RemoteEntry(url=url)}
+        remotes = {**config.remotes, name: entry}
         save_config(lg.root, msgspec.structs.replace(config, remotes=remotes), lg.store.tmp_dir)
 
 
 def remotes(lg: LocalLedger) -> dict[str, str]:
     """Remote name -> URL."""
     return {name: e.url for name, e in sorted(load_config(lg.root).remotes.items())}
+
+
+def remote_settings(lg: LocalLedger) -> dict[str, dict[str, str]]:
+    """Remote name -> its settings as stored (URL and credential names, never a credential)."""
+    return {
+        name: msgspec.to_builtins(e) for name, e in sorted(load_config(lg.root).remotes.items())
+    }
 
 
 def open_named(lg: LocalLedger, name: str) -> tuple[Remote, Path]:
@@ -57,7 +78,7 @@ def open_named(lg: LocalLedger, name: str) -> tuple[Remote, Path]:
         raise RemoteError(
             f"no remote named {name!r} (known: {known}); add it: ledger remote add {name} URL"
         )
-    return open_remote(entry.url), cache_dir(lg.root, name)
+    return open_remote(entry.url, entry), cache_dir(lg.root, name)
 
 
 def default_remote(lg: LocalLedger) -> str:

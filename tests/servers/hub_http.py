@@ -82,6 +82,8 @@ class HubState:
 
     def __init__(self, token: str, lfs_threshold: int | None) -> None:
         self.token = token
+        #: further tokens the Hub knows: token -> role (``"read"`` or ``"write"``), all of USER
+        self.tokens: dict[str, str] = {}
         self.lfs_threshold = lfs_threshold
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
@@ -153,12 +155,23 @@ class Handler(RefRoutes, BaseHTTPRequestHandler):
             {"Content-Type": "application/json", **(headers or {})},
         )
 
-    def _auth(self, write: bool) -> None:
+    def _role(self) -> str | None:
+        """The role of the request's token: None without one; 401 for a token the Hub lacks."""
         given = self.headers.get("Authorization")
-        if given is not None and given != f"Bearer {self.hub.token}":
+        if given is None:
+            return None
+        token = given.removeprefix("Bearer ")
+        role = "write" if token == self.hub.token else self.hub.tokens.get(token)
+        if role is None:
             raise HubError(401, None, "Invalid credentials in Authorization header")
-        if write and given is None:
+        return role
+
+    def _auth(self, write: bool) -> None:
+        role = self._role()
+        if write and role is None:
             raise HubError(401, None, "Invalid credentials in Authorization header")
+        if write and role == "read":
+            raise HubError(403, None, "You don't have the rights to write with a read token")
 
     def _dispatch(self) -> None:
         hub = self.server.hub  # type: ignore[attr-defined]

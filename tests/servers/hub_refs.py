@@ -34,13 +34,14 @@ _ROUTE = re.compile(r"^/api/models/([^/]+/[^/]+)/(branch|tag|refs|commits|settin
 
 
 class RefRoutes:
-    """Route handlers over the Handler's ``hub``, ``_repo``, ``_files``, ``_auth``, ``_body``, ``_json``."""
+    """Route handlers over the Handler's ``hub``, ``_repo``, ``_files``, ``_auth``, ``_role``, ``_body``, ``_json``."""
 
     hub: Any
     command: str
     _repo: Any
     _files: Any
     _auth: Any
+    _role: Any
     _body: Any
     _json: Any
 
@@ -67,10 +68,11 @@ class RefRoutes:
         return True
 
     def _whoami(self) -> None:
-        if self.headers.get("Authorization") != f"Bearer {self.hub.token}":  # type: ignore[attr-defined]
+        role = self._role()
+        if role is None:
             raise HubError(401, None, "Invalid credentials in Authorization header")
         orgs = [{"type": "org", "name": o, "roleInOrg": "write"} for o in ORGS]
-        token = {"displayName": "ledger-tests", "role": "write"}
+        token = {"displayName": "ledger-tests", "role": role}
         auth = {"type": "access_token", "accessToken": token}
         self._json(
             200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": orgs, "auth": auth}

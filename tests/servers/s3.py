@@ -55,7 +55,7 @@ class S3Proxy:
     bucket. ``fail(n, status, retry_after)`` answers the next ``n`` requests
     with ``status`` (an S3 XML error, with ``Retry-After`` when given);
     ``served`` counts the requests that reached it, ``log`` lists each as
-    (method, path, Range header), and ``on_request`` (when set) is called with
+    (method, path, Range header), ``signed_by`` the access key id each was signed with, and ``on_request`` (when set) is called with
     each (method, path) before it is forwarded.
 
     Example:
@@ -76,6 +76,7 @@ class S3Proxy:
         self.opaque: dict[str, str] = {}  # opaque ETag -> moto's
         self.served = 0
         self.log: list[tuple[str, str, str | None]] = []
+        self.signed_by: list[str] = []  # the access key id of each signed request
         self.on_request: Callable[[str, str], None] | None = None
         self.faults: list[tuple[int, float | None]] = []
         proxy = self
@@ -99,6 +100,11 @@ class S3Proxy:
                 with proxy.lock:
                     proxy.served += 1
                     proxy.log.append((self.command, self.path, self.headers.get("Range")))
+                    signed = re.search(
+                        r"Credential=([A-Z0-9]+)/", self.headers.get("Authorization", "")
+                    )
+                    if signed:
+                        proxy.signed_by.append(signed.group(1))
                 if proxy.on_request is not None:
                     proxy.on_request(self.command, self.path)
                 with proxy.lock:
