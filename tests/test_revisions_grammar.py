@@ -168,8 +168,10 @@ def test_the_cli_accepts_the_grammar_and_reports_errors_in_one_line(
     bad = run_cli("--dir", d, "show", "step:12345")
     assert bad.exit_code == 1
     assert "no commit at step 12345" in bad.output and "Traceback" not in bad.output
+    assert "hint: `ledger log REV --metrics M`" in bad.output
     syntax = run_cli("--dir", d, "show", "best:")
     assert syntax.exit_code == 1 and "metric name" in syntax.output
+    assert "docs/revisions.md" in syntax.output
     assert len([line for line in syntax.output.splitlines() if line.strip()]) <= 2
 
 
