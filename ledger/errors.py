@@ -76,6 +76,10 @@ class AmbiguousRevisionError(LedgerError, LookupError):
     candidates: list[str] | None = None
 
 
+class RevisionSyntaxError(RevisionNotFoundError, ValueError):
+    """A revision's text does not follow the grammar (docs/revisions.md)."""
+
+
 class RefConflictError(LedgerError):
     """A compare-and-swap ref update lost a race: the ref moved since it was read."""
 

@@ -16,6 +16,7 @@ from ledger.api.remotes import RemoteOps
 from ledger.api.reports import Reports
 from ledger.api.restore import RestoreReport, Restoring
 from ledger.api.staging import Part, Stage
+from ledger.api.status import StatusOps
 from ledger.pending import CommitHandle
 
 __all__ = [
@@ -30,7 +31,9 @@ __all__ = [
 ]
 
 
-class Ledger(Committing, Restoring, RefOps, Maintenance, Reports, RemoteOps, Interop, LedgerCore):
+class Ledger(
+    Committing, Restoring, RefOps, Maintenance, Reports, StatusOps, RemoteOps, Interop, LedgerCore
+):
     """A ledger directory: commits of training state, branches, tags and HEAD.
 
     Example:

@@ -14,6 +14,7 @@ the ref-update event appended (fsync'd) and the ref view rewritten.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import threading
 import weakref
@@ -54,6 +55,7 @@ from ledger.history.records import (
     FORMAT_VERSION,
     Commit,
     CommitRecord,
+    Expiry,
     LedgerConfig,
     commit_decoder,
     utcnow,
@@ -65,7 +67,7 @@ from ledger.history.refs import (
     RefStore,
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
-from ledger.history.revisions import head_target, resolve
+from ledger.history.revisions import head_target, refs_as_of, resolve
 from ledger.manifest import Manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
@@ -395,11 +397,12 @@ class LedgerCore:
         return manifest
 
     def resolve(self, rev: str) -> str:
-        """The full commit id of a revision (branch, tag, id prefix, HEAD, REV~N).
+        """The full commit id of a revision: ``main~1``, ``exp:step:<=1000``, ``best:val_loss``,
+        ``main@{2 hours ago}``... (docs/revisions.md).
 
         Raises:
-            RevisionNotFoundError: nothing has that name.
-            AmbiguousRevisionError: an id prefix matches several commits.
+            RevisionNotFoundError: nothing matches (the message says what was searched).
+            AmbiguousRevisionError: an id prefix or ``step:N`` matches several commits.
 
         Example:
             >>> lg.resolve("main~1")  # doctest: +SKIP
@@ -416,7 +419,15 @@ class LedgerCore:
             parents = self.record(cid).parents
             return parents[0] if parents else None
 
-        return resolve(rev, refs, ids, first_parent)
+        def refs_at(moment: dt.datetime) -> dict[str, str]:
+            return refs_as_of(self.refs.log.read_from(0).events, moment)
+
+        def expired() -> dict[str, Expiry]:
+            return self.refs.state().expired
+
+        return resolve(
+            rev, refs, ids, first_parent, record=self.record, refs_at=refs_at, expired=expired
+        )
 
     def log(self, rev: str = "HEAD") -> Iterator[Commit]:
         """Commits from ``rev`` back to the root, newest first, following first parents.

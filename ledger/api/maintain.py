@@ -14,6 +14,8 @@ from ledger.errors import (
 from ledger.history.records import (
     BUILTIN_POLICIES,
     Expire,
+    Expiry,
+    KeepBest,
     RetentionSet,
     utcnow,
 )
@@ -74,6 +76,28 @@ class Maintenance(LedgerCore):
                     {}, "expire", extra=[Expire(commit=cid, reason=reason, time=utcnow())]
                 )
             return cid
+
+    def expired(self) -> dict[str, Expiry]:
+        """Commits whose state retention or :meth:`expire` dropped: id -> why and when.
+
+        Example:
+            >>> cid = lg.expire("main~3"); lg.expired()[cid].reason  # doctest: +SKIP
+            'expired by hand'
+        """
+        self._check_open()
+        return dict(self.refs.state().expired)
+
+    def watched_metrics(self) -> list[str]:
+        """The metrics retention keeps the best of (``KeepBest``), ledger-wide then per branch.
+
+        Example:
+            >>> lg.set_retention(KeepBest("val_loss")); lg.watched_metrics()  # doctest: +SKIP
+            ['val_loss']
+        """
+        self._check_open()
+        scopes = sorted(set(self.refs.state().retention) | set(self._custom))
+        policies = [p for scope in ["", *scopes] for p in self.retention(scope or None)]
+        return list(dict.fromkeys(p.metric for p in policies if isinstance(p, KeepBest)))
 
     def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
         """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
 from ledger.api.core import LedgerCore
-from ledger.errors import RemoteError
+from ledger.errors import RemoteError, RevisionSyntaxError
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
 from ledger.remotes import tracking
@@ -245,6 +245,12 @@ class RemoteOps(LedgerCore):
         """
         if "://" in rev:
             self._check_open()
+            if "@{" in rev:
+                raise RevisionSyntaxError(
+                    f"revision {rev!r}: name@{{time}} reads the local event log, so it is "
+                    "refused after a remote URL; fetch, then use e.g. origin/main@{2 hours ago}",
+                    revision=rev,
+                )
             source = self.store.source
             if not isinstance(source, LazySource):
                 raise RemoteError("this ledger cannot read from remotes (no lazy source)")

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tag": ("refs", "List tags, or tag REV (default HEAD) as NAME."),
     "checkout": ("refs", "Move HEAD to REV, or export REV with --out."),
     "log": ("log", "List commits, newest first (--graph draws branches)."),
+    "status": ("status", "Show HEAD, the branch, its last commit, retention, space and remotes."),
     "show": ("report", "Show one commit's metadata and tensors."),
     "diff": ("report", "Compare two commits: metadata, then tensors."),
     "du": ("report", "Space used, dedup and compression ratios."),

@@ -9,6 +9,7 @@ It must never change or parse an error's message.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from ledger.errors import (
     ReleaseConflictError,
     RemoteConflictError,
     RevisionNotFoundError,
+    RevisionSyntaxError,
     UnmergedBranchError,
 )
 
@@ -110,13 +112,24 @@ def _diverged(e: LedgerError) -> str | None:
     )
 
 
+def _revision(e: LedgerError) -> str:
+    text = str(getattr(e, "revision", None) or "")
+    if re.search(r"(^|:)(step|epoch|best):", text):
+        return "`ledger log REV --metrics M` lists each commit's step, epoch and metrics"
+    return "`ledger log --all` lists the commits, `ledger branch` the branches"
+
+
 _HINTS: list[tuple[type[LedgerError], Callable[[LedgerError], str | None]]] = [
     (NotALedgerError, _not_a_ledger),
     (AmbiguousRevisionError, lambda e: "`ledger log --all` shows the full ids"),
     (
-        RevisionNotFoundError,
-        lambda e: "`ledger log --all` lists the commits, `ledger branch` the branches",
+        RevisionSyntaxError,
+        lambda e: (
+            "revisions look like main~2, step:<=1000, exp:best:val_loss, main@{2 hours ago}"
+            " (docs/revisions.md)"
+        ),
     ),
+    (RevisionNotFoundError, _revision),
     (UnmergedBranchError, _unmerged),
     (RefNameError, lambda e: "`ledger branch` lists the branches, `ledger tag` the tags"),
     (DetachedHeadError, lambda e: "`ledger checkout BRANCH` attaches HEAD to a branch"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import click
@@ -33,6 +34,8 @@ if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no l
     from ledger import Commit, Ledger
 
 KEY_METRICS = 3
+# HF Trainer logs eval_loss, eval_accuracy...; Lightning users often val_loss/val_acc
+EVAL_PREFIXES = ("eval_", "eval/", "val_", "val/")
 
 
 @click.command("log")
@@ -41,13 +44,25 @@ KEY_METRICS = 3
 @click.option("--branch", "branch", metavar="B", help="Show the history of branch B.")
 @click.option("--all", "all_refs", is_flag=True, help="Every commit reachable from any ref.")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), help="Show at most N commits.")
+@click.option(
+    "--metrics",
+    "metric_names",
+    metavar="A,B",
+    help="Metric columns to show, in order (default: watched and eval_* metrics first, 3 in all).",
+)
 @global_options
 def log_command(
-    rev: str | None, graph: bool, branch: str | None, all_refs: bool, max_count: int | None
+    rev: str | None,
+    graph: bool,
+    branch: str | None,
+    all_refs: bool,
+    max_count: int | None,
+    metric_names: str | None,
 ) -> None:
     """List commits, newest first (--graph draws branches).
 
     One line per commit: id, branch, step, key metrics, message, age.
+    A commit whose state retention dropped is marked [expired].
 
     Without REV: HEAD's history. With --all or --graph: every commit reachable
     from a branch, tag or HEAD, merged by time.
@@ -70,10 +85,12 @@ def log_command(
         rows = [GraphRow("", cid) for cid in commits]
     rows = _limit(rows, max_count)
     shown = [commits[r.commit] for r in rows if r.commit is not None]
-    doc: dict[str, object] = {"commits": shown}
+    expired = set(lg.expired())
+    doc: dict[str, object] = {"commits": shown, "expired": [c.id for c in shown if c.id in expired]}
     if graph:
         doc["graph"] = rows
-    emit(doc, lambda con: _render(con, lg, rows, commits))
+    columns = Columns(_split(metric_names), lg.watched_metrics(), expired)
+    emit(doc, lambda con: _render(con, lg, rows, commits, columns))
 
 
 def _ref_tips(lg: Ledger) -> list[str]:
@@ -128,17 +145,54 @@ def _decorations(lg: Ledger) -> dict[str, list[str]]:
     return labels
 
 
-def commit_fields(c: Commit, labels: list[str], now: dt.datetime) -> list[str]:
+@dataclass(frozen=True)
+class Columns:
+    """What a log line shows of metrics, and which commits are marked expired."""
+
+    chosen: list[str] | None = None  # --metrics: exactly these, in order
+    watched: list[str] = field(default_factory=list)  # retention's KeepBest metrics
+    expired: set[str] = field(default_factory=set)
+
+    def metrics(self, values: dict[str, float]) -> list[tuple[str, float]]:
+        """The (name, value) pairs of one commit's line.
+
+        Example:
+            >>> Columns(watched=["val_loss"]).metrics({"lr": 1.0, "eval_acc": 0.5, "val_loss": 2.0})
+            [('val_loss', 2.0), ('eval_acc', 0.5), ('lr', 1.0)]
+        """
+        if self.chosen is not None:
+            return [(k, values[k]) for k in self.chosen if k in values]
+        first = [k for k in self.watched if k in values]
+        evals = [k for k in values if k.startswith(EVAL_PREFIXES) and k not in first]
+        rest = [k for k in values if k not in first and k not in evals]
+        return [(k, values[k]) for k in [*first, *evals, *rest][:KEY_METRICS]]
+
+
+def _split(names: str | None) -> list[str] | None:
+    if names is None:
+        return None
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise click.BadParameter("give metric names separated by commas", param_hint="--metrics")
+    return chosen
+
+
+def commit_fields(
+    c: Commit, labels: list[str], now: dt.datetime, columns: Columns | None = None
+) -> list[str]:
     """The columns of a log line: id, branch, step, key metrics, message, age.
 
     Example:
         >>> commit_fields(lg.head, [], now)  # doctest: +SKIP
         ['3f2a9c1b7d4e', 'main', 'step 300', 'loss=0.31 acc=0.91', 'warmup done', '2m ago']
     """
-    metrics = " ".join(f"{k}={fmt(v)}" for k, v in list(c.metrics.items())[:KEY_METRICS])
+    columns = columns or Columns()
+    metrics = " ".join(f"{k}={fmt(v)}" for k, v in columns.metrics(c.metrics))
     message = c.message or ""
     if labels:
         message = f"({', '.join(labels)}) {message}".rstrip()
+    if c.id in columns.expired:
+        message = f"[expired] {message}".rstrip()
     return [
         short(c.id),
         c.branch or "",
@@ -149,7 +203,9 @@ def commit_fields(c: Commit, labels: list[str], now: dt.datetime) -> list[str]:
     ]
 
 
-def _render(con: Console, lg: Ledger, rows: list[GraphRow], commits: dict[str, Commit]) -> None:
+def _render(
+    con: Console, lg: Ledger, rows: list[GraphRow], commits: dict[str, Commit], columns: Columns
+) -> None:
     if not any(r.commit for r in rows):
         if not options().quiet:
             click.echo("no commits yet", err=True)
@@ -157,7 +213,7 @@ def _render(con: Console, lg: Ledger, rows: list[GraphRow], commits: dict[str, C
     now = dt.datetime.now(dt.timezone.utc)
     labels = _decorations(lg)
     fields = {
-        r.commit: commit_fields(commits[r.commit], labels.get(r.commit, []), now)
+        r.commit: commit_fields(commits[r.commit], labels.get(r.commit, []), now, columns)
         for r in rows
         if r.commit is not None
     }

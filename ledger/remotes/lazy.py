@@ -123,7 +123,14 @@ class LazySource:
             parents = records.record(cid).parents
             return parents[0] if parents else None
 
-        cid = resolve(rev or HEAD, refs, lambda: commit_ids, first_parent)
+        cid = resolve(
+            rev or HEAD,
+            refs,
+            lambda: commit_ids,
+            first_parent,
+            record=records.record,
+            expired=lambda: view.refs.expired if view.refs is not None else {},
+        )
         expiry = view.refs.expired.get(cid)
         if expiry is not None:
             raise CommitExpiredError(
