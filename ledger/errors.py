@@ -173,6 +173,105 @@ class DiskFullError(LedgerError, OSError):
         return str(self.strerror)
 
 
+class UnsafePathError(LedgerError):
+    """A name inside the ledger directory is a symbolic link (or not the kind of file the
+    ledger makes there): the ledger refuses to write or delete through it, so it never
+    touches anything outside its own directory.
+
+    Example:
+        >>> e = UnsafePathError("refused", path="/ckpt/objects/tmp", link="/home")
+        >>> e.path, e.link
+        ('/ckpt/objects/tmp', '/home')
+    """
+
+    path: str | None = None
+    link: str | None = None
+
+
+class LedgerOSError(LedgerError, OSError):
+    """The operating system refused a file operation; the message names the file and what to do.
+
+    An ``OSError`` too (with the original ``errno``), so code that handles the
+    OS's error still handles this one. Made by :func:`from_os_error`.
+    """
+
+    path: str | None = None
+    doing: str | None = None
+
+    def __init__(self, message: str = "", /, *, errno: int = 0, **fields: Any) -> None:
+        OSError.__init__(self, errno, message)
+        self._init_fields(fields)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class LedgerPermissionError(LedgerOSError, PermissionError):
+    """This process may not read or write a file or directory of the ledger."""
+
+
+class ReadOnlyLedgerError(LedgerOSError):
+    """The ledger is on a read-only file system: reads work, writes are refused."""
+
+
+class MissingFileError(LedgerOSError, FileNotFoundError):
+    """A file the ledger needs (``events.log``, a pack, a directory) is gone."""
+
+
+class TooManyOpenFilesError(LedgerOSError):
+    """The process hit its open-file limit (``ulimit -n``)."""
+
+
+def from_os_error(exc: OSError, path: str | None = None, doing: str = "using") -> LedgerError:
+    """The :class:`LedgerError` for an ``OSError``, naming ``path`` and what to do.
+
+    ``doing`` says what was attempted ("writing", "reading the event log");
+    ``path`` defaults to the file the OS named. A :class:`LedgerError` is
+    returned as it is.
+
+    Example:
+        >>> e = from_os_error(PermissionError(_errno.EACCES, "denied"), "/ckpt/events.log", "reading")
+        >>> type(e).__name__, e.path
+        ('LedgerPermissionError', '/ckpt/events.log')
+    """
+    if isinstance(exc, LedgerError):
+        return exc
+    where = path or (exc.filename if isinstance(exc.filename, str) else None) or "a ledger file"
+    code = exc.errno or 0
+    fields: dict[str, Any] = {"path": where, "doing": doing, "errno": code}
+    if code in (_errno.ENOSPC, _errno.EDQUOT):
+        return DiskFullError(
+            f"the disk is full while {doing} {where}; free space and retry "
+            "(nothing partial was made visible)",
+            path=where,
+        )
+    if code in (_errno.EACCES, _errno.EPERM):
+        return LedgerPermissionError(
+            f"permission denied while {doing} {where}; give this user access to it "
+            "(chmod/chown) or run as its owner",
+            **fields,
+        )
+    if code == _errno.EROFS:
+        return ReadOnlyLedgerError(
+            f"{where} is on a read-only file system: {doing} it is impossible there; "
+            "reading works, to write mount it read-write or copy the ledger",
+            **fields,
+        )
+    if code == _errno.ENOENT:
+        return MissingFileError(
+            f"{where} is missing ({doing}); the ledger is damaged or was moved: "
+            "restore the file from a backup or open the right directory",
+            **fields,
+        )
+    if code in (_errno.EMFILE, _errno.ENFILE):
+        return TooManyOpenFilesError(
+            f"too many open files while {doing} {where}; raise the limit "
+            "(ulimit -n) or close other files, then retry",
+            **fields,
+        )
+    return LedgerOSError(f"{doing} {where} failed: {exc.strerror or exc}", **fields)
+
+
 class ClosedLedgerError(LedgerError, ValueError):
     """The ledger (or a stage) was used after ``close()``, as a closed file raises ValueError."""
 
