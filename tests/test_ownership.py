@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from helpers import run_cli
 
 from ledger import Ledger
+from ledger.api.initdir import write_marker
 from ledger.errors import LedgerError, NotALedgerError, UnsafePathError
 
 OLD = time.time() - 3600  # older than any grace period the tests pass
@@ -133,3 +135,64 @@ def test_the_cli_names_the_refused_link_in_one_line(lg: Ledger, tmp_path: Path) 
 def test_unsafe_path_error_is_a_ledger_error() -> None:
     assert issubclass(UnsafePathError, LedgerError)
     assert not issubclass(UnsafePathError, NotALedgerError)
+
+
+# -- init: start over only what the ledger provably began ------------------------------------
+
+
+def _lookalike(root: Path) -> dict[str, bytes]:
+    """A directory of the user's own that looks like an interrupted init (no marker)."""
+    (root / "objects" / "packs").mkdir(parents=True)
+    (root / "objects" / "tmp").mkdir()
+    (root / "refs").write_bytes(b"my refs")
+    (root / "events.log").write_bytes(b"my log")
+    return {"refs": b"my refs", "events.log": b"my log"}
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_init_never_removes_a_lookalike_without_the_marker(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    files = _lookalike(root)
+    before = _tree(root)
+    with pytest.raises(NotALedgerError, match=r"no \.ledger-init marker.*leaves them alone"):
+        Ledger.open(root, create=True)
+    result = run_cli("init", root)
+    assert result.exit_code == 1 and ".ledger-init" in result.output
+    assert _tree(root) == before
+    assert {name: (root / name).read_bytes() for name in files} == files
+
+
+def test_an_init_killed_before_its_config_is_started_over(tmp_path: Path, python: str) -> None:
+    # A real init, stopped right before it writes LEDGER: what a crash leaves.
+    root = tmp_path / "ckpt"
+    code = (
+        "import sys, ledger.api.core as core\n"
+        "def stop(*a, **k): raise SystemExit(7)\n"
+        "core.atomic_write = stop\n"
+        f"core.LedgerCore.open({str(root)!r}, create=True, fsync=False)\n"
+    )
+    assert subprocess.run([python, "-c", code], check=False).returncode == 7
+    assert (root / ".ledger-init").is_file() and not (root / "LEDGER").exists()
+    with pytest.raises(NotALedgerError, match="interrupted init"):
+        Ledger.open(root)
+    with Ledger.open(root, create=True, fsync=False) as lg:
+        lg.commit({"w": torch.ones(2)}, step=1, rng=False)
+    assert not (root / ".ledger-init").exists()  # a complete ledger keeps no marker
+
+
+def test_an_interrupted_init_holding_a_foreign_file_is_refused_whole(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    write_marker(root, fsync=False)
+    mine = _outside(tmp_path)
+    (root / "objects" / "tmp").mkdir(parents=True)
+    (root / "objects" / "tmp" / "notes.txt").write_text("mine")
+    (root / "refs").symlink_to(mine / "thesis.tex")
+    before = _tree(root)
+    with pytest.raises(NotALedgerError, match="nothing was removed"):
+        Ledger.open(root, create=True)
+    assert _tree(root) == before
+    assert (mine / "thesis.tex").read_text() == "precious"
