@@ -222,10 +222,10 @@ class TooManyOpenFilesError(LedgerOSError):
     """The process hit its open-file limit (``ulimit -n``)."""
 
 
-def from_os_error(exc: OSError, path: str | None = None, doing: str = "using") -> LedgerError:
+def from_os_error(exc: OSError, path: str | None = None, doing: str = "") -> LedgerError:
     """The :class:`LedgerError` for an ``OSError``, naming ``path`` and what to do.
 
-    ``doing`` says what was attempted ("writing", "reading the event log");
+    ``doing`` says what was attempted ("writing a pack", "in log");
     ``path`` defaults to the file the OS named. A :class:`LedgerError` is
     returned as it is.
 
@@ -237,39 +237,41 @@ def from_os_error(exc: OSError, path: str | None = None, doing: str = "using") -
     if isinstance(exc, LedgerError):
         return exc
     where = path or (exc.filename if isinstance(exc.filename, str) else None) or "a ledger file"
+    if isinstance(exc.filename2, str) and where == exc.filename:
+        where = f"{where} -> {exc.filename2}"  # a rename: the target's directory may be at fault
     code = exc.errno or 0
     fields: dict[str, Any] = {"path": where, "doing": doing, "errno": code}
+    said = f"{where} ({doing})" if doing else where
     if code in (_errno.ENOSPC, _errno.EDQUOT):
         return DiskFullError(
-            f"the disk is full while {doing} {where}; free space and retry "
-            "(nothing partial was made visible)",
+            f"the disk is full: {said}; free space and retry (nothing partial was made visible)",
             path=where,
         )
     if code in (_errno.EACCES, _errno.EPERM):
         return LedgerPermissionError(
-            f"permission denied while {doing} {where}; give this user access to it "
-            "(chmod/chown) or run as its owner",
+            f"permission denied: {said}; give this user access to it (chmod/chown) "
+            "or run as its owner",
             **fields,
         )
     if code == _errno.EROFS:
         return ReadOnlyLedgerError(
-            f"{where} is on a read-only file system: {doing} it is impossible there; "
-            "reading works, to write mount it read-write or copy the ledger",
+            f"read-only file system: {said}; reads work there, to write mount it "
+            "read-write or copy the ledger to a writable disk",
             **fields,
         )
     if code == _errno.ENOENT:
         return MissingFileError(
-            f"{where} is missing ({doing}); the ledger is damaged or was moved: "
-            "restore the file from a backup or open the right directory",
+            f"missing: {said}; the ledger is damaged or was moved: restore the file "
+            "from a backup or open the right directory",
             **fields,
         )
     if code in (_errno.EMFILE, _errno.ENFILE):
         return TooManyOpenFilesError(
-            f"too many open files while {doing} {where}; raise the limit "
-            "(ulimit -n) or close other files, then retry",
+            f"too many open files: {said}; raise the limit (ulimit -n) "
+            "or close other files, then retry",
             **fields,
         )
-    return LedgerOSError(f"{doing} {where} failed: {exc.strerror or exc}", **fields)
+    return LedgerOSError(f"{exc.strerror or exc}: {said}", **fields)
 
 
 class ClosedLedgerError(LedgerError, ValueError):
