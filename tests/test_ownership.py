@@ -196,3 +196,12 @@ def test_an_interrupted_init_holding_a_foreign_file_is_refused_whole(tmp_path: P
         Ledger.open(root, create=True)
     assert _tree(root) == before
     assert (mine / "thesis.tex").read_text() == "precious"
+
+
+def test_an_init_cut_short_after_its_marker_alone_is_started_over(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    write_marker(root, fsync=False)
+    with Ledger.open(root, create=True, fsync=False) as lg:
+        assert lg.head is None
+    assert not (root / ".ledger-init").exists()

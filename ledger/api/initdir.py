@@ -76,12 +76,13 @@ def _has_marker(root: Path) -> bool:
         return False
 
 
-def _looks_like_init(root: Path) -> bool:
-    """Only names an init makes, no config, no pack (marker or not)."""
+def _looks_like_init(root: Path, *, marked: bool = False) -> bool:
+    """Only names an init makes, no config, no pack; with ``marked``, the marker alone
+    (an init cut short right after writing it) counts too."""
     if not root.is_dir() or (root / CONFIG_FILE).exists():
         return False
     names = {p.name for p in root.iterdir()} - {INIT_MARKER}
-    if not names or not names <= _INIT_FILES | {"objects"}:
+    if not (names or marked) or not names <= _INIT_FILES | {"objects"}:
         return False
     packs = root / "objects" / "packs"
     return not (packs.is_dir() and any(packs.iterdir()))
@@ -89,7 +90,7 @@ def _looks_like_init(root: Path) -> bool:
 
 def interrupted_init(root: Path) -> bool:
     """Whether ``root`` holds an init this package began and never finished (its marker)."""
-    return _has_marker(root) and _looks_like_init(root)
+    return _has_marker(root) and _looks_like_init(root, marked=True)
 
 
 def not_a_ledger(root: Path) -> NotALedgerError:
