@@ -261,8 +261,8 @@ def from_os_error(exc: OSError, path: str | None = None, doing: str = "") -> Led
         )
     if code == _errno.ENOENT:
         return MissingFileError(
-            f"missing: {said}; the ledger is damaged or was moved: restore the file "
-            "from a backup or open the right directory",
+            f"no such file or directory: {said}; check the path (a file of the ledger "
+            "that is gone means it is damaged or was moved: restore it from a backup)",
             **fields,
         )
     if code in (_errno.EMFILE, _errno.ENFILE):

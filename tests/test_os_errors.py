@@ -168,3 +168,13 @@ def test_from_os_error_keeps_ledger_errors_and_names_the_path() -> None:
     made = from_os_error(OSError(5, "Input/output error"), "/ckpt/refs", "in log")
     assert isinstance(made, LedgerError) and isinstance(made, OSError)
     assert str(made) == "Input/output error: /ckpt/refs (in log)"
+
+
+def test_the_cli_names_an_os_error_outside_the_api_too(tmp_path: Path) -> None:
+    root = tmp_path / "ckpt"
+    _make(root)
+    out = tmp_path / "no" / "such" / "log.jsonl"  # export-log writes it from the CLI itself
+    result = run_cli("--dir", root, "export-log", out)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no such file or directory: " + str(out))
+    assert len(result.output.strip().splitlines()) == 1

@@ -115,7 +115,7 @@ def os_errors(doing: str, path: Path | str | None = None) -> Iterator[None]:
         >>> with os_errors("reading", "/nowhere/events.log"):  # doctest: +ELLIPSIS
         ...     open("/nowhere/events.log")
         Traceback (most recent call last):
-        ledger.errors.MissingFileError: missing: /nowhere/events.log (reading); ...
+        ledger.errors.MissingFileError: no such file or directory: /nowhere/events.log (reading); ...
     """
     try:
         yield
