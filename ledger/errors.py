@@ -177,6 +177,107 @@ class DiskFullError(LedgerError, OSError):
         return str(self.strerror)
 
 
+class UnsafePathError(LedgerError):
+    """A name inside the ledger directory is a symbolic link (or not the kind of file the
+    ledger makes there): the ledger refuses to write or delete through it, so it never
+    touches anything outside its own directory.
+
+    Example:
+        >>> e = UnsafePathError("refused", path="/ckpt/objects/tmp", link="/home")
+        >>> e.path, e.link
+        ('/ckpt/objects/tmp', '/home')
+    """
+
+    path: str | None = None
+    link: str | None = None
+
+
+class LedgerOSError(LedgerError, OSError):
+    """The operating system refused a file operation; the message names the file and what to do.
+
+    An ``OSError`` too (with the original ``errno``), so code that handles the
+    OS's error still handles this one. Made by :func:`from_os_error`.
+    """
+
+    path: str | None = None
+    doing: str | None = None
+
+    def __init__(self, message: str = "", /, *, errno: int = 0, **fields: Any) -> None:
+        OSError.__init__(self, errno, message)
+        self._init_fields(fields)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class LedgerPermissionError(LedgerOSError, PermissionError):
+    """This process may not read or write a file or directory of the ledger."""
+
+
+class ReadOnlyLedgerError(LedgerOSError):
+    """The ledger is on a read-only file system: reads work, writes are refused."""
+
+
+class MissingFileError(LedgerOSError, FileNotFoundError):
+    """A file the ledger needs (``events.log``, a pack, a directory) is gone."""
+
+
+class TooManyOpenFilesError(LedgerOSError):
+    """The process hit its open-file limit (``ulimit -n``)."""
+
+
+def from_os_error(exc: OSError, path: str | None = None, doing: str = "") -> LedgerError:
+    """The :class:`LedgerError` for an ``OSError``, naming ``path`` and what to do.
+
+    ``doing`` says what was attempted ("writing a pack", "in log");
+    ``path`` defaults to the file the OS named. A :class:`LedgerError` is
+    returned as it is.
+
+    Example:
+        >>> e = from_os_error(PermissionError(_errno.EACCES, "denied"), "/ckpt/events.log", "reading")
+        >>> type(e).__name__, e.path
+        ('LedgerPermissionError', '/ckpt/events.log')
+    """
+    if isinstance(exc, LedgerError):
+        return exc
+    where = path or (exc.filename if isinstance(exc.filename, str) else None) or "a ledger file"
+    if isinstance(exc.filename2, str) and where == exc.filename:
+        where = f"{where} -> {exc.filename2}"  # a rename: the target's directory may be at fault
+    code = exc.errno or 0
+    fields: dict[str, Any] = {"path": where, "doing": doing, "errno": code}
+    said = f"{where} ({doing})" if doing else where
+    if code in (_errno.ENOSPC, _errno.EDQUOT):
+        return DiskFullError(
+            f"the disk is full: {said}; free space and retry (nothing partial was made visible)",
+            path=where,
+        )
+    if code in (_errno.EACCES, _errno.EPERM):
+        return LedgerPermissionError(
+            f"permission denied: {said}; give this user access to it (chmod/chown) "
+            "or run as its owner",
+            **fields,
+        )
+    if code == _errno.EROFS:
+        return ReadOnlyLedgerError(
+            f"read-only file system: {said}; reads work there, to write mount it "
+            "read-write or copy the ledger to a writable disk",
+            **fields,
+        )
+    if code == _errno.ENOENT:
+        return MissingFileError(
+            f"no such file or directory: {said}; check the path (a file of the ledger "
+            "that is gone means it is damaged or was moved: restore it from a backup)",
+            **fields,
+        )
+    if code in (_errno.EMFILE, _errno.ENFILE):
+        return TooManyOpenFilesError(
+            f"too many open files: {said}; raise the limit (ulimit -n) "
+            "or close other files, then retry",
+            **fields,
+        )
+    return LedgerOSError(f"{exc.strerror or exc}: {said}", **fields)
+
+
 class ClosedLedgerError(LedgerError, ValueError):
     """The ledger (or a stage) was used after ``close()``, as a closed file raises ValueError."""
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ledger import Ledger
+from ledger.api.initdir import write_marker
 from ledger.api.inputs import CONFIG_FILE
 from ledger.errors import NotALedgerError
 
@@ -48,7 +49,9 @@ def test_processes_creating_one_ledger_at_once_all_open_the_same_one(tmp_path: P
 
 
 def _skeleton(root: Path) -> None:
-    """What a crash inside init leaves: the ledger's own names, no config, no pack."""
+    """What a crash inside init leaves: its marker, the ledger's own names, no config, no pack."""
+    root.mkdir(parents=True)
+    write_marker(root, fsync=False)
     (root / "objects" / "packs").mkdir(parents=True)
     (root / "events.log").write_bytes(b"")
     (root / "gc.lock").touch()

@@ -11,6 +11,7 @@ from ledger.api.core import LedgerCore
 from ledger.api.inputs import CONFIG_FILE, DEFAULT_CHUNK_SIZE
 from ledger.api.interop import Interop
 from ledger.api.maintain import Maintenance
+from ledger.api.oserrors import guard_os_errors
 from ledger.api.refs import RefOps
 from ledger.api.remotes import RemoteOps
 from ledger.api.reports import Reports
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 
+@guard_os_errors
 class Ledger(
     Committing, Restoring, RefOps, Maintenance, Reports, StatusOps, RemoteOps, Interop, LedgerCore
 ):

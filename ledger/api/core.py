@@ -27,17 +27,16 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import msgspec
 
 from ledger import metadata
-from ledger.api.inputs import (
+from ledger.api.initdir import (
     CONFIG_FILE,
-    DEFAULT_CHUNK_SIZE,
-    _clear_interrupted_init,
-    _default_budget,
-    _init_lock,
-    _interrupted_init,
-    _not_a_ledger,
-    _read_config,
-    _refuse_newer,
+    clear_interrupted_init,
+    init_lock,
+    interrupted_init,
+    not_a_ledger,
+    remove_marker,
+    write_marker,
 )
+from ledger.api.inputs import DEFAULT_CHUNK_SIZE, _default_budget, _read_config, _refuse_newer
 from ledger.errors import (
     ClosedLedgerError,
     CommitExpiredError,
@@ -187,7 +186,7 @@ class LedgerCore:
             raise NotALedgerError(f"{root} is a file, not a ledger directory", path=str(root))
         if not create:
             if root.is_dir() and any(root.iterdir()):
-                raise _not_a_ledger(root)
+                raise not_a_ledger(root)
             raise NotALedgerError(
                 f"no ledger at {root}; pass create=True to make one", path=str(root), exists=False
             )
@@ -198,13 +197,13 @@ class LedgerCore:
             )
         # Processes creating one ledger at once (every rank of a job) take turns:
         # the first creates it, the others open what it made.
-        with _init_lock(root):
+        with init_lock(root):
             if cfg_path.is_file():
                 return cls(root, _read_config(cfg_path), **settings)
-            if _interrupted_init(root):
-                _clear_interrupted_init(root)
+            if interrupted_init(root):
+                clear_interrupted_init(root)
             if any(root.iterdir()):
-                raise _not_a_ledger(root)
+                raise not_a_ledger(root)
             return cls._create(root, chunk_size=chunk_size, compress=compress, **settings)
 
     @classmethod
@@ -217,6 +216,8 @@ class LedgerCore:
         **settings: Any,
     ) -> L:
         root.mkdir(parents=True, exist_ok=True)
+        # The marker first: an init cut short leaves proof that the ledger made what it left.
+        write_marker(root, fsync=settings["fsync"])
         config = LedgerConfig(created=utcnow(), chunk_size=chunk_size, compress=compress)
         lg = cls(root, config, **settings)
         lg.refs.create()
@@ -231,6 +232,7 @@ class LedgerCore:
             fsync=lg.fsync,
             tmp_dir=lg.store.tmp_dir,
         )
+        remove_marker(root, fsync=lg.fsync)
         return lg
 
     def __enter__(self: L) -> L:

@@ -7,17 +7,15 @@ the caller's thread to the writer. It never writes anything.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ledger.api.initdir import CONFIG_FILE as CONFIG_FILE  # re-exported: where users find it
 from ledger.errors import (
     FormatVersionError,
     NotALedgerError,
@@ -33,7 +31,6 @@ from ledger.history.records import (
 )
 
 DEFAULT_CHUNK_SIZE = 4 << 20
-CONFIG_FILE = "LEDGER"
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -80,20 +77,6 @@ def _default_budget() -> int:
         return 4 << 30
 
 
-_INIT_FILES = {"events.log", "refs", "lock", "gc.lock", "gc.intent", "objects"}
-
-
-def _interrupted_init(root: Path) -> bool:
-    """A directory left by a crash inside ``_create``: our skeleton, no config, no pack."""
-    if not root.is_dir() or (root / CONFIG_FILE).exists():
-        return False
-    names = {p.name for p in root.iterdir()}
-    if not names or not names <= _INIT_FILES:
-        return False
-    packs = root / "objects" / "packs"
-    return not (packs.is_dir() and any(packs.iterdir()))
-
-
 def _opt_int(value: Any, name: str) -> int | None:
     if value is None:
         return None
@@ -133,42 +116,3 @@ def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         )
 
     return {str(k): clean(v, f"params[{k!r}]") for k, v in (params or {}).items()}
-
-
-def _not_a_ledger(root: Path) -> NotALedgerError:
-    if _interrupted_init(root):
-        return NotALedgerError(
-            f"{root} holds an interrupted init (no {CONFIG_FILE} file, no data); "
-            "pass create=True to start it over",
-            path=str(root),
-        )
-    return NotALedgerError(
-        f"{root} is not empty and is not a ledger (no {CONFIG_FILE} file); "
-        "choose an empty or new directory",
-        path=str(root),
-    )
-
-
-@contextlib.contextmanager
-def _init_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the (new or empty) ledger directory itself.
-
-    Nothing is written for it: the lock lives on the directory's own inode, so
-    the last process out leaves no file behind and a crash leaves no stale lock.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _clear_interrupted_init(root: Path) -> None:
-    """Remove the skeleton a crash inside ``_create`` left (only the names it writes)."""
-    for child in root.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()

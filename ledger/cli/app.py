@@ -24,7 +24,7 @@ import click
 
 import ledger
 from ledger.cli.options import Options, global_options
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, from_os_error
 
 EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_CORRUPT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -216,8 +216,9 @@ class LedgerGroup(click.Group):
                 raise
             _drop_stdout()
             return EXIT_OK
-        except OSError as e:
-            return _report(opts, type(e).__name__, str(e), EXIT_USER)
+        except OSError as e:  # outside the API's guard: named the same way (errors.from_os_error)
+            err = from_os_error(e)
+            return _report(opts, type(err).__name__, str(err), EXIT_USER, err.fields)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             message = (

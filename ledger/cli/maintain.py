@@ -71,6 +71,11 @@ def gc_command(dry_run: bool, grace: float | None, remote: str | None) -> None:
             f"({report.packs_deleted} packs deleted, {report.packs_rewritten} rewritten; "
             f"{report.skipped_young_packs} younger than the grace period left alone)"
         )
+        if report.plan is not None and report.plan.temp_skipped:
+            names = ", ".join(report.plan.temp_skipped[:3])
+            con.print(
+                f"left alone in objects/tmp (not files the ledger made; never followed): {names}"
+            )
         if report.expired and not dry_run:
             con.print(
                 f"expired {len(report.expired)} commits: " + " ".join(map(short, report.expired))

@@ -24,6 +24,7 @@ import msgspec
 from ledger.errors import CorruptionError, FormatVersionError, PolicyError
 from ledger.history.records import Event, events_decoder, msgpack_encoder, unknown_tags
 from ledger.objects.durable import disk_errors, fsync_dir
+from ledger.objects.safepath import open_nofollow
 
 LOG_HEADER = b"LGEVLOG1"
 FRAME_MAGIC = b"LGEV"
@@ -148,7 +149,7 @@ class EventLog:
         payload = msgpack_encoder.encode(events)
         blob = FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with disk_errors(str(self.path)):
-            fd = os.open(self.path, os.O_WRONLY)
+            fd = open_nofollow(self.path, os.O_WRONLY, doing="appending to")
             try:
                 if os.fstat(fd).st_size != valid_end:
                     os.ftruncate(fd, valid_end)
@@ -171,7 +172,7 @@ class EventLog:
     def truncate(self, valid_end: int) -> None:
         """Cut a torn tail (the caller holds the write lock and read the log to ``valid_end``)."""
         with disk_errors(str(self.path)):
-            fd = os.open(self.path, os.O_WRONLY)
+            fd = open_nofollow(self.path, os.O_WRONLY, doing="truncating")
             try:
                 if os.fstat(fd).st_size > valid_end:
                     os.ftruncate(fd, valid_end)

@@ -30,6 +30,8 @@ It must never delete an object reachable from a ref or a retained commit.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 
@@ -42,6 +44,7 @@ from ledger.history.records import Commit, Expire, RefUpdate, RetentionSet, utcn
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
 from ledger.objects.packs import IndexEntry, packed_size
+from ledger.objects.safepath import open_dir
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 
 # A pack with dead objects is rewritten when at least this fraction of its bytes is dead,
@@ -82,6 +85,9 @@ class GcPlan(msgspec.Struct, frozen=True, kw_only=True):
     objects_freed: int
     bytes_freed: int
     temp_files: list[str]  # names in objects/tmp older than the cutoff
+    # names in objects/tmp that are not regular files (directories, links): never followed
+    # nor deleted, since the ledger did not make them
+    temp_skipped: list[str] = []
 
 
 class GcReport(msgspec.Struct):
@@ -195,7 +201,7 @@ def plan_gc(
         freed_objects += dead
         freed_bytes += st.st_size
     freed_bytes -= packed_size((e for _, e in _copies(store, rewrite)), REPACK_PACK_BYTES)
-    temp = _old_temp_files(store, cutoff)
+    temp, skipped = _old_temp_files(store, cutoff)
     return GcPlan(
         log_end=state.offset,
         cutoff=cutoff,
@@ -207,6 +213,7 @@ def plan_gc(
         objects_freed=freed_objects,
         bytes_freed=freed_bytes,
         temp_files=temp,
+        temp_skipped=skipped,
     )
 
 
@@ -221,14 +228,33 @@ def _worth_sweeping(entries: list[IndexEntry], kept: list[IndexEntry]) -> bool:
     )
 
 
-def _old_temp_files(store: ObjectStore, cutoff: float) -> list[str]:
-    """Names in objects/tmp last modified before ``cutoff`` (crash leftovers)."""
+def _old_temp_files(store: ObjectStore, cutoff: float) -> tuple[list[str], list[str]]:
+    """Regular files in objects/tmp last modified before ``cutoff`` (crash leftovers), and
+    the names there that are not regular files (skipped: the ledger makes only files there).
+
+    Raises:
+        UnsafePathError: objects/tmp (or objects/) is a symbolic link.
+    """
     old: list[str] = []
-    for path in sorted(store.tmp_dir.iterdir()):
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < cutoff:
-                old.append(path.name)
-    return old
+    skipped: list[str] = []
+    with open_dir(store.root, store.tmp_dir, "sweeping temporary files in") as fd:
+        for name in sorted(os.listdir(fd)):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    skipped.append(name)
+                elif st.st_mtime < cutoff:
+                    old.append(name)
+    return old, skipped
+
+
+def _sweep_temp_files(store: ObjectStore, names: list[str], cutoff: float) -> None:
+    """Delete those of ``names`` that are still old regular files in objects/tmp."""
+    still, _ = _old_temp_files(store, cutoff)
+    with open_dir(store.root, store.tmp_dir, "sweeping temporary files in") as fd:
+        for name in set(names) & set(still):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
 
 
 def _copies(store: ObjectStore, rewrite: list[PackSweep]) -> list[tuple[str, IndexEntry]]:
@@ -277,9 +303,7 @@ def execute(plan: GcPlan, store: ObjectStore, refs: RefStore) -> GcReport:
             raise
         freed -= sum(store.pack_path(new).stat().st_size for new in written)
     store.remove_packs(s.name for s in swept)
-    for name in set(plan.temp_files) & set(_old_temp_files(store, plan.cutoff)):
-        with contextlib.suppress(FileNotFoundError):
-            (store.tmp_dir / name).unlink()
+    _sweep_temp_files(store, plan.temp_files, plan.cutoff)
     return _report(plan, dry_run=False, expired=sorted(newly), bytes_freed=freed)
 
 

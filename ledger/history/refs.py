@@ -44,6 +44,7 @@ from ledger.history.records import (
     utcnow,
 )
 from ledger.objects.durable import atomic_write
+from ledger.objects.safepath import open_nofollow
 
 HEAD = "HEAD"
 BRANCH_PREFIX = "refs/heads/"
@@ -180,7 +181,7 @@ def _open_locked(
     Raises:
         LockTimeoutError: still held by another process at ``deadline`` (``busy`` says so).
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644, doing="locking")
     if fcntl is None:  # pragma: no cover - Windows: best effort, single writer
         return fd
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ledger.errors import DiskFullError
+from ledger.errors import DiskFullError, LedgerError, from_os_error
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,7 +38,9 @@ def fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def disk_errors(what: str) -> Iterator[None]:
-    """Translate ENOSPC / EDQUOT raised inside the block into :class:`DiskFullError`."""
+    """Translate ENOSPC / EDQUOT raised inside the block into :class:`DiskFullError`, and
+    any other ``OSError`` (permission, read-only file system, descriptor limit) into the
+    ``LedgerError`` of ``errors.from_os_error``, naming ``what``."""
     try:
         yield
     except OSError as e:
@@ -50,7 +52,10 @@ def disk_errors(what: str) -> Iterator[None]:
                 "(nothing partial was made visible)",
                 path=e.filename if isinstance(e.filename, str) else None,
             ) from e
-        raise
+        if isinstance(e, LedgerError):
+            raise
+        where = e.filename if isinstance(e.filename, str) else what
+        raise from_os_error(e, where, "writing" if where == what else f"writing {what}") from e
 
 
 def temp_path(directory: Path, suffix: str = ".tmp") -> Path:

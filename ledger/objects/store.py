@@ -25,6 +25,7 @@ from ledger.objects import direct
 from ledger.objects.check import check_hash, decode_object
 from ledger.objects.durable import fsync_dir
 from ledger.objects.packs import IndexEntry, pread_exact, read_pack_index
+from ledger.objects.safepath import check_inside
 from ledger.objects.writer import DEFAULT_MAX_PACK_BYTES, PackWriter, Rates
 from ledger.threads import block_signals
 
@@ -74,8 +75,8 @@ class ObjectStore:
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
         self.source: ObjectSource | None = None
-        self.packs_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for owned in (self.packs_dir, self.tmp_dir):  # never a link out of the ledger
+            check_inside(root, owned, "using").mkdir(parents=True, exist_ok=True)
         self.refresh()
 
     # -- index -------------------------------------------------------------
@@ -141,6 +142,7 @@ class ObjectStore:
     def remove_packs(self, names: Iterable[str]) -> None:
         """Delete packs (gc only, under the ledger's gc lock) and forget their objects."""
         doomed = set(names)
+        check_inside(self.root, self.packs_dir, "deleting packs in")
         for name in doomed:
             with contextlib.suppress(FileNotFoundError):
                 self.pack_path(name).unlink()

@@ -20,6 +20,7 @@ import msgspec
 
 from ledger.errors import RemoteError, RemoteURLError
 from ledger.objects.durable import atomic_write
+from ledger.objects.safepath import check_inside
 from ledger.remotes.base import Remote, RetryingRemote
 
 REMOTES_DIR = "remotes"
@@ -187,7 +188,7 @@ def split_url_rev(text: str) -> tuple[str, str | None]:
 
 def config_path(root: Path) -> Path:
     """Where a ledger's remote settings live."""
-    return root / REMOTES_DIR / CONFIG_FILE
+    return check_inside(root, root / REMOTES_DIR / CONFIG_FILE)
 
 
 def load_config(root: Path) -> RemotesConfig:
@@ -213,4 +214,4 @@ def save_config(root: Path, config: RemotesConfig, tmp_dir: Path) -> None:
 
 def cache_dir(root: Path, name: str) -> Path:
     """Where the refs and index files last read from remote ``name`` are cached."""
-    return root / REMOTES_DIR / check_remote_name(name)
+    return check_inside(root, root / REMOTES_DIR / check_remote_name(name))
