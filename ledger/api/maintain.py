@@ -7,10 +7,11 @@ gc itself lives on the core, the algorithms in ``ledger.history``.
 
 from __future__ import annotations
 
-from ledger.api.core import LedgerCore
+from ledger.api.notify import Notifying
 from ledger.errors import (
     PolicyError,
 )
+from ledger.history.gc import GcReport
 from ledger.history.records import (
     BUILTIN_POLICIES,
     Expire,
@@ -25,8 +26,24 @@ from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
 
 
-class Maintenance(LedgerCore):
+class Maintenance(Notifying):
     """Retention, expiry and verification of a ledger."""
+
+    def gc(self, dry_run: bool = False, grace: float | None = None) -> GcReport:
+        """:meth:`LedgerCore.gc`, then the ``gc`` notification (not for a dry run).
+
+        Example:
+            >>> lg.gc(grace=0).bytes_freed  # doctest: +SKIP
+        """
+        report = super().gc(dry_run=dry_run, grace=grace)
+        if not dry_run:
+            detail = {
+                "expired": len(report.expired),
+                "bytes_freed": report.bytes_freed,
+                "objects_freed": report.objects_freed,
+            }
+            self._raise_event("gc", detail=detail)
+        return report
 
     def set_retention(self, *policies: AnyPolicy, branch: str | None = None) -> None:
         """Replace the retention policies of the whole ledger (``branch=None``) or one branch.

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
-from ledger.api.core import LedgerCore
+from ledger.api.notify import Notifying
 from ledger.errors import RemoteError
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # exporting weights needs torch; a plain push does not
 R = TypeVar("R", bound="RemoteOps")
 
 
-class RemoteOps(LedgerCore):
+class RemoteOps(Notifying):
     """Push to and pull from directories, S3 (fsspec) and the Hugging Face Hub."""
 
     def remote_add(self, name: str, url: str) -> None:
@@ -138,8 +138,11 @@ class RemoteOps(LedgerCore):
                 return _push.plan_push(self, name, branch, all_branches=all, tags=tags)
             # The facade composes checkout (ledger.api.restore) with this mixin: a Ledger reads state.
             reader = cast("CommitReader", self) if export_weights else None
-            with creating_public(public):
-                return _push.push(
+            with (
+                self._reporting("push-failed", {"remote": name}, branch=branch),
+                creating_public(public),
+            ):
+                result = _push.push(
                     self,
                     name,
                     branch,
@@ -148,6 +151,9 @@ class RemoteOps(LedgerCore):
                     export=reader,
                     progress=progress,
                 )
+            detail = {"remote": name, "commits": result.commits, "bytes": result.bytes_sent}
+            self._raise_event("push", branch=branch or self.current_branch, detail=detail)
+            return result
 
     def fetch(self, remote: str | None = None, progress: Progress | None = None) -> FetchResult:
         """Bring the remote's commit records and refs (``origin/main`` ...); chunks come on demand.

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 import ledger
-from ledger.cli import export, imports, log, maintain, refs, release, remote, report
+from ledger.cli import export, imports, log, maintain, notify, refs, release, remote, report
 from ledger.cli._common import Options, global_options, to_json
 from ledger.cli.hints import hint_for
 from ledger.errors import LedgerError
@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     remote,
     imports,
     release,
+    notify,
 )
 
 
