@@ -175,7 +175,11 @@ class Notifier:
             cause = e.last_attempt.exception()
             attempts = e.last_attempt.attempt_number
             log.warning(
-                "notification %r to %s failed %d times: %s", event.event, where, attempts, cause
+                "notification %r to %s failed after %d attempt(s): %s",
+                event.event,
+                where,
+                attempts,
+                cause,
             )
             return Delivery(name, False, getattr(cause, "status", 0), str(cause), attempts)
         except _Permanent as e:

@@ -10,6 +10,7 @@ gc after commits. It writes nothing itself.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,8 @@ from ledger.errors import UnsupportedValueError
 from ledger.history.lineage import commit_target
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
+
+log = logging.getLogger("ledger.commit")
 
 
 class Committing(Notifying):
@@ -281,6 +284,16 @@ class Committing(Notifying):
         self._records[commit_id] = record
         self.lineage.set(commit_id, explicit=False)
         self._commits_since_gc += 1
+        log.info(
+            "commit %s on %s, step %s: %d of %d chunks written (%d bytes) in %.2f s",
+            commit_id[:12],
+            record.branch,
+            record.step,
+            record.stats.chunks_written,
+            record.stats.chunks_total,
+            record.stats.bytes_written,
+            record.stats.duration_s,
+        )
         self._notify_commit(commit_id, record)
 
     def _after_commits(self) -> None:

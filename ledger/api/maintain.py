@@ -7,6 +7,8 @@ gc itself lives on the core, the algorithms in ``ledger.history``.
 
 from __future__ import annotations
 
+import logging
+
 from ledger.api.notify import Notifying
 from ledger.errors import (
     PolicyError,
@@ -25,6 +27,8 @@ from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
 
+log = logging.getLogger("ledger.maintain")
+
 
 class Maintenance(Notifying):
     """Retention, expiry and verification of a ledger."""
@@ -36,6 +40,15 @@ class Maintenance(Notifying):
             >>> lg.gc(grace=0).bytes_freed  # doctest: +SKIP
         """
         report = super().gc(dry_run=dry_run, grace=grace)
+        log.info(
+            "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
+            " (dry run)" if dry_run else "",
+            len(report.expired),
+            report.objects_freed,
+            report.bytes_freed,
+            report.packs_deleted,
+            report.packs_rewritten,
+        )
         if not dry_run:
             detail = {
                 "expired": len(report.expired),
@@ -103,4 +116,15 @@ class Maintenance(Notifying):
         """
         with self._lock:
             self._check_open()
-            return verify_ledger(self, self.store, self.refs, full=full, repair=repair)
+            report = verify_ledger(self, self.store, self.refs, full=full, repair=repair)
+        level = logging.INFO if report.ok else logging.WARNING
+        log.log(
+            level,
+            "verify%s: %d commits, %d chunks (%d bytes) checked, %d problems",
+            " --full" if full else "",
+            report.commits_checked,
+            report.chunks_checked,
+            report.bytes_checked,
+            len(report.problems),
+        )
+        return report

@@ -11,6 +11,7 @@ no reference to the facade.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # exporting weights needs torch; a plain push does not
     from ledger.interop.export import CommitReader
 
 R = TypeVar("R", bound="RemoteOps")
+log = logging.getLogger("ledger.remotes")
 
 
 class RemoteOps(Notifying):
@@ -151,6 +153,14 @@ class RemoteOps(Notifying):
                     export=reader,
                     progress=progress,
                 )
+            log.info(
+                "push to %s: %d commits, %d chunks (%d bytes) sent, %d bytes already there",
+                name,
+                result.commits,
+                result.chunks_sent,
+                result.bytes_sent,
+                result.bytes_skipped,
+            )
             detail = {"remote": name, "commits": result.commits, "bytes": result.bytes_sent}
             self._raise_event("push", branch=branch or self.current_branch, detail=detail)
             return result
@@ -163,7 +173,15 @@ class RemoteOps(Notifying):
         """
         with self._lock:
             self._check_open()
-            return _fetch.fetch(self, remote or tracking.default_remote(self), progress)
+            result = _fetch.fetch(self, remote or tracking.default_remote(self), progress)
+        log.info(
+            "fetch from %s: %d commits, %d objects (%d bytes)",
+            result.remote,
+            result.commits,
+            result.objects,
+            result.bytes_received,
+        )
+        return result
 
     def pull(
         self,
@@ -182,7 +200,17 @@ class RemoteOps(Notifying):
         with self._lock:
             self._check_open()
             name = remote or tracking.default_remote(self)
-            return _fetch.pull(self, name, branch, progress)
+            result = _fetch.pull(self, name, branch, progress)
+        log.info(
+            "pull from %s: %s %s -> %s, %d objects (%d bytes)",
+            name,
+            result.branch,
+            (result.old or "-")[:12],
+            (result.new or "-")[:12],
+            result.objects,
+            result.bytes_received,
+        )
+        return result
 
     def gc_remote(self, remote: str | None = None, dry_run: bool = False) -> RemoteGcReport:
         """Apply this ledger's retention policies on ``remote``; delete the packs nothing needs.

@@ -11,6 +11,7 @@ modules and are listed in :data:`COMMAND_MODULES`; later issues add theirs
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -86,7 +87,10 @@ class LedgerGroup(click.Group):
         """Run the command line; exit (or return, if not ``standalone_mode``) with its code."""
         argv = list(sys.argv[1:] if args is None else args)
         opts = Options(json=_wants_json(argv))
-        code = self._run(argv, prog_name or "ledger", complete_var, opts, extra)
+        try:
+            code = self._run(argv, prog_name or "ledger", complete_var, opts, extra)
+        finally:
+            _reset_verbosity()
         if standalone_mode:
             sys.exit(code)
         return code
@@ -143,6 +147,29 @@ class LedgerGroup(click.Group):
             return _report(opts, type(e).__name__, message, EXIT_BUG)
 
 
+#: The stderr handler ``-v`` installed for this invocation (removed when it ends).
+_log_handlers: list[logging.Handler] = []
+
+
+def _set_verbosity(_ctx: click.Context, _param: click.Parameter, count: int) -> None:
+    """``-v``: the library's INFO log on stderr; ``-vv``: DEBUG as well."""
+    if not count:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ledger")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if count > 1 else logging.INFO)
+    _log_handlers.append(handler)
+
+
+def _reset_verbosity() -> None:
+    logger = logging.getLogger("ledger")
+    while _log_handlers:
+        logger.removeHandler(_log_handlers.pop())
+    logger.setLevel(logging.NOTSET)
+
+
 def _drop_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
     try:
@@ -154,6 +181,14 @@ def _drop_stdout() -> None:
 
 @click.group(cls=LedgerGroup, name="ledger", no_args_is_help=True)
 @click.version_option(ledger.__version__, prog_name="ledger")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    callback=_set_verbosity,
+    help="Log what the library does on stderr (-v: INFO, -vv: DEBUG). Give before the subcommand.",
+)
 @global_options
 def cli() -> None:
     """git for ML training state: commits, branches, diffs and exports of checkpoints.

@@ -1,0 +1,86 @@
+"""What a user hears while the ledger works: the library's log, the CLI's -v, progress.
+
+The library logs on ``ledger`` and prints nothing (checked in a fresh
+interpreter, where no test framework has configured logging, with warnings to
+log; commits, checkouts and pushes print nothing either, under ``capsys``); the CLI's
+``-v``/``-vv`` show that log on stderr; long commands report progress to a
+``progress=`` callback (API) and a rich bar (CLI, on a terminal only).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_cli, tiny_state
+
+from ledger import Ledger
+
+_QUIET_SCRIPT = """
+import socket, sys
+from ledger import Ledger
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+with Ledger.open(sys.argv[1], create=True, fsync=False) as lg:
+    lg.notify_options(retries=0)
+    lg.notify_add("dead", f"http://127.0.0.1:{port}/x", on=["gc"])
+    lg.gc(grace=0)
+    assert lg.verify(full=True).ok
+    assert lg.notifier.flush(30)
+    assert not lg.notify_test()[0].ok
+    assert not lg.notifier.delivered[-1].ok  # the dead hook failed, and said so only in the log
+"""
+
+
+def test_the_library_prints_nothing_even_when_it_has_warnings_to_log(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _QUIET_SCRIPT, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("", "")
+
+
+def test_meaningful_events_are_logged_on_the_ledger_logger(
+    lg: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with caplog.at_level(logging.INFO, logger="ledger"):
+        c = lg.commit(tiny_state(1), step=5)
+        lg.checkout("HEAD")
+        lg.remote_add("origin", str(tmp_path / "remote"))
+        lg.push("origin")
+        lg.fetch("origin")
+        lg.pull("origin")
+        lg.gc(grace=0)
+        lg.verify()
+    said = {(r.name, r.getMessage().split(":")[0].split(" ")[0]) for r in caplog.records}
+    assert {
+        ("ledger.commit", "commit"),
+        ("ledger.restore", "checkout"),
+        ("ledger.remotes", "push"),
+        ("ledger.remotes", "fetch"),
+        ("ledger.remotes", "pull"),
+        ("ledger.maintain", "gc"),
+        ("ledger.maintain", "verify"),
+    } <= said
+    assert any(c.id[:12] in r.getMessage() and "step 5" in r.getMessage() for r in caplog.records)
+    assert capsys.readouterr() == ("", "")  # logged, never printed
+
+
+def test_cli_verbosity_turns_the_log_on_for_one_invocation(tmp_path: Path) -> None:
+    d = ("--dir", tmp_path / "ckpt")
+    run_cli(*d, "init")
+    quiet = run_cli(*d, "gc", "--grace", "0")
+    assert quiet.exit_code == 0 and "INFO" not in quiet.stderr
+    loud = run_cli("-v", *d, "gc", "--grace", "0")
+    assert loud.exit_code == 0 and "INFO ledger.maintain: gc:" in loud.stderr
+    assert "gc:" not in loud.stdout  # the log goes to stderr; stdout keeps the result
+    debug = run_cli("-vv", *d, "notify", "add", "x", "http://127.0.0.1:9/x")
+    assert "INFO ledger.notify: notification hook 'x' added" in debug.stderr
+    assert logging.getLogger("ledger").level == logging.NOTSET  # nothing left behind
+    assert not [h for h in logging.getLogger("ledger").handlers if type(h) is logging.StreamHandler]
