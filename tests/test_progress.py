@@ -10,14 +10,17 @@ log; commits, checkouts and pushes print nothing either, under ``capsys``); the 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, tiny_state
+from helpers import random_state, run_cli, tiny_state
 
 from ledger import Ledger
+from ledger.progress import ProgressFn
+from ledger.retention import KeepLast
 
 _QUIET_SCRIPT = """
 import socket, sys
@@ -84,3 +87,80 @@ def test_cli_verbosity_turns_the_log_on_for_one_invocation(tmp_path: Path) -> No
     assert "INFO ledger.notify: notification hook 'x' added" in debug.stderr
     assert logging.getLogger("ledger").level == logging.NOTSET  # nothing left behind
     assert not [h for h in logging.getLogger("ledger").handlers if type(h) is logging.StreamHandler]
+
+
+def _calls() -> tuple[list[tuple[int, int, str]], ProgressFn]:
+    seen: list[tuple[int, int, str]] = []
+    return seen, lambda done, total, what: seen.append((done, total, what))
+
+
+def _monotone_to_total(seen: list[tuple[int, int, str]]) -> None:
+    assert seen, "the callback was never called"
+    dones = [d for d, _, _ in seen]
+    totals = {t for _, t, _ in seen}
+    assert dones == sorted(dones) and len(totals) == 1 and dones[-1] == totals.pop()
+
+
+def test_verify_and_gc_report_monotone_progress_ending_at_the_total(small: Ledger) -> None:
+    for i in range(5):
+        small.commit(random_state(i, 4096), step=i)
+    seen, tick = _calls()
+    assert small.verify(full=True, progress=tick).ok
+    _monotone_to_total(seen)
+    assert seen[-1] == (5, 5, "commits")
+    small.set_retention(KeepLast(1))
+    seen, tick = _calls()
+    report = small.gc(grace=0, progress=tick)
+    assert report.expired and report.bytes_freed > 0
+    _monotone_to_total(seen)
+
+
+def test_no_bar_off_a_terminal_or_with_quiet(tmp_path: Path) -> None:
+    d = ("--dir", tmp_path / "ckpt")
+    with Ledger.open(tmp_path / "ckpt", create=True, fsync=False) as lg:
+        lg.commit(tiny_state(1), step=1)
+    for args in (("verify", "--full"), ("gc", "--grace", "0"), ("-q", "verify")):
+        result = run_cli(*d, *args)
+        assert result.exit_code == 0 and result.stderr == "", (args, result.stderr)
+
+
+_PTY_SCRIPT = """
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+cmd = [sys.executable, "-c", "from ledger.cli import main; main()", *sys.argv[1:]]
+proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+os.close(slave)
+out = b""
+while True:
+    try:
+        data = os.read(master, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+sys.stdout.write(repr((proc.wait(), out.decode(errors="replace"))))
+"""
+
+
+def _on_a_terminal(*args: str | Path) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PTY_SCRIPT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    code, err = eval(proc.stdout)  # a repr of (int, str) this test wrote
+    return code, err
+
+
+def test_a_bar_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "ckpt", create=True, fsync=False) as lg:
+        for i in range(3):
+            lg.commit(tiny_state(i), step=i)
+    code, err = _on_a_terminal("--dir", tmp_path / "ckpt", "verify", "--full")
+    assert code == 0 and "verifying" in err and "3/3" in err
+    code, err = _on_a_terminal("--dir", tmp_path / "ckpt", "-q", "verify", "--full")
+    assert code == 0 and "verifying" not in err

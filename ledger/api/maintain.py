@@ -26,6 +26,7 @@ from ledger.history.refs import (
 from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
+from ledger.progress import ProgressFn
 
 log = logging.getLogger("ledger.maintain")
 
@@ -33,13 +34,18 @@ log = logging.getLogger("ledger.maintain")
 class Maintenance(Notifying):
     """Retention, expiry and verification of a ledger."""
 
-    def gc(self, dry_run: bool = False, grace: float | None = None) -> GcReport:
+    def gc(
+        self,
+        dry_run: bool = False,
+        grace: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> GcReport:
         """:meth:`LedgerCore.gc`, then the ``gc`` notification (not for a dry run).
 
         Example:
             >>> lg.gc(grace=0).bytes_freed  # doctest: +SKIP
         """
-        report = super().gc(dry_run=dry_run, grace=grace)
+        report = super().gc(dry_run=dry_run, grace=grace, progress=progress)
         log.info(
             "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
             " (dry run)" if dry_run else "",
@@ -105,10 +111,13 @@ class Maintenance(Notifying):
                 )
             return cid
 
-    def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
+    def verify(
+        self, full: bool = False, repair: bool = False, progress: ProgressFn | None = None
+    ) -> VerifyReport:
         """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
 
         ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
+        ``progress(done, total, "commits")`` is told each commit checked (``ledger.progress``).
 
         Example:
             >>> check = lg.verify(full=True)  # doctest: +SKIP
@@ -116,7 +125,9 @@ class Maintenance(Notifying):
         """
         with self._lock:
             self._check_open()
-            report = verify_ledger(self, self.store, self.refs, full=full, repair=repair)
+            report = verify_ledger(
+                self, self.store, self.refs, full=full, repair=repair, progress=progress
+            )
         level = logging.INFO if report.ok else logging.WARNING
         log.log(
             level,
