@@ -11,10 +11,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ledger.cli._common import console, options
 from ledger.progress import ProgressFn
+
+
+def bar_console() -> Console | None:
+    """The stderr console to draw a bar on, or None (not a terminal, or ``-q``).
+
+    Example:
+        >>> con = bar_console()  # doctest: +SKIP
+    """
+    err = console(stderr=True)
+    return err if err.is_terminal and not options().quiet else None
 
 
 @contextmanager
@@ -25,8 +36,8 @@ def bar(description: str) -> Iterator[ProgressFn | None]:
         >>> with bar("verifying") as tick:  # doctest: +SKIP
         ...     lg.verify(progress=tick)
     """
-    err = console(stderr=True)
-    if not err.is_terminal or options().quiet:
+    err = bar_console()
+    if err is None:
         yield None
         return
     columns = (
