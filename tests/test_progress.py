@@ -164,3 +164,15 @@ def test_a_bar_on_a_terminal_unless_quiet(tmp_path: Path) -> None:
     assert code == 0 and "verifying" in err and "3/3" in err
     code, err = _on_a_terminal("--dir", tmp_path / "ckpt", "-q", "verify", "--full")
     assert code == 0 and "verifying" not in err
+
+
+def test_checkout_out_reports_each_part_written(lg: Ledger, tmp_path: Path) -> None:
+    from ledger.interop.export import write_safetensors_dir
+
+    c = lg.commit({"model": tiny_state(1), "optim": tiny_state(2), "note": "x"}, step=1)
+    seen, tick = _calls()
+    write_safetensors_dir(lg.checkout(c.id), c, tmp_path / "out", progress=tick)
+    _monotone_to_total(seen)
+    assert seen[-1] == (3, 3, "parts")  # model, optim, note (the RNG is left out)
+    result = run_cli("--dir", lg.root, "checkout", c.id, "--out", tmp_path / "out2")
+    assert result.exit_code == 0 and result.stderr == ""  # no bar off a terminal
