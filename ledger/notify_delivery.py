@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -123,12 +124,15 @@ class Notifier:
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pid = os.getpid()
         _live.add(self)
 
     def send(self, hooks: dict[str, Hook], event: Event) -> None:
         """Queue ``event`` for ``hooks``; never blocks (a full queue drops it, with a warning)."""
         if not hooks or self._closed:
             return
+        if self._pid != os.getpid():  # a forked child: the parent's thread did not come along
+            self._forked()
         with self._idle:
             try:
                 self._queue.put_nowait((hooks, event))
@@ -145,6 +149,13 @@ class Notifier:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ledger-notify", daemon=True)
                 self._thread.start()
+
+    def _forked(self) -> None:
+        self._pid = os.getpid()
+        self._queue = queue.Queue(self._queue.maxsize)
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._thread = None
 
     def deliver(self, name: str, hook: Hook, event: Event, retries: int | None = None) -> Delivery:
         """Send ``event`` to one hook now, with ``retries`` (default: the notifier's); never raises.

@@ -23,7 +23,8 @@ from servers.webhook import WebhookServer, check_discord, check_json, check_slac
 
 from ledger import Ledger
 from ledger.errors import NotifyError
-from ledger.notify import EVENTS, NOTIFY_FILE, Event
+from ledger.notify import EVENTS, NOTIFY_FILE, Event, make_hook
+from ledger.notify_delivery import Notifier
 from ledger.notify_payloads import discord, generic, slack
 from ledger.retention import KeepBest
 
@@ -282,3 +283,18 @@ def test_every_payload_stays_within_the_documented_limits(
     assert check_slack(slack(e)) is None
     assert check_discord(discord(e)) is None
     assert check_json(generic(e)) is None
+
+
+def test_a_forked_child_delivers_through_its_own_thread(hooks: WebhookServer) -> None:
+    notifier = Notifier()
+    hook = make_hook("h", hooks.url("json"), None, ["commit"], None)
+    notifier.send({"h": hook}, Event(event="commit", ledger="/parent"))
+    assert notifier.flush(30)  # the parent's thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: without a thread of its own the event would sit in the queue
+        notifier.send({"h": hook}, Event(event="commit", ledger="/child"))
+        os._exit(0 if notifier.flush(30) and notifier.delivered[-1].ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [b["ledger"] for _, b in hooks.wait_for(2)] == ["/parent", "/child"]
+    notifier.close()
