@@ -176,3 +176,16 @@ def test_checkout_out_reports_each_part_written(lg: Ledger, tmp_path: Path) -> N
     assert seen[-1] == (3, 3, "parts")  # model, optim, note (the RNG is left out)
     result = run_cli("--dir", lg.root, "checkout", c.id, "--out", tmp_path / "out2")
     assert result.exit_code == 0 and result.stderr == ""  # no bar off a terminal
+
+
+def test_import_reports_each_checkpoint_read_then_committed(lg: Ledger, tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"model": {"w": torch.ones(4)}, "step": 3}, tmp_path / "a.pt")
+    seen, tick = _calls()
+    lg.import_checkpoints(tmp_path / "a.pt", branch="imp", progress=tick)
+    assert seen == [(0, 2, "steps"), (1, 2, "steps"), (2, 2, "steps")]
+    seen, tick = _calls()
+    again = lg.import_checkpoints(tmp_path / "a.pt", branch="imp", progress=tick)
+    assert again.checkpoints[0].skipped  # nothing to commit: the count still ends at the total
+    _monotone_to_total(seen)
