@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -76,9 +77,20 @@ def post(url: str, body: dict[str, Any], timeout: float) -> int:
         >>> post("http://127.0.0.1:9/hook", {"text": "hi"}, 1.0)  # doctest: +SKIP
         200
     """
+    try:
+        return _post(url, body, timeout)
+    except (ValueError, http.client.InvalidURL):  # their messages quote the URL: a secret
+        raise _Permanent(
+            "the URL is malformed (fix it with `ledger notify add --replace`)", 0
+        ) from None
+    except http.client.HTTPException as e:  # a broken response (bad status line, incomplete read)
+        raise _Transient(f"{type(e).__name__}: bad HTTP response") from None
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> int:
     request = urllib.request.Request(
         url,
-        data=json.dumps(body).encode(),
+        data=json.dumps(body, allow_nan=False).encode(),
         method="POST",
         headers={
             "Content-Type": "application/json",

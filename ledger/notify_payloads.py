@@ -12,6 +12,7 @@ generic kind gets the documented ``training-ledger.notification/1`` schema
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ledger.notify import Event
@@ -45,6 +46,11 @@ def _clip(text: str, limit: int) -> str:
 
 def _num(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such a metric is sent as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def headline(event: Event) -> str:
@@ -108,7 +114,7 @@ def generic(event: Event) -> dict[str, Any]:
         "commit": event.commit,
         "step": event.step,
         "epoch": event.epoch,
-        "metrics": dict(event.metrics),
+        "metrics": {k: _finite(v) for k, v in event.metrics.items()},
         "message": event.message,
         "detail": dict(event.detail),
         "text": headline(event),

@@ -298,3 +298,18 @@ def test_a_forked_child_delivers_through_its_own_thread(hooks: WebhookServer) ->
     assert os.waitstatus_to_exitcode(status) == 0
     assert [b["ledger"] for _, b in hooks.wait_for(2)] == ["/parent", "/child"]
     notifier.close()
+
+
+def test_a_malformed_url_or_a_nan_metric_fails_quietly_and_leaks_nothing(
+    lg: Ledger, hooks: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    lg.notify_add("bad", f"http://127.0.0.1:{hooks.port}/json/a b {SECRET}", on=["commit"])
+    lg.notify_add("good", hooks.url("json"), on=["commit", "best"], metric="loss")
+    with caplog.at_level(logging.DEBUG, logger="ledger"):
+        lg.commit(tiny_state(1), step=1, metrics={"loss": float("nan")})
+        assert lg.notifier.flush(30)
+        (done,) = lg.notify_test("bad")
+    assert not done.ok and "malformed" in (done.error or "")
+    assert not any(SECRET in r.getMessage() or SECRET in (r.exc_text or "") for r in caplog.records)
+    (_, body), *_ = hooks.wait_for(1)
+    assert body["event"] == "commit" and body["metrics"] == {"loss": None}  # no NaN, no best

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -204,8 +205,8 @@ class Notifying(LedgerCore):
             for (metric, mode), hooks in groups.items():
                 previous = self._best_before(commit_id, record, metric, mode)
                 value = record.metrics.get(metric)
-                if value is None:
-                    continue
+                if value is None or not math.isfinite(value):
+                    continue  # a NaN loss is no best
                 if previous is None or (value < previous if mode == "min" else value > previous):
                     detail = {"metric": metric, "mode": mode, "value": value, "previous": previous}
                     self.notifier.send(hooks, self._event("best", detail=detail, **fields))
