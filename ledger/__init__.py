@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import LedgerError, NothingRestoredWarning, PartialRestoreWarning
@@ -32,6 +33,10 @@ __all__ = [
     "Stage",
 ]
 __version__ = "0.1.0"
+
+# The library logs on ``ledger`` and its children and is quiet unless the application
+# (or the CLI's -v) configures logging: no "no handler" warning, nothing printed.
+logging.getLogger("ledger").addHandler(logging.NullHandler())
 
 _LAZY = {
     "Ledger": "ledger.api",

@@ -355,6 +355,12 @@ class ReleaseConflictError(RemoteError):
     reason: str | None = None
 
 
+class NotifyError(LedgerError):
+    """A notification hook is misconfigured (name, URL, kind, event) or ``notify test`` failed."""
+
+    hook: str | None = None
+
+
 class PartialRestoreWarning(UserWarning):
     """``restore(strict=False)`` left paths unloaded: missing from the commit, or not in the live state.
 

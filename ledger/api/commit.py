@@ -10,14 +10,15 @@ gc after commits. It writes nothing itself.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, overload
 
-from ledger.api.core import LedgerCore
 from ledger.api.inputs import _done
+from ledger.api.notify import Notifying
 from ledger.api.snapshot import Snapshot
 from ledger.api.staging import Draft, Stage, draft_of
 from ledger.errors import UnsupportedValueError
@@ -25,8 +26,10 @@ from ledger.history.lineage import commit_target
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
 
+log = logging.getLogger("ledger.commit")
 
-class Committing(LedgerCore):
+
+class Committing(Notifying):
     """Commits of live state, and staged commits built from parts."""
 
     @overload
@@ -273,13 +276,25 @@ class Committing(LedgerCore):
         )
 
     def _write_commit(self, draft: Draft, pool: ThreadPoolExecutor) -> Commit:
-        with self._stage(pool) as stage:
+        failing = self._reporting("commit-failed", step=draft.step, branch=draft.branch)
+        with failing, self._stage(pool) as stage:
             return stage.write_draft(draft)
 
     def _committed(self, commit_id: str, record: CommitRecord) -> None:
         self._records[commit_id] = record
         self.lineage.set(commit_id, explicit=False)
         self._commits_since_gc += 1
+        log.info(
+            "commit %s on %s, step %s: %d of %d chunks written (%d bytes) in %.2f s",
+            commit_id[:12],
+            record.branch,
+            record.step,
+            record.stats.chunks_written,
+            record.stats.chunks_total,
+            record.stats.bytes_written,
+            record.stats.duration_s,
+        )
+        self._notify_commit(commit_id, record)
 
     def _after_commits(self) -> None:
         """Run the automatic gc when it is due (outside any stage: gc takes the lock exclusive)."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from ledger.api.core import LedgerCore
+from ledger.progress import ProgressFn
 
 if TYPE_CHECKING:  # each is imported by its method: formats load torch, safetensors, DCP
     from ledger.interop.imports import ImportReport
@@ -34,6 +35,7 @@ class Interop(LedgerCore):
         branch: str | None = None,
         onto: str | None = None,
         allow: Iterable[str] = (),
+        progress: ProgressFn | None = None,
     ) -> ImportReport:
         """Import the checkpoint(s) at ``path`` as commits, one per checkpoint in step order.
 
@@ -50,6 +52,8 @@ class Interop(LedgerCore):
             onto: the first imported commit's parent (default: a root commit).
             allow: ``module.Type`` names a ``torch.load(weights_only=True)`` may
                 also admit, for types you trust.
+            progress: ``progress(done, total, "steps")``: each checkpoint read, then
+                each committed (``ledger.progress``).
 
         Example:
             >>> report = lg.import_checkpoints("runs/gpt2")  # doctest: +SKIP
@@ -59,7 +63,9 @@ class Interop(LedgerCore):
         from ledger.interop.imports import LedgerLike, import_path
 
         self._check_open()
-        return import_path(cast(LedgerLike, self), path, branch=branch, onto=onto, allow=allow)
+        return import_path(
+            cast(LedgerLike, self), path, branch=branch, onto=onto, allow=allow, progress=progress
+        )
 
     def export(
         self,

@@ -7,10 +7,13 @@ gc itself lives on the core, the algorithms in ``ledger.history``.
 
 from __future__ import annotations
 
-from ledger.api.core import LedgerCore
+import logging
+
+from ledger.api.notify import Notifying
 from ledger.errors import (
     PolicyError,
 )
+from ledger.history.gc import GcReport
 from ledger.history.records import (
     BUILTIN_POLICIES,
     Expire,
@@ -25,10 +28,43 @@ from ledger.history.refs import (
 from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
+from ledger.progress import ProgressFn
+
+log = logging.getLogger("ledger.maintain")
 
 
-class Maintenance(LedgerCore):
+class Maintenance(Notifying):
     """Retention, expiry and verification of a ledger."""
+
+    def gc(
+        self,
+        dry_run: bool = False,
+        grace: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> GcReport:
+        """:meth:`LedgerCore.gc`, then the ``gc`` notification (not for a dry run).
+
+        Example:
+            >>> lg.gc(grace=0).bytes_freed  # doctest: +SKIP
+        """
+        report = super().gc(dry_run=dry_run, grace=grace, progress=progress)
+        log.info(
+            "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
+            " (dry run)" if dry_run else "",
+            len(report.expired),
+            report.objects_freed,
+            report.bytes_freed,
+            report.packs_deleted,
+            report.packs_rewritten,
+        )
+        if not dry_run:
+            detail = {
+                "expired": len(report.expired),
+                "bytes_freed": report.bytes_freed,
+                "objects_freed": report.objects_freed,
+            }
+            self._raise_event("gc", detail=detail)
+        return report
 
     def set_retention(self, *policies: AnyPolicy, branch: str | None = None) -> None:
         """Replace the retention policies of the whole ledger (``branch=None``) or one branch.
@@ -99,10 +135,13 @@ class Maintenance(LedgerCore):
         policies = [p for scope in ["", *scopes] for p in self.retention(scope or None)]
         return list(dict.fromkeys(p.metric for p in policies if isinstance(p, KeepBest)))
 
-    def verify(self, full: bool = False, repair: bool = False) -> VerifyReport:
+    def verify(
+        self, full: bool = False, repair: bool = False, progress: ProgressFn | None = None
+    ) -> VerifyReport:
         """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
 
         ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
+        ``progress(done, total, "commits")`` is told each commit checked (``ledger.progress``).
 
         Example:
             >>> check = lg.verify(full=True)  # doctest: +SKIP
@@ -110,4 +149,17 @@ class Maintenance(LedgerCore):
         """
         with self._lock:
             self._check_open()
-            return verify_ledger(self, self.store, self.refs, full=full, repair=repair)
+            report = verify_ledger(
+                self, self.store, self.refs, full=full, repair=repair, progress=progress
+            )
+        level = logging.INFO if report.ok else logging.WARNING
+        log.log(
+            level,
+            "verify%s: %d commits, %d chunks (%d bytes) checked, %d problems",
+            " --full" if full else "",
+            report.commits_checked,
+            report.chunks_checked,
+            report.bytes_checked,
+            len(report.problems),
+        )
+        return report

@@ -11,11 +11,12 @@ no reference to the facade.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
-from ledger.api.core import LedgerCore
+from ledger.api.notify import Notifying
 from ledger.errors import RemoteError, RevisionSyntaxError
 from ledger.remotes import fetch as _fetch
 from ledger.remotes import push as _push
@@ -31,9 +32,10 @@ if TYPE_CHECKING:  # exporting weights needs torch; a plain push does not
     from ledger.interop.export import CommitReader
 
 R = TypeVar("R", bound="RemoteOps")
+log = logging.getLogger("ledger.remotes")
 
 
-class RemoteOps(LedgerCore):
+class RemoteOps(Notifying):
     """Push to and pull from directories, S3 (fsspec) and the Hugging Face Hub."""
 
     def remote_add(
@@ -165,8 +167,11 @@ class RemoteOps(LedgerCore):
                 return _push.plan_push(self, name, branch, all_branches=all, tags=tags)
             # The facade composes checkout (ledger.api.restore) with this mixin: a Ledger reads state.
             reader = cast("CommitReader", self) if export_weights else None
-            with creating_public(public):
-                return _push.push(
+            with (
+                self._reporting("push-failed", {"remote": name}, branch=branch),
+                creating_public(public),
+            ):
+                result = _push.push(
                     self,
                     name,
                     branch,
@@ -175,6 +180,17 @@ class RemoteOps(LedgerCore):
                     export=reader,
                     progress=progress,
                 )
+            log.info(
+                "push to %s: %d commits, %d chunks (%d bytes) sent, %d bytes already there",
+                name,
+                result.commits,
+                result.chunks_sent,
+                result.bytes_sent,
+                result.bytes_skipped,
+            )
+            detail = {"remote": name, "commits": result.commits, "bytes": result.bytes_sent}
+            self._raise_event("push", branch=branch or self.current_branch, detail=detail)
+            return result
 
     def fetch(self, remote: str | None = None, progress: Progress | None = None) -> FetchResult:
         """Bring the remote's commit records and refs (``origin/main`` ...); chunks come on demand.
@@ -184,7 +200,15 @@ class RemoteOps(LedgerCore):
         """
         with self._lock:
             self._check_open()
-            return _fetch.fetch(self, remote or tracking.default_remote(self), progress)
+            result = _fetch.fetch(self, remote or tracking.default_remote(self), progress)
+        log.info(
+            "fetch from %s: %d commits, %d objects (%d bytes)",
+            result.remote,
+            result.commits,
+            result.objects,
+            result.bytes_received,
+        )
+        return result
 
     def pull(
         self,
@@ -203,7 +227,17 @@ class RemoteOps(LedgerCore):
         with self._lock:
             self._check_open()
             name = remote or tracking.default_remote(self)
-            return _fetch.pull(self, name, branch, progress)
+            result = _fetch.pull(self, name, branch, progress)
+        log.info(
+            "pull from %s: %s %s -> %s, %d objects (%d bytes)",
+            name,
+            result.branch,
+            (result.old or "-")[:12],
+            (result.new or "-")[:12],
+            result.objects,
+            result.bytes_received,
+        )
+        return result
 
     def gc_remote(self, remote: str | None = None, dry_run: bool = False) -> RemoteGcReport:
         """Apply this ledger's retention policies on ``remote``; delete the packs nothing needs.

@@ -9,6 +9,7 @@ straight into live memory) is ``ledger.state.build``'s.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -86,6 +87,9 @@ def _warn(report: RestoreReport) -> None:
         )
 
 
+log = logging.getLogger("ledger.restore")
+
+
 class Restoring(LedgerCore):
     """Checkout and restore of a ledger's commits."""
 
@@ -132,6 +136,7 @@ class Restoring(LedgerCore):
             out = finalize(tree, mover(map_location, builder))
             if builder.pin:
                 torch.cuda.synchronize()
+            log.info("checkout %s (%s)%s", cid[:12], rev, f", paths {paths}" if paths else "")
             return out
 
     @overload

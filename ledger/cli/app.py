@@ -13,6 +13,7 @@ modules and are listed in :data:`COMMANDS` with their one-line help, so that
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -69,6 +70,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": (
         "imports",
         "Import the checkpoint(s) at PATH, one commit per checkpoint in step order.",
+    ),
+    "notify": (
+        "notify",
+        "Webhooks (Slack, Discord, JSON) told about commits, new bests, pushes, gc, failures.",
     ),
     "release": (
         "release",
@@ -168,7 +173,10 @@ class LedgerGroup(click.Group):
         """Run the command line; exit (or return, if not ``standalone_mode``) with its code."""
         argv = list(sys.argv[1:] if args is None else args)
         opts = Options(json=_wants_json(argv))
-        code = self._run(argv, prog_name or "ledger", complete_var, opts, extra)
+        try:
+            code = self._run(argv, prog_name or "ledger", complete_var, opts, extra)
+        finally:
+            _reset_verbosity()
         if standalone_mode:
             sys.exit(code)
         return code
@@ -237,8 +245,39 @@ def _drop_stdout() -> None:
         pass
 
 
+#: The stderr handler ``-v`` installed for this invocation (removed when it ends).
+_log_handlers: list[logging.Handler] = []
+
+
+def _set_verbosity(_ctx: click.Context, _param: click.Parameter, count: int) -> None:
+    """``-v``: the library's INFO log on stderr; ``-vv``: DEBUG as well."""
+    if not count:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ledger")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if count > 1 else logging.INFO)
+    _log_handlers.append(handler)
+
+
+def _reset_verbosity() -> None:
+    logger = logging.getLogger("ledger")
+    while _log_handlers:
+        logger.removeHandler(_log_handlers.pop())
+    logger.setLevel(logging.NOTSET)
+
+
 @click.group(cls=LedgerGroup, name="ledger", no_args_is_help=True)
 @click.version_option(ledger.__version__, prog_name="ledger")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    callback=_set_verbosity,
+    help="Log what the library does on stderr (-v: INFO, -vv: DEBUG). Give before the subcommand.",
+)
 @global_options
 def cli() -> None:
     """git for ML training state: commits, branches, diffs and exports of checkpoints.

@@ -21,11 +21,11 @@ from ledger.cli._common import (
     global_options,
     human_bytes,
     open_ledger,
-    progress,
     short,
     table,
 )
 from ledger.cli._common import row as add_row
+from ledger.cli.bars import bar
 
 if TYPE_CHECKING:  # the importers load torch and safetensors; --help must not
     from ledger.interop.imports import ImportReport
@@ -78,8 +78,8 @@ def import_command(
     already imported (the same files) are skipped.
     """
     lg = open_ledger()
-    with progress(f"importing {path}"):
-        report = lg.import_checkpoints(path, branch=branch, onto=onto, allow=allow)
+    with bar(f"importing {path}") as tick:
+        report = lg.import_checkpoints(path, branch=branch, onto=onto, allow=allow, progress=tick)
     doc = msgspec.to_builtins(report)
     doc["commits"] = report.commits
     emit(doc, lambda out: _render(report, out))

@@ -20,9 +20,9 @@ from ledger.cli._common import (
     global_options,
     human_bytes,
     open_ledger,
-    progress,
     short,
 )
+from ledger.cli.bars import bar
 from ledger.cli.remote import confirm_remote_gc
 from ledger.history.records import Policy
 from ledger.history.retention import describe
@@ -59,8 +59,8 @@ def gc_command(dry_run: bool, grace: float | None, remote: str | None) -> None:
     if remote is not None:
         confirm_remote_gc(lg.gc_remote(remote, dry_run=dry_run), dry_run)
         return
-    with progress("collecting garbage"):
-        report = lg.gc(dry_run=dry_run, grace=grace)
+    with bar("collecting garbage") as tick:
+        report = lg.gc(dry_run=dry_run, grace=grace, progress=tick)
 
     def render(con: Console) -> None:
         if dry_run and report.plan is not None:
@@ -116,8 +116,8 @@ def verify_command(full: bool, repair: bool) -> int:
     Example: ledger verify --full
     """
     lg = open_ledger()
-    with progress("verifying"):
-        report = lg.verify(full=full, repair=repair)
+    with bar("verifying") as tick:
+        report = lg.verify(full=full, repair=repair, progress=tick)
 
     def render(con: Console) -> None:
         for line in report.repaired:

@@ -29,6 +29,7 @@ from ledger.cli._common import (
     progress,
     short,
 )
+from ledger.cli.bars import bar
 
 if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
     from ledger import Ledger
@@ -167,7 +168,8 @@ def checkout_command(rev: str, new_branch: str | None, out: Path | None, force: 
         with guarded_output(out, exported.stats.logical_bytes, what):
             with progress(f"reading {short(exported.id)}"):
                 state = lg.checkout(exported.id, mmap=True)  # only read, to be written out
-            written = write_safetensors_dir(state, exported, out, force=force)
+            with bar(f"writing {short(exported.id)}") as tick:
+                written = write_safetensors_dir(state, exported, out, force=force, progress=tick)
         files = ", ".join(written.files)
         confirm(written, f"wrote {short(exported.id)} to {out}: {files} and metadata.json")
         return

@@ -29,14 +29,13 @@ from rich.progress import (
 from ledger.cli._common import (
     aligned,
     confirm,
-    console,
     emit,
     global_options,
     human_bytes,
     open_ledger,
-    options,
     short,
 )
+from ledger.cli.bars import bar_console
 
 if TYPE_CHECKING:  # loaded by the command that runs: `ledger --help` loads no ledger
     from ledger.remotes.collect import RemoteGcReport
@@ -62,8 +61,8 @@ class _Bar:
 
 @contextlib.contextmanager
 def _progress() -> Iterator[_Bar | None]:
-    err = console(stderr=True)
-    if not err.is_terminal or options().quiet:
+    err = bar_console()
+    if err is None:
         yield None
         return
     columns = (

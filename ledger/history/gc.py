@@ -46,6 +46,7 @@ from ledger.history.retention import AnyPolicy, plan
 from ledger.objects.packs import IndexEntry, packed_size
 from ledger.objects.safepath import open_dir
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
+from ledger.progress import ProgressFn, tell
 
 # A pack with dead objects is rewritten when at least this fraction of its bytes is dead,
 # or when its live part is small enough that copying it costs next to nothing.
@@ -266,7 +267,9 @@ def _copies(store: ObjectStore, rewrite: list[PackSweep]) -> list[tuple[str, Ind
     return out
 
 
-def execute(plan: GcPlan, store: ObjectStore, refs: RefStore) -> GcReport:
+def execute(
+    plan: GcPlan, store: ObjectStore, refs: RefStore, progress: ProgressFn | None = None
+) -> GcReport:
     """Carry out ``plan``; the caller holds the gc lock exclusively.
 
     Order of effects: record the expiries (one event-log append), write the
@@ -292,17 +295,21 @@ def execute(plan: GcPlan, store: ObjectStore, refs: RefStore) -> GcReport:
     swept = [*plan.delete, *plan.rewrite]
     freed = sum(s.size for s in swept)
     copies = _copies(store, plan.rewrite)
+    steps = len(copies) + 1  # every object copied, then the deletions
+    tell(progress, 0, steps, "steps")
     if copies:
         writer = store.writer(None, compress=False, max_pack_bytes=REPACK_PACK_BYTES)
         try:
-            for name, entry in copies:
+            for done, (name, entry) in enumerate(copies, 1):
                 writer.put_encoded(entry, store.read_encoded(name, entry))
+                tell(progress, done, steps, "steps")
             written = writer.finish()
         except BaseException:
             writer.abort()
             raise
         freed -= sum(store.pack_path(new).stat().st_size for new in written)
     store.remove_packs(s.name for s in swept)
+    tell(progress, steps, steps, "steps")
     _sweep_temp_files(store, plan.temp_files, plan.cutoff)
     return _report(plan, dry_run=False, expired=sorted(newly), bytes_freed=freed)
 
@@ -351,8 +358,12 @@ def collect(
     policies_for: Callable[[str], Sequence[AnyPolicy]],
     grace: float,
     dry_run: bool,
+    progress: ProgressFn | None = None,
 ) -> GcReport:
     """One gc run, :func:`plan_gc` then :func:`execute`; the caller holds the gc lock exclusively.
+
+    ``progress`` is told the objects copied out of rewritten packs, then the
+    packs deleted, as one count of "steps" (``ledger.progress``).
 
     With ``dry_run`` the plan is returned (as ``report.plan``) and nothing changes.
     A plan gone stale in between (a ref moved by an operation that does not
@@ -368,7 +379,7 @@ def collect(
             expired = sorted(made.expire)
             return _report(made, dry_run=True, expired=expired, bytes_freed=made.bytes_freed)
         try:
-            return execute(made, store, refs)
+            return execute(made, store, refs, progress)
         except StalePlanError:
             attempts -= 1
             if not attempts:

@@ -17,6 +17,7 @@ from ledger.errors import CorruptionError, LedgerError
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
 from ledger.objects.store import ObjectStore
+from ledger.progress import ProgressFn, tell
 
 
 class VerifyReport(msgspec.Struct):
@@ -38,9 +39,18 @@ class VerifyReport(msgspec.Struct):
 
 
 def verify(
-    reader: HistoryReader, store: ObjectStore, refs: RefStore, *, full: bool, repair: bool
+    reader: HistoryReader,
+    store: ObjectStore,
+    refs: RefStore,
+    *,
+    full: bool,
+    repair: bool,
+    progress: ProgressFn | None = None,
 ) -> VerifyReport:
-    """Check the ledger; see the module docstring. ``repair`` holds the write lock while fixing."""
+    """Check the ledger; see the module docstring. ``repair`` holds the write lock while fixing.
+
+    ``progress`` is told the commits checked (``ledger.progress``).
+    """
     problems: list[str] = []
     notes: list[str] = []
     repaired: list[str] = []
@@ -95,7 +105,8 @@ def verify(
     commits = reachable_commits(reader, state.refs)
     chunks_checked = bytes_checked = remote_only = 0
     needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
-    for cid in commits:
+    for done, cid in enumerate(commits):
+        tell(progress, done, len(commits), "commits")
         try:
             rec = reader.record(cid)
         except LedgerError as e:
@@ -131,6 +142,7 @@ def verify(
                         problems.append(str(e))
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
+    tell(progress, len(commits), len(commits), "commits")
     if remote_only:
         notes.append(
             f"{remote_only} object(s) of commits here are stored only on a remote (shallow "

@@ -23,6 +23,7 @@ import torch
 from ledger.errors import ExportError
 from ledger.history.records import Commit
 from ledger.interop.source import CommitReader, prepare_dir, readable
+from ledger.progress import ProgressFn, tell
 from ledger.state.files import File
 from ledger.state.rng import RNG_KEY
 
@@ -93,9 +94,16 @@ def _plain(obj: Any) -> Any:
 
 
 def write_safetensors_dir(
-    state: Mapping[Any, Any], commit: Commit, out: Path, *, force: bool = False
+    state: Mapping[Any, Any],
+    commit: Commit,
+    out: Path,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
 ) -> OutDir:
     """Write a checked-out state as safetensors files and ``metadata.json`` into ``out``.
+
+    ``progress(done, total, "parts")`` is told each top-level key written (``ledger.progress``).
 
     Each top-level key whose subtree holds tensors becomes ``<key>.safetensors``
     (tensor names are the ``/``-joined path below the key; a bare tensor is named
@@ -122,9 +130,10 @@ def write_safetensors_dir(
     file_values: dict[str, str] = {}
     values: dict[str, Any] = {}
     n_tensors = 0
-    for key, sub in state.items():
-        if key == RNG_KEY:
-            continue
+    parts = [key for key in state if key != RNG_KEY]
+    for done, key in enumerate(parts):
+        tell(progress, done, len(parts), "parts")
+        sub = state[key]
         tensors: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         for path, leaf, is_tensor in _leaves(sub, ""):
@@ -158,6 +167,7 @@ def write_safetensors_dir(
         readable(out / name)
         files[name] = str(key)
         n_tensors += len(tensors)
+    tell(progress, len(parts), len(parts), "parts")
     doc = {"commit": commit, "files": files, "file_values": file_values, "values": values}
     encoded = msgspec.json.encode(doc, enc_hook=_plain)
     (out / METADATA_FILE).write_bytes(msgspec.json.format(encoded) + b"\n")

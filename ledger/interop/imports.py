@@ -37,6 +37,7 @@ from ledger.interop.imports_read import (
     resolve_allowed,
 )
 from ledger.objects.hashing import hash_bytes
+from ledger.progress import ProgressFn, tell
 from ledger.state.flatten import Flattener
 
 __all__ = [
@@ -140,8 +141,12 @@ def import_path(
     branch: str | None = None,
     onto: str | None = None,
     allow: Iterable[str] = (),
+    progress: ProgressFn | None = None,
 ) -> ImportReport:
     """Import the checkpoint(s) at ``path`` as commits, one per checkpoint in step order.
+
+    ``progress(done, total, "steps")`` counts each checkpoint read, then each committed
+    (a skipped one counts at the end), ``ledger.progress``.
 
     Args:
         ledger: an open ``Ledger``.
@@ -192,7 +197,9 @@ def import_path(
     # Read and check everything first: a bad file fails the import before anything is written.
     entries: list[tuple[Source, ImportedCheckpoint, Loaded | None, dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    for src in sources:
+    steps = 2 * len(sources)
+    for done, src in enumerate(sources):
+        tell(progress, done, steps, "steps")
         files = [(f, *hash_file(f)) for f in src.files]
         fingerprint = _fingerprint(src, files)
         size = sum(s for _, s, _ in files)
@@ -223,7 +230,8 @@ def import_path(
         entries.append((src, entry, loaded, data))
     created = tip is None
     todo = [(src, entry, ld, data) for src, entry, ld, data in entries if ld is not None]
-    _commit_all(ledger, name, parent, todo)
+    _commit_all(ledger, name, parent, todo, progress, (len(sources), steps))
+    tell(progress, steps, steps, "steps")
     made = [entry for _, entry, _, _ in todo]
     return ImportReport(
         source=str(source),
@@ -240,12 +248,18 @@ def _commit_all(
     branch: str,
     parent: str | None,
     todo: Sequence[tuple[Source, ImportedCheckpoint, Loaded, dict[str, Any]]],
+    progress: ProgressFn | None = None,
+    counted: tuple[int, int] = (0, 0),
 ) -> None:
-    """One commit per loaded checkpoint onto ``branch``, in one staging session."""
+    """One commit per loaded checkpoint onto ``branch``, in one staging session.
+
+    ``progress`` is told ``counted[0] + i`` of ``counted[1]`` before the i-th commit.
+    """
     if not todo:
         return
     with ledger.stage() as stage:
-        for src, entry, loaded, data in todo:
+        for i, (src, entry, loaded, data) in enumerate(todo):
+            tell(progress, counted[0] + i, counted[1], "steps")
             inner = stage.refs
             if ledger_tip_missing(stage, branch):
                 stage.refs = _FirstParent(inner, branch, parent)
