@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger.errors import CorruptionError, LedgerError
+from ledger.errors import CorruptionError, LedgerError, RefConflictError
+from ledger.history.eventlog import Tail
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
+from ledger.history.records import RefUpdate, RefView
+from ledger.history.recover import damaged_tails, find_lost
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
 from ledger.objects.store import ObjectStore
 
@@ -49,26 +52,29 @@ def verify(
         replayed = refs.replay_state()
     except CorruptionError as e:
         return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
-    if refs.torn_bytes or _torn(refs, replayed.offset):
-        torn = refs.log.path.stat().st_size - replayed.offset
-        notes.append(
-            f"event log has a torn tail of {torn} bytes (a crash mid-append); the next write cuts it"
-        )
-        if repair:
-            with refs.lock.hold():
-                refs.log.truncate(replayed.offset)
-            repaired.append(f"cut {torn} torn bytes from the event log")
+    restored = _lost_events(reader, store, refs, replayed, problems, notes, repaired, repair)
+    if restored:
+        replayed = refs.replay_state()
     view = refs.state()
-    stale_view = (
+    # A view built past the valid end was built from the frame now damaged: the
+    # damaged tail (reported above) explains it, it is no separate problem.
+    past_tail = refs.log.path.stat().st_size > replayed.offset < refs.view_offset
+    stale_view = (refs.view_status == "mismatch" and not past_tail) or (
         view.refs != replayed.refs
         or view.expired != replayed.expired
         or view.retention != replayed.retention
     )
     if stale_view:
         problems.append(
-            "the ref view (refs file) disagrees with the event log; verifying with repair "
-            "rebuilds it from the log"
+            "the ref view (refs file) disagrees with the event log (its digest does not match "
+            "the log; readers replay the log instead); verifying with repair rebuilds it"
         )
+    elif refs.view_status == "unchecked":
+        notes.append(
+            "the ref view (refs file) carries no digest (written by an older training-ledger); "
+            "readers replay the log until the next write rewrites it"
+        )
+    restorable = any("`ledger verify --repair` restores" in p for p in problems)
     if repair:
         with refs.lock.hold():
             refs.write_view(refs.replay_state())
@@ -160,9 +166,79 @@ def verify(
         chunks_checked,
         bytes_checked,
         repaired,
-        repairable=stale_view and not repair,
+        repairable=(stale_view or restorable) and not repair,
     )
 
 
-def _torn(refs: RefStore, end: int) -> bool:
-    return refs.log.path.stat().st_size > end
+def _lost_events(
+    reader: HistoryReader,
+    store: ObjectStore,
+    refs: RefStore,
+    replayed: RefView,
+    problems: list[str],
+    notes: list[str],
+    repaired: list[str],
+    repair: bool,
+) -> bool:
+    """Report (and with ``repair``, undo) what a damaged log tail cost; True if refs moved.
+
+    A tail whose lost event named an intact commit is a problem naming that
+    commit; a tail that cost nothing findable is a note. Repair sets the tail
+    aside (never deletes it), then moves each such ref by compare-and-swap.
+    """
+    tails, live = damaged_tails(refs.log, replayed.offset)
+    found = find_lost(reader, store, replayed, tails)
+    problems.extend(found.unrecoverable)
+    if live is not None:
+        kind = "a full-length frame that fails its checksum" if live.complete else "a short frame"
+        notes.append(
+            f"event log has a torn tail of {len(live.data)} bytes at byte {live.offset} "
+            f"({kind}: a crash mid-append, a power loss or a flipped bit); readers ignore it "
+            f"and the next write sets it aside{_hint(live)}"
+        )
+    for tail in tails:
+        if tail is not live:
+            notes.append(
+                f"{tail.source} holds a damaged event-log tail set aside by a writer{_hint(tail)}; "
+                "`ledger verify --repair` marks it dealt with"
+            )
+    lost = [
+        f"the event log lost a move of {r.ref} from {_short(r.old)} to commit {r.new[:12]}, "
+        f"whose objects are intact ({r.why}); readers see {_short(r.old)}: "
+        "`ledger verify --repair` restores it"
+        for r in found.restores
+    ]
+    if not repair:
+        problems.extend(lost)
+        return False
+    moved = False
+    with refs.lock.hold():
+        if live is not None:
+            side = refs.log.truncate(live.offset)
+            repaired.append(
+                f"cut {len(live.data)} torn bytes from the event log, kept in {side.name}"
+                if side is not None
+                else "the torn event-log tail was already cut by a writer"
+            )
+        for r, line in zip(found.restores, lost, strict=True):
+            try:
+                refs.update({r.ref: (r.old, r.new)}, f"repair: restore {r.new[:12]} (lost event)")
+            except RefConflictError as e:
+                problems.append(f"{line} (not restored: {e})")
+                continue
+            moved = True
+            repaired.append(f"restored {r.ref} to {r.new[:12]} (was {_short(r.old)}; {r.why})")
+        if not found.unrecoverable and not any("not restored" in p for p in problems):
+            for tail in refs.log.aside_tails():
+                refs.log.retire_aside(tail)
+    return moved
+
+
+def _hint(tail: Tail) -> str:
+    """What a damaged frame's payload seems to say, when it still decodes (untrusted)."""
+    moves = [f"{e.ref} -> {_short(e.new)}" for e in tail.events if isinstance(e, RefUpdate)]
+    return f" (it seems to say, unchecked: {', '.join(moves)})" if moves else ""
+
+
+def _short(value: str | None) -> str:
+    return "nothing" if value is None else value[:12]
