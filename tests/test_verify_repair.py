@@ -1,7 +1,11 @@
-"""``verify --full`` checks every stored object; ``verify --repair`` survives SIGKILL (issue 18).
+"""``verify --full`` checks every stored object; ``--repair --from``; SIGKILL in repair (issue 18).
 
 * a flipped byte in the installed-packages blob, in an object no kept commit
   needs, or in a second copy of a needed object is found by ``verify(full=True)``;
+* ``verify(repair=True, from_remote=...)`` refetches damaged objects from a
+  remote that has them (the packs with the damaged copies move to
+  ``objects/quarantine/``, kept), reports those the remote lacks, and a lost
+  commit whose objects were damaged is then restored;
 * a child that damages the last event and repairs it in a loop is SIGKILLed at
   random moments: the ledger always opens and reads, and no commit is lost
   (each one the child made is on main, or verify names it and repair restores it).
@@ -14,7 +18,7 @@ import signal
 import time
 from pathlib import Path
 
-from helpers import SCRIPTS, bits, flip_stored_byte, random_state, start_ready
+from helpers import SCRIPTS, bits, flip_stored_byte, random_state, run_cli, start_ready
 
 from ledger import Ledger
 
@@ -64,6 +68,39 @@ def test_full_verify_checks_a_second_copy_of_a_needed_object(small: Ledger) -> N
     check = small.verify(full=True)
     assert not check.ok
     assert any("second copy" in p and manifest.hex()[:12] in p for p in check.problems)
+
+
+def test_repair_from_a_remote_refetches_damaged_objects(small: Ledger, tmp_path: Path) -> None:
+    a = small.commit(random_state(1), rng=False)
+    small.remote_add("origin", str(tmp_path / "remote"))
+    small.push("origin")
+    flip_stored_byte(small, a.manifest, mask=0x55)
+    located = small.store.locate(bytes.fromhex(a.manifest))
+    assert located is not None
+    check = small.verify(full=True)
+    assert not check.ok and a.manifest in check.damaged
+    out = run_cli("--dir", str(small.root), "verify")
+    assert out.exit_code == 3 and "--from REMOTE" in out.stdout
+    fixed = small.verify(repair=True, from_remote="origin")
+    assert fixed.ok, fixed.problems
+    assert any("refetched" in r and "origin" in r for r in fixed.repaired)
+    assert (small.root / "objects" / "quarantine" / f"{located[0]}.pack").exists()
+    assert bits(small.checkout("main")) == bits(random_state(1))
+    assert small.verify(full=True).ok
+
+
+def test_repair_from_a_remote_reports_what_it_lacks(small: Ledger, tmp_path: Path) -> None:
+    small.commit(random_state(1), rng=False)
+    small.remote_add("origin", str(tmp_path / "remote"))
+    small.push("origin")
+    b = small.commit(random_state(2), rng=False)  # never pushed
+    flip_stored_byte(small, b.manifest, mask=0x55)
+    check = small.verify(repair=True, from_remote="origin")
+    assert not check.ok
+    assert any(b.manifest[:12] in p for p in check.problems), check.problems
+    assert any("lacks 1" in r for r in check.repaired)
+    out = run_cli("--dir", str(small.root), "verify", "--from", "origin")
+    assert out.exit_code != 0 and "--repair" in out.output
 
 
 def test_sigkill_during_repair_loses_no_commit(ledger_dir: Path) -> None:

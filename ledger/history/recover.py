@@ -45,10 +45,11 @@ class Restore(NamedTuple):
 
 
 class Findings(NamedTuple):
-    """What recovery proposes and what it found but cannot propose (damaged candidates)."""
+    """What recovery proposes, what it cannot (damaged candidates), and their damaged objects."""
 
     restores: list[Restore]
     unrecoverable: list[str]
+    damaged: dict[str, str]  # hex id -> what (what a refetch from a remote would need)
 
 
 def damaged_tails(log: EventLog, valid_end: int) -> tuple[list[Tail], Tail | None]:
@@ -73,22 +74,26 @@ def lost_tips(reader: HistoryReader, store: ObjectStore, log: EventLog, state: R
     return {r.new for r in find_lost(reader, store, state, tails).restores}
 
 
-def damage_of(reader: HistoryReader, store: ObjectStore, cid: str) -> str | None:
-    """Why commit ``cid`` is not intact (its first missing or damaged object), or None.
+def damage_of(reader: HistoryReader, store: ObjectStore, cid: str) -> tuple[str, str, str] | None:
+    """Why commit ``cid`` is not intact: (message, hex id, what) of its first bad object, or None.
 
     Example:
         >>> damage_of(lg, lg.store, lg.head.id) is None  # doctest: +SKIP
         True
     """
+    current = (cid, f"commit {cid[:12]}")
     try:
+        # The generator reads the record after yielding it and the manifest after
+        # yielding it, so an error names the object yielded last.
         for need in commit_needs(reader, cid, expired=False):
+            current = (need.id.hex(), need.what)
             if need.kind in ("commit", "manifest"):
-                continue  # read and hash-checked to get this far
+                continue
             if store.locate(need.id) is None:
-                return f"{need.what}: object {need.id.hex()[:12]} is missing"
+                return f"{need.what}: object {need.id.hex()[:12]} is missing", *current
             store.read(need.id, need.what)
     except LedgerError as e:
-        return str(e)
+        return str(e), *current
     return None
 
 
@@ -108,10 +113,11 @@ def find_lost(
         []
     """
     if not tails:
-        return Findings([], [])
+        return Findings([], [], {})
     reached = set(reachable_commits(reader, state.refs))
     records: dict[str, CommitRecord] = {}
     unrecoverable: list[str] = []
+    bad: dict[str, str] = {}
     for oid in store.ids("commit"):
         cid = oid.hex()
         if cid in reached:
@@ -120,7 +126,8 @@ def find_lost(
             records[cid] = reader.record(cid)
         except LedgerError as e:
             unrecoverable.append(f"commit {cid[:12]} (no ref reaches it) is damaged: {e}")
-    damage: dict[str, str | None] = {}
+            bad[cid] = f"commit {cid[:12]}"
+    damage: dict[str, tuple[str, str, str] | None] = {}
 
     def intact(cid: str) -> bool:
         if cid not in damage:
@@ -149,12 +156,14 @@ def find_lost(
             why = f"commit {new[:12]} names branch {ref[len(BRANCH_PREFIX) :]!r} and descends from its tip"
             proposed[ref] = Restore(ref, old, new, why)
     for cid in sorted(records):
-        if damage.get(cid) is not None:
+        found = damage.get(cid)
+        if found is not None:
             unrecoverable.append(
                 f"commit {cid[:12]} (no ref reaches it) could be a lost tip but is damaged: "
-                f"{damage[cid]}; `ledger verify --repair --from REMOTE` refetches its objects"
+                f"{found[0]}; `ledger verify --repair --from REMOTE` refetches its objects"
             )
-    return Findings(sorted(proposed.values()), unrecoverable)
+            bad[found[1]] = found[2]
+    return Findings(sorted(proposed.values()), unrecoverable, bad)
 
 
 def _branch_tips(state: RefView) -> dict[str, str | None]:

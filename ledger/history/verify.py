@@ -39,6 +39,9 @@ class VerifyReport(msgspec.Struct):
     repaired: list[str]
     # a problem that verify(repair=True) fixes (the ref view disagrees with the log)
     repairable: bool = False
+    # hex id -> what it is, of every needed object found missing or damaged: what
+    # `verify --repair --from REMOTE` refetches
+    damaged: dict[str, str] = {}
 
 
 def verify(
@@ -48,12 +51,13 @@ def verify(
     problems: list[str] = []
     notes: list[str] = []
     repaired: list[str] = []
+    bad: dict[str, str] = {}
     store.sync()
     try:
         replayed = refs.replay_state()
     except CorruptionError as e:
         return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
-    restored = _lost_events(reader, store, refs, replayed, problems, notes, repaired, repair)
+    restored = _lost_events(reader, store, refs, replayed, problems, notes, repaired, repair, bad)
     if restored:
         replayed = refs.replay_state()
     view = refs.state()
@@ -99,6 +103,7 @@ def verify(
             reader.record(cid)
         except LedgerError as e:
             problems.append(f"{ref} -> {cid[:12]}: {e}")
+            bad[cid] = f"commit {cid[:12]}"
     commits = reachable_commits(reader, state.refs)
     chunks_checked = bytes_checked = remote_only = 0
     needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
@@ -108,12 +113,14 @@ def verify(
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
             needed.add(bytes.fromhex(cid))
+            bad[cid] = f"commit {cid[:12]}"
             continue
         for parent in rec.parents:
             try:
                 reader.record(parent)
             except LedgerError as e:
                 problems.append(f"commit {cid[:12]} parent {parent[:12]}: {e}")
+                bad[parent] = f"commit {parent[:12]}"
         try:
             for need in commit_needs(reader, cid, expired=cid in state.expired):
                 if need.id in needed:
@@ -127,6 +134,7 @@ def verify(
                         remote_only += 1  # a shallow clone or fetched history: read on demand
                     else:
                         problems.append(f"{need.what}: object {need.id.hex()[:12]} is missing")
+                        bad[need.id.hex()] = need.what
                     continue
                 is_chunk = need.kind == "chunk"
                 chunks_checked += is_chunk
@@ -136,8 +144,10 @@ def verify(
                         bytes_checked += located[1].raw_length if is_chunk else 0
                     except LedgerError as e:
                         problems.append(str(e))
+                        bad[need.id.hex()] = need.what
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
+            bad.setdefault(rec.manifest, f"manifest of commit {cid[:12]}")
     if remote_only:
         notes.append(
             f"{remote_only} object(s) of commits here are stored only on a remote (shallow "
@@ -170,6 +180,7 @@ def verify(
         bytes_checked,
         repaired,
         repairable=(stale_view or restorable) and not repair,
+        damaged=bad,
     )
 
 
@@ -207,6 +218,7 @@ def _lost_events(
     notes: list[str],
     repaired: list[str],
     repair: bool,
+    bad: dict[str, str],
 ) -> bool:
     """Report (and with ``repair``, undo) what a damaged log tail cost; True if refs moved.
 
@@ -217,6 +229,7 @@ def _lost_events(
     tails, live = damaged_tails(refs.log, replayed.offset)
     found = find_lost(reader, store, replayed, tails)
     problems.extend(found.unrecoverable)
+    bad.update(found.damaged)
     if live is not None:
         kind = "a full-length frame that fails its checksum" if live.complete else "a short frame"
         notes.append(
