@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
 
-from helpers import SCRIPTS, bits, flip_stored_byte, random_state, run_cli, start_ready
+from helpers import SCRIPTS, bits, flip_byte, flip_stored_byte, random_state, run_cli, start_ready
 
 from ledger import Ledger
 
@@ -101,6 +102,33 @@ def test_repair_from_a_remote_reports_what_it_lacks(small: Ledger, tmp_path: Pat
     assert any("lacks 1" in r for r in check.repaired)
     out = run_cli("--dir", str(small.root), "verify", "--from", "origin")
     assert out.exit_code != 0 and "--repair" in out.output
+
+
+def test_a_lost_and_damaged_commit_is_refetched_then_restored(
+    small: Ledger, tmp_path: Path
+) -> None:
+    a = small.commit(random_state(1), rng=False)
+    b = small.commit(random_state(2), rng=False)
+    # a copy pushes b; this ledger's last event stays the one that moved main to b
+    other = tmp_path / "other"
+    shutil.copytree(small.root, other)
+    with Ledger.open(other, fsync=False) as copy:
+        copy.remote_add("origin", str(tmp_path / "remote"))
+        copy.push("origin")
+    log = small.root / "events.log"
+    size = log.stat().st_size
+    small.remote_add("origin", str(tmp_path / "remote"))
+    assert log.stat().st_size == size, "adding a remote appends no event"
+    flip_byte(log, size - 1, 0x01)
+    flip_stored_byte(small, b.manifest, mask=0x55)
+    check = small.verify(repair=True)
+    assert not check.ok and small.resolve("main") == a.id
+    assert any(b.id[:12] in p and "--from" in p for p in check.problems), check.problems
+    fixed = small.verify(repair=True, from_remote="origin")
+    assert fixed.ok, fixed.problems
+    assert any("restored refs/heads/main" in r for r in fixed.repaired), fixed.repaired
+    assert small.resolve("main") == b.id
+    assert bits(small.checkout("main")) == bits(random_state(2))
 
 
 def test_sigkill_during_repair_loses_no_commit(ledger_dir: Path) -> None:

@@ -104,7 +104,7 @@ class Maintenance(LedgerCore):
             with self.gc_lock.hold(shared=False):
                 lines = self._refetch(from_remote, first.damaged)
             final = verify_ledger(self, self.store, self.refs, full=True, repair=True)
-            final.repaired = first.repaired + lines + final.repaired[len(first.repaired) :]
+            final.repaired = list(dict.fromkeys(first.repaired + lines + final.repaired))
             return final
 
     def _refetch(self, name: str, damaged: dict[str, str]) -> list[str]:

@@ -83,8 +83,8 @@ def damage_of(reader: HistoryReader, store: ObjectStore, cid: str) -> tuple[str,
     """
     current = (cid, f"commit {cid[:12]}")
     try:
-        # The generator reads the record after yielding it and the manifest after
-        # yielding it, so an error names the object yielded last.
+        # The generator reads the record and the manifest after yielding them, so
+        # an error is about the object yielded last, or the one it names.
         for need in commit_needs(reader, cid, expired=False):
             current = (need.id.hex(), need.what)
             if need.kind in ("commit", "manifest"):
@@ -93,6 +93,9 @@ def damage_of(reader: HistoryReader, store: ObjectStore, cid: str) -> tuple[str,
                 return f"{need.what}: object {need.id.hex()[:12]} is missing", *current
             store.read(need.id, need.what)
     except LedgerError as e:
+        named = e.fields.get("object")  # the object a damaged read names, when it names one
+        if isinstance(named, str) and is_hex_id(named) and named != current[0]:
+            current = (named, f"object {named[:12]} of commit {cid[:12]}")
         return str(e), *current
     return None
 
