@@ -2,11 +2,14 @@
 
 This module owns the checks behind ``ledger verify``: the event log replays,
 the ref view agrees with it, every ref resolves, every object a kept commit
-needs (``needs.commit_needs``) exists (and with ``full``, re-hashes correctly).
-Crash leftovers (a torn log tail, orphan temp files, objects no kept commit
-needs) are notes, not problems.
-``repair`` rebuilds the ref view from the log and cuts a torn tail. It never
-deletes an object.
+needs (``needs.commit_needs``) exists (and with ``full``, every stored object
+re-hashes correctly). A torn log tail whose lost event moved a ref to an
+intact commit (``recover.find_lost``) is a problem naming that commit; other
+crash leftovers (a torn tail that cost nothing, orphan temp files, objects no
+kept commit needs) are notes. ``repair`` sets a torn tail aside, restores the
+refs it lost by compare-and-swap, and rebuilds the ref view; it never deletes
+an object, and never moves a ref onto damage. The report lists every missing
+or damaged object (``damaged``) for a refetch from a remote (api, refill.py).
 """
 
 from __future__ import annotations
