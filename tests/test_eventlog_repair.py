@@ -6,7 +6,8 @@
 * gc keeps that commit until repair; ``verify --repair`` restores the ref from the
   commit objects (they name their parents and branch) and says so;
 * a commit the frame named that is damaged is reported, never restored;
-* a bad frame anywhere else is corruption naming its byte offset.
+* a bad frame anywhere else is corruption naming its byte offset;
+* hypothesis: any flipped byte or cut in the last frame, same outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from helpers import bits, flip_byte, flip_stored_byte, random_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import Ledger
 from ledger.errors import CorruptionError
@@ -139,3 +142,29 @@ def test_a_bad_middle_frame_is_corruption_naming_the_offset(small: Ledger) -> No
         small.resolve("main")
     check = small.verify()
     assert not check.ok and any(f"byte {start}" in p for p in check.problems)
+
+
+@settings(max_examples=15)
+@given(data=st.data())
+def test_any_damage_to_the_last_frame_loses_no_commit(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Flip any byte of the last frame, or cut it anywhere: opens, and repair restores main."""
+    root = tmp_path_factory.mktemp("tail") / "l"
+    with Ledger.open(root, create=True, fsync=False, chunk_size=4096) as lg:
+        a, b = two_commits(lg)
+    log = root / "events.log"
+    start, end = frames(log)[-1]
+    if data.draw(st.booleans(), label="cut"):
+        cut = data.draw(st.integers(start + 1, end - 1), label="at")
+        with open(log, "r+b") as f:
+            f.truncate(cut)
+    else:
+        at = data.draw(st.integers(start, end - 1), label="at")
+        flip_byte(log, at, data.draw(st.integers(1, 255), label="mask"))
+    with Ledger.open(root, fsync=False) as lg:
+        assert lg.resolve("main") == a
+        check = lg.verify()
+        assert any(b[:12] in p for p in check.problems), check.problems
+        assert lg.verify(repair=True).ok
+        assert lg.resolve("main") == b
