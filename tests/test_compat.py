@@ -94,7 +94,7 @@ def test_format1_and_format2_ledgers_both_take_new_commits_with_files(
         with Ledger.open(path, fsync=False) as lg:
             before = lg.get("HEAD")
             c = lg.commit({**fixture_state(2), "files": fixture_files(2)}, step=4, rng=False)
-            assert lg.record(c.id).format == FORMAT_VERSION == 2
+            assert lg.record(c.id).format == FORMAT_VERSION == 3
             assert lg.record(before.id).format in (1, 2)
             assert lg.checkout(c.id)["files"] == fixture_files(2)
             assert lg.gc(grace=0).objects_freed == 0

@@ -36,7 +36,7 @@ from helpers import (
 from ledger import Ledger
 from ledger.errors import CorruptionError, ObjectMissingError
 from ledger.history.eventlog import FRAME, LOG_HEADER, EventLog
-from ledger.history.records import RefView, msgpack_encoder
+from ledger.history.records import RefView, msgpack_encoder, refview_decoder
 from ledger.history.tree import tensor_table
 from ledger.objects.packs import HEADER
 
@@ -249,14 +249,16 @@ def test_repair_rebuilds_a_garbled_view(small: Ledger, garbage: bytes) -> None:
 def test_a_view_that_disagrees_with_the_log_is_a_problem_repair_fixes(small: Ledger) -> None:
     a = small.commit(random_state(1), rng=False)
     b = small.commit(random_state(2), rng=False)
-    state = small.refs.state()
+    state = refview_decoder.decode((small.root / "refs").read_bytes())
     lie = RefView(
         offset=state.offset,
         refs={**state.refs, "refs/heads/main": a.id},
         retention=state.retention,
         expired=state.expired,
+        digest=state.digest,  # a swapped id under the digest of the true view
     )
     (small.root / "refs").write_bytes(msgpack_encoder.encode(lie))
+    assert small.resolve("main") == b.id, "readers check the view against the log"
     check = small.verify()
     assert not check.ok and check.repairable
     assert any("disagrees with the event log" in p for p in check.problems)

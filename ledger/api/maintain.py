@@ -8,6 +8,7 @@ gc itself lives on the core, the algorithms in ``ledger.history``.
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 from ledger.api.notify import Notifying
 from ledger.errors import (
@@ -28,6 +29,7 @@ from ledger.history.refs import (
 from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
+from ledger.objects.store import ObjectStore
 from ledger.progress import ProgressFn
 
 log = logging.getLogger("ledger.maintain")
@@ -136,22 +138,29 @@ class Maintenance(Notifying):
         return list(dict.fromkeys(p.metric for p in policies if isinstance(p, KeepBest)))
 
     def verify(
-        self, full: bool = False, repair: bool = False, progress: ProgressFn | None = None
+        self,
+        full: bool = False,
+        repair: bool = False,
+        from_remote: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> VerifyReport:
-        """Check every ref, commit and object a kept commit needs (``full``: re-hash every chunk).
+        """Check every ref, commit and object a kept commit needs (``full``: re-hash every object).
 
-        ``repair`` rebuilds the ref view from the event log and cuts a torn log tail.
+        ``repair`` sets a torn event-log tail aside, restores refs whose event it
+        lost to the intact commits the commit objects name, and rebuilds the ref
+        view. ``from_remote`` (implies ``repair`` and ``full``) also refetches
+        every missing or damaged object from that configured remote, moving the
+        packs with damaged copies to ``objects/quarantine/``.
         ``progress(done, total, "commits")`` is told each commit checked (``ledger.progress``).
 
         Example:
             >>> check = lg.verify(full=True)  # doctest: +SKIP
             >>> check.ok, check.problems  # doctest: +SKIP
+            >>> lg.verify(from_remote="origin").repaired  # doctest: +SKIP
         """
         with self._lock:
             self._check_open()
-            report = verify_ledger(
-                self, self.store, self.refs, full=full, repair=repair, progress=progress
-            )
+            report = self._verify(full, repair, from_remote, progress)
         level = logging.INFO if report.ok else logging.WARNING
         log.log(
             level,
@@ -163,3 +172,57 @@ class Maintenance(Notifying):
             len(report.problems),
         )
         return report
+
+    def _verify(
+        self, full: bool, repair: bool, from_remote: str | None, progress: ProgressFn | None
+    ) -> VerifyReport:
+        if from_remote is None:
+            return verify_ledger(
+                self, self.store, self.refs, full=full, repair=repair, progress=progress
+            )
+        first = verify_ledger(
+            self, self.store, self.refs, full=True, repair=True, progress=progress
+        )
+        if not first.damaged:
+            return first
+        with self.gc_lock.hold(shared=False):
+            lines = self._refetch(from_remote, first.damaged)
+        final = verify_ledger(
+            self, self.store, self.refs, full=True, repair=True, progress=progress
+        )
+        final.repaired = list(dict.fromkeys(first.repaired + lines + final.repaired))
+        return final
+
+    def _refetch(self, name: str, damaged: dict[str, str]) -> list[str]:
+        """Download good copies of ``damaged`` objects from remote ``name``; quarantine bad packs."""
+        from ledger.history.refill import damaged_copies, quarantine
+        from ledger.remotes.tracking import open_named
+        from ledger.remotes.transfer import download, load_view
+
+        remote, cache = open_named(self, name)
+        view = load_view(remote, cache)
+        wanted = {bytes.fromhex(h): what for h, what in damaged.items()}
+        there = {oid for oid in wanted if view.has(oid)}
+        copies = damaged_copies(self.store, there)
+        refill = _Refill(self.store, there)
+        stored, received = download(view, cast(ObjectStore, refill), sorted(there), wanted)
+        lines = [f"refetched {stored} object(s), {received} bytes, from remote {name}"]
+        lines += quarantine(self.store, copies, there)
+        lacking = len(wanted) - len(there)
+        if lacking:
+            lines.append(f"remote {name} lacks {lacking} of the damaged objects (see the problems)")
+        return lines
+
+
+class _Refill:
+    """The store as a download sees it, with the damaged objects counted as absent."""
+
+    def __init__(self, store: ObjectStore, damaged: set[bytes]) -> None:
+        self.store = store
+        self.damaged = damaged
+
+    def has(self, oid: bytes) -> bool:
+        return oid not in self.damaged and self.store.has(oid)
+
+    def writer(self, *args: Any, **kwargs: Any) -> Any:
+        return self.store.writer(*args, **kwargs)

@@ -107,17 +107,27 @@ def _print_plan(con: Console, plan: GcPlan) -> None:
 @click.option(
     "--repair",
     is_flag=True,
-    help="Rebuild the ref view from the event log and cut a torn log tail.",
+    help="Set a torn log tail aside, restore refs it lost from the commits, rebuild the ref view.",
+)
+@click.option(
+    "--from",
+    "from_remote",
+    metavar="REMOTE",
+    default=None,
+    help="With --repair: refetch missing or damaged objects from this remote (implies --full).",
 )
 @global_options
-def verify_command(full: bool, repair: bool) -> int:
+def verify_command(full: bool, repair: bool, from_remote: str | None) -> int:
     """Check refs, commits and objects; exit 3 with a report on any fault.
 
-    Example: ledger verify --full
+    Example: ledger verify --full; ledger verify --repair --from origin
     """
+    if from_remote is not None and not repair:
+        raise CommandError("--from REMOTE refetches damaged objects: use it with --repair")
+    full = full or from_remote is not None
     lg = open_ledger()
     with bar("verifying") as tick:
-        report = lg.verify(full=full, repair=repair, progress=tick)
+        report = lg.verify(full=full, repair=repair, from_remote=from_remote, progress=tick)
 
     def render(con: Console) -> None:
         for line in report.repaired:
@@ -127,8 +137,11 @@ def verify_command(full: bool, repair: bool) -> int:
         for line in report.problems:
             con.print(f"problem: {line}", style="red")
         if report.repairable:
+            con.print("hint: `ledger verify --repair` restores lost refs and rebuilds the ref view")
+        if report.damaged and not from_remote:
             con.print(
-                "hint: `ledger verify --repair` rebuilds the ref view and cuts a torn log tail"
+                f"hint: {len(report.damaged)} object(s) are missing or damaged; "
+                "`ledger verify --repair --from REMOTE` refetches them from a remote that has them"
             )
         checked = f"{report.commits_checked} commits, {report.chunks_checked} chunks"
         if full:

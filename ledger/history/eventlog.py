@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import struct
 import zlib
@@ -23,7 +24,8 @@ import msgspec
 
 from ledger.errors import CorruptionError, FormatVersionError, PolicyError
 from ledger.history.records import Event, events_decoder, msgpack_encoder, unknown_tags
-from ledger.objects.durable import disk_errors, fsync_dir
+from ledger.objects.durable import atomic_write, disk_errors, fsync_dir
+from ledger.objects.hashing import hash_bytes
 from ledger.objects.safepath import open_nofollow
 
 LOG_HEADER = b"LGEVLOG1"
@@ -32,12 +34,49 @@ FRAME = struct.Struct("<4sII")
 MAX_EVENT_BYTES = 1 << 24
 
 
+ASIDE_SUFFIX = ".aside"
+
+
 class LogRead(msgspec.Struct):
     """Events read from an offset, where the valid part ends, and torn bytes after it."""
 
     events: list[Event]
     end: int
     torn_bytes: int
+
+
+class Tail(msgspec.Struct):
+    """A damaged tail: where it starts, its bytes, and what can be said of them.
+
+    ``complete`` is True when the bytes start with a frame header whose length
+    fits the file (a full-length frame whose checksum fails, not a short write).
+    ``events`` are what the payload decodes to despite the checksum, if it does:
+    untrusted hints, never replayed.
+    """
+
+    offset: int
+    data: bytes
+    complete: bool
+    events: list[Event]
+    source: str  # "events.log" or the side file's name
+
+
+def describe_tail(offset: int, data: bytes, source: str) -> Tail:
+    """What a damaged tail's bytes say (see :class:`Tail`).
+
+    Example:
+        >>> describe_tail(8, b"LGEV", "events.log").complete
+        False
+    """
+    complete = False
+    events: list[Event] = []
+    if len(data) >= FRAME.size:
+        magic, length, _ = FRAME.unpack_from(data, 0)
+        complete = magic == FRAME_MAGIC and FRAME.size + length <= len(data)
+        if complete:
+            with contextlib.suppress(msgspec.DecodeError, PolicyError, RecursionError):
+                events = events_decoder.decode(data[FRAME.size : FRAME.size + length])
+    return Tail(offset=offset, data=data, complete=complete, events=events, source=source)
 
 
 def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
@@ -105,6 +144,17 @@ class EventLog:
             cur = nxt
         return LogRead(events=events, end=pos + cur, torn_bytes=0)
 
+    def prefix_digest(self, offset: int, body: bytes) -> bytes | None:
+        """The blake3 of the log's first ``offset`` bytes then ``body`` (None: the log is shorter).
+
+        What a ref view's ``digest`` must equal for the view to be trusted (refs.py).
+        """
+        with open(self.path, "rb") as f:
+            prefix = f.read(offset)
+        if offset < len(LOG_HEADER) or len(prefix) != offset:
+            return None
+        return hash_bytes(prefix + body)
+
     def _decode(self, payload: bytes, at: int) -> list[Event]:
         """The events of an intact frame at byte ``at``; anything else is a LedgerError."""
         # An intact frame is still untrusted bytes: a policy that fails its own check
@@ -149,10 +199,9 @@ class EventLog:
         payload = msgpack_encoder.encode(events)
         blob = FRAME.pack(FRAME_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with disk_errors(str(self.path)):
-            fd = open_nofollow(self.path, os.O_WRONLY, doing="appending to")
+            fd = open_nofollow(self.path, os.O_RDWR, doing="appending to")
             try:
-                if os.fstat(fd).st_size != valid_end:
-                    os.ftruncate(fd, valid_end)
+                self._cut(fd, valid_end)
                 try:
                     written = os.pwrite(fd, blob, valid_end)
                     if written != len(blob):
@@ -169,14 +218,80 @@ class EventLog:
                 os.close(fd)
         return valid_end + len(blob)
 
-    def truncate(self, valid_end: int) -> None:
-        """Cut a torn tail (the caller holds the write lock and read the log to ``valid_end``)."""
+    def truncate(self, valid_end: int) -> Path | None:
+        """Set a damaged tail aside and cut it (the caller holds the write lock, read to ``valid_end``).
+
+        Returns the side file that now holds the tail, or None when there was none.
+        """
         with disk_errors(str(self.path)):
-            fd = open_nofollow(self.path, os.O_WRONLY, doing="truncating")
+            fd = open_nofollow(self.path, os.O_RDWR, doing="truncating")
             try:
-                if os.fstat(fd).st_size > valid_end:
-                    os.ftruncate(fd, valid_end)
-                    if self.fsync:
-                        os.fsync(fd)
+                side = self._cut(fd, valid_end)
+                if side is not None and self.fsync:
+                    os.fsync(fd)
+                return side
             finally:
                 os.close(fd)
+
+    def _cut(self, fd: int, valid_end: int) -> Path | None:
+        """Copy the bytes after ``valid_end`` to a side file (durably), then cut them off.
+
+        Returns the side file, or None when there was nothing to cut. The side
+        file is fsync'd before the cut, so a crash in between leaves the tail in both places.
+        """
+        size = os.fstat(fd).st_size
+        if size <= valid_end:
+            return None
+        tail = os.pread(fd, size - valid_end, valid_end)
+        side = self.set_aside(valid_end, tail)
+        os.ftruncate(fd, valid_end)
+        return side
+
+    def retire_aside(self, tail: Tail) -> None:
+        """Mark a set-aside tail as dealt with (``.aside`` becomes ``.aside.kept``; nothing is deleted)."""
+        side = self.path.with_name(tail.source)
+        if tail.source.endswith(ASIDE_SUFFIX) and side != self.path:
+            with disk_errors(str(side)):
+                os.replace(side, side.with_name(side.name + ".kept"))
+
+    def set_aside(self, offset: int, data: bytes) -> Path:
+        """Keep ``data`` (a damaged tail that started at ``offset``) in a new side file.
+
+        A side file that already holds these bytes is reused, so a crash between
+        setting aside and cutting does not multiply copies.
+        """
+        for n in itertools.count():
+            name = f"{self.path.name}.{offset}{f'.{n}' if n else ''}{ASIDE_SUFFIX}"
+            side = self.path.with_name(name)
+            if side.with_name(name + ".kept").exists():
+                continue  # an older tail at this offset, already dealt with
+            try:
+                if side.read_bytes() == data:
+                    return side
+                continue
+            except FileNotFoundError:
+                pass
+            tmp = self.path.parent / "objects" / "tmp"
+            atomic_write(side, data, fsync=self.fsync, tmp_dir=tmp if tmp.is_dir() else None)
+            return side
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def aside_tails(self) -> list[Tail]:
+        """Every damaged tail a writer set aside, oldest offset first."""
+        tails = []
+        prefix = self.path.name + "."
+        for side in sorted(self.path.parent.glob(f"{self.path.name}.*{ASIDE_SUFFIX}")):
+            offset = side.name[len(prefix) :].split(".")[0]
+            if not offset.isdigit() or side.is_symlink() or not side.is_file():
+                continue
+            with disk_errors(str(side)):
+                data = side.read_bytes()
+            tails.append(describe_tail(int(offset), data, side.name))
+        return sorted(tails, key=lambda t: (t.offset, t.source))
+
+    def tail(self, valid_end: int) -> Tail | None:
+        """The damaged tail after ``valid_end`` (what ``read_from`` ignored), or None."""
+        with disk_errors(str(self.path)), open(self.path, "rb") as f:
+            f.seek(valid_end)
+            data = f.read()
+        return describe_tail(valid_end, data, self.path.name) if data else None

@@ -41,6 +41,7 @@ from ledger.errors import CorruptionError, LedgerError, StalePlanError
 from ledger.history.graph import first_parents
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
 from ledger.history.records import Commit, Expire, RefUpdate, RetentionSet, utcnow
+from ledger.history.recover import lost_tips
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
 from ledger.objects.packs import IndexEntry, packed_size
@@ -164,7 +165,9 @@ def plan_gc(
     _, expire = plan(histories, pinned, policies_for, utcnow())
     newly = {cid: why for cid, why in sorted(expire.items()) if cid not in state.expired}
     errors: list[str] = []
-    commits = reachable_commits(reader, state.refs, errors)
+    # A commit a damaged log tail lost stays, with its history, until verify --repair.
+    lost = {f"{TAG_PREFIX}lost/{cid}": cid for cid in lost_tips(reader, store, refs.log, state)}
+    commits = reachable_commits(reader, {**state.refs, **lost}, errors)
     live = live_objects(reader, commits, set(state.expired) | set(newly), errors)
     if errors:
         # Fail closed: an unreadable record hides its ancestors and an unreadable

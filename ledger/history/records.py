@@ -20,7 +20,9 @@ import msgspec
 from ledger.errors import PolicyError
 from ledger.manifest import MANIFEST_TAGS
 
-FORMAT_VERSION = 2  # 2: manifests may hold file nodes (docs/format.md)
+FORMAT_VERSION = (
+    3  # 2: manifests may hold file nodes; 3: the ref view checks itself (docs/format.md)
+)
 LEDGER_KIND = "training-ledger"
 
 
@@ -236,12 +238,28 @@ Event = RefUpdate | RetentionSet | Expire
 
 
 class RefView(msgspec.Struct, tag="ref-view"):
-    """``<ledger>/refs``: what replaying the event log up to ``offset`` gives (a cache)."""
+    """``<ledger>/refs``: what replaying the event log up to ``offset`` gives (a cache).
+
+    ``digest`` (format 3) is the blake3 of the log's first ``offset`` bytes
+    followed by ``view_body(view)``; a view without one (format 2) or whose
+    digest does not match is not trusted (readers replay the whole log).
+    """
 
     offset: int
     refs: dict[str, str]
     retention: dict[str, list[Policy]] = {}
     expired: dict[str, Expiry] = {}
+    digest: bytes = b""
+
+
+def view_body(view: RefView) -> bytes:
+    """The bytes of a view's content its digest covers (deterministic msgpack).
+
+    Example:
+        >>> view_body(RefView(offset=8, refs={"b": "2", "a": "1"}))[:1]
+        b'\x93'
+    """
+    return _deterministic.encode((view.refs, view.retention, view.expired))
 
 
 def utcnow() -> dt.datetime:
@@ -290,6 +308,7 @@ def unknown_tags(data: bytes) -> set[str]:
 
 
 msgpack_encoder = msgspec.msgpack.Encoder()
+_deterministic = msgspec.msgpack.Encoder(order="deterministic")
 commit_decoder = msgspec.msgpack.Decoder(CommitRecord)
 events_decoder = msgspec.msgpack.Decoder(list[Event])
 refview_decoder = msgspec.msgpack.Decoder(RefView)

@@ -42,6 +42,7 @@ from ledger.history.records import (
     msgpack_encoder,
     refview_decoder,
     utcnow,
+    view_body,
 )
 from ledger.objects.durable import atomic_write
 from ledger.objects.safepath import open_nofollow
@@ -205,6 +206,10 @@ class RefStore:
         self.tmp_dir = root / "objects" / "tmp"
         self.lock = WriteLock(root / "lock")
         self.torn_bytes = 0
+        # how the last read found the view: ok, missing, unchecked (no digest: an
+        # older writer's), mismatch (decodes but disagrees with the log)
+        self.view_status = "missing"
+        self.view_offset = 0
 
     def create(self) -> None:
         """A new log whose first event attaches HEAD to the unborn branch ``main``."""
@@ -212,12 +217,22 @@ class RefStore:
         self.update({HEAD: (None, SYMREF_PREFIX + BRANCH_PREFIX + "main")}, "init")
 
     def _read_view(self) -> RefView:
+        """The view if it proves it was built from this log's prefix, else an empty one.
+
+        A view that decodes but whose digest does not match (a swapped id, a
+        shifted byte, a view of another log, an old view with no digest) is
+        replaced by a replay of the whole log, in memory: readers never write.
+        """
+        self.view_status = "missing"
         try:
             view = refview_decoder.decode(self.view_path.read_bytes())
-            if view.offset <= self.log.path.stat().st_size:
-                return view
         except (FileNotFoundError, msgspec.DecodeError):
-            pass
+            return RefView(offset=0, refs={})
+        self.view_status = "unchecked" if not view.digest else "mismatch"
+        self.view_offset = view.offset
+        if view.digest and view.digest == self.log.prefix_digest(view.offset, view_body(view)):
+            self.view_status = "ok"
+            return view
         return RefView(offset=0, refs={})
 
     def _current(self) -> RefView:
@@ -314,8 +329,15 @@ class RefStore:
                 self.write_view(state)
 
     def write_view(self, state: RefView) -> None:
-        """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged)."""
-        data = msgpack_encoder.encode(state)
+        """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged).
+
+        The caller holds the write lock and ``state`` is the replay up to
+        ``state.offset``; the view is stamped with the digest of that log prefix.
+        """
+        digest = self.log.prefix_digest(state.offset, view_body(state))
+        if digest is None:
+            return  # the log is shorter than the state claims: write no view that lies
+        data = msgpack_encoder.encode(msgspec.structs.replace(state, digest=digest))
         atomic_write(self.view_path, data, fsync=False, tmp_dir=self.tmp_dir)
 
 

@@ -2,20 +2,27 @@
 
 This module owns the checks behind ``ledger verify``: the event log replays,
 the ref view agrees with it, every ref resolves, every object a kept commit
-needs (``needs.commit_needs``) exists (and with ``full``, re-hashes correctly).
-Crash leftovers (a torn log tail, orphan temp files, objects no kept commit
-needs) are notes, not problems.
-``repair`` rebuilds the ref view from the log and cuts a torn tail. It never
-deletes an object.
+needs (``needs.commit_needs``) exists (and with ``full``, every stored object
+re-hashes correctly). A torn log tail whose lost event moved a ref to an
+intact commit (``recover.find_lost``) is a problem naming that commit; other
+crash leftovers (a torn tail that cost nothing, orphan temp files, objects no
+kept commit needs) are notes. ``repair`` sets a torn tail aside, restores the
+refs it lost by compare-and-swap, and rebuilds the ref view; it never deletes
+an object, and never moves a ref onto damage. The report lists every missing
+or damaged object (``damaged``) for a refetch from a remote (api, refill.py).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from ledger.errors import CorruptionError, LedgerError
+from ledger.errors import CorruptionError, LedgerError, RefConflictError
+from ledger.history.eventlog import Tail
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
+from ledger.history.records import RefUpdate, RefView
+from ledger.history.recover import damaged_tails, find_lost
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
+from ledger.objects.check import decode_object
 from ledger.objects.store import ObjectStore
 from ledger.progress import ProgressFn, tell
 
@@ -36,6 +43,9 @@ class VerifyReport(msgspec.Struct):
     repaired: list[str]
     # a problem that verify(repair=True) fixes (the ref view disagrees with the log)
     repairable: bool = False
+    # hex id -> what it is, of every needed object found missing or damaged: what
+    # `verify --repair --from REMOTE` refetches
+    damaged: dict[str, str] = {}
 
 
 def verify(
@@ -54,31 +64,35 @@ def verify(
     problems: list[str] = []
     notes: list[str] = []
     repaired: list[str] = []
+    bad: dict[str, str] = {}
     store.sync()
     try:
         replayed = refs.replay_state()
     except CorruptionError as e:
         return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
-    if refs.torn_bytes or _torn(refs, replayed.offset):
-        torn = refs.log.path.stat().st_size - replayed.offset
-        notes.append(
-            f"event log has a torn tail of {torn} bytes (a crash mid-append); the next write cuts it"
-        )
-        if repair:
-            with refs.lock.hold():
-                refs.log.truncate(replayed.offset)
-            repaired.append(f"cut {torn} torn bytes from the event log")
+    restored = _lost_events(reader, store, refs, replayed, problems, notes, repaired, repair, bad)
+    if restored:
+        replayed = refs.replay_state()
     view = refs.state()
-    stale_view = (
+    # A view built past the valid end was built from the frame now damaged: the
+    # damaged tail (reported above) explains it, it is no separate problem.
+    past_tail = refs.log.path.stat().st_size > replayed.offset < refs.view_offset
+    stale_view = (refs.view_status == "mismatch" and not past_tail) or (
         view.refs != replayed.refs
         or view.expired != replayed.expired
         or view.retention != replayed.retention
     )
     if stale_view:
         problems.append(
-            "the ref view (refs file) disagrees with the event log; verifying with repair "
-            "rebuilds it from the log"
+            "the ref view (refs file) disagrees with the event log (its digest does not match "
+            "the log; readers replay the log instead); verifying with repair rebuilds it"
         )
+    elif refs.view_status == "unchecked":
+        notes.append(
+            "the ref view (refs file) carries no digest (written by an older training-ledger); "
+            "readers replay the log until the next write rewrites it"
+        )
+    restorable = any("`ledger verify --repair` restores" in p for p in problems)
     if repair:
         with refs.lock.hold():
             refs.write_view(refs.replay_state())
@@ -102,6 +116,7 @@ def verify(
             reader.record(cid)
         except LedgerError as e:
             problems.append(f"{ref} -> {cid[:12]}: {e}")
+            bad[cid] = f"commit {cid[:12]}"
     commits = reachable_commits(reader, state.refs)
     chunks_checked = bytes_checked = remote_only = 0
     needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
@@ -112,12 +127,14 @@ def verify(
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
             needed.add(bytes.fromhex(cid))
+            bad[cid] = f"commit {cid[:12]}"
             continue
         for parent in rec.parents:
             try:
                 reader.record(parent)
             except LedgerError as e:
                 problems.append(f"commit {cid[:12]} parent {parent[:12]}: {e}")
+                bad[parent] = f"commit {parent[:12]}"
         try:
             for need in commit_needs(reader, cid, expired=cid in state.expired):
                 if need.id in needed:
@@ -131,6 +148,7 @@ def verify(
                         remote_only += 1  # a shallow clone or fetched history: read on demand
                     else:
                         problems.append(f"{need.what}: object {need.id.hex()[:12]} is missing")
+                        bad[need.id.hex()] = need.what
                     continue
                 is_chunk = need.kind == "chunk"
                 chunks_checked += is_chunk
@@ -140,8 +158,10 @@ def verify(
                         bytes_checked += located[1].raw_length if is_chunk else 0
                     except LedgerError as e:
                         problems.append(str(e))
+                        bad[need.id.hex()] = need.what
         except LedgerError as e:
             problems.append(f"commit {cid[:12]}: {e}")
+            bad.setdefault(rec.manifest, f"manifest of commit {cid[:12]}")
     tell(progress, len(commits), len(commits), "commits")
     if remote_only:
         notes.append(
@@ -154,6 +174,8 @@ def verify(
             if entry.id not in needed:
                 orphans += 1
                 orphan_bytes += entry.length
+    if full:
+        _check_other_copies(store, needed, problems, notes)
     if orphans:
         notes.append(
             f"{orphans} stored object(s), {orphan_bytes} bytes, that no kept commit needs "
@@ -172,9 +194,107 @@ def verify(
         chunks_checked,
         bytes_checked,
         repaired,
-        repairable=stale_view and not repair,
+        repairable=(stale_view or restorable) and not repair,
+        damaged=bad,
     )
 
 
-def _torn(refs: RefStore, end: int) -> bool:
-    return refs.log.path.stat().st_size > end
+def _check_other_copies(
+    store: ObjectStore, needed: set[bytes], problems: list[str], notes: list[str]
+) -> None:
+    """Re-hash every stored object the needs walk did not read (``verify --full``).
+
+    That walk reads each needed object once, from the copy the index uses; here
+    every other entry of every pack is checked: objects no kept commit needs
+    (a damaged one is a note: gc removes it) and second copies of needed ones (a
+    problem: a gc that rewrites the first copy's pack would keep this one).
+    """
+    for name in store.pack_names():
+        for entry in store.pack_entries(name):
+            located = store.locate(entry.id)
+            if entry.id in needed and located is not None and located[0] == name:
+                continue  # read by the needs walk
+            label = f"object {entry.id.hex()[:12]} ({entry.kind}) in pack {name[:12]}"
+            try:
+                decode_object(entry, store.read_encoded(name, entry), label, pack=name)
+            except LedgerError as e:
+                if entry.id in needed:
+                    problems.append(f"a second copy of a needed object is damaged: {e}")
+                else:
+                    notes.append(f"{e} (no kept commit needs it; gc removes it)")
+
+
+def _lost_events(
+    reader: HistoryReader,
+    store: ObjectStore,
+    refs: RefStore,
+    replayed: RefView,
+    problems: list[str],
+    notes: list[str],
+    repaired: list[str],
+    repair: bool,
+    bad: dict[str, str],
+) -> bool:
+    """Report (and with ``repair``, undo) what a damaged log tail cost; True if refs moved.
+
+    A tail whose lost event named an intact commit is a problem naming that
+    commit; a tail that cost nothing findable is a note. Repair sets the tail
+    aside (never deletes it), then moves each such ref by compare-and-swap.
+    """
+    tails, live = damaged_tails(refs.log, replayed.offset)
+    found = find_lost(reader, store, replayed, tails)
+    problems.extend(found.unrecoverable)
+    bad.update(found.damaged)
+    if live is not None:
+        kind = "a full-length frame that fails its checksum" if live.complete else "a short frame"
+        notes.append(
+            f"event log has a torn tail of {len(live.data)} bytes at byte {live.offset} "
+            f"({kind}: a crash mid-append, a power loss or a flipped bit); readers ignore it "
+            f"and the next write sets it aside{_hint(live)}"
+        )
+    for tail in tails:
+        if tail is not live:
+            notes.append(
+                f"{tail.source} holds a damaged event-log tail set aside by a writer{_hint(tail)}; "
+                "`ledger verify --repair` marks it dealt with"
+            )
+    lost = [
+        f"the event log lost a move of {r.ref} from {_short(r.old)} to commit {r.new[:12]}, "
+        f"whose objects are intact ({r.why}); readers see {_short(r.old)}: "
+        "`ledger verify --repair` restores it"
+        for r in found.restores
+    ]
+    if not repair:
+        problems.extend(lost)
+        return False
+    moved = False
+    with refs.lock.hold():
+        if live is not None:
+            side = refs.log.truncate(live.offset)
+            repaired.append(
+                f"cut {len(live.data)} torn bytes from the event log, kept in {side.name}"
+                if side is not None
+                else "the torn event-log tail was already cut by a writer"
+            )
+        for r, line in zip(found.restores, lost, strict=True):
+            try:
+                refs.update({r.ref: (r.old, r.new)}, f"repair: restore {r.new[:12]} (lost event)")
+            except RefConflictError as e:
+                problems.append(f"{line} (not restored: {e})")
+                continue
+            moved = True
+            repaired.append(f"restored {r.ref} to {r.new[:12]} (was {_short(r.old)}; {r.why})")
+        if not found.unrecoverable and not any("not restored" in p for p in problems):
+            for tail in refs.log.aside_tails():
+                refs.log.retire_aside(tail)
+    return moved
+
+
+def _hint(tail: Tail) -> str:
+    """What a damaged frame's payload seems to say, when it still decodes (untrusted)."""
+    moves = [f"{e.ref} -> {_short(e.new)}" for e in tail.events if isinstance(e, RefUpdate)]
+    return f" (it seems to say, unchecked: {', '.join(moves)})" if moves else ""
+
+
+def _short(value: str | None) -> str:
+    return "nothing" if value is None else value[:12]
