@@ -61,21 +61,18 @@ def ends(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def final_weights(tmp_path: Path, name: str, signals: str) -> object:
-    """The weights of an uninterrupted run (its own ledger)."""
-    out = tmp_path / name
-    code, text = ends(spawn(tmp_path / f"{name}-ledger", TOTAL, -1, signals, out))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The final weights of an uninterrupted run (its own ledger)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    code, text = ends(spawn(tmp / "ckpt", TOTAL, -1, "SIGTERM", tmp / "out"))
     assert code == 0 and text.endswith("done\n"), text
-    return util.load_image(out)
+    return util.load_image(tmp / "out")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_a_signal_mid_epoch_commits_that_step_and_the_resumed_run_is_bit_exact(
-    tmp_path: Path, sig: signal.Signals
-) -> None:
-    ledger = tmp_path / "ckpt"
-    out = tmp_path / "resumed"
-    proc = spawn(ledger, TOTAL, PAUSE, sig.name, out)
+def preempt(ledger: Path, sig: signal.Signals, signals: str) -> None:
+    """Run the loop, send ``sig`` after step PAUSE, and see it commit that step and die by it."""
+    proc = spawn(ledger, TOTAL, PAUSE, signals, ledger.parent / "unused")
     wait_for(proc, f"step {PAUSE}")
     os.kill(proc.pid, sig)
     assert proc.stdin is not None
@@ -85,22 +82,35 @@ def test_a_signal_mid_epoch_commits_that_step_and_the_resumed_run_is_bit_exact(
     assert code == -sig, text  # the default action ran after the commit
     with Ledger.open(ledger) as lg:
         head = lg.get("HEAD")
-        assert (head.step, head.message) == (PAUSE, "preempted")
-    code, text = ends(spawn(ledger, TOTAL, -1, sig.name, out))
+        assert (head.step, head.message) == (PAUSE, "preempted"), text
+
+
+def test_sigterm_mid_epoch_commits_that_step_and_the_resumed_run_is_bit_exact(
+    tmp_path: Path, straight: object
+) -> None:
+    ledger = tmp_path / "ckpt"
+    preempt(ledger, signal.SIGTERM, "SIGTERM")
+    out = tmp_path / "resumed"
+    code, text = ends(spawn(ledger, TOTAL, -1, "SIGTERM", out))
     assert code == 0 and text.startswith(f"step {PAUSE + 1}\n"), text
-    assert util.load_image(out) == final_weights(tmp_path, "straight", sig.name)
+    assert util.load_image(out) == straight
 
 
-def test_a_signal_not_configured_is_not_caught(tmp_path: Path) -> None:
-    proc = spawn(tmp_path / "ckpt", TOTAL, PAUSE, "SIGUSR1", tmp_path / "out")
-    wait_for(proc, f"step {PAUSE}")
-    os.kill(proc.pid, signal.SIGTERM)
-    code, text = ends(proc)
-    assert code == -signal.SIGTERM, text
-    with Ledger.open(tmp_path / "ckpt") as lg:
-        assert lg.get("HEAD").step == 0  # only the scheduled commit of step 0
+def test_sigusr1_configured_commits_like_sigterm(tmp_path: Path) -> None:
+    preempt(tmp_path / "ckpt", signal.SIGUSR1, "SIGUSR1")
 
 
+def test_only_the_configured_signals_are_taken_over(lg: Ledger) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    ckpt = Checkpointer(lg, state={"w": torch.ones(1)}, signals=["SIGUSR2"])
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
+    ckpt.close()
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+    assert Checkpointer(lg, state={"w": torch.ones(1)}, signals=None).preempt is None
+
+
+@pytest.mark.slow
 def test_two_ranks_commit_the_same_step_when_only_one_gets_the_signal(tmp_path: Path) -> None:
     init = tmp_path / "rendezvous"
     ranks = [

@@ -6,7 +6,8 @@ Usage::
 
 Trains steps ``resume() .. TOTAL-1`` (dropout, AdamW, a shuffled epoch of
 ``BATCHES`` batches drawn from a generator that is part of the state) with a
-``Checkpointer(every=100, signals=SIGNALS)``. After each training step it
+``Checkpointer(every=100, signals=SIGNALS, blocking=False)`` (so the first
+commit installs ``ledger.pending``'s SIGTERM drain over the watch's handler). After each training step it
 prints ``step N``; at step ``PAUSE_AT`` it then waits for a line on stdin (the
 test sends the signal meanwhile, then the line), and only then calls
 ``ckpt.step``, so the signal lands mid-epoch between a step and the next safe
@@ -58,7 +59,14 @@ def main() -> None:
     y = (x.sum(dim=1) > 0).long()
     state = {"data_gen": data_gen, "order": torch.randperm(BATCHES * BATCH, generator=data_gen)}
     ckpt = Checkpointer(
-        where, model=model, optimizer=opt, state=state, every=100, signals=signals, sync_ranks=sync
+        where,
+        model=model,
+        optimizer=opt,
+        state=state,
+        every=100,
+        signals=signals,
+        sync_ranks=sync,
+        blocking=False,  # the preemption commit must drain before the signal ends the process
     )
     for step in range(ckpt.resume(), total):
         if step % BATCHES == 0 and step:
