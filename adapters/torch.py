@@ -21,14 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from ledger import Commit, Ledger
 from ledger.pending import CommitHandle
-from ledger.preempt import Interval, PreemptSignal, SignalLike, agree
+from ledger.preempt import SignalLike
 
 from ._common import (
     BEST,
@@ -44,6 +43,7 @@ from ._common import (
     plain_params,
     resolve_resume,
 )
+from ._preempt import DEFAULT_SIGNALS, SafePoint
 
 __all__ = ["Checkpointer"]
 
@@ -114,7 +114,7 @@ class Checkpointer:
         params: Mapping[str, Any] | None = None,
         gc_every: int | None = None,
         blocking: bool = True,
-        signals: Iterable[SignalLike] | None = (signal.SIGTERM,),
+        signals: Iterable[SignalLike] | None = DEFAULT_SIGNALS,
         every_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sync_ranks: bool = False,
@@ -141,11 +141,10 @@ class Checkpointer:
             raise AdapterError("nothing to checkpoint: pass model=, optimizer=, ... or state=")
         self.best: float | None = None
         self._commits = 0
-        self.interval = Interval(every_seconds, clock=clock)
+        self.safe_point = SafePoint(signals, every_seconds, clock)
         self.sync_ranks = sync_ranks
         self.preempted = False
         """True after a step committed because of a signal (on any rank): stop the loop."""
-        self.preempt: PreemptSignal | None = PreemptSignal(signals) if signals else None
         install_retention(self.ledger, keep_last=keep, best=on_best, best_k=1, mode=self.mode)
 
     @property
@@ -188,32 +187,15 @@ class Checkpointer:
             and self.on_best in values
             and better(values[self.on_best], self.best, self.mode)
         )
-        signalled = self.preempt is not None and self.preempt.requested()
-        timed = self.interval.due()
-        if self.sync_ranks:
-            signalled, timed = agree(signalled, timed)
+        due = self.safe_point.check(sync=self.sync_ranks)
         scheduled = self.every is not None and step % self.every == 0
-        if not (scheduled or improved or timed or signalled):
+        if not (scheduled or improved or due):
             return None
-        made = self.commit(step, values, "preempted" if signalled else None)
-        if signalled:
+        made = self.commit(step, values, "preempted" if due.signalled else None)
+        if due.signalled:
             self.preempted = True
-            self.handle_preemption()
+            self.safe_point.finish()
         return made
-
-    def handle_preemption(self) -> None:
-        """Drain pending commits and hand the signal on (``step()`` calls it after its commit).
-
-        On a rank that did not receive the signal itself (``sync_ranks``) it
-        only drains and returns; ``preempted`` is then true, so the loop can stop.
-
-        Example:
-            >>> ckpt.commit(step); ckpt.handle_preemption()  # doctest: +SKIP
-        """
-        if self.preempt is not None:
-            self.preempt.finish()
-        else:
-            self.ledger.wait()
 
     def commit(
         self, step: int, metrics: Mapping[str, Any] | None = None, message: str | None = None
@@ -246,7 +228,7 @@ class Checkpointer:
                 f"{self.best_ref}: {self.on_best}={value:g} at step {step}",
             )
         self._commits += 1
-        self.interval.reset()
+        self.safe_point.committed()
         if self.gc_every is not None and self._commits % self.gc_every == 0:
             self.ledger.gc()
         return made
@@ -300,8 +282,7 @@ class Checkpointer:
         Example:
             >>> ckpt.close()  # doctest: +SKIP
         """
-        if self.preempt is not None:
-            self.preempt.close()
+        self.safe_point.close()
 
     def _best_so_far(self) -> float | None:
         if self.on_best is None or self.best_ref not in self.ledger.branches():

@@ -107,7 +107,7 @@ def test_only_the_configured_signals_are_taken_over(lg: Ledger) -> None:
     assert signal.getsignal(signal.SIGUSR2) is not signal.SIG_DFL
     ckpt.close()
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
-    assert Checkpointer(lg, state={"w": torch.ones(1)}, signals=None).preempt is None
+    assert Checkpointer(lg, state={"w": torch.ones(1)}, signals=None).safe_point.watch is None
 
 
 @pytest.mark.slow
