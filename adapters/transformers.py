@@ -34,7 +34,9 @@ import inspect
 import json
 import os
 import re
+import time
 import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 try:
@@ -49,6 +51,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without t
 
 from ledger import Commit, Ledger
 from ledger.errors import LedgerError
+from ledger.preempt import SignalLike
 
 from ._common import (
     BEST,
@@ -72,6 +75,7 @@ from ._hf_dist import (
 from ._hf_resume import ResumeDir, write_checkpoint
 from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
 from ._hf_saved import logged_at, refresh_callbacks, saved_tree
+from ._preempt import DEFAULT_SIGNALS, SafePoint
 
 __all__ = ["LedgerCallback", "write_checkpoint"]
 
@@ -94,6 +98,10 @@ class LedgerCallback(TrainerCallback):
         timeout: with several processes, seconds a process waits for the
             others during a save or a resume before it raises
             ``DistributedCommitError`` (a process died or stopped answering).
+        signals, every_seconds, clock: save (commit) after the step a signal
+            (SIGTERM by default) came in, on every process, then stop training
+            and hand the signal on; or ``every_seconds`` of ``clock`` after the
+            last save (docs/preemption.md).
 
     Commits happen where the Trainer would save (``save_strategy``,
     ``save_steps``), each with ``step`` = ``global_step``, the metrics the
@@ -125,8 +133,13 @@ class LedgerCallback(TrainerCallback):
         best_ref: str = BEST,
         free_space: bool = True,
         timeout: float = 300.0,
+        signals: Iterable[SignalLike] | None = DEFAULT_SIGNALS,
+        every_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
+        self._safe = SafePoint(signals, every_seconds, clock)
+        self._preempting = False
         self.branch = branch
         self.best_ref = best_ref
         self.free_space = free_space
@@ -249,8 +262,23 @@ class LedgerCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Remove resume directories: the Trainer has loaded everything from them by now."""
+        """Ask for a save after a signal or ``every_seconds``; remove resume directories."""
         self._remove_resumed()
+        due = self._safe.check(sync=args.world_size > 1)
+        if due:
+            control.should_save = True
+        if due.signalled:
+            control.should_training_stop = True
+            self._preempting = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """After a save: the interval starts again; after a signal's, drain and hand it on."""
+        self._safe.committed()
+        if self._preempting:
+            self._preempting = False
+            self._safe.finish()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
