@@ -47,9 +47,13 @@ class SafePoint:
         PreemptConfigError: a signal name that is no catchable signal, a bad interval.
 
     Example:
-        >>> point = SafePoint(["SIGUSR1"], every_seconds=None, arm=False)
-        >>> bool(point.check(sync=False))
-        False
+        >>> point = SafePoint(["SIGTERM", "SIGUSR1"], every_seconds=1800)  # doctest: +SKIP
+        >>> for step in range(start, total):  # doctest: +SKIP
+        ...     train_step()
+        ...     if due := point.due():  # every process, every step
+        ...         save_state(accelerator, "ckpt", step=step)
+        ...         if point.done(due):  # drained; the signal's previous handler ran
+        ...             break
     """
 
     def __init__(
@@ -78,6 +82,34 @@ class SafePoint:
         if sync:
             signalled, timed = agree(signalled, timed)
         return Due(signalled, timed)
+
+    def due(self) -> Due:
+        """``check(sync=True)``: for loops where every process commits (Accelerate, distributed).
+
+        Every process must call it at the same point of every step (a collective
+        when a process group is up; nothing to agree on without one).
+
+        Example:
+            >>> point = SafePoint(None, every_seconds=None)
+            >>> bool(point.due())
+            False
+        """
+        return self.check(sync=True)
+
+    def done(self, due: Due) -> bool:
+        """After the commit ``due`` asked for: restart the interval; after a signal, hand it on.
+
+        Returns whether the loop should stop (a signal arrived on some process).
+
+        Example:
+            >>> point = SafePoint(None, every_seconds=None)
+            >>> point.done(point.due())
+            False
+        """
+        self.committed()
+        if due.signalled:
+            self.finish()
+        return due.signalled
 
     def committed(self) -> None:
         """A commit was made (for whatever reason): the interval starts again."""

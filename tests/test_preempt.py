@@ -241,3 +241,25 @@ def test_off_the_main_thread_it_warns_once_that_it_cannot_watch() -> None:
     t.start()
     t.join()
     assert len(caught) == 1 and "main thread" in caught[0]
+
+
+def test_a_hand_written_accelerate_or_distributed_loop_uses_the_safe_point() -> None:
+    from ledger.adapters.distributed import SafePoint
+
+    seen: list[int] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    now = [0.0]
+    try:
+        point = SafePoint(["SIGUSR2"], every_seconds=5, clock=lambda: now[0])
+        assert not point.due()
+        now[0] = 5.0
+        due = point.due()
+        assert due.timed and not due.signalled and point.done(due) is False
+        assert not point.due()  # the interval started again at the commit
+        signal.raise_signal(signal.SIGUSR2)
+        assert seen == []
+        due = point.due()
+        assert due.signalled and point.done(due) is True and seen == [signal.SIGUSR2]
+        point.close()
+    finally:
+        signal.signal(signal.SIGUSR2, before)
