@@ -277,12 +277,21 @@ class Checkpointer:
         self.user_state.update(changed)
 
     def close(self) -> None:
-        """Stop watching the signals (their previous handlers are put back).
+        """Stop watching the signals (their previous handlers are put back); call it after the loop.
+
+        Until then a watched signal only sets a flag for the next ``step()``
+        (a second one is handed on at once). ``with Checkpointer(...) as ckpt:`` closes too.
 
         Example:
             >>> ckpt.close()  # doctest: +SKIP
         """
         self.safe_point.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _best_so_far(self) -> float | None:
         if self.on_best is None or self.best_ref not in self.ledger.branches():

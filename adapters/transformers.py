@@ -284,6 +284,7 @@ class LedgerCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         """With ``save_total_limit=1`` keep only the best commit, as the Trainer does; remove resume directories."""
+        self._safe.close()  # training is over: signals are handled as before it
         self._remove_resumed()
         tip = self._line()
         if not args.should_save or state.best_model_checkpoint is None or tip is None:

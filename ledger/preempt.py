@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -78,36 +79,81 @@ def signal_number(sig: SignalLike) -> signal.Signals:
     return found
 
 
-# signal number -> the watches holding it, newest last (claim() sets their flags)
-_claims: dict[int, list[PreemptSignal]] = {}
-_claims_lock = threading.Lock()
+# One handler per signal for every watch (installed once): signal number -> the live
+# watches holding it (weakly: an abandoned checkpointer's watch goes with it), the
+# handler that was there before the ledger's, and the signals being handed on now.
+_watches: dict[int, weakref.WeakSet[PreemptSignal]] = {}
+_previous: dict[int, Any] = {}
+_delivering: set[int] = set()
 
 
 def claim(signum: int) -> bool:
-    """Tell the watches holding ``signum`` that it arrived; whether any holds it.
+    """Tell the live watches holding ``signum`` that it arrived; whether any holds it.
 
-    ``ledger.pending``'s SIGTERM drain calls this first: when a watch holds the
+    This is the ledger's handler for every watched signal, and
+    ``ledger.pending``'s SIGTERM drain calls it first: when a watch holds the
     signal, the loop commits at its next safe point and the watch drains and
-    re-delivers the signal itself, so the drain handler returns at once.
+    hands the signal on itself, so the drain handler returns at once.
 
     Example:
         >>> claim(signal.SIGTERM)  # nothing watches SIGTERM here
         False
     """
-    with _claims_lock:
-        holders = list(_claims.get(signum, ()))
+    if signum in _delivering:
+        return False
+    holders = list(_watches.get(signum, ()))
+    again = any(watch.received == signum for watch in holders)
     for watch in holders:
         watch.received = signum
+    if again:  # sent twice before any safe point came: no loop is stepping, hand it on now
+        _hand_on(signum)
     return bool(holders)
+
+
+def _hand_on(signum: int) -> None:
+    _delivering.add(signum)
+    try:
+        deliver(signum, _previous.get(signum, signal.SIG_DFL))
+    finally:
+        _delivering.discard(signum)
+
+
+def _dispatch(signum: int, frame: FrameType | None) -> None:
+    claim(signum)
+
+
+def _hold(sig: int, watch: PreemptSignal) -> None:
+    """Add ``watch`` to ``sig``'s holders; the first live one installs the ledger's handler."""
+    holders = _watches.setdefault(sig, weakref.WeakSet())
+    if not holders and signal.getsignal(sig) is not _dispatch:
+        with contextlib.suppress(ValueError, OSError):
+            _previous[sig] = signal.signal(sig, _dispatch)
+    holders.add(watch)
+
+
+def _release(sig: int, watch: PreemptSignal) -> None:
+    """Drop ``watch``; the last one puts the previous handler back if the ledger's is in place."""
+    holders = _watches.get(sig)
+    if holders is None:
+        return
+    holders.discard(watch)
+    if holders or signal.getsignal(sig) is not _dispatch or _previous.get(sig) is None:
+        return  # others hold it, someone installed over ours, or it was set outside Python
+    with contextlib.suppress(ValueError, OSError, TypeError):
+        signal.signal(sig, _previous.pop(sig))
 
 
 class PreemptSignal:
     """A flag set by the signals a scheduler sends before it kills the job.
 
     The handler only records the signal (a signal can arrive in the middle of
-    a step or of a commit). Handlers can be installed from the main thread
-    only: constructed on another thread, the watch installs itself the first
-    time :meth:`requested` is called on the main thread, and warns once if it
+    a step or of a commit); the same signal again before the loop reached a
+    safe point is handed on at once (the loop is not stepping: training
+    ended without :meth:`close`, or it hangs). One ledger handler serves every watch of a signal,
+    so watches of checkpointers that are gone take nothing away from the
+    others. Handlers can be installed from the main thread only: constructed
+    on another thread, the watch installs itself the first time
+    :meth:`requested` is called on the main thread, and warns once if it
     never can (the signals then keep their previous handling).
 
     Args:
@@ -126,7 +172,6 @@ class PreemptSignal:
     def __init__(self, signals: Iterable[SignalLike] = (signal.SIGTERM,)) -> None:
         self.signals = tuple(dict.fromkeys(signal_number(s) for s in signals))
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}
         self._warned = False
         self._closed = False
         self.installed = self._install()
@@ -135,15 +180,8 @@ class PreemptSignal:
         if threading.current_thread() is not threading.main_thread():
             return False
         for sig in self.signals:
-            with contextlib.suppress(ValueError, OSError):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        with _claims_lock:
-            for held in self._previous:
-                _claims.setdefault(held, []).append(self)
+            _hold(sig, self)
         return True
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
 
     def requested(self) -> bool:
         """Whether a watched signal arrived since the last :meth:`finish`.
@@ -171,7 +209,7 @@ class PreemptSignal:
     def finish(self) -> None:
         """After the commit: drain pending commits, then hand the signal on as it was before.
 
-        The handler installed before this watch runs (Lightning's, or the
+        The handler installed before the ledger's runs (Lightning's, or the
         ledger's SIGTERM drain); with the default action the process ends by
         that signal, as it would have without the ledger; an ignored signal is
         dropped. If the process survives, the watch keeps watching.
@@ -185,38 +223,19 @@ class PreemptSignal:
 
         signum, self.received = self.received, None
         drain_all()
-        if signum is None:
-            return
-        previous = self._previous.get(signum, signal.SIG_DFL)
-        self._release(signum)
-        try:
-            deliver(signum, previous)
-        finally:
-            if not self._closed:
-                with _claims_lock:
-                    _claims.setdefault(signum, []).append(self)
-
-    def _release(self, signum: int) -> None:
-        with _claims_lock:
-            holders = _claims.get(signum, [])
-            if self in holders:
-                holders.remove(self)
+        if signum is not None:
+            _hand_on(signum)
 
     def close(self) -> None:
-        """Stop watching: put back the previous handlers where this watch's are still in place.
+        """Stop watching; the last watch of a signal puts its previous handler back.
 
         Example:
             >>> PreemptSignal(["SIGUSR2"]).close()
         """
         self._closed = True
-        for sig, previous in self._previous.items():
-            self._release(sig)
-            if previous is None:
-                continue  # installed from outside Python: cannot be put back
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                if signal.getsignal(sig) == self._handler:
-                    signal.signal(sig, previous)
-        self._previous = {}
+        if self.installed:
+            for sig in self.signals:
+                _release(sig, self)
 
 
 def deliver(signum: int, previous: Any, frame: FrameType | None = None) -> None:

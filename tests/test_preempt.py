@@ -13,10 +13,12 @@ ranks where only one gets the signal and both commit the same step, an
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -263,3 +265,36 @@ def test_a_hand_written_accelerate_or_distributed_loop_uses_the_safe_point() -> 
         point.close()
     finally:
         signal.signal(signal.SIGUSR2, before)
+
+
+@pytest.fixture
+def recorded() -> Iterator[list[int]]:
+    """SIGUSR2's handler before the ledger's: it records each signal it gets."""
+    seen: list[int] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    yield seen
+    signal.signal(signal.SIGUSR2, before)
+
+
+def test_an_abandoned_checkpointer_takes_no_signal_from_the_next_one(
+    lg: Ledger, recorded: list[int]
+) -> None:
+    old = Checkpointer(lg, state={"w": torch.ones(1)}, every=None, signals=["USR2"])
+    del old
+    gc.collect()
+    with Checkpointer(lg, state={"w": torch.ones(1)}, every=None, signals=["USR2"]) as ckpt:
+        signal.raise_signal(signal.SIGUSR2)
+        assert ckpt.step(1) is not None
+        assert recorded == [signal.SIGUSR2]  # handed to the handler before the ledger's
+
+
+def test_the_same_signal_twice_before_a_safe_point_is_handed_on_at_once(
+    lg: Ledger, recorded: list[int]
+) -> None:
+    with Checkpointer(lg, state={"w": torch.ones(1)}, every=None, signals=["USR2"]):
+        signal.raise_signal(signal.SIGUSR2)
+        assert recorded == []
+        signal.raise_signal(signal.SIGUSR2)  # the loop is not stepping: do not swallow it
+        assert recorded == [signal.SIGUSR2]
+    signal.raise_signal(signal.SIGUSR2)  # closed: the previous handler is back
+    assert recorded == [signal.SIGUSR2] * 2
