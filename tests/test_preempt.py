@@ -178,23 +178,18 @@ def test_signals_must_name_a_catchable_signal(lg: Ledger, bad: object) -> None:
 
 
 def test_in_process_the_signal_commits_the_next_step_and_the_previous_handler_runs(
-    lg: Ledger,
+    lg: Ledger, recorded: list[int]
 ) -> None:
-    seen: list[int] = []
-    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
-    try:
-        ckpt = Checkpointer(lg, state={"w": torch.ones(1)}, every=None, signals=["USR2"])
-        assert ckpt.step(0) is None
-        signal.raise_signal(signal.SIGUSR2)
-        assert seen == []  # the handler only set the flag
-        made = ckpt.step(1)
-        assert made is not None and lg.get("HEAD").step == 1
-        assert seen == [signal.SIGUSR2] and ckpt.preempted
-        ckpt.close()
-        signal.raise_signal(signal.SIGUSR2)  # the previous handler is back
-        assert seen == [signal.SIGUSR2] * 2
-    finally:
-        signal.signal(signal.SIGUSR2, before)
+    ckpt = Checkpointer(lg, state={"w": torch.ones(1)}, every=None, signals=["USR2"])
+    assert ckpt.step(0) is None
+    signal.raise_signal(signal.SIGUSR2)
+    assert recorded == []  # the handler only set the flag
+    made = ckpt.step(1)
+    assert made is not None and lg.get("HEAD").step == 1
+    assert recorded == [signal.SIGUSR2] and ckpt.preempted
+    ckpt.close()
+    signal.raise_signal(signal.SIGUSR2)  # the previous handler is back
+    assert recorded == [signal.SIGUSR2] * 2
 
 
 def test_the_pending_drain_leaves_a_held_signal_to_the_watch() -> None:
@@ -245,26 +240,23 @@ def test_off_the_main_thread_it_warns_once_that_it_cannot_watch() -> None:
     assert len(caught) == 1 and "main thread" in caught[0]
 
 
-def test_a_hand_written_accelerate_or_distributed_loop_uses_the_safe_point() -> None:
+def test_a_hand_written_accelerate_or_distributed_loop_uses_the_safe_point(
+    recorded: list[int],
+) -> None:
     from ledger.adapters.distributed import SafePoint
 
-    seen: list[int] = []
-    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
     now = [0.0]
-    try:
-        point = SafePoint(["SIGUSR2"], every_seconds=5, clock=lambda: now[0])
-        assert not point.due()
-        now[0] = 5.0
-        due = point.due()
-        assert due.timed and not due.signalled and point.done(due) is False
-        assert not point.due()  # the interval started again at the commit
-        signal.raise_signal(signal.SIGUSR2)
-        assert seen == []
-        due = point.due()
-        assert due.signalled and point.done(due) is True and seen == [signal.SIGUSR2]
-        point.close()
-    finally:
-        signal.signal(signal.SIGUSR2, before)
+    point = SafePoint(["SIGUSR2"], every_seconds=5, clock=lambda: now[0])
+    assert not point.due()
+    now[0] = 5.0
+    due = point.due()
+    assert due.timed and not due.signalled and point.done(due) is False
+    assert not point.due()  # the interval started again at the commit
+    signal.raise_signal(signal.SIGUSR2)
+    assert recorded == []
+    due = point.due()
+    assert due.signalled and point.done(due) is True and recorded == [signal.SIGUSR2]
+    point.close()
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ exact resume after a real preemption is tested in tests/test_preempt.py.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+import test_preempt
 import torch
 from test_adapter_lightning import Tiny, _loader
 from test_adapter_lightning import _trainer as lightning_trainer
@@ -26,14 +25,7 @@ from ledger import Ledger
 from ledger.adapters.lightning import LedgerCheckpoint
 from ledger.adapters.transformers import LedgerCallback
 
-
-@pytest.fixture
-def previous() -> Iterator[list[int]]:
-    """SIGUSR2's handler before the adapter's: it records each signal it gets."""
-    seen: list[int] = []
-    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
-    yield seen
-    signal.signal(signal.SIGUSR2, before)
+recorded = test_preempt.recorded  # SIGUSR2 recorded by the handler before the ledger's
 
 
 class SignalledTiny(Tiny):
@@ -51,16 +43,16 @@ class SignalledTiny(Tiny):
 
 
 def test_lightning_commits_the_signalled_step_stops_and_runs_the_previous_handler(
-    lg: Ledger, previous: list[int]
+    lg: Ledger, recorded: list[int]
 ) -> None:
     cb = LedgerCheckpoint(lg, every_n_epochs=None, signals=["SIGUSR2"])
     trainer = lightning_trainer(cb, epochs=3)
     trainer.fit(SignalledTiny(at=5, now=[0.0]), _loader())
     assert [(c.step, c.message) for c in lg.log()] == [(6, "preempted")]
     assert trainer.global_step == 6  # stopped after the step the signal came in
-    assert previous == [signal.SIGUSR2]
+    assert recorded == [signal.SIGUSR2]
     signal.raise_signal(signal.SIGUSR2)
-    assert previous == [signal.SIGUSR2] * 2
+    assert recorded == [signal.SIGUSR2] * 2
 
 
 def test_lightning_every_seconds_commits_on_the_clock(lg: Ledger) -> None:
@@ -83,7 +75,7 @@ class RaiseAt(TrainerCallback):
 
 
 def test_hf_trainer_commits_the_signalled_step_stops_and_runs_the_previous_handler(
-    lg: Ledger, tmp_path: Path, previous: list[int]
+    lg: Ledger, tmp_path: Path, recorded: list[int]
 ) -> None:
     cb = LedgerCallback(lg, signals=["SIGUSR2"])
     trainer = hf_trainer(cb, tmp_path / "out", max_steps=8, save_strategy="no")
@@ -91,7 +83,7 @@ def test_hf_trainer_commits_the_signalled_step_stops_and_runs_the_previous_handl
     trainer.train()
     assert [c.step for c in lg.log()] == [3]
     assert trainer.state.global_step == 3
-    assert previous == [signal.SIGUSR2]
+    assert recorded == [signal.SIGUSR2]
 
 
 def test_hf_trainer_every_seconds_commits_on_the_clock(lg: Ledger, tmp_path: Path) -> None:
