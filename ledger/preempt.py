@@ -102,11 +102,8 @@ def claim(signum: int) -> bool:
     if signum in _delivering:
         return False
     holders = list(_watches.get(signum, ()))
-    again = any(watch.received == signum for watch in holders)
-    for watch in holders:
-        watch.received = signum
-    if again:  # sent twice before any safe point came: no loop is stepping, hand it on now
-        _hand_on(signum)
+    for watch in holders:  # again before a safe point: still one commit (torchrun forwards
+        watch.received = signum  # a SIGTERM the scheduler also sent to every process)
     return bool(holders)
 
 
@@ -148,8 +145,9 @@ class PreemptSignal:
 
     The handler only records the signal (a signal can arrive in the middle of
     a step or of a commit); the same signal again before the loop reached a
-    safe point is handed on at once (the loop is not stepping: training
-    ended without :meth:`close`, or it hangs). One ledger handler serves every watch of a signal,
+    safe point changes nothing (a launcher such as torchrun forwards the
+    SIGTERM the scheduler also sent each process). Call :meth:`close` when the
+    loop is over. One ledger handler serves every watch of a signal,
     so watches of checkpointers that are gone take nothing away from the
     others. Handlers can be installed from the main thread only: constructed
     on another thread, the watch installs itself the first time
