@@ -12,7 +12,8 @@ state (torchdata's ``StatefulDataLoader(shuffle=True)`` makes and saves one;
 a hand-written loader must), so the check
 warns, naming the loader and the fix, when a run that commits mid-epoch has
 a stateful loader over such a sampler. It also describes the run's data for
-the commit's ``data`` metadata (:func:`data_meta`, through ``ledger.datainfo``).
+the commit's ``data`` metadata (:func:`data_meta`, through ``ledger.datainfo``)
+and gathers the hyper-parameters a commit records (``hyperparameters``).
 """
 
 from __future__ import annotations
@@ -20,13 +21,24 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, RandomSampler
 
 from ledger.datainfo import described
 
-__all__ = ["DataOrderWarning", "data_meta", "order_not_saved", "warn_order_not_saved"]
+from ._common import plain_params
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+__all__ = [
+    "DataOrderWarning",
+    "data_meta",
+    "hyperparameters",
+    "order_not_saved",
+    "warn_order_not_saved",
+]
 
 
 def data_meta(
@@ -98,3 +110,15 @@ def warn_order_not_saved(loaders: Iterable[Any]) -> bool:
             stacklevel=3,
         )
     return bool(found)
+
+
+def hyperparameters(trainer: pl.Trainer) -> dict[str, Any]:
+    """``save_hyperparameters`` values of the module and the datamodule, as plain params."""
+    params: dict[str, Any] = {}
+    module = trainer.lightning_module
+    if module is not None:
+        params.update(module.hparams)
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        params.update({f"datamodule.{k}": v for k, v in datamodule.hparams.items()})
+    return plain_params(params)

@@ -57,10 +57,12 @@ from ._common import (
     plain_params,
     resolve_resume,
 )
+from ._preempt import SafePoint  # commit on a preemption signal or a timer (every process)
 
 __all__ = [
     "LEDGER_FOLDER",
     "LoaderPosition",
+    "SafePoint",
     "accelerator_state",
     "load_state",
     "project_ledger",

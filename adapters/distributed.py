@@ -56,9 +56,19 @@ from ._data_position import ResumableSampler, merge_positions, reseed_rng
 from ._dist_apply import apply, stateful
 from ._dist_async import commit_async, settle
 from ._dist_channel import FAILED, OK, Channel
+from ._preempt import SafePoint  # commit on a preemption signal or a timer (every rank)
 from ._reshard import SHARD_KEY, load_resharded
 
-__all__ = ["SHARD_KEY", "Channel", "ResumableSampler", "apply", "commit", "expand", "restore"]
+__all__ = [
+    "SHARD_KEY",
+    "Channel",
+    "ResumableSampler",
+    "SafePoint",
+    "apply",
+    "commit",
+    "expand",
+    "restore",
+]
 
 
 # -- committing ------------------------------------------------------------------------

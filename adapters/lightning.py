@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without l
 import torch
 
 from ledger import Commit, Ledger
+from ledger.preempt import SignalLike
 from ledger.state.rng import restore_rng
 
 from ._common import (
@@ -54,14 +56,14 @@ from ._common import (
     metric_floats,
     move_branch,
     open_ledger,
-    plain_params,
     resolve_resume,
     storable,
     warn_conversions,
 )
-from ._lightning_data import DataOrderWarning, data_meta, warn_order_not_saved
+from ._lightning_data import DataOrderWarning, data_meta, hyperparameters, warn_order_not_saved
 from ._lightning_dist import commit_ranks, is_fsdp, load_through_ledger, refuse_unsupported
 from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
+from ._preempt import DEFAULT_SIGNALS, SafePoint
 
 __all__ = [
     "PREFIX",
@@ -106,6 +108,8 @@ class LedgerCheckpoint(Checkpoint):
             or to validation end (False); None decides as ``ModelCheckpoint`` does.
         timeout: with several processes, seconds a rank waits for the others at a
             commit before raising ``DistributedCommitError`` (no commit is made).
+        signals, every_seconds, clock: commit after the batch a signal (SIGTERM by default)
+            came in, then stop, or ``every_seconds`` after the last commit (docs/preemption.md).
         data: the commits' ``data`` metadata, over what is found (``train``: the train
             loader, ``datamodule``); ``data_files``: files whose blake3 is recorded.
 
@@ -129,6 +133,9 @@ class LedgerCheckpoint(Checkpoint):
         best_ref: str = BEST,
         save_on_train_epoch_end: bool | None = None,
         timeout: float = 300.0,
+        signals: Iterable[SignalLike] | None = DEFAULT_SIGNALS,
+        every_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
         data: Mapping[str, Any] | None = None,
         data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
@@ -173,6 +180,7 @@ class LedgerCheckpoint(Checkpoint):
         self._last_global_step_saved = -1
         self._order_checked = False
         self._rng_again: dict[str, Any] | None = None
+        self._safe = SafePoint(signals, every_seconds, clock, arm=False)  # armed in setup
         if self._ledger is not None:
             self._install_retention(self._ledger)
 
@@ -285,6 +293,7 @@ class LedgerCheckpoint(Checkpoint):
                 (not supported yet, see the docs).
         """
         refuse_unsupported(trainer.strategy)
+        self._safe.arm()  # before Lightning's own handlers, which then call ours too
         if trainer.is_global_zero:
             self.ledger  # noqa: B018 - opens, or creates, the ledger
         trainer.strategy.barrier("LedgerCheckpoint.setup")
@@ -344,10 +353,20 @@ class LedgerCheckpoint(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Commit every ``every_n_train_steps`` optimizer steps."""
+        """Commit every ``every_n_train_steps`` optimizer steps, after a signal, every ``every_seconds``."""
         n = self.every_n_train_steps
         if n and trainer.global_step % n == 0 and not self._skip(trainer):
             self._save(trainer)
+        due = self._safe.check(sync=trainer.world_size > 1)
+        if due and not self._skip(trainer):
+            self.commit(trainer, "preempted" if due.signalled else None)
+        if due.signalled:
+            trainer.should_stop = True
+            self._safe.finish()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Stop watching the signals."""
+        self._safe.close()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Commit at the end of every ``every_n_epochs``-th epoch (when that is where epochs end)."""
@@ -396,13 +415,14 @@ class LedgerCheckpoint(Checkpoint):
             metrics.setdefault("step", float(trainer.global_step))
         value, improved = self._score(metrics) if trainer.is_global_zero else (None, False)
         self._last_global_step_saved = trainer.global_step
+        self._safe.committed()
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         message = message or f"epoch {trainer.current_epoch} step {trainer.global_step}"
         meta: dict[str, Any] = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "metrics": metrics,
-            "params": _hyperparameters(trainer),
+            "params": hyperparameters(trainer),
             "branch": self.branch,
             "data": data_meta(trainer, self.data, self.data_files),
         }
@@ -485,15 +505,3 @@ class LedgerCheckpoint(Checkpoint):
         if (sum(batches) if isinstance(batches, list) else batches) == 0:
             return True
         return trainer.val_check_interval == 1.0
-
-
-def _hyperparameters(trainer: pl.Trainer) -> dict[str, Any]:
-    """``save_hyperparameters`` values of the module and the datamodule, as plain params."""
-    params: dict[str, Any] = {}
-    module = trainer.lightning_module
-    if module is not None:
-        params.update(module.hparams)
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None:
-        params.update({f"datamodule.{k}": v for k, v in datamodule.hparams.items()})
-    return plain_params(params)

@@ -2,7 +2,9 @@
 
 This module owns the two-line training-loop pattern: commit the model,
 optimizer, scheduler, grad scaler and any extra state every ``every`` steps
-(and whenever a watched metric improves), keep a ``best`` branch on the best
+(and whenever a watched metric improves, every ``every_seconds`` of wall-clock
+time, and at the first step after a preemption signal: ``ledger.preempt``),
+keep a ``best`` branch on the best
 commit, turn ``keep=``/``on_best=`` into retention policies, and resume (the
 next commit then continues from the commit resumed, see ``Ledger.base_on``).
 The user's ``state=`` mapping is read at every commit and restored into, so
@@ -20,12 +22,14 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ledger import Commit, Ledger
 from ledger.datainfo import described
 from ledger.pending import CommitHandle
+from ledger.preempt import SignalLike
 
 from ._common import (
     BEST,
@@ -41,6 +45,7 @@ from ._common import (
     plain_params,
     resolve_resume,
 )
+from ._preempt import DEFAULT_SIGNALS, SafePoint
 
 __all__ = ["Checkpointer"]
 
@@ -61,7 +66,8 @@ class Checkpointer:
             kept (not copied): every commit stores what it holds then, and
             ``resume`` writes plain values back into it (so
             ``state["epoch"]`` is the resumed epoch).
-        every: commit when ``step % every == 0``.
+        every: commit when ``step % every == 0``; None commits on no step schedule
+            (only on ``every_seconds``, ``on_best``, a signal or ``commit()``).
         keep: keep the state of only the newest ``keep`` commits (``KeepLast``),
             plus the best ones when ``on_best`` is set; applied by ``gc``.
         on_best: a metric name; a step whose metric beats every earlier one
@@ -73,6 +79,17 @@ class Checkpointer:
         gc_every: run ``gc`` after every this many commits (retention frees
             space only at gc); None leaves it to you or to ``ledger gc``.
         blocking: False commits in the background (``Ledger.commit(blocking=False)``).
+        signals: the signals that mean "you are about to be killed" (SIGTERM by
+            default; add ``"SIGUSR1"`` for SLURM's ``--signal=USR1@90``); the next
+            ``step()`` after one commits, drains and hands the signal to the
+            handler installed before (by default the process then ends by it).
+            None or ``()`` watches none. See docs/preemption.md.
+        every_seconds: also commit at the first step after this many seconds of
+            ``clock`` since the last commit (or since the checkpointer was made).
+        clock: the clock for ``every_seconds`` (``time.monotonic``).
+        sync_ranks: every rank of a ``torch.distributed`` job calls ``step()``
+            and the signal and ``every_seconds`` flags are all-reduced (MAX) first,
+            so every rank commits the same step even when one rank got the signal.
         dataloader: the training ``DataLoader``: its dataset's class, length (and a
             ``datasets`` Dataset's fingerprint and split) are recorded as ``data.train``.
         data: recorded as the commit's ``data`` metadata; its keys win over what is
@@ -82,7 +99,8 @@ class Checkpointer:
 
     Example:
         >>> ckpt = Checkpointer("ckpt", model=model, optimizer=opt, scheduler=sched,
-        ...                     every=500, keep=3, on_best="val_loss")  # doctest: +SKIP
+        ...                     every=500, keep=3, on_best="val_loss",
+        ...                     signals=["SIGTERM", "SIGUSR1"], every_seconds=1800)  # doctest: +SKIP
         >>> start = ckpt.resume()  # 0 on an empty ledger  # doctest: +SKIP
     """
 
@@ -95,7 +113,7 @@ class Checkpointer:
         scheduler: Any = None,
         scaler: Any = None,
         state: Mapping[str, Any] | None = None,
-        every: int = 1,
+        every: int | None = 1,
         keep: int | None = None,
         on_best: str | None = None,
         mode: str = "min",
@@ -104,12 +122,16 @@ class Checkpointer:
         params: Mapping[str, Any] | None = None,
         gc_every: int | None = None,
         blocking: bool = True,
+        signals: Iterable[SignalLike] | None = DEFAULT_SIGNALS,
+        every_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sync_ranks: bool = False,
         dataloader: Any = None,
         data: Mapping[str, Any] | None = None,
         data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise AdapterError(f"every={every!r} must be a positive integer")
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise AdapterError(f"every={every!r} must be a positive integer or None")
         if gc_every is not None and (not isinstance(gc_every, int) or gc_every < 1):
             raise AdapterError(f"gc_every={gc_every!r} must be a positive integer or None")
         self.ledger: Ledger = open_ledger(ledger)
@@ -133,6 +155,10 @@ class Checkpointer:
             raise AdapterError("nothing to checkpoint: pass model=, optimizer=, ... or state=")
         self.best: float | None = None
         self._commits = 0
+        self.safe_point = SafePoint(signals, every_seconds, clock)
+        self.sync_ranks = sync_ranks
+        self.preempted = False
+        """True after a step committed because of a signal (on any rank): stop the loop."""
         install_retention(self.ledger, keep_last=keep, best=on_best, best_k=1, mode=self.mode)
 
     @property
@@ -154,6 +180,11 @@ class Checkpointer:
     ) -> Commit | CommitHandle | None:
         """Call after training step ``step``; commits when it is due or ``on_best`` improved.
 
+        Due means: on the ``every`` schedule, ``every_seconds`` passed, or a
+        watched signal arrived (then, after the commit, pending commits drain and
+        the signal's previous handler runs; by default the process ends there).
+        With ``sync_ranks`` every rank must call it at every step.
+
         Args:
             step: the step just finished (committed as the commit's ``step``).
             metrics: numbers for the commit's metadata (tensors are fine).
@@ -170,9 +201,15 @@ class Checkpointer:
             and self.on_best in values
             and better(values[self.on_best], self.best, self.mode)
         )
-        if step % self.every and not improved:
+        due = self.safe_point.check(sync=self.sync_ranks)
+        scheduled = self.every is not None and step % self.every == 0
+        if not (scheduled or improved or due):
             return None
-        return self.commit(step, values)
+        made = self.commit(step, values, "preempted" if due.signalled else None)
+        if due.signalled:
+            self.preempted = True
+            self.safe_point.finish()
+        return made
 
     def commit(
         self, step: int, metrics: Mapping[str, Any] | None = None, message: str | None = None
@@ -206,6 +243,7 @@ class Checkpointer:
                 f"{self.best_ref}: {self.on_best}={value:g} at step {step}",
             )
         self._commits += 1
+        self.safe_point.committed()
         if self.gc_every is not None and self._commits % self.gc_every == 0:
             self.ledger.gc()
         return made
@@ -252,6 +290,23 @@ class Checkpointer:
                 f"of {sorted(changed)} cannot be put back into it; pass a dict"
             )
         self.user_state.update(changed)
+
+    def close(self) -> None:
+        """Stop watching the signals (their previous handlers are put back); call it after the loop.
+
+        Until then a watched signal only sets a flag for the next ``step()``
+        (a second one is handed on at once). ``with Checkpointer(...) as ckpt:`` closes too.
+
+        Example:
+            >>> ckpt.close()  # doctest: +SKIP
+        """
+        self.safe_point.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _best_so_far(self) -> float | None:
         if self.on_best is None or self.best_ref not in self.ledger.branches():

@@ -34,8 +34,9 @@ import inspect
 import json
 import os
 import re
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -51,6 +52,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a process without t
 from ledger import Commit, Ledger
 from ledger.datainfo import described
 from ledger.errors import LedgerError
+from ledger.preempt import SignalLike
 
 from ._common import (
     BEST,
@@ -74,6 +76,7 @@ from ._hf_dist import (
 from ._hf_resume import ResumeDir, write_checkpoint
 from ._hf_rotation import STATE_KEY, Checkpoints, at_train_end, rotate
 from ._hf_saved import logged_at, refresh_callbacks, saved_tree
+from ._preempt import DEFAULT_SIGNALS, SafePoint
 
 __all__ = ["LedgerCallback", "write_checkpoint"]
 
@@ -96,6 +99,10 @@ class LedgerCallback(TrainerCallback):
         timeout: with several processes, seconds a process waits for the
             others during a save or a resume before it raises
             ``DistributedCommitError`` (a process died or stopped answering).
+        signals, every_seconds, clock: save (commit) after the step a signal
+            (SIGTERM by default) came in, on every process, then stop training
+            and hand the signal on; or ``every_seconds`` of ``clock`` after the
+            last save (docs/preemption.md).
         data: the commits' ``data`` metadata; its keys win over what is found
             automatically: ``train``/``eval`` describe ``trainer.train_dataset`` and
             ``eval_dataset`` (a ``datasets`` Dataset's fingerprint, split and rows).
@@ -132,12 +139,17 @@ class LedgerCallback(TrainerCallback):
         best_ref: str = BEST,
         free_space: bool = True,
         timeout: float = 300.0,
+        signals: Iterable[SignalLike] | None = DEFAULT_SIGNALS,
+        every_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
         data: Mapping[str, Any] | None = None,
         data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
         self.data = dict(data or {})
         self.data_files = list(data_files)
+        self._safe = SafePoint(signals, every_seconds, clock)
+        self._preempting = False
         self.branch = branch
         self.best_ref = best_ref
         self.free_space = free_space
@@ -260,13 +272,29 @@ class LedgerCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        """Remove resume directories: the Trainer has loaded everything from them by now."""
+        """Ask for a save after a signal or ``every_seconds``; remove resume directories."""
         self._remove_resumed()
+        due = self._safe.check(sync=args.world_size > 1)
+        if due:
+            control.should_save = True
+        if due.signalled:
+            control.should_training_stop = True
+            self._preempting = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        """After a save: the interval starts again; after a signal's, drain and hand it on."""
+        self._safe.committed()
+        if self._preempting:
+            self._preempting = False
+            self._safe.finish()
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         """With ``save_total_limit=1`` keep only the best commit, as the Trainer does; remove resume directories."""
+        self._safe.close()  # training is over: signals are handled as before it
         self._remove_resumed()
         tip = self._line()
         if not args.should_save or state.best_model_checkpoint is None or tip is None:

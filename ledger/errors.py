@@ -361,6 +361,10 @@ class NotifyError(LedgerError):
     hook: str | None = None
 
 
+class PreemptConfigError(LedgerError, ValueError):
+    """A preemption setting names no catchable signal, or ``every_seconds`` is not positive."""
+
+
 class PartialRestoreWarning(UserWarning):
     """``restore(strict=False)`` left paths unloaded: missing from the commit, or not in the live state.
 

@@ -4,7 +4,9 @@ This module owns the handle users get from ``commit(blocking=False)`` and the
 rules around it: commits land in the order they were made (one writer
 thread), a failure surfaces on ``result()`` and on the ledger's next call
 (never lost), and pending commits are drained by ``close()``, at interpreter
-exit and on SIGTERM (preemption) before the previous handler runs. It never
+exit and on SIGTERM (preemption) before the previous handler runs, unless a
+``ledger.preempt`` watch holds SIGTERM: then the loop commits at its next safe
+point first and the watch drains and hands the signal on. It never
 touches training state: the caller snapshots before handing work over.
 """
 
@@ -140,21 +142,23 @@ _installed = False
 _previous: Any = None
 
 
-def _drain_all() -> None:
+def drain_all() -> None:
+    """Wait for every ledger's background commits (errors stay for each ledger's next call).
+
+    Example:
+        >>> drain_all()  # nothing pending: returns at once
+    """
     for pending in list(_live):
         pending.drain()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _drain_all()
-    previous = _previous
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_IGN:
-        return
-    else:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.raise_signal(signal.SIGTERM)
+    from ledger.preempt import claim, deliver
+
+    if claim(signum):
+        return  # a checkpointer commits at its next safe point, then drains and hands it on
+    drain_all()
+    deliver(signum, _previous, frame)
 
 
 def _install_drain(pending: Pending) -> None:
@@ -164,7 +168,7 @@ def _install_drain(pending: Pending) -> None:
     if _installed:
         return
     _installed = True
-    atexit.register(_drain_all)
+    atexit.register(drain_all)
     if threading.current_thread() is threading.main_thread():
         with contextlib.suppress(ValueError, OSError):
             _previous = signal.signal(signal.SIGTERM, _on_sigterm)

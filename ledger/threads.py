@@ -1,7 +1,7 @@
 """Worker threads leave the signals meant for the training loop to its main thread.
 
-A process-directed signal (SIGTERM from a scheduler preempting the job, SIGINT
-from Ctrl-C) goes to any thread that does not block it. CPython runs Python
+A process-directed signal (SIGTERM from a scheduler preempting the job, or the
+SIGUSR1 of SLURM's ``--signal``; SIGINT from Ctrl-C) goes to any thread that does not block it. CPython runs Python
 signal handlers only in the main thread, and only when that thread next runs
 Python code: a signal the kernel hands to an idle worker thread leaves a main
 thread blocked in ``time.sleep`` or a C call unaware of it until it wakes, so
@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import signal
 
-WORKER_BLOCKED = {signal.SIGTERM, signal.SIGINT}
+# SIGUSR1/2: what SLURM's --signal sends before a job ends (ledger.preempt watches them)
+WORKER_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2}
 
 
 def block_signals() -> None:
