@@ -13,7 +13,8 @@ a hand-written loader must), so the check
 warns, naming the loader and the fix, when a run that commits mid-epoch has
 a stateful loader over such a sampler. It also describes the run's data for
 the commit's ``data`` metadata (:func:`data_meta`, through ``ledger.datainfo``)
-and gathers the hyper-parameters a commit records (``hyperparameters``).
+gathers the hyper-parameters a commit records (``hyperparameters``), and checks
+the callback's schedule options as ``ModelCheckpoint`` does (:func:`check_options`).
 """
 
 from __future__ import annotations
@@ -27,18 +28,47 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ledger.datainfo import described
 
-from ._common import plain_params
+from ._common import AdapterError, plain_params
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 __all__ = [
     "DataOrderWarning",
+    "check_options",
     "data_meta",
     "hyperparameters",
     "order_not_saved",
     "warn_order_not_saved",
 ]
+
+
+def check_options(
+    every_n_train_steps: int | None,
+    every_n_epochs: int | None,
+    save_top_k: int | None,
+    monitor: str | None,
+) -> None:
+    """Refuse what ``ModelCheckpoint`` refuses, with an ``AdapterError`` naming the option.
+
+    Example:
+        >>> check_options(None, 1, 1, None)
+    """
+    for name, value in (
+        ("every_n_train_steps", every_n_train_steps),
+        ("every_n_epochs", every_n_epochs),
+    ):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise AdapterError(f"{name}={value!r} must be a non-negative integer or None")
+    if save_top_k is not None and (not isinstance(save_top_k, int) or save_top_k < -1):
+        raise AdapterError(
+            f"save_top_k={save_top_k!r} must be None, -1 (keep all), 0 or a positive integer"
+        )
+    if monitor is None and save_top_k is not None and save_top_k > 1:
+        raise AdapterError(
+            f"LedgerCheckpoint(save_top_k={save_top_k}, monitor=None) is ambiguous (as in "
+            "ModelCheckpoint): pass a monitor to keep the k best, or save_top_k=-1 to keep all"
+        )
 
 
 def data_meta(

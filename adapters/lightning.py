@@ -48,7 +48,6 @@ from ledger.state.rng import restore_rng
 
 from ._common import (
     BEST,
-    AdapterError,
     LedgerLike,
     better,
     check_mode,
@@ -60,7 +59,13 @@ from ._common import (
     storable,
     warn_conversions,
 )
-from ._lightning_data import DataOrderWarning, data_meta, hyperparameters, warn_order_not_saved
+from ._lightning_data import (
+    DataOrderWarning,
+    check_options,
+    data_meta,
+    hyperparameters,
+    warn_order_not_saved,
+)
 from ._lightning_dist import commit_ranks, is_fsdp, load_through_ledger, refuse_unsupported
 from ._lightning_io import PREFIX, URL_PREFIX, LedgerCheckpointIO, LedgerFileSystem, ledger_url
 from ._preempt import DEFAULT_SIGNALS, SafePoint
@@ -139,23 +144,8 @@ class LedgerCheckpoint(Checkpoint):
         data: Mapping[str, Any] | None = None,
         data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
-        self.data = dict(data or {})
-        self.data_files = list(data_files)
-        for name, value in (
-            ("every_n_train_steps", every_n_train_steps),
-            ("every_n_epochs", every_n_epochs),
-        ):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise AdapterError(f"{name}={value!r} must be a non-negative integer or None")
-        if save_top_k is not None and (not isinstance(save_top_k, int) or save_top_k < -1):
-            raise AdapterError(
-                f"save_top_k={save_top_k!r} must be None, -1 (keep all), 0 or a positive integer"
-            )
-        if monitor is None and save_top_k is not None and save_top_k > 1:
-            raise AdapterError(
-                f"LedgerCheckpoint(save_top_k={save_top_k}, monitor=None) is ambiguous (as in "
-                "ModelCheckpoint): pass a monitor to keep the k best, or save_top_k=-1 to keep all"
-            )
+        check_options(every_n_train_steps, every_n_epochs, save_top_k, monitor)
+        self.data, self.data_files = dict(data or {}), list(data_files)
         if not isinstance(ledger, Ledger | str) and not hasattr(ledger, "__fspath__"):
             open_ledger(ledger)  # raises the AdapterError that names what to pass
         self._ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None

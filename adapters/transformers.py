@@ -103,11 +103,8 @@ class LedgerCallback(TrainerCallback):
             (SIGTERM by default) came in, on every process, then stop training
             and hand the signal on; or ``every_seconds`` of ``clock`` after the
             last save (docs/preemption.md).
-        data: the commits' ``data`` metadata; its keys win over what is found
-            automatically: ``train``/``eval`` describe ``trainer.train_dataset`` and
-            ``eval_dataset`` (a ``datasets`` Dataset's fingerprint, split and rows).
-        data_files: data files (or folders) whose blake3 hashes are recorded as
-            ``data.files``, read once per process.
+        data: the commits' ``data`` metadata, over what is found (``train``/``eval``:
+            the datasets); ``data_files``: files whose blake3 is recorded.
 
     Commits happen where the Trainer would save (``save_strategy``,
     ``save_steps``), each with ``step`` = ``global_step``, the metrics the
@@ -146,8 +143,7 @@ class LedgerCallback(TrainerCallback):
         data_files: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.ledger: Ledger = open_ledger(ledger)
-        self.data = dict(data or {})
-        self.data_files = list(data_files)
+        self.data, self.data_files = dict(data or {}), list(data_files)
         self._safe = SafePoint(signals, every_seconds, clock)
         self._preempting = False
         self.branch = branch

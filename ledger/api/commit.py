@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ledger.api.inputs import _done
 from ledger.api.notify import Notifying
@@ -31,6 +31,17 @@ log = logging.getLogger("ledger.commit")
 
 class Committing(Notifying):
     """Commits of live state, and staged commits built from parts."""
+
+    if TYPE_CHECKING:  # Maintenance.gc, mixed into Ledger beside this class: auto-gc calls it
+        from ledger.history.gc import GcReport
+        from ledger.progress import ProgressFn
+
+        def gc(
+            self,
+            dry_run: bool = False,
+            grace: float | None = None,
+            progress: ProgressFn | None = None,
+        ) -> GcReport: ...
 
     @overload
     def commit(

@@ -47,7 +47,6 @@ from ledger.errors import (
     RevisionNotFoundError,
     UnsupportedValueError,
 )
-from ledger.history.gc import GcReport, collect
 from ledger.history.graph import first_parents, refs_under
 from ledger.history.lineage import Lineage
 from ledger.history.records import (
@@ -71,7 +70,6 @@ from ledger.manifest import Manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.pending import Pending, lower_priority
-from ledger.progress import ProgressFn
 from ledger.remotes.lazy import LazySource
 from ledger.threads import block_signals
 
@@ -466,39 +464,6 @@ class LedgerCore:
         if branch is not None:
             out += [*stored.get(branch, []), *self._custom.get(branch, [])]
         return out
-
-    def gc(
-        self,
-        dry_run: bool = False,
-        grace: float | None = None,
-        progress: ProgressFn | None = None,
-    ) -> GcReport:
-        """Expire what retention drops, then delete every object no ref or kept commit needs.
-
-        Args:
-            dry_run: report what would be expired and freed; change nothing.
-            grace: seconds; packs younger than this are never touched (None:
-                the ledger's configured grace, 15 minutes by default).
-            progress: ``progress(done, total, what)`` as objects are copied out of
-                rewritten packs and packs deleted (``ledger.progress``).
-
-        Example:
-            >>> report = lg.gc(grace=0)  # doctest: +SKIP
-            >>> report.bytes_freed, report.expired  # doctest: +SKIP
-        """
-        with self._lock:
-            self._check_open()
-            self._commits_since_gc = 0
-            with self.gc_lock.hold(shared=False):
-                return collect(
-                    self,
-                    self.store,
-                    self.refs,
-                    policies_for=self.retention,
-                    grace=self.config.gc_grace if grace is None else float(grace),
-                    dry_run=dry_run,
-                    progress=progress,
-                )
 
     def branches(self) -> dict[str, str]:
         """Branch name -> commit id."""

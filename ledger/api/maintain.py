@@ -14,7 +14,7 @@ from ledger.api.notify import Notifying
 from ledger.errors import (
     PolicyError,
 )
-from ledger.history.gc import GcReport
+from ledger.history.gc import GcReport, collect
 from ledger.history.records import (
     BUILTIN_POLICIES,
     Expire,
@@ -44,12 +44,34 @@ class Maintenance(Notifying):
         grace: float | None = None,
         progress: ProgressFn | None = None,
     ) -> GcReport:
-        """:meth:`LedgerCore.gc`, then the ``gc`` notification (not for a dry run).
+        """Expire what retention drops, then delete every object no ref or kept commit needs.
+
+        The ``gc`` notification follows (not for a dry run).
+
+        Args:
+            dry_run: report what would be expired and freed; change nothing.
+            grace: seconds; packs younger than this are never touched (None:
+                the ledger's configured grace, 15 minutes by default).
+            progress: ``progress(done, total, what)`` as objects are copied out of
+                rewritten packs and packs deleted (``ledger.progress``).
 
         Example:
-            >>> lg.gc(grace=0).bytes_freed  # doctest: +SKIP
+            >>> report = lg.gc(grace=0)  # doctest: +SKIP
+            >>> report.bytes_freed, report.expired  # doctest: +SKIP
         """
-        report = super().gc(dry_run=dry_run, grace=grace, progress=progress)
+        with self._lock:
+            self._check_open()
+            self._commits_since_gc = 0
+            with self.gc_lock.hold(shared=False):
+                report = collect(
+                    self,
+                    self.store,
+                    self.refs,
+                    policies_for=self.retention,
+                    grace=self.config.gc_grace if grace is None else float(grace),
+                    dry_run=dry_run,
+                    progress=progress,
+                )
         log.info(
             "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
             " (dry run)" if dry_run else "",
