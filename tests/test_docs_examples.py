@@ -11,9 +11,12 @@ to run. The conventions (markers, normalisation) are documented in docs/index.md
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -133,6 +136,12 @@ def commands(block: Block) -> list[tuple[str, list[str], int]]:
 def run_command(command: str, tmp: Path) -> tuple[str, int]:
     """Run one ``$`` line in ``tmp``: output (stdout and stderr together), exit status."""
     command = command.replace(PAGE_DIR, str(tmp))
+    script = re.fullmatch(r"python ([\w.-]+\.py)", command)
+    if script:  # in this process: torch is imported once per test run, not per script
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            runpy.run_path(str(tmp / script.group(1)), run_name="__main__")
+        return out.getvalue(), 0
     if command.startswith("ledger ") and not _SHELL_ONLY.search(command):
         args = shlex.split(command)[1:]
         result = CliRunner(env={"LEDGER_DIR": None, "COLUMNS": None}).invoke(cli, args)
@@ -179,7 +188,9 @@ def run_page(page: str, tmp: Path) -> int:
     for block in blocks:
         if block.lang not in ("python", "console") or "skip-example" in block.markers:
             continue
-        if block.lang == "python":
+        if "example-file" in block.markers:
+            (tmp / block.markers["example-file"]).write_text(block.text + "\n")
+        elif block.lang == "python":
             code = compile(block.text, f"docs/{page}:{block.line}", "exec")
             exec(code, namespace)
         else:
