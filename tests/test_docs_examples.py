@@ -85,6 +85,8 @@ def normalise(text: str, sizes: bool) -> list[str]:
     text = re.sub(r"\b\d+(\.\d+)?m?s\b", "<duration>", text)
     if sizes:
         text = re.sub(r"\b\d+(\.\d+)? (B|KiB|MiB|GiB|TiB)\b", "<size>", text)
+        text = re.sub(r"\b\d+(\.\d+)?x\b", "<ratio>", text)
+        text = re.sub(r"\(\d+%\)", "(<percent>)", text)
     text = re.sub("─+", "─", text)
     out = [re.sub(r"\s+", " ", line).strip() for line in text.splitlines()]
     while out and not out[-1]:
@@ -95,12 +97,16 @@ def normalise(text: str, sizes: bool) -> list[str]:
 
 
 def matches(expected: list[str], actual: list[str]) -> bool:
-    """Whether ``actual`` is ``expected``, a line ``...`` standing for any lines."""
-    if "..." not in expected:
+    """Whether ``actual`` is ``expected``, a line ``...`` (and a remark) standing for any lines."""
+
+    def gap(line: str) -> bool:
+        return line == "..." or line.startswith("... ")
+
+    if not any(gap(line) for line in expected):
         return expected == actual
     pieces: list[list[str]] = [[]]
     for line in expected:
-        if line == "...":
+        if gap(line):
             pieces.append([])
         else:
             pieces[-1].append(line)
@@ -221,6 +227,7 @@ def test_normalise_and_match() -> None:
     assert a == b
     assert normalise("step 401 loss=0.07", sizes=False) != normalise("step 400 loss=0.07", False)
     assert matches(["a", "...", "c"], ["a", "b", "b", "c"])
+    assert matches(["a", "... (why)", "c"], ["a", "c"])
     assert not matches(["a", "...", "c"], ["a", "b"])
     assert not matches(["a", "b"], ["a", "b", "c"])
     assert normalise("10.0 KiB", sizes=True) == normalise("2 B", sizes=True)
