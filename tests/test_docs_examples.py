@@ -20,10 +20,12 @@ import runpy
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from ledger.cli import cli
@@ -142,13 +144,20 @@ def commands(block: Block) -> list[tuple[str, list[str], int]]:
 def run_command(command: str, tmp: Path) -> tuple[str, int]:
     """Run one ``$`` line in ``tmp``: output (stdout and stderr together), exit status."""
     command = command.replace(PAGE_DIR, str(tmp))
+    # python and plain ledger commands run in this process: torch is imported once per
+    # test run, not once per command (a subprocess costs seconds on a busy machine)
     script = re.fullmatch(r"python ([\w.-]+\.py)", command)
-    if script:  # in this process: torch is imported once per test run, not per script
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            runpy.run_path(str(tmp / script.group(1)), run_name="__main__")
-        return out.getvalue(), 0
-    if command.startswith("ledger ") and not _SHELL_ONLY.search(command):
+    if script:
+        return _in_process(lambda: runpy.run_path(str(tmp / script.group(1)), run_name="__main__"))
+    head, _, tail = command.partition(" | ")
+    code = re.fullmatch(r"python -c ('[^']*')", tail or head)
+    if code and (not tail or _plain_ledger(head)):
+        stdin, status = run_command(head, tmp) if tail else ("", 0)
+        if status:
+            return stdin, status
+        source = shlex.split(code.group(1))[0]
+        return _in_process(lambda: exec(compile(source, "<-c>", "exec"), {}), stdin)
+    if _plain_ledger(command):
         args = shlex.split(command)[1:]
         result = CliRunner(env={"LEDGER_DIR": None, "COLUMNS": None}).invoke(cli, args)
         return result.output, result.exit_code
@@ -165,6 +174,26 @@ def run_command(command: str, tmp: Path) -> tuple[str, int]:
         check=False,
     )
     return proc.stdout, proc.returncode
+
+
+def _plain_ledger(command: str) -> bool:
+    """Whether ``command`` is ``ledger ARGS`` with nothing for a shell to do."""
+    return command.startswith("ledger ") and not _SHELL_ONLY.search(command)
+
+
+def _in_process(run: Callable[[], object], stdin: str = "") -> tuple[str, int]:
+    """Run ``run()`` with stdin, stdout and stderr redirected; output and exit status."""
+    out = io.StringIO()
+    saved = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            run()
+    except SystemExit as e:
+        return out.getvalue(), e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stdin = saved
+    return out.getvalue(), 0
 
 
 def run_console(page: str, block: Block, tmp: Path) -> None:
@@ -206,10 +235,15 @@ def run_page(page: str, tmp: Path) -> int:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_examples(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_page_examples(
+    page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """Every python and console block of the page runs and prints what the page shows."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LEDGER_DIR", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demos' tiny models: threads only contend on 2 cores
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     if run_page(page, tmp_path) == 0:
         pytest.skip(f"docs/{page} has no example to run")
 
