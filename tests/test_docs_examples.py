@@ -226,7 +226,7 @@ def run_page(page: str, tmp: Path) -> int:
         if "example-file" in block.markers:
             (tmp / block.markers["example-file"]).write_text(block.text + "\n")
         elif block.lang == "python":
-            code = compile(block.text, f"docs/{page}:{block.line}", "exec")
+            code = compile("\n" * block.line + block.text, f"docs/{page}", "exec")  # page lines
             exec(code, namespace)
         else:
             run_console(page, block, tmp)
