@@ -70,6 +70,16 @@ class SafePoint:
         if arm:
             self.arm()
 
+    def __eq__(self, other: object) -> bool:
+        """Same settings (signals, interval, clock) and armed alike: a pickled copy is equal."""
+        if not isinstance(other, SafePoint):
+            return NotImplemented
+        mine = (self.signals, self.interval.seconds, self.interval.clock, self.watch is None)
+        theirs = (other.signals, other.interval.seconds, other.interval.clock, other.watch is None)
+        return mine == theirs
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: compared, never hashed
+
     def arm(self) -> None:
         """Install the signal handlers (once; a no-op without signals)."""
         if self.signals and self.watch is None:

@@ -83,6 +83,7 @@ def commit(
     epoch: int | None = ...,
     metrics: Mapping[str, Any] | None = ...,
     params: Mapping[str, Any] | None = ...,
+    data: Mapping[str, Any] | None = ...,
     message: str | None = ...,
     branch: str | None = ...,
     timeout: float = ...,
@@ -99,6 +100,7 @@ def commit(
     epoch: int | None = ...,
     metrics: Mapping[str, Any] | None = ...,
     params: Mapping[str, Any] | None = ...,
+    data: Mapping[str, Any] | None = ...,
     message: str | None = ...,
     branch: str | None = ...,
     timeout: float = ...,
@@ -115,6 +117,7 @@ def commit(
     epoch: int | None = ...,
     metrics: Mapping[str, Any] | None = ...,
     params: Mapping[str, Any] | None = ...,
+    data: Mapping[str, Any] | None = ...,
     message: str | None = ...,
     branch: str | None = ...,
     timeout: float = ...,
@@ -130,6 +133,7 @@ def commit(
     epoch: int | None = None,
     metrics: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
     message: str | None = None,
     branch: str | None = None,
     timeout: float = 300.0,
@@ -140,7 +144,7 @@ def commit(
     Args:
         ledger: the shared ledger directory (every rank opens it) or an open ``Ledger``.
         state: this rank's part: ``DTensor``/tensors, stateful objects, plain values.
-        step, epoch, metrics, params, message, branch: metadata, taken from rank 0.
+        step, epoch, metrics, params, data, message, branch: metadata, taken from rank 0.
         timeout: seconds any rank waits for the others before giving up.
         blocking: False returns a ``CommitHandle`` once this rank's shard is
             snapshotted (copied, within the ledger's ``async_budget``); chunks
@@ -166,7 +170,7 @@ def commit(
         >>> h = distributed.commit("ckpt", {"model": model}, step=200, blocking=False)  # doctest: +SKIP
     """
     settle()
-    meta = dict(step=step, epoch=epoch, metrics=metrics, params=params, message=message)
+    meta = dict(step=step, epoch=epoch, metrics=metrics, params=params, data=data, message=message)
     if _dist_remote.is_remote_url(ledger):
         if not blocking:
             raise AdapterError(
@@ -253,6 +257,7 @@ def _commit_on_rank0(stage: Stage, reports: list[bytes], **meta: Any) -> bytes:
             epoch=meta["epoch"],
             metrics=metric_floats(meta["metrics"] or {}),
             params=plain_params(meta["params"] or {}),
+            data=meta.get("data"),
             branch=meta["branch"],
             summary=meta["summary"],
         )

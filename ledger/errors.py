@@ -396,3 +396,25 @@ class SecretRedactedWarning(UserWarning):
     def __init__(self, message: str, *, fields: list[str] | None = None) -> None:
         super().__init__(message)
         self.fields: list[str] = list(fields or [])
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` here point at the user's code.
+
+    Counted from the function that calls this one (and then warns) up to the first
+    frame outside the ``ledger`` package, so wrappers such as the facade's OS-error
+    guard add no wrong frame. The adapters (``ledger.adapters``) count as user code.
+
+    Example:
+        >>> warnings.warn("budget exceeded", stacklevel=user_stacklevel())  # doctest: +SKIP
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level

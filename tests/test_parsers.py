@@ -209,12 +209,17 @@ def test_a_log_cut_at_any_offset_reads_its_complete_frames_and_the_writer_cuts_t
         complete = sum(1 for b in bounds[1:] if b <= cut)
         assert got.events == [ev for batch in batches[:complete] for ev in batch], cut
         assert got.end == bounds[complete]
-        # The next writer cuts the torn tail off and appends after the last complete frame.
+        # The next writer sets the torn tail aside, cuts it and appends after the last
+        # complete frame; the tail's bytes are kept in a side file, never lost.
         EventLog(path, fsync=False).append(more, got.end)
         after = read_log(path)
         assert isinstance(after, LogRead) and after.torn_bytes == 0
         assert after.events == got.events + more
         assert path.read_bytes()[: got.end] == whole[: got.end]
+        sides = sorted(tmp_path.glob("events.log.*.aside"))
+        assert [p.read_bytes() for p in sides] == ([whole[got.end : cut]] if cut > got.end else [])
+        for side in sides:  # each cut starts afresh (else one offset piles up side files)
+            side.unlink()
 
 
 @parsers

@@ -21,7 +21,7 @@ from ledger.api.inputs import _done
 from ledger.api.notify import Notifying
 from ledger.api.snapshot import Snapshot
 from ledger.api.staging import Draft, Stage, draft_of
-from ledger.errors import UnsupportedValueError
+from ledger.errors import UnsupportedValueError, user_stacklevel
 from ledger.history.lineage import commit_target
 from ledger.history.records import Commit, CommitRecord
 from ledger.pending import CommitHandle
@@ -186,7 +186,7 @@ class Committing(Notifying):
                 warnings.warn(
                     f"the state ({size / 2**30:.2f} GiB) exceeds the async commit memory budget "
                     f"({self.async_budget / 2**30:.2f} GiB): committing synchronously",
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
                 return CommitHandle(_done(self._write_commit(draft, self.pool)))
             flat.snapshot(self._staging)

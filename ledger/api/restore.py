@@ -21,6 +21,7 @@ from ledger.errors import (
     NothingRestoredWarning,
     PartialRestoreWarning,
     UnsupportedValueError,
+    user_stacklevel,
 )
 from ledger.history.records import (
     Commit,
@@ -60,7 +61,7 @@ def _paths(paths: list[Path_]) -> list[str]:
 
 
 def _warn(report: RestoreReport) -> None:
-    """The warnings of a non-strict restore (``stacklevel`` points at the caller of restore)."""
+    """The warnings of a non-strict restore (pointing at the code that called restore)."""
     c = report.commit.id[:12]
     if not report.loaded and (report.missing or report.unexpected):
         warnings.warn(
@@ -69,7 +70,7 @@ def _warn(report: RestoreReport) -> None:
             f"{report.unexpected[:8]}); is this the state that was committed? This ledger's "
             "lineage was left unchanged",
             NothingRestoredWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     elif report.missing or report.unexpected:
         parts = []
@@ -83,7 +84,7 @@ def _warn(report: RestoreReport) -> None:
         warnings.warn(
             f"restore(strict=False) of commit {c} did not load every path: {'; '.join(parts)}",
             PartialRestoreWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
