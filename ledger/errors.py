@@ -144,6 +144,10 @@ class ObjectMissingError(CorruptionError):
     """An object that a commit references is not in the store."""
 
 
+class PackUnreadableError(CorruptionError):
+    """A pack exists but this process cannot open it (permissions, descriptor limit)."""
+
+
 class LockTimeoutError(LedgerError, TimeoutError):
     """Another process holds the ledger's lock for longer than we are willing to wait."""
 
