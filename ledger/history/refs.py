@@ -28,6 +28,7 @@ from ledger.errors import (
     CorruptionError,
     DiskFullError,
     LockTimeoutError,
+    RecordTooLargeError,
     RefConflictError,
     RefNameError,
 )
@@ -43,7 +44,7 @@ from ledger.history.records import (
     refview_decoder,
     utcnow,
 )
-from ledger.objects.durable import atomic_write
+from ledger.objects.durable import MAX_REF_VIEW_BYTES, atomic_write, read_bounded
 
 HEAD = "HEAD"
 BRANCH_PREFIX = "refs/heads/"
@@ -212,10 +213,10 @@ class RefStore:
 
     def _read_view(self) -> RefView:
         try:
-            view = refview_decoder.decode(self.view_path.read_bytes())
+            view = refview_decoder.decode(read_bounded(self.view_path, MAX_REF_VIEW_BYTES))
             if view.offset <= self.log.path.stat().st_size:
                 return view
-        except (FileNotFoundError, msgspec.DecodeError):
+        except (FileNotFoundError, msgspec.DecodeError, RecordTooLargeError):
             pass
         return RefView(offset=0, refs={})
 
