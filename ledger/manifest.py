@@ -203,7 +203,8 @@ def renumber(node: Node, offset: int) -> None:
 
 
 MAX_DEPTH = 256
-"""The deepest nesting of nodes a manifest may have (the root dict is depth 1)."""
+"""The deepest nesting a manifest may have: the root dict is level 1, each key or index one
+more (the same count as the length of a value's path in the state, plus one)."""
 MAX_CHUNK_SIZE = 1 << 32
 """The largest ``chunk_size`` a manifest may declare (a chunk object's cap)."""
 
@@ -268,8 +269,8 @@ def check_manifest(manifest: Manifest, what: str, **fields: object) -> None:
             ]
         elif isinstance(node, ListNode | TupleNode):
             children = [(v, f"{path}[{i}]") for i, v in enumerate(node.items)]
-        elif isinstance(node, StatefulNode):
-            children = [(node.state, path)]
+        elif isinstance(node, StatefulNode):  # its state sits at its own path: no new level
+            stack.append((node.state, path, depth))
         elif isinstance(node, GeneratorNode):
             children = [(node.state, f"{path}.state")]
         elif isinstance(node, AliasNode):

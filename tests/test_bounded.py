@@ -21,9 +21,9 @@ import pytest
 from helpers import run_cli
 
 from ledger import Ledger
-from ledger.errors import CorruptionError, LedgerError, RecordTooLargeError
+from ledger.errors import CorruptionError, LedgerError, RecordTooLargeError, UnsupportedValueError
 from ledger.history.records import CommitRecord, msgpack_encoder
-from ledger.manifest import DictNode, ListNode, Manifest, TensorNode
+from ledger.manifest import MAX_DEPTH, DictNode, ListNode, Manifest, TensorNode
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.packs import MAX_RECORD_BYTES, PackFile
 
@@ -149,3 +149,20 @@ def test_a_crafted_manifest_is_corruption_named_by_commit_in_every_command(
     shown = run_cli("--dir", root, "show", "bad")
     assert shown.exit_code == 3 and cid[:12] in shown.output, shown.output
     assert "Traceback" not in shown.output
+
+
+def test_a_state_nested_deeper_than_a_manifest_may_be_is_refused_and_the_deepest_allowed_round_trips(
+    tmp_path: Path,
+) -> None:
+    def nested(depth: int) -> dict[str, object]:
+        state: dict[str, object] = {"leaf": 1}
+        for _ in range(depth - 2):  # the root dict and the leaf value are levels too
+            state = {"k": state}
+        return state
+
+    with Ledger.open(tmp_path / "lg", create=True, fsync=False) as lg:
+        deepest = nested(MAX_DEPTH)
+        lg.commit(deepest, rng=False)
+        assert lg.checkout("HEAD") == deepest
+        with pytest.raises(UnsupportedValueError, match="deeper than"):
+            lg.commit(nested(MAX_DEPTH + 1), rng=False)
