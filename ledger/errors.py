@@ -148,6 +148,19 @@ class ObjectMissingError(CorruptionError):
     """An object that a commit references is not in the store."""
 
 
+class RecordTooLargeError(LedgerError, ValueError):
+    """A record (commit, manifest, metadata blob) is over its documented size cap."""
+
+    kind: str | None = None
+    size: int | None = None
+    cap: int | None = None
+    path: str | None = None
+
+
+class PackUnreadableError(CorruptionError):
+    """A pack exists but this process cannot open it (permissions, descriptor limit)."""
+
+
 class LockTimeoutError(LedgerError, TimeoutError):
     """Another process holds the ledger's lock for longer than we are willing to wait."""
 

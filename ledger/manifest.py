@@ -200,3 +200,109 @@ def renumber(node: Node, offset: int) -> None:
             renumber(child, offset)
     elif isinstance(node, StatefulNode | GeneratorNode):
         renumber(node.state, offset)
+
+
+MAX_DEPTH = 256
+"""The deepest nesting a manifest may have: the root dict is level 1, each key or index one
+more (the same count as the length of a value's path in the state, plus one)."""
+MAX_CHUNK_SIZE = 1 << 32
+"""The largest ``chunk_size`` a manifest may declare (a chunk object's cap)."""
+
+
+def check_manifest(manifest: Manifest, what: str, **fields: object) -> None:
+    """Refuse a decoded manifest whose sizes or shape could not have been written.
+
+    Runs before anything is allocated for the manifest's tensors, without
+    recursion (so no tree is too deep to check): ``chunk_size`` in 1..4 GiB;
+    nesting at most :data:`MAX_DEPTH`; a dict's keys and values pair up; every
+    chunked node has ``nbytes >= 0``, no negative dimension and exactly
+    ``ceil(nbytes / chunk_size)`` chunk ids; every alias points to a tensor.
+    (The dtype-dependent check ``prod(shape) * itemsize == nbytes`` is made
+    where dtypes are known, ``ledger.state.build``, also before allocating.)
+
+    Args:
+        manifest: the decoded manifest.
+        what: how errors name it (``"manifest of commit 3f2a..."``).
+        **fields: put onto the error (``object``, ``commit``).
+
+    Raises:
+        CorruptionError: naming ``what`` and the path of the offending node.
+
+    Example:
+        >>> m = Manifest(2, 4096, DictNode(["w"], [TensorNode("float32", [2], 8, ["ab"])]))
+        >>> check_manifest(m, "manifest of commit 3f2a")
+        >>> check_manifest(Manifest(2, 0, DictNode([], [])), "manifest of commit 3f2a")
+        Traceback (most recent call last):
+        ...
+        ledger.errors.CorruptionError: manifest of commit 3f2a declares chunk size 0 ...
+    """
+    size = manifest.chunk_size
+    if not 1 <= size <= MAX_CHUNK_SIZE:
+        raise CorruptionError(
+            f"{what} declares chunk size {size} (must be 1 to {MAX_CHUNK_SIZE}); "
+            "the manifest is damaged or crafted",
+            **fields,
+        )
+    ids: set[int] = set()
+    aliases: list[tuple[int, str]] = []
+    stack: list[tuple[Node, str, int]] = [(manifest.root, "", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise CorruptionError(
+                f"{what}: {path or 'the root'} is nested deeper than {MAX_DEPTH} levels",
+                path=path,
+                **fields,
+            )
+        children: list[tuple[Node, str]] = []
+        if isinstance(node, DictNode):
+            if len(node.keys) != len(node.values):
+                raise CorruptionError(
+                    f"{what}: {path or 'the root'} has {len(node.keys)} keys for "
+                    f"{len(node.values)} values",
+                    path=path,
+                    **fields,
+                )
+            children = [
+                (v, f"{path}.{k}" if path else str(k))
+                for k, v in zip(node.keys, node.values, strict=True)
+            ]
+        elif isinstance(node, ListNode | TupleNode):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(node.items)]
+        elif isinstance(node, StatefulNode):  # its state sits at its own path: no new level
+            stack.append((node.state, path, depth))
+        elif isinstance(node, GeneratorNode):
+            children = [(node.state, f"{path}.state")]
+        elif isinstance(node, AliasNode):
+            aliases.append((node.of, path))
+        if isinstance(node, CHUNKED):
+            _check_sizes(node, size, what, path, fields)
+            if isinstance(node, TensorNode) and node.id >= 0:
+                ids.add(node.id)
+        stack.extend((child, p, depth + 1) for child, p in reversed(children))
+    for of, path in aliases:
+        if of not in ids:
+            raise CorruptionError(
+                f"{what}: {path} is an alias of tensor {of}, which the manifest lacks",
+                path=path,
+                **fields,
+            )
+
+
+def _check_sizes(
+    node: TensorNode | ArrayNode | FileNode, size: int, what: str, path: str, fields: dict
+) -> None:
+    shape = getattr(node, "shape", [])
+    if node.nbytes < 0 or any(d < 0 for d in shape):
+        raise CorruptionError(
+            f"{what}: {path} declares a negative size ({node.nbytes} bytes, shape {shape})",
+            path=path,
+            **fields,
+        )
+    if len(node.chunks) != -(-node.nbytes // size):
+        raise CorruptionError(
+            f"{what}: {path} declares {node.nbytes} bytes but {len(node.chunks)} chunks of "
+            f"{size} bytes; the manifest is damaged or crafted",
+            path=path,
+            **fields,
+        )

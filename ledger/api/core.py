@@ -66,7 +66,7 @@ from ledger.history.refs import (
 )
 from ledger.history.retention import AnyPolicy, CustomPolicy
 from ledger.history.revisions import head_target, refs_as_of, resolve
-from ledger.manifest import Manifest, manifest_decoder
+from ledger.manifest import Manifest, check_manifest, manifest_decoder
 from ledger.objects.durable import atomic_write, fsync_dir
 from ledger.objects.store import ObjectStore
 from ledger.pending import Pending, lower_priority
@@ -337,8 +337,9 @@ class LedgerCore:
             data = self.store.read(oid, f"commit {commit_id[:12]}")
             try:
                 rec = commit_decoder.decode(data)
-            except msgspec.DecodeError as e:
-                _refuse_newer(data, f"commit {commit_id[:12]}")
+            except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: too deep
+                if not isinstance(e, RecursionError):
+                    _refuse_newer(data, f"commit {commit_id[:12]}")
                 raise CorruptionError(
                     f"commit {commit_id[:12]} cannot be decoded: {e}", object=commit_id
                 ) from e
@@ -384,8 +385,9 @@ class LedgerCore:
         data = self.store.read(bytes.fromhex(manifest_id), f"manifest of commit {cid[:12]}")
         try:
             manifest = manifest_decoder.decode(data)
-        except msgspec.DecodeError as e:
-            _refuse_newer(data, f"the manifest of commit {cid[:12]}")
+        except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
+            if not isinstance(e, RecursionError):
+                _refuse_newer(data, f"the manifest of commit {cid[:12]}")
             raise CorruptionError(
                 f"manifest of commit {cid[:12]} cannot be decoded: {e}", object=manifest_id
             ) from e
@@ -395,6 +397,7 @@ class LedgerCore:
                 found=manifest.format,
                 supported=FORMAT_VERSION,
             )
+        check_manifest(manifest, f"manifest of commit {cid[:12]}", object=manifest_id, commit=cid)
         return manifest
 
     def resolve(self, rev: str) -> str:

@@ -28,6 +28,7 @@ from ledger.errors import (
     CorruptionError,
     DiskFullError,
     LockTimeoutError,
+    RecordTooLargeError,
     RefConflictError,
     RefNameError,
 )
@@ -44,7 +45,7 @@ from ledger.history.records import (
     utcnow,
     view_body,
 )
-from ledger.objects.durable import atomic_write
+from ledger.objects.durable import MAX_REF_VIEW_BYTES, atomic_write, read_bounded
 from ledger.objects.safepath import open_nofollow
 
 HEAD = "HEAD"
@@ -225,8 +226,8 @@ class RefStore:
         """
         self.view_status = "missing"
         try:
-            view = refview_decoder.decode(self.view_path.read_bytes())
-        except (FileNotFoundError, msgspec.DecodeError):
+            view = refview_decoder.decode(read_bounded(self.view_path, MAX_REF_VIEW_BYTES))
+        except (FileNotFoundError, msgspec.DecodeError, RecordTooLargeError):
             return RefView(offset=0, refs={})
         self.view_status = "unchecked" if not view.digest else "mismatch"
         self.view_offset = view.offset

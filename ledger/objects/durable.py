@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ledger.errors import DiskFullError, LedgerError, from_os_error
+from ledger.errors import DiskFullError, LedgerError, RecordTooLargeError, from_os_error
+
+# The local ref view (``refs``) is a cache: one larger than this is damaged, and replayed.
+MAX_REF_VIEW_BYTES = 64 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -87,3 +91,37 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool, tmp_dir: Path | None =
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def read_bounded(path: Path, cap: int) -> bytes:
+    """The bytes of the regular file at ``path``, read only up to ``cap`` + 1 bytes.
+
+    A file that is larger is refused from its size or after ``cap`` + 1
+    bytes (it may grow meanwhile); anything but a regular file (a link to
+    ``/dev/zero``, a pipe) is refused unread. So a hostile or damaged file can never
+    make a reader allocate more than its cap.
+
+    Raises:
+        RecordTooLargeError: the file holds more than ``cap`` bytes.
+        OSError: it cannot be read (missing, no permission); callers decide.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "f"
+        >>> _ = p.write_bytes(b"abc")
+        >>> read_bounded(p, 3)
+        b'abc'
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        endless = not stat.S_ISREG(st.st_mode)  # a device or pipe: never a ledger's file
+        data = b"" if endless or st.st_size > cap else f.read(cap + 1)
+    if endless or st.st_size > cap or len(data) > cap:
+        raise RecordTooLargeError(
+            f"{path} holds more than {cap} bytes, more than a file of its kind may; "
+            "it is damaged or not the ledger's (move it aside: the ledger rebuilds caches)",
+            size=None if endless else max(st.st_size, len(data)),
+            cap=cap,
+            path=str(path),
+        )
+    return data

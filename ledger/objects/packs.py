@@ -26,7 +26,7 @@ from typing import Protocol
 
 import msgspec
 
-from ledger.errors import CorruptionError
+from ledger.errors import CorruptionError, RecordTooLargeError
 from ledger.objects.codecs import CODEC_NAMES
 from ledger.objects.hashing import HASH_BYTES, hash_bytes
 
@@ -39,6 +39,15 @@ KINDS = ("chunk", "manifest", "commit", "blob")
 # Bounds a reader enforces before trusting a pack it did not write.
 MAX_INDEX_BYTES = 1 << 30
 MAX_OBJECT_BYTES = 1 << 32
+# The most raw bytes one object of each kind may declare (docs/format.md, "Caps"):
+# a reader refuses a larger entry before allocating anything, a writer refuses
+# to store one. Chunks are also bounded by what their manifest implies.
+MAX_RECORD_BYTES = {
+    "chunk": MAX_OBJECT_BYTES,
+    "manifest": 1 << 30,  # ~100 B a tensor node + 65 B a chunk id: millions of tensors
+    "commit": 64 << 20,
+    "blob": 256 << 20,  # metadata blobs (the installed-package list)
+}
 
 
 class IndexEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -132,10 +141,30 @@ def entry_is_valid(entry: IndexEntry, blobs_end: int) -> bool:
         or entry.codec not in CODEC_NAMES
         or entry.offset < HEADER.size
         or entry.length < 0
-        or not 0 <= entry.raw_length <= MAX_OBJECT_BYTES
+        or not 0 <= entry.raw_length <= MAX_RECORD_BYTES[entry.kind]
         or (entry.codec == "raw" and entry.length != entry.raw_length)
         or entry.offset + entry.length > blobs_end
     )
+
+
+def check_record_size(kind: str, size: int, what: str) -> None:
+    """Refuse to store an object of ``kind`` over its cap (:data:`MAX_RECORD_BYTES`).
+
+    Raises:
+        RecordTooLargeError: ``size`` is over the cap; nothing was written.
+
+    Example:
+        >>> check_record_size("commit", 1024, "commit record")
+    """
+    cap = MAX_RECORD_BYTES[kind]
+    if size > cap:
+        raise RecordTooLargeError(
+            f"{what} is {size} bytes, over the {cap >> 20} MiB a {kind} object may hold; "
+            "store less in it (large data belongs in tensors or ledger.File values)",
+            kind=kind,
+            size=size,
+            cap=cap,
+        )
 
 
 def pread_exact(fd: int, out: memoryview, offset: int, what: str) -> None:

@@ -15,21 +15,24 @@ import contextlib
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from ledger.errors import CorruptionError, ObjectMissingError
+from ledger.errors import CorruptionError, ObjectMissingError, PackUnreadableError
 from ledger.objects import direct
 from ledger.objects.check import check_hash, decode_object
 from ledger.objects.durable import fsync_dir
+from ledger.objects.handles import Handle, PackHandles
 from ledger.objects.packs import IndexEntry, pread_exact, read_pack_index
 from ledger.objects.safepath import check_inside
 from ledger.objects.writer import DEFAULT_MAX_PACK_BYTES, PackWriter, Rates
 from ledger.threads import block_signals
 
 RECENT_MAX = 1 << 18
+SETTLED_NS = 2_000_000_000  # a directory unchanged this long after a scan needs no rescan
 Located = tuple[str, IndexEntry]
 
 
@@ -71,7 +74,10 @@ class ObjectStore:
         self._flusher: ThreadPoolExecutor | None = None
         self.rates = Rates()
         self.buffers = direct.Buffers()  # aligned buffers of packs written with O_DIRECT
-        self._fds: dict[str, int] = {}
+        self._scanned: tuple[int, int, int] | None = None  # packs_dir as of the last scan
+        self._names: set[str] = set()
+        self._names_settled = False
+        self.handles = PackHandles()  # a bounded cache of open packs (ulimit -n stays safe)
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
         self.source: ObjectSource | None = None
@@ -84,10 +90,8 @@ class ObjectStore:
     def refresh(self) -> None:
         """Load the index of every pack that appeared since the last call."""
         with self._lock:
-            for path in sorted(self.packs_dir.glob("*.pack")):
-                name = path.stem
-                if name in self._loaded or name in self.damaged:
-                    continue
+            for name in sorted(self._on_disk() - self._loaded - self.damaged.keys()):
+                path = self.pack_path(name)
                 try:
                     entries = read_pack_index(path)
                 except CorruptionError as e:
@@ -95,7 +99,28 @@ class ObjectStore:
                     continue
                 except FileNotFoundError:
                     continue
+                except PermissionError:
+                    self.damaged[name] = unreadable_reason(path)
+                    continue
                 self._add(name, entries)
+
+    def _on_disk(self) -> set[str]:
+        """The names of the packs in ``objects/packs/`` now.
+
+        A scan is skipped while the directory's change time is the one seen at
+        the last scan, trusted only once that scan ran well after the change
+        (git's "racy" rule: a file system with coarse times could otherwise hide
+        a pack added in the same tick).
+        """
+        st = os.stat(self.packs_dir)
+        seen = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        if seen == self._scanned and self._names_settled:
+            return set(self._names)
+        with os.scandir(self.packs_dir) as it:
+            names = {e.name[:-5] for e in it if e.name.endswith(".pack") and len(e.name) > 5}
+        self._scanned, self._names = seen, names
+        self._names_settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLED_NS
+        return set(names)
 
     def _add(self, name: str, entries: Sequence[IndexEntry]) -> None:
         for entry in entries:
@@ -110,7 +135,7 @@ class ObjectStore:
 
     def sync(self) -> None:
         """Forget packs that vanished (another process's gc), then load new ones."""
-        on_disk = {p.stem for p in self.packs_dir.glob("*.pack")}
+        on_disk = self._on_disk()
         with self._lock:
             vanished = self._loaded - on_disk
             if vanished:
@@ -122,10 +147,7 @@ class ObjectStore:
             self._loaded.discard(name)
             self._entries.pop(name, None)
             self.damaged.pop(name, None)
-            fd = self._fds.pop(name, None)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            self.handles.invalidate(self.pack_path(name))
         self._index = {}
         for name in sorted(self._loaded):
             for entry in self._entries[name]:
@@ -154,7 +176,8 @@ class ObjectStore:
     def read_encoded(self, name: str, entry: IndexEntry) -> bytes:
         """The stored (encoded) bytes of one entry, unchecked: gc copies them as they are."""
         blob = bytearray(entry.length)
-        pread_exact(self._fd(name), memoryview(blob), entry.offset, f"pack {name[:12]}")
+        with self._open(name) as fd:
+            pread_exact(fd, memoryview(blob), entry.offset, f"pack {name[:12]}")
         return bytes(blob)
 
     def remember(self, key: bytes, oid: bytes) -> None:
@@ -186,15 +209,27 @@ class ObjectStore:
 
     # -- reading -----------------------------------------------------------
 
-    def _fd(self, pack: str) -> int:
-        fd = self._fds.get(pack)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(pack)
-                if fd is None:
-                    fd = os.open(self.packs_dir / f"{pack}.pack", os.O_RDONLY)
-                    self._fds[pack] = fd
-        return fd
+    def _open(self, pack: str) -> Handle:
+        """A descriptor of pack ``pack`` from the bounded cache: ``with self._open(p) as fd:``.
+
+        Raises:
+            FileNotFoundError: a concurrent gc removed the pack (callers re-sync).
+            PackUnreadableError: the pack exists but cannot be opened.
+        """
+        path = self.pack_path(pack)
+        try:
+            return self.handles.get(path)
+        except FileNotFoundError:
+            raise
+        except PermissionError:
+            raise PackUnreadableError(unreadable_reason(path), pack=pack, path=str(path)) from None
+        except OSError as e:
+            raise PackUnreadableError(
+                f"pack {path} cannot be opened ({e.strerror}); raise the open-file limit "
+                "(ulimit -n) or close other files, then retry",
+                pack=pack,
+                path=str(path),
+            ) from None
 
     def map_pack(self, name: str) -> mmap.mmap:
         """Pack ``name`` mapped copy-on-write: writes to the mapping never reach the file.
@@ -245,13 +280,14 @@ class ObjectStore:
                 f"object {oid.hex()[:12]} ({what}) is {entry.raw_length} bytes, expected {len(out)}"
             )
         label = f"object {oid.hex()[:12]} ({what}) in pack {pack[:12]}"
-        fd = self._fd(pack)
         if entry.codec == "raw":
-            pread_exact(fd, out, entry.offset, label)
+            with self._open(pack) as fd:
+                pread_exact(fd, out, entry.offset, label)
             decode_object(entry, out, label, pack=pack, path=what)
         else:
             blob = bytearray(entry.length)
-            pread_exact(fd, memoryview(blob), entry.offset, label)
+            with self._open(pack) as fd:
+                pread_exact(fd, memoryview(blob), entry.offset, label)
             decode_object(entry, blob, label, into=out, pack=pack, path=what)
 
     def read(self, oid: bytes, what: str) -> bytes:
@@ -311,11 +347,15 @@ class ObjectStore:
         if self._flusher is not None:
             self._flusher.shutdown(wait=True)
             self._flusher = None
-        with self._lock:
-            for fd in self._fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._fds.clear()
+        self.handles.close_all()
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why pack ``path`` is set aside when this process may not read it, and the fix."""
+    return (
+        f"pack {path} cannot be read (permission denied); its objects count as missing "
+        f"until its owner makes it readable (chmod u+r {path})"
+    )
 
 
 def raw_run(found: Sequence[Located | None]) -> tuple[str, int] | None:

@@ -26,7 +26,7 @@ from ledger.objects import direct
 from ledger.objects.codecs import MIN_SAVING, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
 from ledger.objects.hashing import hash_bytes
-from ledger.objects.packs import IndexEntry, PackFile
+from ledger.objects.packs import IndexEntry, PackFile, check_record_size
 
 if TYPE_CHECKING:
     from ledger.objects.store import ObjectStore
@@ -253,8 +253,13 @@ class PackWriter:
             self._append(entry.id, entry.kind, entry.codec, blob, entry.raw_length)
 
     def put(self, kind: str, data: bytes, *, float_itemsize: int | None = None) -> str:
-        """Store one object (if new) and return its hex id."""
+        """Store one object (if new) and return its hex id.
+
+        Raises:
+            RecordTooLargeError: ``data`` is over its kind's cap (packs.MAX_RECORD_BYTES).
+        """
         view = memoryview(data)
+        check_record_size(kind, len(view), f"the {kind} object being written")
         prepared = self._prepare(view, float_itemsize)
         self._write(kind, prepared, len(view))
         return prepared[0].hex()

@@ -18,6 +18,7 @@ import torch
 
 from ledger.errors import ObjectMissingError, UnsupportedValueError
 from ledger.manifest import (
+    MAX_DEPTH,
     AliasNode,
     ArrayNode,
     BigIntNode,
@@ -141,6 +142,11 @@ class Flattener:
 
     def flatten(self, value: Any, path: tuple[Any, ...]) -> Node:
         """The node for one value at ``path`` (tensors are queued as jobs)."""
+        if len(path) >= MAX_DEPTH:
+            raise UnsupportedValueError(
+                f"{format_path(path[:3])}...: the state is nested deeper than {MAX_DEPTH} "
+                "levels, more than a manifest may hold; flatten it (e.g. keys 'a.b.c')"
+            )
         if isinstance(value, torch.Tensor):
             return self._tensor(value, path)
         if isinstance(value, np.ndarray | np.generic):
