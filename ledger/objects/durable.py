@@ -15,6 +15,7 @@ import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ledger.errors import DiskFullError, LedgerError, RecordTooLargeError, from_os_error
 
@@ -93,6 +94,20 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool, tmp_dir: Path | None =
             tmp.unlink()
 
 
+def _read_upto(f: BinaryIO, size: int, cap: int) -> bytes:
+    """The rest of ``f`` (``size`` bytes by its ``fstat``), but never more than ``cap`` + 1.
+
+    Reads what the file holds, not ``cap`` + 1 (a read of n bytes allocates n
+    up front); a file that grew since is read on in 1 MiB pieces.
+    """
+    pieces, got, want = [], 0, size + 1
+    while got <= cap and (piece := f.read(min(want, cap + 1 - got))):
+        pieces.append(piece)
+        got += len(piece)
+        want = 1 << 20
+    return b"".join(pieces)
+
+
 def read_bounded(path: Path, cap: int) -> bytes:
     """The bytes of the regular file at ``path``, read only up to ``cap`` + 1 bytes.
 
@@ -115,7 +130,7 @@ def read_bounded(path: Path, cap: int) -> bytes:
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         endless = not stat.S_ISREG(st.st_mode)  # a device or pipe: never a ledger's file
-        data = b"" if endless or st.st_size > cap else f.read(cap + 1)
+        data = b"" if endless or st.st_size > cap else _read_upto(f, st.st_size, cap)
     if endless or st.st_size > cap or len(data) > cap:
         raise RecordTooLargeError(
             f"{path} holds more than {cap} bytes, more than a file of its kind may; "

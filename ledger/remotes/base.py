@@ -24,13 +24,13 @@ import datetime as dt
 import email.utils
 import errno
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import tenacity
 
-from ledger.errors import LedgerError, RemoteError
+from ledger.errors import LedgerError, RemoteCorruptionError, RemoteError
 
 #: An opaque token naming the state of a key (an ETag, a content hash, a Hub
 #: commit); ``None`` means the key was absent when read.
@@ -51,6 +51,8 @@ TRANSIENT_ERRNO = frozenset(
 )  # 121: EREMOTEIO
 #: An HTTP answer carried by an error: its status and headers.
 Answer = tuple[int, Mapping[str, str]]
+#: Bounded reads take a body in pieces of at most this many bytes.
+READ_PIECE = 1 << 20
 
 
 def check_key(key: str) -> str:
@@ -63,6 +65,39 @@ def check_key(key: str) -> str:
     if not _KEY_RE.match(key) or ".." in key or len(key) > 512:
         raise RemoteError(f"remote key {key!r} is not valid")
     return key
+
+
+def too_large(key: str, url: str, limit: int) -> RemoteCorruptionError:
+    """The error for a value over the cap of its record kind (read no further than the cap)."""
+    return RemoteCorruptionError(
+        f"{key} on remote {url} holds more than {limit} bytes (or is not a regular file), "
+        "more than a record of its kind may: the remote is damaged or was tampered with "
+        "(it was read no further); push to it again from a ledger that has its commits",
+        object=key,
+        url=url,
+        cap=limit,
+    )
+
+
+def take_capped(
+    pieces: Iterable[bytes], limit: int, key: str, url: str, declared: int | None = None
+) -> bytes:
+    """Join a body as it arrives, refusing it (``too_large``) as soon as it passes ``limit``.
+
+    ``declared`` (a ``Content-Length``) over ``limit`` refuses it before any piece is read.
+
+    Example:
+        >>> take_capped([b"ab", b"c"], 3, "refs.json", "memory://r")
+        b'abc'
+    """
+    if declared is not None and declared > limit:
+        raise too_large(key, url, limit)
+    body = bytearray()
+    for piece in pieces:
+        body += piece
+        if len(body) > limit:
+            raise too_large(key, url, limit)
+    return bytes(body)
 
 
 class Remote(abc.ABC):
@@ -95,16 +130,24 @@ class Remote(abc.ABC):
         """
 
     @abc.abstractmethod
-    def get(self, key: str) -> bytes:
-        """The bytes stored under ``key``."""
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The bytes stored under ``key``.
+
+        With ``limit`` (the cap of the record read, docs/format.md section 13.1),
+        a value over ``limit`` bytes raises ``RemoteCorruptionError`` after at
+        most ``limit`` bytes (+ one piece) were read, never the whole value.
+        """
 
     @abc.abstractmethod
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes of ``key`` from ``start`` (exactly, or ``RemoteError``)."""
 
     @abc.abstractmethod
-    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
-        """The bytes under ``key`` (None if absent) and the version token to pass to ``put_if``."""
+    def get_versioned(self, key: str, limit: int | None = None) -> tuple[bytes | None, Version]:
+        """The bytes under ``key`` (None if absent) and the version token to pass to ``put_if``.
+
+        ``limit`` bounds the read as in :meth:`get`.
+        """
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes | Path) -> None:
@@ -256,14 +299,14 @@ class RetryingRemote(Remote):
                 "stays consistent: refs move only after their objects are stored)"
             ) from e
 
-    def get(self, key: str) -> bytes:
-        return self._call(f"reading {key}", self.backend.get, key)
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        return self._call(f"reading {key}", self.backend.get, key, limit)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._call(f"reading {key}", self.backend.get_range, key, start, length)
 
-    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
-        return self._call(f"reading {key}", self.backend.get_versioned, key)
+    def get_versioned(self, key: str, limit: int | None = None) -> tuple[bytes | None, Version]:
+        return self._call(f"reading {key}", self.backend.get_versioned, key, limit)
 
     def put(self, key: str, data: bytes | Path) -> None:
         self._call(f"writing {key}", self.backend.put, key, data)

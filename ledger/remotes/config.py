@@ -18,13 +18,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
-from ledger.errors import RemoteError, RemoteURLError
-from ledger.objects.durable import atomic_write
+from ledger.errors import RecordTooLargeError, RemoteError, RemoteURLError
+from ledger.objects.durable import atomic_write, read_bounded
 from ledger.objects.safepath import check_inside
 from ledger.remotes.base import Remote, RetryingRemote
 
 REMOTES_DIR = "remotes"
 CONFIG_FILE = "config.json"
+#: The largest remotes config read (a few hundred bytes per remote).
+MAX_CONFIG_BYTES = 16 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SECRET_WORDS = ("token", "key", "secret", "password", "passwd", "signature", "credential", "auth")
 
@@ -193,14 +195,13 @@ def config_path(root: Path) -> Path:
 
 def load_config(root: Path) -> RemotesConfig:
     """The ledger's remote settings (empty when none were made)."""
+    path = config_path(root)
     try:
-        data = config_path(root).read_bytes()
+        return _decoder.decode(read_bounded(path, MAX_CONFIG_BYTES))
     except FileNotFoundError:
         return RemotesConfig()
-    try:
-        return _decoder.decode(data)
-    except msgspec.DecodeError as e:
-        raise RemoteError(f"{config_path(root)} is damaged ({e}); fix or delete it") from e
+    except (RecordTooLargeError, msgspec.DecodeError) as e:
+        raise RemoteError(f"{path} is damaged ({e}); fix or delete it") from e
 
 
 def save_config(root: Path, config: RemotesConfig, tmp_dir: Path) -> None:

@@ -26,7 +26,15 @@ from typing import Any
 
 from ledger.errors import RemoteConflictError, RemoteError
 from ledger.objects.hashing import hash_bytes
-from ledger.remotes.base import Answer, Remote, Version, check_key
+from ledger.remotes.base import (
+    READ_PIECE,
+    Answer,
+    Remote,
+    Version,
+    check_key,
+    take_capped,
+    too_large,
+)
 
 #: S3 error codes that mean "the condition of a conditional write did not hold".
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -69,8 +77,14 @@ class FsspecRemote(Remote):
     def _path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
 
-    def get(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self._path(key)))
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        path = self._path(key)
+        if limit is None:
+            return bytes(self.fs.cat_file(path))
+        if self.s3:
+            return self._get_with_etag(path, key, limit)[0]
+        with self.fs.open(path, "rb") as f:
+            return take_capped(iter(lambda: f.read(READ_PIECE), b""), limit, key, self.url)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         data = bytes(self.fs.cat_file(self._path(key), start=start, end=start + length))
@@ -78,32 +92,42 @@ class FsspecRemote(Remote):
             raise RemoteError(f"{key} on remote {self.url} is shorter than its index says")
         return data
 
-    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
+    def get_versioned(self, key: str, limit: int | None = None) -> tuple[bytes | None, Version]:
         path = self._path(key)
-        if not self.s3:
-            try:
-                data = bytes(self.fs.cat_file(path))
-            except FileNotFoundError:
-                return None, None
-            return data, hash_bytes(data).hex()
         try:
-            return self._get_with_etag(path)
+            if self.s3:
+                return self._get_with_etag(path, key, limit)
+            data = self.get(key, limit)
         except FileNotFoundError:
             return None, None
+        return data, hash_bytes(data).hex()
 
-    def _get_with_etag(self, path: str) -> tuple[bytes, str]:
-        """One ``GetObject``: the body and the ETag of exactly that body."""
+    def _get_with_etag(self, path: str, key: str, limit: int | None) -> tuple[bytes, str]:
+        """One ``GetObject``: the body (at most ``limit`` bytes) and the ETag of exactly that body.
+
+        A body over ``limit`` is refused from its ``Content-Length``, or once
+        more than ``limit`` bytes arrived; the connection is closed unread.
+        """
         from fsspec.asyn import sync
 
-        bucket, key, _ = self.fs.split_path(path)
+        bucket, name, _ = self.fs.split_path(path)
 
         async def read() -> tuple[bytes, str]:
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=name)
+            body = response["Body"]
             try:
-                body = await response["Body"].read()
+                if limit is None:
+                    return bytes(await body.read()), str(response["ETag"])
+                if int(response.get("ContentLength") or 0) > limit:
+                    raise too_large(key, self.url, limit)
+                pieces = bytearray()
+                while piece := await body.read(min(READ_PIECE, limit + 1 - len(pieces))):
+                    pieces += piece
+                    if len(pieces) > limit:
+                        raise too_large(key, self.url, limit)
+                return bytes(pieces), str(response["ETag"])
             finally:
-                response["Body"].close()
-            return bytes(body), str(response["ETag"])
+                body.close()
 
         return sync(self.fs.loop, read)
 

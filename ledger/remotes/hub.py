@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import RemoteConflictError, RemoteError, RemoteURLError
-from ledger.remotes.base import Answer, Remote, Version, check_key
+from ledger.remotes.base import Answer, Remote, Version, check_key, take_capped
 
 PREFIX = "ledger/"
+#: The longest model card (``README.md``) read back from a repo.
+MAX_CARD_BYTES = 16 << 20
 
 _PUBLIC: contextvars.ContextVar[bool] = contextvars.ContextVar("ledger_hub_public", default=False)
 
@@ -97,23 +99,25 @@ class HubRemote(Remote):
             self.repo_id, path, revision=self.sha or self.revision, endpoint=self.endpoint
         )
 
-    def _download(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    def _download(
+        self, key: str, byte_range: tuple[int, int] | None = None, limit: int | None = None
+    ) -> bytes:
+        from huggingface_hub.utils import build_hf_headers
 
         headers = build_hf_headers(token=self._token)
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"
-        response = get_session().get(self._url(PREFIX + check_key(key)), headers=headers)
-        if response.status_code == 404:
+            limit = byte_range[1]  # a server that ignores the range is not read past it
+        got = read_capped(self._url(PREFIX + check_key(key)), headers, key, self.url, limit)
+        if got is None:
             raise FileNotFoundError(f"{key} is not in {self.url}")
-        hf_raise_for_status(response)
-        data = response.content
-        if byte_range is not None and (response.status_code != 206 or len(data) != byte_range[1]):
+        status, data = got
+        if byte_range is not None and (status != 206 or len(data) != byte_range[1]):
             raise RemoteError(f"{self.url} answered a range read of {key} with the wrong bytes")
-        return bytes(data)
+        return data
 
-    def get(self, key: str) -> bytes:
-        return self._download(key)
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        return self._download(key, limit=limit)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._download(key, (start, length))
@@ -130,18 +134,14 @@ class HubRemote(Remote):
     def read_card(self) -> str | None:
         """The model card (``README.md`` at the repo root) on ``main``, or None without one."""
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import build_hf_headers
 
         where = hf_hub_url(
             self.repo_id, "README.md", revision=self.sha or self.revision, endpoint=self.endpoint
         )
-        response = get_session().get(
-            where, headers=build_hf_headers(token=self._token), follow_redirects=True
-        )
-        if response.status_code == 404:
-            return None
-        hf_raise_for_status(response)
-        return bytes(response.content).decode("utf-8", errors="replace")
+        headers = build_hf_headers(token=self._token)
+        got = read_capped(where, headers, "README.md", self.url, MAX_CARD_BYTES)
+        return None if got is None else got[1].decode("utf-8", errors="replace")
 
     def check_write_access(self) -> None:
         """Refuse early (``whoami``) a missing, invalid or read-only token."""
@@ -149,12 +149,12 @@ class HubRemote(Remote):
 
         check_write_token(self.api, self._token, self.repo_id, self.url)
 
-    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
+    def get_versioned(self, key: str, limit: int | None = None) -> tuple[bytes | None, Version]:
         self.sha = self.head_commit()
         if self.sha is None:
             return None, None
         try:
-            return self.get(key), self.sha
+            return self.get(key, limit), self.sha
         except FileNotFoundError:
             return None, self.sha
 
@@ -244,6 +244,37 @@ class HubRemote(Remote):
         if isinstance(exc, HfHubHTTPError) and exc.response is not None:
             return exc.response.status_code, exc.response.headers
         return None
+
+
+def read_capped(
+    url: str,
+    headers: dict[str, str],
+    key: str,
+    remote: str,
+    limit: int | None,
+) -> tuple[int, bytes] | None:
+    """GET ``url``: (status, body), or None for 404; a body over ``limit`` is refused unread.
+
+    The body is streamed: refused from its ``Content-Length``, or as soon as
+    more than ``limit`` bytes arrived (``too_large`` via ``take_capped``).
+
+    Example:
+        >>> read_capped(hub._url("ledger/refs.json"), {}, "refs.json", hub.url, 1 << 20)  # doctest: +SKIP
+        (200, b'{...}')
+    """
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    with get_session().stream("GET", url, headers=headers) as response:
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            response.read()  # an error page, for the message
+            hf_raise_for_status(response)
+        if limit is None:
+            return response.status_code, bytes(response.read())
+        declared = response.headers.get("Content-Length") or ""
+        size = int(declared) if declared.isdigit() else None
+        return response.status_code, take_capped(response.iter_bytes(), limit, key, remote, size)
 
 
 def _http_library() -> Any:

@@ -42,6 +42,21 @@ MAX_INDEX_BYTES = 1 << 30
 MAX_PACK_BYTES = 1 << 40
 
 
+def stored_bound(raw_length: int) -> int:
+    """The most bytes an encoded object of ``raw_length`` raw bytes may take on a remote.
+
+    Writers store an encoding only when it is smaller than the raw bytes; the
+    bound adds zstd's worst case (and bgzstd's plane table) so that any
+    honest entry fits, and a declared length past it (a 1 KiB commit said to
+    be stored in 1 GiB) is refused before a range is read.
+
+    Example:
+        >>> stored_bound(1 << 20) > 1 << 20
+        True
+    """
+    return raw_length + (raw_length >> 7) + 4096
+
+
 class RemoteExpiry(msgspec.Struct, frozen=True):
     """Why and when a commit's state was dropped (its record stays on the remote)."""
 
@@ -183,7 +198,10 @@ def decode_index(data: bytes, name: str, where: str) -> list[PackRecord]:
         if not is_hex_id(pack.name) or not 0 < pack.size <= MAX_PACK_BYTES:
             raise RemoteCorruptionError(f"index {name[:12]} on {where} lists an invalid pack")
         end = pack.size - FOOTER.size
-        if not all(entry_is_valid(entry, end) for entry in pack.entries):
+        if not all(
+            entry_is_valid(entry, end) and entry.length <= stored_bound(entry.raw_length)
+            for entry in pack.entries
+        ):
             raise RemoteCorruptionError(
                 f"index {name[:12]} on {where}: pack {pack.name[:12]} has an invalid entry"
             )

@@ -16,10 +16,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ledger.errors import RemoteConflictError
-from ledger.objects.durable import fsync_dir, temp_path
+from ledger.errors import RecordTooLargeError, RemoteConflictError
+from ledger.objects.durable import fsync_dir, read_bounded, temp_path
 from ledger.objects.hashing import hash_bytes
-from ledger.remotes.base import Remote, Version, check_key
+from ledger.remotes.base import Remote, Version, check_key, too_large
 
 try:
     import fcntl
@@ -49,17 +49,22 @@ class DirectoryRemote(Remote):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        if limit is None:
+            return self._path(key).read_bytes()
+        try:
+            return read_bounded(self._path(key), limit)
+        except RecordTooLargeError:
+            raise too_large(key, self.url, limit) from None
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         with open(self._path(key), "rb") as f:
             f.seek(start)
             return f.read(length)
 
-    def get_versioned(self, key: str) -> tuple[bytes | None, Version]:
+    def get_versioned(self, key: str, limit: int | None = None) -> tuple[bytes | None, Version]:
         try:
-            data = self.get(key)
+            data = self.get(key, limit)
         except FileNotFoundError:
             return None, None
         return data, hash_bytes(data).hex()

@@ -32,6 +32,7 @@ from ledger.remotes.base import Remote
 from ledger.remotes.hub import HubRemote
 from ledger.remotes.layout import (
     MAX_INDEX_FILES,
+    MAX_REFS_BYTES,
     REFS_KEY,
     PackRecord,
     RemoteExpiry,
@@ -427,7 +428,7 @@ def swap_refs(remote: Remote, view: RemoteView, body: bytes, message: str, name:
         remote.put_if(REFS_KEY, body, view.version, message)
     except RemoteConflictError:
         # A retried write whose first attempt landed (its answer lost) sees its own refs.
-        data, _ = remote.get_versioned(REFS_KEY)
+        data, _ = remote.get_versioned(REFS_KEY, MAX_REFS_BYTES)
         if data != body:
             raise RemoteConflictError(
                 f"remote {name} changed while this push was running (another push landed "

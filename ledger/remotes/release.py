@@ -34,7 +34,7 @@ import msgspec
 from ledger.errors import RefNameError, ReleaseConflictError, RemoteError, RemoteURLError
 from ledger.interop.export import CommitReader
 from ledger.remotes.card import release_card, released_files, write_hf
-from ledger.remotes.hub import PREFIX, _http_library
+from ledger.remotes.hub import MAX_CARD_BYTES, PREFIX, _http_library, read_capped
 from ledger.remotes.hub_auth import check_write_token, stored_token
 from ledger.remotes.layout import REFS_KEY
 
@@ -338,14 +338,12 @@ def _ids(path: Path, like: tuple[str, str]) -> tuple[str, str]:
 def _earlier_release(api: Any, repo_id: str, tip: str) -> list[str]:
     """The files the branch's release card says an earlier release wrote."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import build_hf_headers
 
     where = hf_hub_url(repo_id, CARD, revision=tip, endpoint=api.endpoint)
-    response = get_session().get(where, headers=build_hf_headers(), follow_redirects=True)
-    if response.status_code == 404:
-        return []
-    hf_raise_for_status(response)
-    return released_files(response.content.decode("utf-8", errors="replace"))
+    url = f"hf://{repo_id}"
+    got = read_capped(where, build_hf_headers(), CARD, url, MAX_CARD_BYTES)
+    return [] if got is None else released_files(got[1].decode("utf-8", errors="replace"))
 
 
 def _commit(

@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ledger.errors import CorruptionError, ObjectMissingError, RemoteCorruptionError
+from ledger.errors import (
+    CorruptionError,
+    ObjectMissingError,
+    RecordTooLargeError,
+    RemoteCorruptionError,
+)
 from ledger.objects.check import decode_object
-from ledger.objects.durable import atomic_write
+from ledger.objects.durable import atomic_write, read_bounded
 from ledger.objects.packs import IndexEntry
 from ledger.objects.store import ObjectStore
 from ledger.remotes.base import Remote, Version
 from ledger.remotes.layout import (
+    MAX_INDEX_BYTES,
+    MAX_REFS_BYTES,
     REFS_KEY,
     Located,
     PackBuilder,
@@ -75,23 +82,24 @@ def load_view(remote: Remote, cache: Path | None, *, offline: bool = False) -> R
 
     ``offline`` reads only the cache (what the last contact saw). O(1) requests:
     one for the refs, one per index file not yet cached (at most 8 are listed).
+    Every read, from the remote or the cache, is bounded by its record's cap.
     """
     if offline:
-        data: bytes | None = _read_cache(cache, REFS_KEY)
+        data: bytes | None = _read_cache(cache, REFS_KEY, MAX_REFS_BYTES)
         version: Version = None
     else:
-        data, version = remote.get_versioned(REFS_KEY)
+        data, version = remote.get_versioned(REFS_KEY, MAX_REFS_BYTES)
     if data is None:
         return RemoteView(remote, None, version, [])
     refs = decode_refs(data, remote.url)
     packs: list[PackRecord] = []
     for name in refs.indexes:
-        raw = _read_cache(cache, index_key(name))
+        raw = _read_cache(cache, index_key(name), MAX_INDEX_BYTES)
         if raw is None:
             if offline:
                 return RemoteView(remote, None, None, [])
             key = index_key(name)
-            raw = remote.get(key)
+            raw = remote.get(key, MAX_INDEX_BYTES)
             packs.extend(decode_index(raw, name, remote.url))
             _write_cache(cache, key, raw)
         else:
@@ -101,12 +109,13 @@ def load_view(remote: Remote, cache: Path | None, *, offline: bool = False) -> R
     return RemoteView(remote, refs, version, packs, object_map(packs))
 
 
-def _read_cache(cache: Path | None, key: str) -> bytes | None:
+def _read_cache(cache: Path | None, key: str, cap: int) -> bytes | None:
+    """A cached copy (None: absent, or over its cap: a damaged cache is read again from the remote)."""
     if cache is None:
         return None
     try:
-        return (cache / key).read_bytes()
-    except FileNotFoundError:
+        return read_bounded(cache / key, cap)
+    except (FileNotFoundError, RecordTooLargeError):
         return None
 
 
