@@ -94,16 +94,31 @@ def test_gc_leaves_directories_and_links_inside_tmp_and_reports_them(
     assert "a-dir" in result.output and "never followed" in result.output
 
 
+def _link_file(path: Path, outside: Path) -> bytes:
+    """Move the ledger's file ``path`` to ``outside`` and leave a link to it; its bytes."""
+    shutil.move(path, outside)
+    path.symlink_to(outside)
+    return outside.read_bytes()
+
+
 def test_a_linked_event_log_is_never_appended_to(lg: Ledger, tmp_path: Path) -> None:
     lg.commit({"w": torch.ones(4)}, step=1, rng=False)
     outside = tmp_path / "elsewhere.log"
-    shutil.copyfile(lg.root / "events.log", outside)
-    before = outside.read_bytes()
-    (lg.root / "events.log").unlink()
-    (lg.root / "events.log").symlink_to(outside)
+    before = _link_file(lg.root / "events.log", outside)
     with pytest.raises(UnsafePathError, match=r"events\.log.*symbolic link"):
         lg.commit({"w": torch.zeros(4)}, step=2, rng=False)
     assert outside.read_bytes() == before
+
+
+def test_a_linked_ref_view_is_replaced_never_written_through(lg: Ledger, tmp_path: Path) -> None:
+    lg.commit({"w": torch.ones(4)}, step=1, rng=False)
+    outside = tmp_path / "my-refs"
+    before = _link_file(lg.root / "refs", outside)
+    second = lg.commit({"w": torch.zeros(4)}, step=2, rng=False)
+    assert outside.read_bytes() == before
+    assert not (lg.root / "refs").is_symlink()  # the view was rewritten in place of the link
+    with Ledger.open(lg.root) as again:
+        assert again.resolve("HEAD") == second.id
 
 
 def test_a_linked_lock_file_is_never_created_outside(lg: Ledger, tmp_path: Path) -> None:
