@@ -6,13 +6,19 @@ resolves the revision, checks the destination is outside the ledger, reads
 only the part of the commit the format writes (mapped from the packs where
 it can be) and hands it to the format's writer (``export_hf``,
 ``export_torch``, ``export_safetensors``). Options a format does not take are
-refused by name. It never writes inside a ledger.
+refused by name. It never writes inside a ledger. A folder export is written
+into a hidden sibling (``.<name>.partial-<hex>``) and renamed to its name once
+complete, so an export killed midway never leaves a folder that looks whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +96,24 @@ def _read(reader: ExportSource, commit_id: str, fmt: str, options: dict[str, Any
     return state
 
 
+@contextlib.contextmanager
+def _staged(out: Path, fmt: str) -> Iterator[Path]:
+    """Where the writer puts the export: for a folder format, a hidden sibling renamed to
+    ``out`` when complete (``torch`` and ``lightning`` files are renamed into place by
+    their writers); a forced export into a non-empty folder writes in place."""
+    if fmt in ("torch", "lightning") or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        yield out
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    try:
+        yield tmp
+        os.replace(tmp, out)  # rename(2) also replaces an empty directory
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _options(fmt: str) -> set[str]:
     params = inspect.signature(_WRITERS[fmt]).parameters
     return {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -132,5 +156,6 @@ def export_commit(
     commit = Commit.from_record(commit_id, reader.record(commit_id))
     with guarded_output(out, commit.stats.logical_bytes, f"{fmt} export of {commit_id[:12]}"):
         state = _read(reader, commit_id, fmt, options)
-        _WRITERS[fmt](ExportJob(state, commit, out, force), **options)
+        with _staged(out, fmt) as into:
+            _WRITERS[fmt](ExportJob(state, commit, into, force), **options)
     return report(commit_id, fmt, out)
