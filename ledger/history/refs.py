@@ -225,9 +225,8 @@ class RefStore:
         replaced by a replay of the whole log, in memory: readers never write.
         """
         self.view_status = "missing"
-        try:
-            view = refview_decoder.decode(read_bounded(self.view_path, MAX_REF_VIEW_BYTES))
-        except (FileNotFoundError, msgspec.DecodeError, RecordTooLargeError):
+        view = self.unverified_view()
+        if view is None:
             return RefView(offset=0, refs={})
         self.view_status = "unchecked" if not view.digest else "mismatch"
         self.view_offset = view.offset
@@ -235,6 +234,16 @@ class RefStore:
             self.view_status = "ok"
             return view
         return RefView(offset=0, refs={})
+
+    def unverified_view(self) -> RefView | None:
+        """The ref view as stored, its digest unchecked (None: absent or undecodable).
+
+        Evidence only (what refs looked like when it was written), never read as refs.
+        """
+        try:
+            return refview_decoder.decode(read_bounded(self.view_path, MAX_REF_VIEW_BYTES))
+        except (FileNotFoundError, msgspec.DecodeError, RecordTooLargeError):
+            return None
 
     def _current(self) -> RefView:
         view = self._read_view()

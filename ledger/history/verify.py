@@ -14,12 +14,14 @@ or damaged object (``damaged``) for a refetch from a remote (api, refill.py).
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 
 from ledger.errors import CorruptionError, LedgerError, RefConflictError
 from ledger.history.eventlog import Tail
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
-from ledger.history.records import RefUpdate, RefView
+from ledger.history.records import Event, RefUpdate, RefView
 from ledger.history.recover import damaged_tails, find_lost
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
 from ledger.objects.check import decode_object
@@ -242,7 +244,8 @@ def _lost_events(
     aside (never deletes it), then moves each such ref by compare-and-swap.
     """
     tails, live = damaged_tails(refs.log, replayed.offset)
-    found = find_lost(reader, store, replayed, tails)
+    cut, viewed = _cut_end(refs, replayed)
+    found = find_lost(reader, store, replayed, [*tails, *([cut] if cut else [])])
     problems.extend(found.unrecoverable)
     bad.update(found.damaged)
     if live is not None:
@@ -251,6 +254,13 @@ def _lost_events(
             f"event log has a torn tail of {len(live.data)} bytes at byte {live.offset} "
             f"({kind}: a crash mid-append, a power loss or a flipped bit); readers ignore it "
             f"and the next write sets it aside{_hint(live)}"
+        )
+    if cut is not None:
+        notes.append(
+            f"the event log ends at byte {cut.offset} but the ref view was written when it "
+            f"was {viewed} bytes long: the log lost its end (a file system that "
+            "cut it short, a restore of an older copy); the refs the view names are the "
+            "evidence of what it held"
         )
     for tail in tails:
         if tail is not live:
@@ -288,6 +298,28 @@ def _lost_events(
             for tail in refs.log.aside_tails():
                 refs.log.retire_aside(tail)
     return moved
+
+
+def _cut_end(refs: RefStore, replayed: RefView) -> tuple[Tail | None, int]:
+    """When the ref view was built from a longer log than there is: its refs as a lost tail,
+    and the log's length when the view was written.
+
+    The log is append-only, so a view whose offset is past the log's end saw
+    events the log no longer holds. Its refs (untrusted: its digest cannot be
+    checked) become the events of a damaged tail, so that recovery proposes
+    each intact commit it names, as for any damaged tail.
+    """
+    view = refs.unverified_view()
+    size = refs.log.path.stat().st_size
+    if view is None or view.offset <= size:
+        return None, 0
+    now = dt.datetime.now(dt.timezone.utc)
+    events: list[Event] = [
+        RefUpdate(ref=ref, old=replayed.refs.get(ref), new=new, time=now)
+        for ref, new in sorted(view.refs.items())
+        if ref != HEAD and new != replayed.refs.get(ref)
+    ]
+    return Tail(size, b"", False, events, "the ref view (refs)"), view.offset
 
 
 def _hint(tail: Tail) -> str:
