@@ -96,7 +96,7 @@ def test_format1_and_format2_ledgers_both_take_new_commits_with_files(
         with Ledger.open(path, fsync=False) as lg:
             before = lg.get("HEAD")
             c = lg.commit({**fixture_state(2), "files": fixture_files(2)}, step=4, rng=False)
-            assert lg.record(c.id).format == FORMAT_VERSION == 3
+            assert lg.record(c.id).format == FORMAT_VERSION == 4
             assert lg.record(before.id).format in (1, 2)
             assert lg.checkout(c.id)["files"] == fixture_files(2)
             assert lg.gc(grace=0).objects_freed == 0
@@ -142,3 +142,22 @@ def test_the_format3_fixture_opens_reads_and_verifies_with_one_pack_per_commit(
                 assert _same_bytes(tree["model"][key], value), key
             assert tree["files"] == fixture_files(step)
         assert len(lg.table()) == len(FORMAT3_HISTORY)
+
+
+def test_a_format3_ledger_takes_commits_and_compacts_into_a_merged_index(
+    format3_ledger: Path,
+) -> None:
+    with Ledger.open(format3_ledger, fsync=False) as lg:
+        assert not lg.store.midx_path.exists()
+        old = {c.id: c.step for c in lg.log("main")}
+        for step in range(6, 10):
+            lg.commit(format2_state(step), step=step, rng=False)
+        report = lg.compact()
+        assert report.packs_after == 1 and lg.store.midx_path.exists()
+        assert lg.verify(full=True).ok
+    with Ledger.open(format3_ledger) as lg:
+        assert lg.store.pack_names() == sorted(lg.store.covered_packs())
+        assert {c.id: c.step for c in lg.log("main")}.items() >= old.items()
+        for cid, step in old.items():
+            assert lg.checkout(cid)["files"] == fixture_files(step)
+        assert lg.verify(full=True).ok

@@ -44,6 +44,7 @@ from ledger.history.records import Commit, Expire, RefUpdate, RetentionSet, utcn
 from ledger.history.recover import lost_tips
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
+from ledger.objects.compact import compact, compaction_due
 from ledger.objects.packs import IndexEntry, packed_size
 from ledger.objects.safepath import open_dir
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
@@ -366,7 +367,9 @@ def collect(
     """One gc run, :func:`plan_gc` then :func:`execute`; the caller holds the gc lock exclusively.
 
     ``progress`` is told the objects copied out of rewritten packs, then the
-    packs deleted, as one count of "steps" (``ledger.progress``).
+    packs deleted, as one count of "steps" (``ledger.progress``). After the
+    run, the small packs are compacted and the merged index rewritten when a
+    compaction is due (``ledger.objects.compact.compaction_due``).
 
     With ``dry_run`` the plan is returned (as ``report.plan``) and nothing changes.
     A plan gone stale in between (a ref moved by an operation that does not
@@ -382,8 +385,12 @@ def collect(
             expired = sorted(made.expire)
             return _report(made, dry_run=True, expired=expired, bytes_freed=made.bytes_freed)
         try:
-            return execute(made, store, refs, progress)
+            report = execute(made, store, refs, progress)
         except StalePlanError:
             attempts -= 1
             if not attempts:
                 raise
+            continue
+        if compaction_due(store):  # merge the small packs left, index every pack in one file
+            compact(store)
+        return report

@@ -20,9 +20,9 @@ import msgspec
 from ledger.errors import PolicyError
 from ledger.manifest import MANIFEST_TAGS
 
-FORMAT_VERSION = (
-    3  # 2: manifests may hold file nodes; 3: the ref view checks itself (docs/format.md)
-)
+# 2: manifests may hold file nodes; 3: the ref view checks itself; 4: the merged pack
+# index (docs/format.md)
+FORMAT_VERSION = 4
 LEDGER_KIND = "training-ledger"
 
 
