@@ -9,6 +9,7 @@ line out. The drawing itself is ``ledger.cli.graph``'s; the history comes from
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -80,8 +81,8 @@ def log_command(
         parents = {c.id: c.parents for c in commits.values()}
         order = topo_order(parents, {c.id: c.time for c in commits.values()})
         rows = draw(order, parents) if graph else [GraphRow("", cid) for cid in order]
-    else:
-        commits = {c.id: c for c in lg.log(start or "HEAD")}
+    else:  # the first N of the history only: the walk stops there
+        commits = {c.id: c for c in itertools.islice(lg.log(start or "HEAD"), max_count)}
         rows = [GraphRow("", cid) for cid in commits]
     rows = _limit(rows, max_count)
     shown = [commits[r.commit] for r in rows if r.commit is not None]
