@@ -320,13 +320,16 @@ def du(lg: Ledger) -> DuReport:
     commit_ids = [oid.hex() for oid in lg.store.ids("commit")]
     refs_by_commit: dict[str, set[str]] = {}
     logical = 0
+    expired = lg.refs.state().expired  # read once: the log is not re-read per commit
     for cid in commit_ids:
         rec = lg.record(cid)
         logical += rec.stats.logical_bytes
+        refs_by_commit[cid] = set()
+        if cid in expired:
+            continue
         try:
-            _, manifest = lg.manifest(cid)
+            manifest = lg.manifest_by_id(rec.manifest, cid)
         except Exception:  # an unreadable manifest is verify's business, not du's
-            refs_by_commit[cid] = set()
             continue
         refs_by_commit[cid] = chunk_ids(manifest.root)
     chunk_size: dict[str, int] = {}
