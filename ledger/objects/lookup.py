@@ -35,6 +35,7 @@ class PackTable:
         self.entries_of: dict[str, list[IndexEntry]] = {}  # the packs not covered
         self.midx: MergedIndex | None = None
         self.gone: set[str] = set()  # covered packs that vanished (gc, compaction)
+        self._last: tuple[bytes, Located] | None = None  # a read locates its object twice
 
     def covered(self) -> set[str]:
         """The packs the merged index covers (present or gone)."""
@@ -84,8 +85,14 @@ class PackTable:
     def find(self, oid: bytes) -> Located | None:
         """One (pack, entry) of ``oid``, or None."""
         found = self.overlay.get(oid)
-        if found is None and self.midx is not None:
-            return next(iter(self.covered_locations(oid)), None)
+        if found is not None or self.midx is None:
+            return found
+        last = self._last
+        if last is not None and last[0] == oid and last[1][0] not in self.gone:
+            return last[1]
+        found = next(iter(self.covered_locations(oid)), None)
+        if found is not None:
+            self._last = (oid, found)
         return found
 
     def entries(self, kind: str) -> Iterator[Located]:
