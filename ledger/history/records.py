@@ -70,6 +70,11 @@ class CommitRecord(msgspec.Struct, tag="commit", kw_only=True):
     params: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     stats: CommitStats = msgspec.field(default_factory=CommitStats)
+    # 1 for a root, else 1 + the largest of the parents' (None: written before format 4)
+    generation: int | None = None
+
+
+_RECORD_ONLY = ("format", "generation")  # fields of the record that a Commit does not show
 
 
 class Commit(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,7 +102,7 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_record(cls, oid: str, rec: CommitRecord) -> Commit:
         """Attach an id to a decoded record."""
-        fields = {f: getattr(rec, f) for f in rec.__struct_fields__ if f != "format"}
+        fields = {f: getattr(rec, f) for f in rec.__struct_fields__ if f not in _RECORD_ONLY}
         return cls(id=oid, **fields)
 
 
