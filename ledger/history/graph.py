@@ -17,6 +17,9 @@ import datetime as dt
 import heapq
 from collections.abc import Callable, Collection, Iterable, Iterator
 
+import msgspec
+
+from ledger.errors import LedgerError
 from ledger.history.records import CommitRecord, commit_decoder
 
 ParentsOf = Callable[[str], list[str]]
@@ -129,15 +132,20 @@ def generation(
     return memo[cid]
 
 
-def child_generation(read: Callable[[bytes, str], bytes], parent: str | None) -> int:
-    """The generation number of a new commit on ``parent`` (records read with ``read``)."""
+def child_generation(read: Callable[[bytes, str], bytes], parent: str | None) -> int | None:
+    """The generation number of a new commit on ``parent`` (records read with ``read``);
+    None when the parent's history cannot be read (readers then compute it, or fail, later).
+    """
     if parent is None:
         return 1
 
     def record_of(cid: str) -> CommitRecord:
         return commit_decoder.decode(read(bytes.fromhex(cid), f"commit {cid[:12]}"))
 
-    return 1 + generation(parent, record_of)
+    try:
+        return 1 + generation(parent, record_of)
+    except (LedgerError, msgspec.DecodeError):  # a damaged parent must not block a commit
+        return None
 
 
 def newest_in_topo_order(
