@@ -22,13 +22,18 @@ import msgspec
 from ledger.objects.packs import IndexEntry
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
 
-# Packs below this size are merged; larger ones are left as they are (indexed by the merged index).
+# Packs below this size may be merged; larger ones are left as they are (indexed by the
+# merged index).
 SMALL_PACK_BYTES = 64 << 20
+# The small packs kept form a geometric progression of this factor (git's
+# ``repack --geometric``): each is at least this many times the one below, so a
+# byte is copied O(log n) times over a ledger's life, never once per compaction.
+GEOMETRIC_FACTOR = 2
 # A compaction is due when this many packs are not covered by the merged index, or more
-# when the index is large (1 per 4096 covered objects), so the index's rewrite, linear in
+# when the index is large (1 per 1024 covered objects), so the index's rewrite, linear in
 # its size, costs each commit about the same at any history length.
 COMPACT_PACKS = 32
-COVERED_OBJECTS_PER_PACK = 4096
+COVERED_OBJECTS_PER_PACK = 1024
 
 
 class CompactReport(msgspec.Struct):
@@ -71,7 +76,7 @@ def compact(store: ObjectStore, *, small: int = SMALL_PACK_BYTES) -> CompactRepo
             sizes[name] = store.pack_path(name).stat().st_size
         except FileNotFoundError:
             continue
-    merge = sorted(n for n, size in sizes.items() if size < small)
+    merge = rollup({n: size for n, size in sizes.items() if size < small})
     if len(merge) < 2:  # nothing to merge: index what is not indexed yet
         merge = []
     merging = set(merge)
@@ -108,6 +113,33 @@ def compact(store: ObjectStore, *, small: int = SMALL_PACK_BYTES) -> CompactRepo
         bytes_copied=copied_bytes,
         packs_after=len(store.pack_names()),
     )
+
+
+def rollup(sizes: dict[str, int], factor: int = GEOMETRIC_FACTOR) -> list[str]:
+    """The packs to merge so that those left, with the merged one, grow geometrically.
+
+    Sorted by size, the packs above the split already grow by ``factor`` each;
+    the ones below are merged, then any pack the merged one would outgrow joins
+    them (the rule of git's ``repack --geometric``).
+
+    Example:
+        >>> rollup({"a": 1, "b": 1, "c": 1, "d": 64})
+        ['a', 'b', 'c']
+        >>> rollup({"a": 1, "b": 4, "c": 16})
+        []
+    """
+    order = sorted(sizes, key=lambda n: (sizes[n], n))
+    split = len(order) - 1
+    while split > 0 and sizes[order[split]] >= factor * sizes[order[split - 1]]:
+        split -= 1
+    if split == 0:
+        return []
+    split += 1
+    total = sum(sizes[n] for n in order[:split])
+    while split < len(order) and sizes[order[split]] < factor * total:
+        total += sizes[order[split]]
+        split += 1
+    return order[:split]
 
 
 def _kept_elsewhere(store: ObjectStore, oid: bytes, merge: set[str]) -> bool:
