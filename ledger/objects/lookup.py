@@ -130,5 +130,5 @@ class PackTable:
 
     def nbytes(self) -> int:
         """Bytes this table holds: the merged index file plus the dict's entries."""
-        midx = len(self.midx.data) if self.midx is not None else 0
+        midx = self.midx.nbytes() if self.midx is not None else 0
         return midx + sum(len(v) for v in self.entries_of.values()) * OVERLAY_ENTRY_BYTES

@@ -126,6 +126,11 @@ class MergedIndex:
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups.values())
 
+    def nbytes(self) -> int:
+        """Memory it holds: the file's bytes, plus the id columns searched so far."""
+        columns = [g._sorted for g in self._groups.values() if g._sorted is not None]
+        return len(self.data) + sum(c.nbytes for c in columns)
+
     def _entry(self, kind: str, group: _Ids, i: int) -> tuple[str, IndexEntry]:
         oid, pack, codec, offset, length, raw = RECORD.unpack_from(
             self._view, group.start + i * RECORD.size
