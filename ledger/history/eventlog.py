@@ -177,6 +177,25 @@ class EventLog:
         hasher.update(body)
         return bytes(hasher.digest())
 
+    def window_digest(self, offset: int, window: int, body: bytes) -> bytes | None:
+        """The blake3 of ``offset`` (u64), the last ``window`` bytes of the log's first
+        ``offset`` bytes, then ``body`` (None: the log is shorter than ``offset``).
+
+        What a format-4 ref view's ``digest`` must equal: it ties the view to the
+        frames just before its offset (a view of another log, or of an offset moved,
+        does not match) at a cost independent of the log's length.
+        """
+        start = max(0, offset - window)
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            tail = f.read(offset - start)
+        if offset < len(LOG_HEADER) or start + len(tail) != offset:
+            return None
+        hasher = new_hasher()
+        hasher.update(offset.to_bytes(8, "little") + tail)
+        hasher.update(body)
+        return bytes(hasher.digest())
+
     def _decode(self, payload: bytes, at: int) -> list[Event]:
         """The events of an intact frame at byte ``at``; anything else is a LedgerError."""
         # An intact frame is still untrusted bytes: a policy that fails its own check

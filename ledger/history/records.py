@@ -246,8 +246,11 @@ class RefView(msgspec.Struct, tag="ref-view"):
     """``<ledger>/refs``: what replaying the event log up to ``offset`` gives (a cache).
 
     ``digest`` (format 3) is the blake3 of the log's first ``offset`` bytes
-    followed by ``view_body(view)``; a view without one (format 2) or whose
-    digest does not match is not trusted (readers replay the whole log).
+    followed by ``view_body(view)``; from format 4 (``window`` > 0) it covers
+    only the last ``window`` bytes of that prefix, after the offset as a u64, so
+    checking it costs the same at any history length. A view without one
+    (format 2) or whose digest does not match is not trusted (readers replay
+    the whole log).
     """
 
     offset: int
@@ -255,6 +258,7 @@ class RefView(msgspec.Struct, tag="ref-view"):
     retention: dict[str, list[Policy]] = {}
     expired: dict[str, Expiry] = {}
     digest: bytes = b""
+    window: int = 0
 
 
 def view_body(view: RefView) -> bytes:
