@@ -8,16 +8,15 @@ through the Ledger's plumbing and never writes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ledger.errors import CommitExpiredError
-from ledger.history.graph import ancestors
 from ledger.history.records import Commit
 from ledger.history.refs import BRANCH_PREFIX
 from ledger.history.tree import chunk_ids, iter_leaves, leaf_value, tensor_table
+from ledger.history.usage import usage_by_branch
 from ledger.manifest import ArrayNode, FileNode, TensorNode
 
 if TYPE_CHECKING:  # torch and pyarrow load only where a tensor is read or a table built
@@ -316,56 +315,30 @@ def _compare(
 
 
 def du(lg: Ledger) -> DuReport:
-    """The report behind ``ledger du``."""
+    """The report behind ``ledger du``: one pass over the commits and the chunks' index entries."""
     lg.store.refresh()
     commit_ids = [oid.hex() for oid in lg.store.ids("commit")]
-    chunk_size: dict[str, int] = {}
     refs_by_commit: dict[str, set[str]] = {}
     logical = 0
+    expired = lg.refs.state().expired  # read once: the log is not re-read per commit
     for cid in commit_ids:
         rec = lg.record(cid)
         logical += rec.stats.logical_bytes
+        refs_by_commit[cid] = set()
+        if cid in expired:
+            continue
         try:
-            _, manifest = lg.manifest(cid)
+            manifest = lg.manifest_by_id(rec.manifest, cid)
         except Exception:  # an unreadable manifest is verify's business, not du's
-            refs_by_commit[cid] = set()
             continue
         refs_by_commit[cid] = chunk_ids(manifest.root)
+    chunk_size: dict[str, int] = {}
     chunk_stored = 0
-    for oid in lg.store.ids("chunk"):
-        located = lg.store.locate(oid)
-        if located is not None:
-            chunk_size[oid.hex()] = located[1].raw_length
-            chunk_stored += located[1].length
+    for _, entry in lg.store.entries("chunk"):
+        chunk_size[entry.id.hex()] = entry.raw_length
+        chunk_stored += entry.length
     unique = sum(chunk_size.values())
     stored = sum((lg.store.packs_dir / f"{p}.pack").stat().st_size for p in lg.store.pack_names())
-    branch_chunks: dict[str, set[str]] = {}
-    usages = []
-    for name, tip in lg.branches().items():
-        history = list(ancestors(lambda c: lg.record(c).parents, [tip]))
-        chunks: set[str] = (
-            set().union(*(refs_by_commit.get(c, set()) for c in history)) if history else set()
-        )
-        branch_chunks[name] = chunks
-        usages.append(
-            (name, len(history), sum(lg.record(c).stats.logical_bytes for c in history), chunks)
-        )
-    branches = []
-    for name, count, logical_b, chunks in usages:
-        others: set[str] = (
-            set().union(*(c for n, c in branch_chunks.items() if n != name))
-            if len(branch_chunks) > 1
-            else set()
-        )
-        branches.append(
-            BranchUsage(
-                branch=name,
-                commits=count,
-                logical_bytes=logical_b,
-                unique_bytes=_size(chunks, chunk_size),
-                exclusive_bytes=_size(chunks - others, chunk_size),
-            )
-        )
     return DuReport(
         commits=len(commit_ids),
         logical_bytes=logical,
@@ -374,12 +347,17 @@ def du(lg: Ledger) -> DuReport:
         chunk_stored_bytes=chunk_stored,
         dedup_ratio=logical / unique if unique else 1.0,
         compression_ratio=unique / chunk_stored if chunk_stored else 1.0,
-        branches=branches,
+        branches=[
+            BranchUsage(**msgspec.structs.asdict(u))
+            for u in usage_by_branch(
+                lg.branches(),
+                lambda c: lg.record(c).parents,
+                lambda c: lg.record(c).stats.logical_bytes,
+                refs_by_commit,
+                chunk_size,
+            )
+        ],
     )
-
-
-def _size(chunks: Iterable[str], sizes: dict[str, int]) -> int:
-    return sum(sizes.get(c, 0) for c in chunks)
 
 
 def table(lg: Ledger) -> pa.Table:
@@ -387,7 +365,8 @@ def table(lg: Ledger) -> pa.Table:
     import pyarrow as pa
 
     lg.store.refresh()
-    commits = sorted((lg.get(oid.hex()) for oid in lg.store.ids("commit")), key=lambda c: c.time)
+    ids = [oid.hex() for oid in lg.store.ids("commit")]
+    commits = sorted((Commit.from_record(c, lg.record(c)) for c in ids), key=lambda c: c.time)
     tips = {
         v: k[len(BRANCH_PREFIX) :]
         for k, v in lg.refs.snapshot().items()

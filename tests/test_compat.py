@@ -1,4 +1,4 @@
-"""Ledgers written by earlier versions (tests/data/ledger-format1, -format2) still read, bit-exactly."""
+"""Ledgers written by earlier versions (tests/data/ledger-format1, -2, -3) still read, bit-exactly."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 from make_format1 import fixture_state  # noqa: E402
 from make_format2 import fixture_files  # noqa: E402
+from make_format2 import fixture_state as format2_state  # noqa: E402
+from make_format3 import HISTORY as FORMAT3_HISTORY  # noqa: E402
 
 from ledger import File  # noqa: E402
 from ledger.history.records import FORMAT_VERSION  # noqa: E402
@@ -94,7 +96,7 @@ def test_format1_and_format2_ledgers_both_take_new_commits_with_files(
         with Ledger.open(path, fsync=False) as lg:
             before = lg.get("HEAD")
             c = lg.commit({**fixture_state(2), "files": fixture_files(2)}, step=4, rng=False)
-            assert lg.record(c.id).format == FORMAT_VERSION == 3
+            assert lg.record(c.id).format == FORMAT_VERSION == 4
             assert lg.record(before.id).format in (1, 2)
             assert lg.checkout(c.id)["files"] == fixture_files(2)
             assert lg.gc(grace=0).objects_freed == 0
@@ -117,3 +119,45 @@ def test_a_format1_reader_reads_old_commits_and_refuses_format2_ones_saying_to_u
         assert lg.checkout(old)["meta"] == fixture_state(2)["meta"]
         with pytest.raises(FormatVersionError, match="upgrade training-ledger"):
             lg.checkout(new)
+
+
+@pytest.fixture
+def format3_ledger(tmp_path: Path) -> Path:
+    return _copy(tmp_path, "ledger-format3")
+
+
+def test_the_format3_fixture_opens_reads_and_verifies_with_one_pack_per_commit(
+    format3_ledger: Path,
+) -> None:
+    with Ledger.open(format3_ledger) as lg:
+        assert lg.verify(full=True).ok
+        assert len(lg.store.pack_names()) == len(FORMAT3_HISTORY)
+        assert [c.message for c in lg.log("main")] == ["five", "four", "two", "one"]
+        assert lg.get("exp").parents == [lg.resolve("v1")]
+        for step, branch, message in FORMAT3_HISTORY:
+            cid = next(c.id for c in lg.log(branch) if c.message == message)
+            assert lg.resolve(cid[:8]) == cid
+            tree = lg.checkout(cid)
+            for key, value in format2_state(step)["model"].items():
+                assert _same_bytes(tree["model"][key], value), key
+            assert tree["files"] == fixture_files(step)
+        assert len(lg.table()) == len(FORMAT3_HISTORY)
+
+
+def test_a_format3_ledger_takes_commits_and_compacts_into_a_merged_index(
+    format3_ledger: Path,
+) -> None:
+    with Ledger.open(format3_ledger, fsync=False) as lg:
+        assert not lg.store.midx_path.exists()
+        old = {c.id: c.step for c in lg.log("main")}
+        for step in range(6, 10):
+            lg.commit(format2_state(step), step=step, rng=False)
+        report = lg.compact()
+        assert report.packs_after == 1 and lg.store.midx_path.exists()
+        assert lg.verify(full=True).ok
+    with Ledger.open(format3_ledger) as lg:
+        assert lg.store.pack_names() == sorted(lg.store.covered_packs())
+        assert {c.id: c.step for c in lg.log("main")}.items() >= old.items()
+        for cid, step in old.items():
+            assert lg.checkout(cid)["files"] == fixture_files(step)
+        assert lg.verify(full=True).ok

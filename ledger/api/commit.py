@@ -43,6 +43,8 @@ class Committing(Notifying):
             progress: ProgressFn | None = None,
         ) -> GcReport: ...
 
+        def _compact_when_due(self) -> None: ...
+
     @overload
     def commit(
         self,
@@ -308,7 +310,9 @@ class Committing(Notifying):
         self._notify_commit(commit_id, record)
 
     def _after_commits(self) -> None:
-        """Run the automatic gc when it is due (outside any stage: gc takes the lock exclusive)."""
+        """Run the automatic gc when it is due (outside any stage: gc takes the lock exclusive),
+        and start a background compaction of small packs when one is due."""
+        self._compact_when_due()
         if self.auto_gc and self._commits_since_gc >= self.auto_gc:
             self._commits_since_gc = 0
             if self._pending.in_writer():

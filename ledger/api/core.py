@@ -419,6 +419,10 @@ class LedgerCore:
             self.store.refresh()
             return [oid.hex() for oid in self.store.ids("commit")]
 
+        def with_prefix(prefix: str) -> list[str]:  # a binary search, not a pass over every id
+            self.store.refresh()
+            return self.store.ids_with_prefix("commit", prefix)
+
         def first_parent(cid: str) -> str | None:
             parents = self.record(cid).parents
             return parents[0] if parents else None
@@ -430,7 +434,14 @@ class LedgerCore:
             return self.refs.state().expired
 
         return resolve(
-            rev, refs, ids, first_parent, record=self.record, refs_at=refs_at, expired=expired
+            rev,
+            refs,
+            ids,
+            first_parent,
+            record=self.record,
+            refs_at=refs_at,
+            expired=expired,
+            with_prefix=with_prefix,
         )
 
     def log(self, rev: str = "HEAD") -> Iterator[Commit]:

@@ -1,13 +1,16 @@
-"""Keeping a ledger small and whole: retention policies, expiry, verify.
+"""Keeping a ledger small and whole: retention policies, expiry, gc, compaction, verify.
 
 This module owns the user-facing side of retention (storing built-in
-policies as events, keeping custom ones in the process) and expiry by hand;
-gc itself lives on the core, the algorithms in ``ledger.history``.
+policies as events, keeping custom ones in the process), expiry by hand, and
+when packs are compacted (``ledger.objects.compact``: in a background thread
+after commits once enough small packs piled up, and by every gc); the
+algorithms live in ``ledger.history`` and ``ledger.objects``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, cast
 
 from ledger.api.notify import Notifying
@@ -29,6 +32,7 @@ from ledger.history.refs import (
 from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
+from ledger.objects.compact import CompactReport, compact, compaction_due
 from ledger.objects.store import ObjectStore
 from ledger.progress import ProgressFn
 
@@ -36,7 +40,64 @@ log = logging.getLogger("ledger.maintain")
 
 
 class Maintenance(Notifying):
-    """Retention, expiry and verification of a ledger."""
+    """Retention, expiry, gc, compaction and verification of a ledger."""
+
+    _compaction: threading.Thread | None = None  # the background compaction running, if any
+
+    def compact(self) -> CompactReport:
+        """Merge the small packs into few and index every pack in one file, now.
+
+        Commits start this in the background once enough small packs piled up,
+        and every gc ends with it; call it by hand before copying a ledger.
+
+        Example:
+            >>> lg.compact().packs_after  # doctest: +SKIP
+            1
+        """
+        with self._lock:
+            self._check_open()
+            self._join_compaction()
+            with self.gc_lock.hold(shared=False):
+                return compact(self.store)
+
+    def _compact_when_due(self) -> None:
+        """After commits: start a background compaction if one is due and none is running."""
+        if self._compaction is not None and self._compaction.is_alive():
+            return
+        if not compaction_due(self.store):
+            return
+        self._compaction = threading.Thread(
+            target=self._compact_quietly, name="ledger-compact", daemon=True
+        )
+        self._compaction.start()
+
+    def _compact_quietly(self) -> None:
+        try:
+            with self.gc_lock.hold(shared=False):
+                report = compact(self.store)
+        except Exception as e:  # the packs stay as they were: every object is still found
+            log.warning("background compaction stopped (%s); the packs stay as they are", e)
+            return
+        log.info(
+            "compaction: %d packs merged into %d (%d objects copied), %d packs now",
+            report.packs_merged,
+            report.packs_written,
+            report.objects_copied,
+            report.packs_after,
+        )
+
+    def _join_compaction(self) -> None:
+        thread = self._compaction
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+            self._compaction = None
+
+    def close(self) -> None:
+        """Close the ledger once a background compaction has finished."""
+        try:
+            self._join_compaction()
+        finally:
+            super().close()
 
     def gc(
         self,
@@ -62,6 +123,7 @@ class Maintenance(Notifying):
         with self._lock:
             self._check_open()
             self._commits_since_gc = 0
+            self._join_compaction()
             with self.gc_lock.hold(shared=False):
                 report = collect(
                     self,

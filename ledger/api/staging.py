@@ -39,7 +39,7 @@ from ledger.errors import (
     RevisionNotFoundError,
     UnsupportedValueError,
 )
-from ledger.history.graph import ParentsOf
+from ledger.history.graph import ParentsOf, child_generation
 from ledger.history.lineage import CommitPlan, Lineage, commit_target
 from ledger.history.records import (
     FORMAT_VERSION,
@@ -398,6 +398,7 @@ class Stage:
             record = CommitRecord(
                 manifest=manifest_id,
                 parents=[plan.parent] if plan.parent else [],
+                generation=child_generation(self.store.read, plan.parent),
                 time=utcnow(),
                 branch=target,
                 step=draft.step,

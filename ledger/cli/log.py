@@ -9,6 +9,7 @@ line out. The drawing itself is ``ledger.cli.graph``'s; the history comes from
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -76,12 +77,16 @@ def log_command(
         raise RefNameError(f"no branch named {branch!r}; see `ledger branch`")
     start = rev if rev is not None else branch
     if graph or all_refs:
-        commits = _reachable(lg, [start] if start is not None else _ref_tips(lg))
-        parents = {c.id: c.parents for c in commits.values()}
-        order = topo_order(parents, {c.id: c.time for c in commits.values()})
+        tips = [lg.resolve(t) for t in ([start] if start is not None else _ref_tips(lg))]
+        if max_count is None:
+            commits = _reachable(lg, tips)
+            parents = {c.id: c.parents for c in commits.values()}
+            order = topo_order(parents, {c.id: c.time for c in commits.values()})
+        else:  # the newest N only, found by generation numbers: the walk reads what it shows
+            commits, parents, order = _newest(lg, tips, max_count)
         rows = draw(order, parents) if graph else [GraphRow("", cid) for cid in order]
-    else:
-        commits = {c.id: c for c in lg.log(start or "HEAD")}
+    else:  # the first N of the history only: the walk stops there
+        commits = {c.id: c for c in itertools.islice(lg.log(start or "HEAD"), max_count)}
         rows = [GraphRow("", cid) for cid in commits]
     rows = _limit(rows, max_count)
     shown = [commits[r.commit] for r in rows if r.commit is not None]
@@ -101,12 +106,34 @@ def _ref_tips(lg: Ledger) -> list[str]:
     return tips
 
 
+def _newest(
+    lg: Ledger, tips: list[str], count: int
+) -> tuple[dict[str, Commit], dict[str, list[str]], list[str]]:
+    """The first ``count`` commits of the topological order, their records, and their parents
+    (each parent listed too, so the graph draws its lane as the whole graph would)."""
+    from ledger.history.graph import generation, newest_in_topo_order
+    from ledger.history.records import Commit
+
+    memo: dict[str, int] = {}
+    order = newest_in_topo_order(
+        tips,
+        lambda c: lg.record(c).parents,
+        lambda c: generation(c, lg.record, memo),
+        lambda c: lg.record(c).time,
+        count,
+    )
+    commits = {cid: Commit.from_record(cid, lg.record(cid)) for cid in order}
+    parents: dict[str, list[str]] = {p: [] for c in commits.values() for p in c.parents}
+    parents.update({c.id: c.parents for c in commits.values()})
+    return commits, parents, order
+
+
 def _reachable(lg: Ledger, tips: Iterable[str]) -> dict[str, Commit]:
     """Every commit reachable from ``tips`` through all parent links."""
     from ledger.history.records import Commit
 
     found: dict[str, Commit] = {}
-    stack = [lg.resolve(t) for t in tips]
+    stack = list(tips)
     while stack:
         cid = stack.pop()
         if cid in found:

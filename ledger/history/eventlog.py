@@ -17,15 +17,17 @@ import errno
 import itertools
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from ledger.errors import CorruptionError, FormatVersionError, PolicyError
 from ledger.history.records import Event, events_decoder, msgpack_encoder, unknown_tags
 from ledger.objects.durable import atomic_write, disk_errors, fsync_dir
-from ledger.objects.hashing import hash_bytes
+from ledger.objects.hashing import new_hasher
 from ledger.objects.safepath import open_nofollow
 
 LOG_HEADER = b"LGEVLOG1"
@@ -107,6 +109,10 @@ class EventLog:
     def __init__(self, path: Path, *, fsync: bool) -> None:
         self.path = path
         self.fsync = fsync
+        # The hash of the prefix the last digest covered, to extend rather than redo:
+        # (file identity, prefix length, hasher state, the prefix's last bytes).
+        self._prefix: tuple[tuple[int, int], int, Any, bytes] | None = None
+        self._prefix_lock = threading.Lock()
 
     def create(self) -> None:
         """Write an empty log (header only)."""
@@ -148,12 +154,47 @@ class EventLog:
         """The blake3 of the log's first ``offset`` bytes then ``body`` (None: the log is shorter).
 
         What a ref view's ``digest`` must equal for the view to be trusted (refs.py).
+        The log only grows, so the hash of the prefix a previous call covered is
+        extended by the bytes appended since (once the same file still holds the
+        same last bytes there): each read of the refs costs what was appended, not
+        the whole history.
         """
+        with self._prefix_lock, open(self.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            ident = (st.st_dev, st.st_ino)
+            hasher, start, tail = new_hasher(), 0, b""
+            cached = self._prefix
+            if cached is not None and cached[0] == ident and cached[1] <= offset <= st.st_size:
+                f.seek(cached[1] - len(cached[3]))
+                if f.read(len(cached[3])) == cached[3]:
+                    hasher, start, tail = cached[2].copy(), cached[1], cached[3]
+            f.seek(start)
+            more = f.read(offset - start)
+            if offset < len(LOG_HEADER) or start + len(more) != offset:
+                return None
+            hasher.update(more)
+            self._prefix = (ident, offset, hasher.copy(), (tail + more)[-64:])
+        hasher.update(body)
+        return bytes(hasher.digest())
+
+    def window_digest(self, offset: int, window: int, body: bytes) -> bytes | None:
+        """The blake3 of ``offset`` (u64), the last ``window`` bytes of the log's first
+        ``offset`` bytes, then ``body`` (None: the log is shorter than ``offset``).
+
+        What a format-4 ref view's ``digest`` must equal: it ties the view to the
+        frames just before its offset (a view of another log, or of an offset moved,
+        does not match) at a cost independent of the log's length.
+        """
+        start = max(0, offset - window)
         with open(self.path, "rb") as f:
-            prefix = f.read(offset)
-        if offset < len(LOG_HEADER) or len(prefix) != offset:
+            f.seek(start)
+            tail = f.read(offset - start)
+        if offset < len(LOG_HEADER) or start + len(tail) != offset:
             return None
-        return hash_bytes(prefix + body)
+        hasher = new_hasher()
+        hasher.update(offset.to_bytes(8, "little") + tail)
+        hasher.update(body)
+        return bytes(hasher.digest())
 
     def _decode(self, payload: bytes, at: int) -> list[Event]:
         """The events of an intact frame at byte ``at``; anything else is a LedgerError."""

@@ -44,6 +44,7 @@ from ledger.history.records import Commit, Expire, RefUpdate, RetentionSet, utcn
 from ledger.history.recover import lost_tips
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, TAG_PREFIX, RefStore
 from ledger.history.retention import AnyPolicy, plan
+from ledger.objects.compact import compact, compaction_due
 from ledger.objects.packs import IndexEntry, packed_size
 from ledger.objects.safepath import open_dir
 from ledger.objects.store import DEFAULT_MAX_PACK_BYTES, ObjectStore
@@ -106,10 +107,19 @@ class GcReport(msgspec.Struct):
     plan: GcPlan | None = None
 
 
-def first_parent_history(reader: HistoryReader, tip: str) -> list[Commit]:
-    """A branch's commits, newest first, along first parents."""
-    walk = first_parents(lambda cid: reader.record(cid).parents, tip)
-    return [Commit.from_record(cid, reader.record(cid)) for cid in walk]
+def first_parent_history(
+    reader: HistoryReader, tip: str, made: dict[str, Commit] | None = None
+) -> list[Commit]:
+    """A branch's commits, newest first, along first parents (``made``: Commits already built,
+    shared by the branches of one plan, so each commit is built once)."""
+    made = {} if made is None else made
+    out = []
+    for cid in first_parents(lambda c: reader.record(c).parents, tip):
+        commit = made.get(cid)
+        if commit is None:
+            commit = made[cid] = Commit.from_record(cid, reader.record(cid))
+        out.append(commit)
+    return out
 
 
 def live_objects(
@@ -157,12 +167,17 @@ def plan_gc(
     branches = {
         k[len(BRANCH_PREFIX) :]: v for k, v in state.refs.items() if k.startswith(BRANCH_PREFIX)
     }
-    histories = {name: first_parent_history(reader, tip) for name, tip in branches.items()}
     pinned = set(branches.values()) | {v for k, v in state.refs.items() if k.startswith(TAG_PREFIX)}
     head = state.refs.get(HEAD)
     if head is not None and not head.startswith(SYMREF_PREFIX):
         pinned.add(head)
-    _, expire = plan(histories, pinned, policies_for, utcnow())
+    expire: dict[str, str] = {}
+    if any(policies_for(name) for name in branches):  # else every commit keeps its state
+        made: dict[str, Commit] = {}
+        histories = {
+            name: first_parent_history(reader, tip, made) for name, tip in branches.items()
+        }
+        _, expire = plan(histories, pinned, policies_for, utcnow())
     newly = {cid: why for cid, why in sorted(expire.items()) if cid not in state.expired}
     errors: list[str] = []
     # A commit a damaged log tail lost stays, with its history, until verify --repair.
@@ -366,7 +381,9 @@ def collect(
     """One gc run, :func:`plan_gc` then :func:`execute`; the caller holds the gc lock exclusively.
 
     ``progress`` is told the objects copied out of rewritten packs, then the
-    packs deleted, as one count of "steps" (``ledger.progress``).
+    packs deleted, as one count of "steps" (``ledger.progress``). After the
+    run, the small packs are compacted and the merged index rewritten when a
+    compaction is due (``ledger.objects.compact.compaction_due``).
 
     With ``dry_run`` the plan is returned (as ``report.plan``) and nothing changes.
     A plan gone stale in between (a ref moved by an operation that does not
@@ -382,8 +399,12 @@ def collect(
             expired = sorted(made.expire)
             return _report(made, dry_run=True, expired=expired, bytes_freed=made.bytes_freed)
         try:
-            return execute(made, store, refs, progress)
+            report = execute(made, store, refs, progress)
         except StalePlanError:
             attempts -= 1
             if not attempts:
                 raise
+            continue
+        if compaction_due(store):  # merge the small packs left, index every pack in one file
+            compact(store)
+        return report

@@ -20,9 +20,9 @@ import msgspec
 from ledger.errors import PolicyError
 from ledger.manifest import MANIFEST_TAGS
 
-FORMAT_VERSION = (
-    3  # 2: manifests may hold file nodes; 3: the ref view checks itself (docs/format.md)
-)
+# 2: manifests may hold file nodes; 3: the ref view checks itself; 4: the merged pack
+# index (docs/format.md)
+FORMAT_VERSION = 4
 LEDGER_KIND = "training-ledger"
 
 
@@ -70,6 +70,11 @@ class CommitRecord(msgspec.Struct, tag="commit", kw_only=True):
     params: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     stats: CommitStats = msgspec.field(default_factory=CommitStats)
+    # 1 for a root, else 1 + the largest of the parents' (None: written before format 4)
+    generation: int | None = None
+
+
+_RECORD_ONLY = ("format", "generation")  # fields of the record that a Commit does not show
 
 
 class Commit(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,7 +102,7 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_record(cls, oid: str, rec: CommitRecord) -> Commit:
         """Attach an id to a decoded record."""
-        fields = {f: getattr(rec, f) for f in rec.__struct_fields__ if f != "format"}
+        fields = {f: getattr(rec, f) for f in rec.__struct_fields__ if f not in _RECORD_ONLY}
         return cls(id=oid, **fields)
 
 
@@ -241,8 +246,11 @@ class RefView(msgspec.Struct, tag="ref-view"):
     """``<ledger>/refs``: what replaying the event log up to ``offset`` gives (a cache).
 
     ``digest`` (format 3) is the blake3 of the log's first ``offset`` bytes
-    followed by ``view_body(view)``; a view without one (format 2) or whose
-    digest does not match is not trusted (readers replay the whole log).
+    followed by ``view_body(view)``; from format 4 (``window`` > 0) it covers
+    only the last ``window`` bytes of that prefix, after the offset as a u64, so
+    checking it costs the same at any history length. A view without one
+    (format 2) or whose digest does not match is not trusted (readers replay
+    the whole log).
     """
 
     offset: int
@@ -250,6 +258,7 @@ class RefView(msgspec.Struct, tag="ref-view"):
     retention: dict[str, list[Policy]] = {}
     expired: dict[str, Expiry] = {}
     digest: bytes = b""
+    window: int = 0
 
 
 def view_body(view: RefView) -> bytes:

@@ -198,6 +198,11 @@ def _open_locked(
             time.sleep(0.005)
 
 
+# The log bytes before its offset that a ref view's digest covers (format 4): a few
+# dozen frames, so a view of another log or of a moved offset never matches.
+VIEW_WINDOW = 64 << 10
+
+
 class RefStore:
     """The refs of one ledger, read from the view + log and moved by CAS."""
 
@@ -230,7 +235,12 @@ class RefStore:
             return RefView(offset=0, refs={})
         self.view_status = "unchecked" if not view.digest else "mismatch"
         self.view_offset = view.offset
-        if view.digest and view.digest == self.log.prefix_digest(view.offset, view_body(view)):
+        body = view_body(view)
+        if view.window:  # format 4: the frames just before the offset
+            expected = self.log.window_digest(view.offset, view.window, body)
+        else:  # format 3: the whole prefix
+            expected = self.log.prefix_digest(view.offset, body)
+        if view.digest and view.digest == expected:
             self.view_status = "ok"
             return view
         return RefView(offset=0, refs={})
@@ -344,10 +354,11 @@ class RefStore:
         The caller holds the write lock and ``state`` is the replay up to
         ``state.offset``; the view is stamped with the digest of that log prefix.
         """
-        digest = self.log.prefix_digest(state.offset, view_body(state))
+        digest = self.log.window_digest(state.offset, VIEW_WINDOW, view_body(state))
         if digest is None:
             return  # the log is shorter than the state claims: write no view that lies
-        data = msgpack_encoder.encode(msgspec.structs.replace(state, digest=digest))
+        view = msgspec.structs.replace(state, digest=digest, window=VIEW_WINDOW)
+        data = msgpack_encoder.encode(view)
         atomic_write(self.view_path, data, fsync=False, tmp_dir=self.tmp_dir)
 
 

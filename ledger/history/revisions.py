@@ -73,6 +73,7 @@ def resolve(
     refs_at: Callable[[dt.datetime], dict[str, str]] | None = None,
     expired: Callable[[], Collection[str]] | None = None,
     now: Callable[[], dt.datetime] = utcnow,
+    with_prefix: Callable[[str], Iterable[str]] | None = None,
 ) -> str:
     """The full commit id that ``rev`` names (grammar: ``ledger.history.revsyntax``).
 
@@ -80,6 +81,8 @@ def resolve(
     ``refs_at`` (the refs as the event log had them at a moment) serves
     ``name@{when}``; ``expired`` (ids whose state is gone) keeps ``best:`` to
     retained commits. Without one, the forms it serves are refused.
+    ``with_prefix`` (the commit ids starting with a lower-case hex prefix, from
+    an index) spares an id or id prefix the pass over ``commit_ids``.
 
     Raises:
         RevisionSyntaxError: the text follows no form of the grammar.
@@ -92,7 +95,14 @@ def resolve(
         >>> resolve("main", {"refs/heads/main": "ab" * 32}, list, lambda c: None)[:4]
         'abab'
     """
-    ctx = _Context(rev, refs, commit_ids, first_parent, record, refs_at, expired, now)
+    if with_prefix is not None:
+        lookup = with_prefix
+    else:
+
+        def lookup(prefix: str) -> Iterable[str]:
+            return (cid for cid in commit_ids() if cid.startswith(prefix))
+
+    ctx = _Context(rev, refs, lookup, first_parent, record, refs_at, expired, now)
     return ctx.evaluate(parse_rev(rev))
 
 
@@ -103,7 +113,7 @@ class _Context:
         self,
         text: str,
         refs: dict[str, str],
-        commit_ids: Callable[[], Iterable[str]],
+        with_prefix: Callable[[str], Iterable[str]],
         first_parent: Callable[[str], str | None],
         record: Callable[[str], CommitRecord] | None,
         refs_at: Callable[[dt.datetime], dict[str, str]] | None,
@@ -112,7 +122,7 @@ class _Context:
     ) -> None:
         self.text = text.strip()
         self.refs = refs
-        self.commit_ids = commit_ids
+        self.with_prefix = with_prefix
         self.first_parent = first_parent
         self.record = record
         self.refs_at = refs_at
@@ -125,7 +135,7 @@ class _Context:
     def evaluate(self, rev: Rev) -> str:
         base = rev.base
         if isinstance(base, Name):
-            cid = _resolve_base(base.name, self.refs, self.commit_ids)
+            cid = _resolve_base(base.name, self.refs, self.with_prefix)
         elif isinstance(base, At):
             cid = self._at(base)
         else:
@@ -154,7 +164,7 @@ class _Context:
         moment = when_utc(at.when, self.now())
         past = self.refs_at(moment)
         try:
-            return _resolve_base(name, past, lambda: ())
+            return _resolve_base(name, past, lambda prefix: ())
         except (RevisionNotFoundError, EmptyLedgerError):
             raise self._missing(
                 f"the event log shows no commit for {name!r} at "
@@ -290,7 +300,9 @@ def refs_as_of(events: Iterable[Event], moment: dt.datetime) -> dict[str, str]:
     return state.refs
 
 
-def _resolve_base(base: str, refs: dict[str, str], commit_ids: Callable[[], Iterable[str]]) -> str:
+def _resolve_base(
+    base: str, refs: dict[str, str], with_prefix: Callable[[str], Iterable[str]]
+) -> str:
     if base == HEAD or base == "@":
         branch, cid = head_target(refs)
         if cid is None:
@@ -303,7 +315,7 @@ def _resolve_base(base: str, refs: dict[str, str], commit_ids: Callable[[], Iter
             return refs[ref]
     lowered = base.lower()
     if _HEX_RE.match(lowered):
-        matches = [cid for cid in commit_ids() if cid.startswith(lowered)]
+        matches = list(with_prefix(lowered))
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -21,9 +21,19 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
         >>> hash_bytes(b"").hex()[:16]
         'af1349b9f5f9a1a6'
     """
-    hasher = blake3.blake3(max_threads=1)
+    hasher = new_hasher()
     hasher.update(data)
     return hasher.digest()
+
+
+def new_hasher() -> blake3.blake3:
+    """An empty blake3 hasher, to hash data that grows (``update``, ``copy``, ``digest``).
+
+    Example:
+        >>> h = new_hasher(); h.update(b""); h.digest() == hash_bytes(b"")
+        True
+    """
+    return blake3.blake3(max_threads=1)
 
 
 def is_hex_id(text: str) -> bool:

@@ -1,7 +1,9 @@
 """The object store: content-addressed objects in pack files on a filesystem.
 
 This module owns a ledger's ``objects/`` folder: the in-memory index of its
-packs (loaded, refreshed, forgotten when gc removes them), reading objects
+packs (``ledger.objects.lookup``: the merged index of ``ledger.objects.midx``
+plus the packs it does not cover; loaded, refreshed only when the files
+changed, forgotten when gc or compaction removes packs), reading objects
 back (each decoded and hash-checked by ``ledger.objects.check``), falling back
 to an ``ObjectSource`` for objects no pack holds, and handing out writers
 (``ledger.objects.writer.PackWriter`` writes new packs). It knows nothing of
@@ -16,16 +18,23 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from ledger.errors import CorruptionError, ObjectMissingError, PackUnreadableError
+from ledger.errors import (
+    CorruptionError,
+    ObjectMissingError,
+    PackUnreadableError,
+    RecordTooLargeError,
+)
 from ledger.objects import direct
 from ledger.objects.check import check_hash, decode_object
 from ledger.objects.durable import fsync_dir
 from ledger.objects.handles import Handle, PackHandles
+from ledger.objects.lookup import Located, PackTable
+from ledger.objects.midx import MIDX_NAME, MergedIndex, write_midx
 from ledger.objects.packs import IndexEntry, pread_exact, read_pack_index
 from ledger.objects.safepath import check_inside
 from ledger.objects.writer import DEFAULT_MAX_PACK_BYTES, PackWriter, Rates
@@ -33,7 +42,6 @@ from ledger.threads import block_signals
 
 RECENT_MAX = 1 << 18
 SETTLED_NS = 2_000_000_000  # a directory unchanged this long after a scan needs no rescan
-Located = tuple[str, IndexEntry]
 
 
 class ObjectSource(Protocol):
@@ -66,9 +74,10 @@ class ObjectStore:
         self.tmp_dir = root / "objects" / "tmp"
         self.fsync = fsync
         self.damaged: dict[str, str] = {}
-        self._index: dict[bytes, Located] = {}
-        self._loaded: set[str] = set()
-        self._entries: dict[str, list[IndexEntry]] = {}
+        self._table = PackTable()  # the merged index, plus the packs it does not cover
+        self._loaded: set[str] = set()  # every readable pack, covered by the merged index or not
+        self._midx_seen: tuple[object, ...] | None = None
+        self.midx_error: str | None = None  # why a damaged merged index was set aside
         # xxh3-128 + length of recently seen chunks -> their blake3 id (see PackWriter).
         self.recent: dict[bytes, bytes] = {}
         self._flusher: ThreadPoolExecutor | None = None
@@ -87,10 +96,20 @@ class ObjectStore:
 
     # -- index -------------------------------------------------------------
 
+    @property
+    def midx_path(self) -> Path:
+        """The merged index of this store's packs (``ledger.objects.midx``)."""
+        return self.root / "objects" / MIDX_NAME
+
     def refresh(self) -> None:
-        """Load the index of every pack that appeared since the last call."""
+        """Load the merged index if it changed, then the index of every pack it does not cover."""
         with self._lock:
-            for name in sorted(self._on_disk() - self._loaded - self.damaged.keys()):
+            self._load_midx()
+            covered = self._table.covered()
+            on_disk = self._on_disk()
+            self._loaded |= covered & on_disk
+            self._table.gone = covered - on_disk
+            for name in sorted(on_disk - self._loaded - self.damaged.keys() - covered):
                 path = self.pack_path(name)
                 try:
                     entries = read_pack_index(path)
@@ -103,6 +122,26 @@ class ObjectStore:
                     self.damaged[name] = unreadable_reason(path)
                     continue
                 self._add(name, entries)
+
+    def _load_midx(self) -> None:
+        """(Re)read the merged index when its file changed; a damaged one is set aside."""
+        try:
+            st = os.stat(self.midx_path)
+        except FileNotFoundError:
+            seen = None
+        else:
+            seen = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if seen == self._midx_seen:
+            return
+        self._midx_seen = seen
+        fresh: MergedIndex | None = None
+        if seen is not None:
+            try:
+                fresh = MergedIndex.read(self.midx_path)
+                self.midx_error = None
+            except (CorruptionError, RecordTooLargeError, OSError) as e:
+                self.midx_error = str(e)
+        self._loaded -= self._table.set_midx(fresh)  # no longer covered: read their own indexes
 
     def _on_disk(self) -> set[str]:
         """The names of the packs in ``objects/packs/`` now.
@@ -123,10 +162,8 @@ class ObjectStore:
         return set(names)
 
     def _add(self, name: str, entries: Sequence[IndexEntry]) -> None:
-        for entry in entries:
-            self._index.setdefault(entry.id, (name, entry))
+        self._table.add(name, entries)
         self._loaded.add(name)
-        self._entries[name] = list(entries)
 
     def add_pack(self, name: str, entries: Sequence[IndexEntry]) -> None:
         """Make a pack this process just wrote visible without re-reading it."""
@@ -145,17 +182,51 @@ class ObjectStore:
     def _forget(self, names: set[str]) -> None:
         for name in names:
             self._loaded.discard(name)
-            self._entries.pop(name, None)
             self.damaged.pop(name, None)
             self.handles.invalidate(self.pack_path(name))
-        self._index = {}
-        for name in sorted(self._loaded):
-            for entry in self._entries[name]:
-                self._index.setdefault(entry.id, (name, entry))
+        self._table.forget(names)
 
     def pack_entries(self, name: str) -> list[IndexEntry]:
         """The index entries of a loaded pack."""
-        return list(self._entries.get(name, []))
+        if name in self._table.entries_of:
+            return list(self._table.entries_of[name])
+        if name not in self._loaded:
+            return []
+        try:
+            return read_pack_index(self.pack_path(name))
+        except (CorruptionError, OSError):  # fall back on what the merged index says
+            assert self._table.midx is not None
+            return [e for p, e in self._table.midx.entries() if p == name]
+
+    def covered_objects(self) -> int:
+        """How many records the merged index holds (0 without one)."""
+        return len(self._table.midx) if self._table.midx is not None else 0
+
+    def covered_locations(self, oid: bytes) -> list[Located]:
+        """Every (pack, entry) of ``oid`` in the packs the merged index covers (still present)."""
+        return self._table.covered_locations(oid)
+
+    def covered_packs(self) -> set[str]:
+        """The loaded packs that the merged index covers (the rest are indexed one by one)."""
+        return self._table.covered() & self._loaded
+
+    def write_midx(self, packs: Mapping[str, Sequence[IndexEntry]], keep: Iterable[str]) -> None:
+        """Replace the merged index by one covering ``packs`` and the covered packs ``keep``.
+
+        Compaction and gc only, under the gc lock held exclusively.
+        """
+        check_inside(self.root, self.midx_path, "writing")
+        write_midx(
+            self.midx_path,
+            packs,
+            base=self._table.midx,
+            keep=keep,
+            fsync=self.fsync,
+            tmp_dir=self.tmp_dir,
+        )
+        with self._lock:
+            self._midx_seen = ("written",)
+        self.refresh()
 
     def pack_path(self, name: str) -> Path:
         """The file of a pack."""
@@ -189,23 +260,35 @@ class ObjectStore:
 
     def has(self, oid: bytes) -> bool:
         """Whether the object is stored (in a pack already known to this process)."""
-        return oid in self._index
+        return self._table.find(oid) is not None
 
     def locate(self, oid: bytes) -> Located | None:
         """The pack and index entry of an object, re-scanning packs once on a miss."""
-        found = self._index.get(oid)
+        found = self._table.find(oid)
         if found is None:
             self.refresh()
-            found = self._index.get(oid)
+            found = self._table.find(oid)
         return found
 
     def ids(self, kind: str) -> list[bytes]:
         """Ids of every stored object of one kind (``chunk``, ``manifest``, ``commit``, ``blob``)."""
-        return [oid for oid, (_, e) in list(self._index.items()) if e.kind == kind]
+        return self._table.ids(kind)
+
+    def entries(self, kind: str) -> Iterator[Located]:
+        """(pack, entry) of every stored object of one kind, each id once."""
+        return self._table.entries(kind)
+
+    def ids_with_prefix(self, kind: str, prefix: str) -> list[str]:
+        """Hex ids of one kind that start with the lower-case hex ``prefix`` (O(log n))."""
+        return self._table.ids_with_prefix(kind, prefix)
 
     def pack_names(self) -> list[str]:
         """Names of every readable pack."""
         return sorted(self._loaded)
+
+    def index_bytes(self) -> int:
+        """Bytes the in-memory index holds: the merged index file plus the per-pack table."""
+        return self._table.nbytes()
 
     # -- reading -----------------------------------------------------------
 
