@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,22 @@ def perturb_all(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
             t.add_(1e-3)
 
 
+def timed_commits(
+    timer: Timer,
+    lg: Any,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    plan: Sequence[tuple[str, Callable[[], Any]]],
+    reps: int,
+    steps: Iterator[int],
+) -> None:
+    """Time ``reps`` commits of the state on ``lg`` for each (op, untimed change before it)."""
+    for op, before in plan:
+        for _ in range(reps):
+            step = next(steps)
+            timer(op, lambda s=step: m.ledger_commit(lg, model, opt, step=s), before)
+
+
 def zero_all(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     """Zero the live tensors, so a restore that skipped one is caught by the digest check."""
     with torch.no_grad():
@@ -133,52 +151,28 @@ def work(size_gb: float, args: argparse.Namespace, workdir: Path) -> dict[str, A
 
     path = workdir / "lg"
     lg = m.ledger_open(path, fsync=True, create=True)
-    m.ledger_commit(lg, model, opt, step=0)
-    for step in range(1, args.history + 1):
+    steps = itertools.count()
+    m.ledger_commit(lg, model, opt, step=next(steps))
+    for _ in range(args.history):
         m.ledger_touch_last_layer(model)
-        m.ledger_commit(lg, model, opt, step=step)
-    step = args.history
-    for _ in range(reps):
-        step += 1
-        timer(
-            "full",
-            lambda s=step: m.ledger_commit(lg, model, opt, step=s),
-            lambda: perturb_all(model, opt),
-        )
-    for _ in range(reps):
-        step += 1
-        timer("unchanged", lambda s=step: m.ledger_commit(lg, model, opt, step=s))
-    for _ in range(reps):
-        step += 1
-        timer(
-            "last_layer",
-            lambda s=step: m.ledger_commit(lg, model, opt, step=s),
-            lambda: m.ledger_touch_last_layer(model),
-        )
+        m.ledger_commit(lg, model, opt, step=next(steps))
+    everything, last = partial(perturb_all, model, opt), partial(m.ledger_touch_last_layer, model)
+    plan = [("full", everything), ("unchanged", gc.collect), ("last_layer", last)]
+    timed_commits(timer, lg, model, opt, plan, reps, steps)
     if two_fit:
         for _ in range(reps):
             timer("host_copy", lambda: [t.clone() for t in live_tensors(model, opt).values()])
-            step += 1
             handle = timer(
                 "async_blocking",
-                lambda s=step: lg.commit({"model": model, "optim": opt}, step=s, blocking=False),
-                lambda: perturb_all(model, opt),
+                lambda: lg.commit({"model": model, "optim": opt}, step=next(steps), blocking=False),
+                everything,
             )
             handle.result()
     lg.close()
     trusted = m.ledger_open(path, fsync=True, trust_versions=True)
-    step += 1
-    m.ledger_commit(trusted, model, opt, step=step)  # this instance learns the versions
-    for _ in range(reps):
-        step += 1
-        timer("unchanged_trusted", lambda s=step: m.ledger_commit(trusted, model, opt, step=s))
-    for _ in range(reps):
-        step += 1
-        timer(
-            "last_layer_trusted",
-            lambda s=step: m.ledger_commit(trusted, model, opt, step=s),
-            lambda: m.ledger_touch_last_layer(model),
-        )
+    m.ledger_commit(trusted, model, opt, step=next(steps))  # this instance learns the versions
+    plan = [("unchanged_trusted", gc.collect), ("last_layer_trusted", last)]
+    timed_commits(timer, trusted, model, opt, plan, reps, steps)
     trusted.close()
     want = digests(live_tensors(model, opt))
 
