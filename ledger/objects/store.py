@@ -27,7 +27,6 @@ from ledger.objects.check import check_hash, decode_object
 from ledger.objects.durable import fsync_dir
 from ledger.objects.handles import Handle, PackHandles
 from ledger.objects.packs import IndexEntry, pread_exact, read_pack_index
-from ledger.objects.readahead import ReadAhead, Span, in_pack_order
 from ledger.objects.safepath import check_inside
 from ledger.objects.writer import DEFAULT_MAX_PACK_BYTES, PackWriter, Rates
 from ledger.threads import block_signals
@@ -312,8 +311,9 @@ class ObjectStore:
     ) -> None:
         """Run :meth:`read_into` for every job, in parallel, raising the first error.
 
-        The jobs run in pack order, and the kernel is asked to read ahead of
-        them (``ledger.objects.readahead``) so the disk never waits on hashing.
+        The jobs run in pack order (by pack, then offset): the workers walk each
+        pack front to back, which the kernel's read-ahead streams, whatever
+        order the state's tensors were committed in.
         """
         if self.source is not None:
             missing = {oid: what for oid, _, what in jobs if not self.has(oid)}
@@ -322,25 +322,15 @@ class ObjectStore:
                 missing = {oid: what for oid, what in missing.items() if not self.has(oid)}
             if missing:
                 self.source.fetch(list(missing), missing)
-        ordered = in_pack_order(jobs, lambda job: self.span(job[0]))
-        ahead = self.read_ahead([self.span(oid) for oid, _, _ in ordered])
-
-        def read(i: int, oid: bytes, out: memoryview, what: str) -> None:
-            ahead.starting(i)
-            self.read_into(oid, out, what)
-
-        futures = [pool.submit(read, i, *job) for i, job in enumerate(ordered)]
+        ordered = sorted(range(len(jobs)), key=lambda i: self._position(jobs[i][0], i))
+        futures = [pool.submit(self.read_into, *jobs[i]) for i in ordered]
         for f in futures:
             f.result()
 
-    def span(self, oid: bytes) -> Span | None:
-        """Where an object's stored bytes lie (pack, offset, length), if a known pack holds it."""
+    def _position(self, oid: bytes, i: int) -> tuple[int, str, int, int]:
+        """Sort key of a read: known objects by (pack, offset), then unknown ones in order."""
         found = self._index.get(oid)
-        return None if found is None else (found[0], found[1].offset, found[1].length)
-
-    def read_ahead(self, spans: Sequence[Span | None]) -> ReadAhead:
-        """A :class:`ReadAhead` over ``spans`` of this store's packs (``read_many``, mapped checks)."""
-        return ReadAhead(spans, lambda pack: self.handles.get(self.pack_path(pack)))
+        return (1, "", 0, i) if found is None else (0, found[0], found[1].offset, i)
 
     # -- writing -----------------------------------------------------------
 

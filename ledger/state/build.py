@@ -36,7 +36,6 @@ from ledger.manifest import (
     TupleNode,
     ValueNode,
 )
-from ledger.objects.readahead import in_pack_order
 from ledger.objects.store import Located, ObjectStore, raw_run
 from ledger.state.dtypes import numpy_dtype, torch_dtype
 from ledger.state.files import File
@@ -313,15 +312,8 @@ class Builder:
     def load(self) -> None:
         """Read every queued chunk into its tensor, in parallel, hash-checked."""
         reads, self.reads = self.reads, []
-        checks = in_pack_order(self.checks, lambda job: self.store.span(job[0]))
-        self.checks = []
-        ahead = self.store.read_ahead([self.store.span(job[0]) for job in checks])
-
-        def check(i: int, oid: bytes, data: memoryview, where: str, pack: str) -> None:
-            ahead.starting(i)  # mapped bytes fault in from the disk: ask for them early
-            self.store.check(oid, data, where, pack)
-
-        futures = [self.pool.submit(check, i, *job) for i, job in enumerate(checks)]
+        checks, self.checks = self.checks, []
+        futures = [self.pool.submit(self.store.check, *job) for job in checks]
         try:
             self.store.read_many(reads, self.pool)
         finally:

@@ -1,8 +1,8 @@
-"""Reads run in pack order with the kernel asked to read ahead: bytes stay exact, damage is named."""
+"""Reads run in pack order, not the manifest's: bytes stay exact, damage is named."""
 
 from __future__ import annotations
 
-import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,9 +11,6 @@ from helpers import bits, flip_stored_byte
 
 from ledger import Ledger
 from ledger.errors import CorruptionError
-from ledger.objects import readahead
-from ledger.objects.handles import PackHandles
-from ledger.objects.readahead import ReadAhead, in_pack_order
 
 
 def mixed_state(seed: int) -> dict[str, torch.Tensor]:
@@ -32,15 +29,9 @@ def mixed_state(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.fixture
-def tiny_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read ahead by one 4 KiB chunk only, so the window slides many times in one read."""
-    monkeypatch.setattr(readahead, "AHEAD_BYTES", 4096)
-
-
 @pytest.mark.parametrize("compress", [False, True])
 def test_checkout_and_restore_are_bit_exact_when_reads_run_in_pack_order(
-    ledger_dir: Path, tiny_window: None, compress: bool
+    ledger_dir: Path, compress: bool
 ) -> None:
     with Ledger.open(
         ledger_dir, create=True, fsync=False, chunk_size=4096, compress=compress
@@ -59,7 +50,7 @@ def test_checkout_and_restore_are_bit_exact_when_reads_run_in_pack_order(
 
 
 def test_a_damaged_chunk_is_refused_naming_its_tensor_and_object(
-    small: Ledger, tiny_window: None
+    small: Ledger,
 ) -> None:
     state = mixed_state(1)
     c = small.commit(state, rng=False)
@@ -74,38 +65,29 @@ def test_a_damaged_chunk_is_refused_naming_its_tensor_and_object(
         small.restore({k: torch.zeros_like(v) for k, v in state.items()}, c.id, rng=False)
 
 
-def test_pack_order_sorts_by_pack_then_offset_and_keeps_unplaced_last_in_order() -> None:
-    spans = {"a": ("q", 0, 4), "b": ("p", 50, 4), "c": None, "d": ("p", 10, 4), "e": None}
-    assert in_pack_order(list("abcde"), spans.get) == ["d", "b", "a", "c", "e"]
+def test_reads_are_issued_pack_by_pack_in_offset_order(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False, chunk_size=4096) as lg:
+        first = mixed_state(2)
+        lg.commit(first, rng=False)
+        later = {k: v.clone() for k, v in first.items()}
+        later["f32"] += 1  # lands in a second pack, listed first in the manifest
+        c = lg.commit(later, rng=False)
+        seen: list[tuple[str, int]] = []
+        store = lg.store
+        read_into = store.read_into
 
+        def recording(oid: bytes, out: memoryview, what: str) -> None:
+            located = store.locate(oid)
+            assert located is not None
+            if located[1].kind == "chunk":  # not the manifest, read before the chunks
+                seen.append((located[0], located[1].offset))
+            read_into(oid, out, what)
 
-def test_read_ahead_advises_each_span_once_and_only_within_the_window(tmp_path: Path) -> None:
-    (tmp_path / "p.pack").write_bytes(os.urandom(1000))
-    opened: list[str] = []
-    handles = PackHandles()
-
-    def opener(pack: str):  # type: ignore[no-untyped-def]
-        opened.append(pack)
-        return handles.get(tmp_path / f"{pack}.pack")
-
-    spans = [("p", 100 * i, 100) for i in range(10)]
-    ahead = ReadAhead(spans, opener, ahead=250)
-    ahead.starting(0)
-    assert ahead.advised == 3  # reads starting at 0, 100 and 200
-    ahead.starting(5)
-    assert ahead.advised == 8  # up to the read starting at 750
-    calls = len(opened)
-    ahead.starting(2)  # a late worker: everything up to it was advised already
-    assert ahead.advised == 8 and len(opened) == calls
-    ahead.starting(9)
-    assert ahead.advised == 10
-    assert opened == ["p"] * len(opened) and len(opened) == 3  # one call per contiguous run
-
-
-def test_read_ahead_skips_missing_packs_and_unplaced_reads(tmp_path: Path) -> None:
-    handles = PackHandles()
-    ahead = ReadAhead(
-        [None, ("gone", 0, 10), None], lambda p: handles.get(tmp_path / f"{p}.pack"), ahead=100
-    )
-    ahead.starting(0)  # the read itself reports a missing pack, with its name
-    assert ahead.advised == 3
+        store.read_into = recording  # type: ignore[method-assign]
+        with ThreadPoolExecutor(1) as one:  # one worker: the order it runs is the order issued
+            lg._pool = one
+            tree = lg.checkout(c.id)
+            lg._pool = None
+        assert bits(tree) == bits(later)
+        assert len({pack for pack, _ in seen}) == 2
+        assert seen == sorted(seen)
