@@ -190,7 +190,7 @@ def work(size_gb: float, args: argparse.Namespace, workdir: Path) -> dict[str, A
         timer("st_load_copy", load_copy, cold(st))
         timer("restore", lambda: m.ledger_restore(path, model, opt), cold(path))
     verified["restore"] = digests(live_tensors(model, opt)) == want
-    del dest
+    del dest, load_copy, everything, last, plan  # nothing may keep the live state alive
     model = opt = None  # type: ignore[assignment]
     gc.collect()
     for _ in range(reps):
@@ -250,6 +250,7 @@ def plot(results: Sequence[dict[str, Any]], png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sizes = [r["size_gb"] for r in results]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -266,6 +267,7 @@ def plot(results: Sequence[dict[str, Any]], png: Path) -> None:
         ax.plot(sizes, ys, marker="o", label=ROWS[op][0].removeprefix("ledger "))
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
     ax.set_xlabel("state size (GB)")
     ax.set_ylabel("time / baseline (same run)")
