@@ -392,7 +392,12 @@ class ObjectStore:
     def read_many(
         self, jobs: Sequence[tuple[bytes, memoryview, str]], pool: ThreadPoolExecutor
     ) -> None:
-        """Run :meth:`read_into` for every job, in parallel, raising the first error."""
+        """Run :meth:`read_into` for every job, in parallel, raising the first error.
+
+        The jobs run in pack order (by pack, then offset): the workers walk each
+        pack front to back, which the kernel's read-ahead streams, whatever
+        order the state's tensors were committed in.
+        """
         if self.source is not None:
             missing = {oid: what for oid, _, what in jobs if not self.has(oid)}
             if missing:
@@ -400,9 +405,15 @@ class ObjectStore:
                 missing = {oid: what for oid, what in missing.items() if not self.has(oid)}
             if missing:
                 self.source.fetch(list(missing), missing)
-        futures = [pool.submit(self.read_into, oid, out, what) for oid, out, what in jobs]
+        ordered = sorted(range(len(jobs)), key=lambda i: self._position(jobs[i][0], i))
+        futures = [pool.submit(self.read_into, *jobs[i]) for i in ordered]
         for f in futures:
             f.result()
+
+    def _position(self, oid: bytes, i: int) -> tuple[int, str, int, int]:
+        """Sort key of a read: known objects by (pack, offset), then unknown ones in order."""
+        found = self._index.get(oid)
+        return (1, "", 0, i) if found is None else (0, found[0], found[1].offset, i)
 
     # -- writing -----------------------------------------------------------
 
