@@ -412,7 +412,7 @@ class ObjectStore:
 
     def _position(self, oid: bytes, i: int) -> tuple[int, str, int, int]:
         """Sort key of a read: known objects by (pack, offset), then unknown ones in order."""
-        found = self._index.get(oid)
+        found = self._table.find(oid)
         return (1, "", 0, i) if found is None else (0, found[0], found[1].offset, i)
 
     # -- writing -----------------------------------------------------------
