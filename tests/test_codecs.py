@@ -126,6 +126,45 @@ def test_exponent_split_round_trips_every_bit_pattern(
     assert bytes(out) == raw
 
 
+@given(
+    size=st.sampled_from([2, 4, 8]),
+    n=st.integers(min_value=1, max_value=5000),
+    base=st.integers(min_value=0, max_value=255),
+    spread=st.integers(min_value=1, max_value=16),
+    escapes=st.lists(st.integers(min_value=0, max_value=255), max_size=12),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_few_exponents_pack_as_nibbles_and_round_trip(
+    size: int, n: int, base: int, spread: int, escapes: list[int], seed: int
+) -> None:
+    """Exponents within 15 values of each other (AdamW's exp_avg_sq), odd counts, stray escapes."""
+    rng = np.random.default_rng(seed)
+    shift = 8 * size - 9
+    exps = (base + rng.integers(0, spread, n)) % 256
+    for k, value in enumerate(escapes):
+        exps[(k * 7919) % n] = value
+    rest = rng.integers(0, 2**63, n, dtype=np.uint64) & np.uint64(~(0xFF << shift) & (2**64 - 1))
+    words = (exps.astype(np.uint64) << np.uint64(shift)) | rest
+    raw = words.astype(f"<u{size}").tobytes()
+    blob = ExponentSplitZstdCodec(size).encode(memoryview(raw), min_saving=0.0)
+    out = bytearray(len(raw))
+    decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(out))
+    assert bytes(out) == raw
+    if n >= 2000 and spread <= 4 and not escapes and base + spread <= 240:
+        assert bytes(blob)[1] == 2  # the exponent plane went as nibbles
+
+
+def test_a_nibble_plane_with_a_wrong_escape_count_is_refused() -> None:
+    values = torch.rand(1 << 16) * 1e-6  # exponents within a few binades
+    raw = values.view(torch.uint8).numpy().tobytes()
+    blob = bytearray(ExponentSplitZstdCodec(4).encode(memoryview(raw)))
+    assert blob[1] == 2
+    head = 1 + 4 * 9
+    blob[head + 1] ^= 1  # the escape count, just after the base byte
+    with pytest.raises(CorruptionError):
+        decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(bytearray(len(raw))))
+
+
 def test_exponent_plane_holds_the_whole_bf16_and_fp32_exponent() -> None:
     values = torch.tensor([1.0, -2.0, 0.5, -0.0, float("inf")])
     for dtype, size in ((torch.bfloat16, 2), (torch.float32, 4)):

@@ -136,7 +136,8 @@ class ZstdCodec(Codec):
         out[:] = _zstd_decode(blob, len(out))
 
 
-_PLANE_HEAD = struct.Struct("<BQ")  # mode (0 raw, 1 zstd), stored length
+_PLANE_HEAD = struct.Struct("<BQ")  # mode (0 raw, 1 zstd, 2 nibbles: expzstd only), stored length
+_NIBBLE_HEAD = struct.Struct("<BQ")  # base value, escape count
 
 
 def _pack_planes(size: int, planes: list[tuple[int, bytes | memoryview]]) -> bytes:
@@ -146,7 +147,9 @@ def _pack_planes(size: int, planes: list[tuple[int, bytes | memoryview]]) -> byt
     return b"".join([*head, *(part for _, part in planes)])
 
 
-def _read_planes(name: str, blob: memoryview, raw_len: int) -> tuple[int, list[memoryview]]:
+def _read_planes(
+    name: str, blob: memoryview, raw_len: int, nibbles: bool = False
+) -> tuple[int, list[memoryview]]:
     """Item size and every plane (decoded, ``raw_len / size`` bytes each) of a plane-codec blob."""
     if len(blob) < 1:
         raise CorruptionError(f"{name} object is empty")
@@ -170,6 +173,8 @@ def _read_planes(name: str, blob: memoryview, raw_len: int) -> tuple[int, list[m
             planes.append(part)
         elif mode == 1:
             planes.append(memoryview(_zstd_decode(part, n)))
+        elif mode == 2 and nibbles:
+            planes.append(memoryview(_unpack_nibbles(part, n).data))
         else:
             raise CorruptionError(f"{name} plane mode {mode} is unknown")
     if pos != len(blob):
@@ -190,6 +195,68 @@ def _compress_plane(plane: np.ndarray) -> tuple[int, bytes | memoryview]:
     if len(packed) < len(view) * (1 - MIN_SAVING):
         return 1, packed
     return 0, view
+
+
+def _nibble_base(plane: np.ndarray) -> int | None:
+    """The base ``b`` whose window ``b .. b+14`` holds all but 1/256 of ``plane``, or None."""
+    if len(plane) == 0:
+        return None
+    hist = np.bincount(plane, minlength=256)
+    window = np.convolve(hist, np.ones(15, dtype=np.int64))[14:256]  # [b] = hist[b : b + 15]
+    base = int(np.argmax(window[:242]))
+    if len(plane) - int(window[base]) > len(plane) // 256:
+        return None
+    return base
+
+
+def _pack_nibbles(plane: np.ndarray, base: int) -> bytes:
+    """Mode 2: each value as a 4-bit code ``value - base`` (15: the next escape), two per byte.
+
+    The pairs are zstd'd: half the bytes to code, and Huffman on pairs of
+    exponents gets under the one bit per value that single bytes cannot.
+    """
+    codes = np.minimum(plane - np.uint8(base), 15)
+    escapes = plane[codes == 15]
+    if len(codes) % 2:
+        codes = np.append(codes, np.uint8(0))
+    pairs = codes.view("<u2")
+    packed = np.right_shift(pairs, 4)
+    np.bitwise_or(packed, pairs, out=packed)  # low byte: code[2k] | code[2k+1] << 4
+    frame = _plane_compressor().compress(packed.astype(np.uint8).data)
+    return b"".join([_NIBBLE_HEAD.pack(base, len(escapes)), escapes.tobytes(), frame])
+
+
+def _unpack_nibbles(part: memoryview, n: int) -> np.ndarray:
+    if len(part) < _NIBBLE_HEAD.size:
+        raise CorruptionError("expzstd nibble plane is truncated in its header")
+    base, count = _NIBBLE_HEAD.unpack_from(part)
+    start = _NIBBLE_HEAD.size
+    if count > n or len(part) < start + count:
+        raise CorruptionError(f"expzstd nibble plane declares {count} escapes for {n} values")
+    escapes = np.frombuffer(part[start : start + count], dtype=np.uint8)
+    packed = np.frombuffer(_zstd_decode(part[start + count :], (n + 1) // 2), dtype=np.uint8)
+    pairs = packed.astype("<u2")
+    high = np.bitwise_and(pairs, 0xF0)
+    np.left_shift(high, 4, out=high)
+    np.bitwise_and(pairs, 0x0F, out=pairs)
+    np.bitwise_or(pairs, high, out=pairs)
+    codes = pairs.view(np.uint8)[:n]
+    plane = codes + np.uint8(base)
+    escaped = codes == 15
+    if int(np.count_nonzero(escaped)) != count:
+        raise CorruptionError(f"expzstd nibble plane has escapes other than its {count}")
+    plane[escaped] = escapes
+    return plane
+
+
+def _exponent_part(plane: np.ndarray, base: int | None) -> tuple[int, bytes | memoryview]:
+    """(mode, bytes) of the exponent plane: nibbles when ``base`` is given, else as any plane."""
+    if base is None:
+        return _compress_plane(plane)
+    packed = _pack_nibbles(plane, base)
+    if len(packed) < len(plane) * (1 - MIN_SAVING):
+        return 2, packed
+    return 0, memoryview(plane.data)
 
 
 class ByteGroupZstdCodec(Codec):
@@ -253,21 +320,27 @@ class ExponentSplitZstdCodec(Codec):
             raise ValueError(f"expzstd needs whole {size}-byte elements, got {len(raw)} bytes")
         words = np.frombuffer(raw, dtype=_UINT[size])
         sampled = len(raw) >= 4 * SAMPLE_BYTES * size
-        if sampled:
-            head = self._split(words[:SAMPLE_BYTES])
-            savings = [_sample_saving(p) for p in head]
-            useful = [saving >= MIN_SAVING for saving in savings]
-            if sum(s for s in savings if s >= MIN_SAVING) / size < min_saving:
-                return raw
-        planes = self._split(words)
-        parts = [
+        head = self._split(words[:SAMPLE_BYTES]) if sampled else self._split(words)
+        savings = [_sample_saving(p) for p in head]
+        first = head[0][:SAMPLE_BYTES]
+        base = _nibble_base(first)
+        if base is not None:  # few exponents: nibbles, if they beat zstd on the bytes
+            nibbled = 1 - len(_pack_nibbles(first, base)) / len(first)
+            base = base if nibbled > savings[0] else None
+            savings[0] = max(savings[0], nibbled)
+        useful = [saving >= MIN_SAVING for saving in savings]
+        if sampled and sum(s for s in savings if s >= MIN_SAVING) / size < min_saving:
+            return raw
+        planes = self._split(words) if sampled else head
+        parts = [_exponent_part(planes[0], base) if useful[0] else (0, memoryview(planes[0].data))]
+        parts += [
             _compress_plane(p) if not sampled or useful[i] else (0, memoryview(p.data))
-            for i, p in enumerate(planes)
+            for i, p in enumerate(planes[1:], start=1)
         ]
         return _pack_planes(size, parts)
 
     def decode_into(self, blob: memoryview, out: memoryview) -> None:
-        size, planes = _read_planes(self.name, blob, len(out))
+        size, planes = _read_planes(self.name, blob, len(out), nibbles=True)
         exp, sign, *low = (np.frombuffer(p, dtype=np.uint8) for p in planes)
         top = np.right_shift(exp, 1)
         np.bitwise_or(top, sign & 0x80, out=top)
