@@ -1,0 +1,238 @@
+"""Float codec benchmark: the store's codec against ZipNN, and what compression does to a commit.
+
+On the weights of a small MLP trained here (``chunking.train_mlp``: a few
+hundred AdamW steps on a teacher task, cached under ``benchmarks/out/``) and
+its AdamW ``exp_avg`` / ``exp_avg_sq``, each in fp32 and cast to bf16, it
+measures:
+
+* **codecs**: the store's float codec (``encode_chunk`` on 4 MiB chunks, a
+  thread pool of 1 or 2 over the chunks, as a commit runs it) and ZipNN
+  (``ZipNN(input_format="byte", threads=1 or 2)`` on the whole buffer, its
+  defaults otherwise): stored/raw ratio, encode and decode GB/s of raw bytes,
+  every round trip checked. ZipNN rewrites its input in place while
+  compressing, so it gets a fresh copy per call (copied outside the timing).
+  Without ZipNN installed (``pip install -e '.[bench]'``) its rows say
+  "skipped: zipnn not installed".
+* **commits**: the same state (fp32, and all of it cast to bf16) written by
+  ``commit`` with ``compress=True``, ``False`` and ``"auto"`` into a new
+  durable ledger, against safetensors' ``save_file`` + fsync; cases take turns
+  in every round, so a busy neighbour slows them alike; medians and ratios
+  (x safetensors) in the same run.
+
+Run:  ``.venv/bin/python benchmarks/codec.py [--mb 64] [--steps 300] [--repeat 5] [--json out.json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from _util import MiB, NoiseMeter, format_table, fsync_tree, gbps, machine_info, prefault
+from chunking import OUT_DIR, train_mlp
+
+from ledger import Ledger
+from ledger.objects.codecs import decoder, encode_chunk
+
+CHUNK = 4 * MiB
+
+
+def datasets(mb: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
+    """The trained tensors in fp32 and bf16, one flat vector each."""
+    trained = train_mlp(mb, steps, seed)
+    out: dict[str, torch.Tensor] = {}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for name in ("weights", "exp_avg", "exp_avg_sq"):
+            out[f"{label} {name}"] = trained[name].to(dtype).contiguous()
+    return out
+
+
+def _best(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        args = () if setup is None else (setup(),)
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours(raw: bytes, itemsize: int, threads: int, repeat: int) -> dict[str, float]:
+    """The store's codec over 4 MiB chunks on ``threads`` workers."""
+    view = memoryview(raw)
+    chunks = [view[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
+    with ThreadPoolExecutor(threads) as pool:
+
+        def enc() -> list[tuple[str, Any]]:
+            return list(
+                pool.map(lambda c: encode_chunk(c, float_itemsize=itemsize, compress=True), chunks)
+            )
+
+        blobs = enc()
+        out = bytearray(len(raw))
+        dest = memoryview(out)
+        offsets = range(0, len(raw), CHUNK)
+
+        def dec() -> None:
+            def one(i: int) -> None:
+                name, blob = blobs[i]
+                lo = offsets[i]
+                decoder(name).decode_into(memoryview(blob), dest[lo : lo + len(chunks[i])])
+
+            list(pool.map(one, range(len(chunks))))
+
+        dec()
+        assert bytes(out) == raw, "our codec did not round-trip"
+        return {
+            "ratio": sum(len(b) for _, b in blobs) / len(raw),
+            "encode_gbps": gbps(len(raw), _best(enc, repeat)),
+            "decode_gbps": gbps(len(raw), _best(dec, repeat)),
+        }
+
+
+def zipnn(raw: bytes, dtype: str, threads: int, repeat: int) -> dict[str, float] | str:
+    """ZipNN's byte-buffer codec with ``threads`` threads, or why it was skipped."""
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return "skipped: zipnn not installed"
+    zn = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
+    packed = zn.compress(bytearray(raw))
+    assert bytes(zn.decompress(packed)) == raw, "zipnn did not round-trip"
+    enc = _best(lambda buf: zn.compress(buf), repeat, setup=lambda: bytearray(raw))
+    dec = _best(lambda: zn.decompress(packed), repeat)
+    return {
+        "ratio": len(packed) / len(raw),
+        "encode_gbps": gbps(len(raw), enc),
+        "decode_gbps": gbps(len(raw), dec),
+    }
+
+
+def bench_codecs(tensors: dict[str, torch.Tensor], repeat: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, t in tensors.items():
+        raw = t.view(torch.uint8).numpy().tobytes()
+        zdtype = "bfloat16" if t.dtype == torch.bfloat16 else "float32"
+        for threads in (1, 2):
+            meter = NoiseMeter()
+            meter.start()
+            mine = ours(raw, t.element_size(), threads, repeat)
+            theirs = zipnn(raw, zdtype, threads, repeat)
+            row = {"data": name, "threads": threads, "ours": mine, "zipnn": theirs}
+            row["noise"] = meter.stop()
+            rows.append(row)
+            print(f"  {name} threads={threads}: {row}", file=sys.stderr)
+    return rows
+
+
+# --------------------------------------------------------------------------- commits
+
+
+def _safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    file = path / "state.safetensors"
+    save_file(state, str(file))
+    fsync_tree(path)
+
+
+def _ledger(compress: bool | str) -> Callable[[dict[str, torch.Tensor], Path], dict[str, Any]]:
+    def save(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+        with Ledger.open(path, create=True, compress=compress) as lg:  # type: ignore[arg-type]
+            lg.commit(state, rng=False)
+            rates = lg.store.rates
+            return {"codec_gbps_per_worker": rates.codec, "disk_gbps": rates.disk}
+
+    return save
+
+
+def _stored(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*.pack"))
+
+
+def bench_commits(
+    state: dict[str, torch.Tensor], repeat: int, root: Path
+) -> dict[str, dict[str, Any]]:
+    cases: dict[str, Callable[[dict[str, torch.Tensor], Path], Any]] = {
+        "safetensors save_file, fsync": _safetensors,
+        "commit compress=False": _ledger(False),
+        "commit compress=True": _ledger(True),
+        'commit compress="auto"': _ledger("auto"),
+    }
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    extra: dict[str, Any] = {}
+    meter = NoiseMeter()
+    meter.start()
+    for rnd in range(repeat):
+        for key, fn in cases.items():
+            path = root / f"{rnd}-{len(times[key])}-{abs(hash(key))}"
+            prefault(2 * nbytes)
+            t0 = time.perf_counter()
+            info = fn(state, path)
+            times[key].append(time.perf_counter() - t0)
+            if key != "safetensors save_file, fsync":
+                extra[key] = {"stored": _stored(path) / nbytes, **(info or {})}
+            shutil.rmtree(path)
+    noise = meter.stop()
+    base = statistics.median(times["safetensors save_file, fsync"])
+    out = {}
+    for key, ts in times.items():
+        med = statistics.median(ts)
+        out[key] = {"median_s": med, "best_s": min(ts), "x_safetensors": med / base, "noise": noise}
+        out[key].update(extra.get(key, {}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=64, help="MiB of fp32 weights to train")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--workdir", type=Path, default=OUT_DIR / "codec")
+    args = ap.parse_args(argv)
+
+    tensors = datasets(args.mb, args.steps, args.seed)
+    print(json.dumps(machine_info()), file=sys.stderr)
+    codecs = bench_codecs(tensors, args.repeat)
+    rows = []
+    for r in codecs:
+        o, z = r["ours"], r["zipnn"]
+        if not isinstance(z, dict):
+            z = {"ratio": z, "encode_gbps": None, "decode_gbps": None}
+        cells = [(o[k], z[k]) for k in ("ratio", "encode_gbps", "decode_gbps")]
+        rows.append([r["data"], r["threads"], *(v for pair in cells for v in pair), r["noise"]])
+    heads = ["data", "threads", "ratio ours", "ratio zipnn", "enc ours", "enc zipnn"]
+    heads += ["dec ours", "dec zipnn", "noise"]
+    print(format_table(heads, rows, "codecs (ratio = stored/raw; GB/s of raw bytes)"))
+
+    commits: dict[str, Any] = {}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for label in ("fp32", "bf16"):
+        state = {k.split(" ", 1)[1]: t for k, t in tensors.items() if k.startswith(label)}
+        commits[label] = bench_commits(state, args.repeat, args.workdir)
+        crow = [
+            [k, v["median_s"], v["best_s"], v["x_safetensors"], v.get("stored"), v["noise"]]
+            for k, v in commits[label].items()
+        ]
+        heads = ["case", "median s", "best s", "x safetensors", "stored/raw", "noise"]
+        print(format_table(heads, crow, f"\ncommit of the {label} state (fsync'd)"))
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"codecs": codecs, "commits": commits}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
