@@ -68,51 +68,68 @@ def datasets(mb: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _best(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> float:
-    times = []
-    for _ in range(repeat):
-        args = () if setup is None else (setup(),)
+class Contender:
+    """One codec on one buffer: its ratio, and encode/decode calls to time (round trip checked)."""
+
+    def __init__(
+        self,
+        ratio: float,
+        encode: Callable[[Any], Any],
+        decode: Callable[[], Any],
+        fresh: Callable[[], Any] = lambda: None,
+    ) -> None:
+        self.ratio, self.encode, self.decode, self.fresh = ratio, encode, decode, fresh
+        self.enc_s = self.dec_s = float("inf")
+
+    def time_once(self) -> None:
+        arg = self.fresh()  # untimed: a new input buffer where the codec needs one
         t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        self.encode(arg)
+        t1 = time.perf_counter()
+        self.decode()
+        t2 = time.perf_counter()
+        self.enc_s, self.dec_s = min(self.enc_s, t1 - t0), min(self.dec_s, t2 - t1)
 
-
-def ours(raw: bytes, itemsize: int, threads: int, repeat: int) -> dict[str, float]:
-    """The store's codec over 4 MiB chunks on ``threads`` workers."""
-    view = memoryview(raw)
-    chunks = [view[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
-    with ThreadPoolExecutor(threads) as pool:
-
-        def enc() -> list[tuple[str, Any]]:
-            return list(
-                pool.map(lambda c: encode_chunk(c, float_itemsize=itemsize, compress=True), chunks)
-            )
-
-        blobs = enc()
-        out = bytearray(len(raw))
-        dest = memoryview(out)
-        offsets = range(0, len(raw), CHUNK)
-
-        def dec() -> None:
-            def one(i: int) -> None:
-                name, blob = blobs[i]
-                lo = offsets[i]
-                decoder(name).decode_into(memoryview(blob), dest[lo : lo + len(chunks[i])])
-
-            list(pool.map(one, range(len(chunks))))
-
-        dec()
-        assert bytes(out) == raw, "our codec did not round-trip"
+    def result(self, nbytes: int) -> dict[str, float]:
         return {
-            "ratio": sum(len(b) for _, b in blobs) / len(raw),
-            "encode_gbps": gbps(len(raw), _best(enc, repeat)),
-            "decode_gbps": gbps(len(raw), _best(dec, repeat)),
+            "ratio": self.ratio,
+            "encode_gbps": gbps(nbytes, self.enc_s),
+            "decode_gbps": gbps(nbytes, self.dec_s),
         }
 
 
-def zipnn(raw: bytes, dtype: str, threads: int, repeat: int) -> dict[str, float] | str:
-    """ZipNN's byte-buffer codec with ``threads`` threads, or why it was skipped."""
+def ours(raw: bytes, itemsize: int, pool: ThreadPoolExecutor) -> Contender:
+    """The store's codec over 4 MiB chunks on the pool's workers."""
+    view = memoryview(raw)
+    chunks = [view[i : i + CHUNK] for i in range(0, len(raw), CHUNK)]
+
+    def enc(_: Any = None) -> list[tuple[str, Any]]:
+        return list(
+            pool.map(lambda c: encode_chunk(c, float_itemsize=itemsize, compress=True), chunks)
+        )
+
+    blobs = enc()
+    out = bytearray(len(raw))
+    dest = memoryview(out)
+
+    def one(i: int) -> None:
+        name, blob = blobs[i]
+        lo = i * CHUNK
+        decoder(name).decode_into(memoryview(blob), dest[lo : lo + len(chunks[i])])
+
+    def dec() -> None:
+        list(pool.map(one, range(len(chunks))))
+
+    dec()
+    assert bytes(out) == raw, "our codec did not round-trip"
+    return Contender(sum(len(b) for _, b in blobs) / len(raw), enc, dec)
+
+
+def zipnn(raw: bytes, dtype: str, threads: int) -> Contender | str:
+    """ZipNN's byte-buffer codec with ``threads`` threads, or why it was skipped.
+
+    ZipNN rewrites the buffer it compresses, so every call gets a fresh copy.
+    """
     try:
         from zipnn import ZipNN
     except ImportError:
@@ -120,18 +137,15 @@ def zipnn(raw: bytes, dtype: str, threads: int, repeat: int) -> dict[str, float]
     zn = ZipNN(input_format="byte", bytearray_dtype=dtype, threads=threads)
     packed = zn.compress(bytearray(raw))
     assert bytes(zn.decompress(packed)) == raw, "zipnn did not round-trip"
-    enc = _best(lambda buf: zn.compress(buf), repeat, setup=lambda: bytearray(raw))
-    dec = _best(lambda: zn.decompress(packed), repeat)
-    return {
-        "ratio": len(packed) / len(raw),
-        "encode_gbps": gbps(len(raw), enc),
-        "decode_gbps": gbps(len(raw), dec),
-    }
+    return Contender(
+        len(packed) / len(raw), zn.compress, lambda: zn.decompress(packed), lambda: bytearray(raw)
+    )
 
 
 def bench_codecs(
     tensors: dict[str, torch.Tensor], repeat: int, wait_idle: float
 ) -> list[dict[str, Any]]:
+    """Ours and ZipNN take turns in every repeat (best of ``repeat``), so load hits both alike."""
     rows = []
     for name, t in tensors.items():
         wait_for_idle(wait_idle)
@@ -140,10 +154,20 @@ def bench_codecs(
         for threads in (1, 2):
             meter = NoiseMeter()
             meter.start()
-            mine = ours(raw, t.element_size(), threads, repeat)
-            theirs = zipnn(raw, zdtype, threads, repeat)
-            row = {"data": name, "threads": threads, "ours": mine, "zipnn": theirs}
-            row["noise"] = meter.stop()
+            with ThreadPoolExecutor(threads) as pool:
+                mine = ours(raw, t.element_size(), pool)
+                theirs = zipnn(raw, zdtype, threads)
+                for _ in range(repeat):
+                    mine.time_once()
+                    if isinstance(theirs, Contender):
+                        theirs.time_once()
+            row = {
+                "data": name,
+                "threads": threads,
+                "ours": mine.result(len(raw)),
+                "zipnn": theirs.result(len(raw)) if isinstance(theirs, Contender) else theirs,
+                "noise": meter.stop(),
+            }
             rows.append(row)
             print(f"  {name} threads={threads}: {row}", file=sys.stderr)
     return rows
@@ -223,6 +247,25 @@ def bench_commits(
     return out
 
 
+def print_codecs(codecs: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in codecs:
+        o, z = r["ours"], r["zipnn"]
+        if not isinstance(z, dict):
+            z = {"ratio": z, "encode_gbps": None, "decode_gbps": None}
+        cells = [
+            (
+                f"{o['ratio']:.3f}",
+                z["ratio"] if isinstance(z["ratio"], str) else f"{z['ratio']:.3f}",
+            )
+        ]
+        cells += [(o[k], z[k]) for k in ("encode_gbps", "decode_gbps")]
+        rows.append([r["data"], r["threads"], *(v for pair in cells for v in pair), r["noise"]])
+    heads = ["data", "threads", "ratio ours", "ratio zipnn", "enc ours", "enc zipnn"]
+    heads += ["dec ours", "dec zipnn", "noise"]
+    print(format_table(heads, rows, "codecs (ratio = stored/raw; GB/s of raw bytes)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=32, help="MiB of fp32 weights to train")
@@ -231,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--part", choices=("all", "codecs", "commits"), default="all")
     ap.add_argument(
         "--wait-idle", type=float, default=60, help="seconds to wait for a quiet machine per case"
     )
@@ -239,21 +283,12 @@ def main(argv: list[str] | None = None) -> int:
 
     tensors = datasets(args.mb, args.steps, args.seed)
     print(json.dumps(machine_info()), file=sys.stderr)
-    codecs = bench_codecs(tensors, args.repeat, args.wait_idle)
-    rows = []
-    for r in codecs:
-        o, z = r["ours"], r["zipnn"]
-        if not isinstance(z, dict):
-            z = {"ratio": z, "encode_gbps": None, "decode_gbps": None}
-        cells = [(o[k], z[k]) for k in ("ratio", "encode_gbps", "decode_gbps")]
-        rows.append([r["data"], r["threads"], *(v for pair in cells for v in pair), r["noise"]])
-    heads = ["data", "threads", "ratio ours", "ratio zipnn", "enc ours", "enc zipnn"]
-    heads += ["dec ours", "dec zipnn", "noise"]
-    print(format_table(heads, rows, "codecs (ratio = stored/raw; GB/s of raw bytes)"))
-
+    codecs = bench_codecs(tensors, args.repeat, args.wait_idle) if args.part != "commits" else []
+    if codecs:
+        print_codecs(codecs)
     commits: dict[str, Any] = {}
     args.workdir.mkdir(parents=True, exist_ok=True)
-    for label in ("fp32", "bf16"):
+    for label in ("fp32", "bf16") if args.part != "codecs" else ():
         state = commit_state(tensors, label, args.commit_mb * 10**6)
         commits[label] = bench_commits(state, args.repeat, args.workdir, args.wait_idle)
         crow = [
