@@ -150,8 +150,22 @@ def test_few_exponents_pack_as_nibbles_and_round_trip(
     out = bytearray(len(raw))
     decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(out))
     assert bytes(out) == raw
-    if n >= 2000 and spread <= 4 and not escapes and base + spread <= 240:
-        assert bytes(blob)[1] == 2  # the exponent plane went as nibbles
+
+
+def test_two_common_exponents_go_as_nibbles_under_one_bit_each() -> None:
+    """AdamW's exp_avg_sq: one exponent in 4 of 5 values; single bytes cannot code that under 1 bit."""
+    rng = np.random.default_rng(0)
+    n = 1 << 20
+    exps = 100 + (rng.random(n) < 0.2).astype(np.uint32)
+    words = (exps << 23) | rng.integers(0, 1 << 23, n, dtype=np.uint32)
+    raw = words.astype("<u4").tobytes()
+    blob = bytes(ExponentSplitZstdCodec(4).encode(memoryview(raw)))
+    assert blob[1] == 2  # plane 0 went as nibbles
+    exp_len = int.from_bytes(blob[2:10], "little")
+    assert exp_len * 8 / n < 1.0  # bits per exponent
+    out = bytearray(len(raw))
+    decoder("expzstd").decode_into(memoryview(blob), memoryview(out))
+    assert bytes(out) == raw
 
 
 def test_a_nibble_plane_with_a_wrong_escape_count_is_refused() -> None:
