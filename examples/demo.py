@@ -424,7 +424,7 @@ def show_dedup(lg: Ledger, commits: list[Commit]) -> None:
     )
     console.print("  what does not change is stored once: the frozen encoder, numpy's RNG,")
     console.print("  AdamW's step counters (equal for all params); changed floats are stored")
-    console.print("  byte-grouped + zstd when that is smaller")
+    console.print("  exponent-split + zstd when that is smaller")
     check(on_disk < logical / 2, "the ledger takes less than half the space of full checkpoints")
 
 

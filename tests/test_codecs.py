@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger import Ledger
 from ledger.errors import CorruptionError
-from ledger.objects.codecs import ByteGroupZstdCodec, decoder, encode_chunk
+from ledger.objects.codecs import ExponentSplitZstdCodec, decoder, encode_chunk
 from ledger.state.dtypes import float_itemsize
+
+DATA = Path(__file__).parent / "data"
 
 FLOAT_DTYPES = [
     torch.float16,
@@ -91,8 +97,110 @@ def test_every_float_dtype_round_trips_bit_exact(
             pos = (k * 7919) % words
             bits = data.draw(st.sampled_from(SPECIAL_BITS[size]))
             raw[pos * size : (pos + 1) * size] = bits.to_bytes(size, "little")
-    _, back = _roundtrip(bytes(raw), size)
+    name, back = _roundtrip(bytes(raw), size)
     assert back == bytes(raw)
+    assert name in ("raw", "expzstd")
+
+
+@given(
+    size=st.sampled_from([2, 4, 8]),
+    words=st.lists(
+        st.one_of(
+            st.integers(min_value=0, max_value=2**64 - 1),
+            st.sampled_from(SPECIAL_BITS[8] + SPECIAL_BITS[4] + SPECIAL_BITS[2]),
+        ),
+        max_size=600,
+    ),
+    repeat=st.integers(min_value=1, max_value=300),
+)
+def test_exponent_split_round_trips_every_bit_pattern(
+    size: int, words: list[int], repeat: int
+) -> None:
+    """Any words, forced through every plane (min_saving 0 never falls back to raw)."""
+    mask = (1 << (8 * size)) - 1
+    raw = b"".join((w & mask).to_bytes(size, "little") for w in words) * repeat
+    blob = ExponentSplitZstdCodec(size).encode(memoryview(raw), min_saving=0.0)
+    assert blob is not raw or not raw
+    out = bytearray(len(raw))
+    decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(out))
+    assert bytes(out) == raw
+
+
+@given(
+    size=st.sampled_from([2, 4, 8]),
+    n=st.integers(min_value=1, max_value=5000),
+    base=st.integers(min_value=0, max_value=255),
+    spread=st.integers(min_value=1, max_value=16),
+    escapes=st.lists(st.integers(min_value=0, max_value=255), max_size=12),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_few_exponents_pack_as_nibbles_and_round_trip(
+    size: int, n: int, base: int, spread: int, escapes: list[int], seed: int
+) -> None:
+    """Exponents within 15 values of each other (AdamW's exp_avg_sq), odd counts, stray escapes."""
+    rng = np.random.default_rng(seed)
+    shift = 8 * size - 9
+    exps = (base + rng.integers(0, spread, n)) % 256
+    for k, value in enumerate(escapes):
+        exps[(k * 7919) % n] = value
+    rest = rng.integers(0, 2**63, n, dtype=np.uint64) & np.uint64(~(0xFF << shift) & (2**64 - 1))
+    words = (exps.astype(np.uint64) << np.uint64(shift)) | rest
+    raw = words.astype(f"<u{size}").tobytes()
+    blob = ExponentSplitZstdCodec(size).encode(memoryview(raw), min_saving=0.0)
+    out = bytearray(len(raw))
+    decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(out))
+    assert bytes(out) == raw
+
+
+def test_two_common_exponents_go_as_nibbles_under_one_bit_each() -> None:
+    """AdamW's exp_avg_sq: one exponent in 4 of 5 values; single bytes cannot code that under 1 bit."""
+    rng = np.random.default_rng(0)
+    n = 1 << 20
+    exps = 100 + (rng.random(n) < 0.2).astype(np.uint32)
+    words = (exps << 23) | rng.integers(0, 1 << 23, n, dtype=np.uint32)
+    raw = words.astype("<u4").tobytes()
+    blob = bytes(ExponentSplitZstdCodec(4).encode(memoryview(raw)))
+    assert blob[1] == 2  # plane 0 went as nibbles
+    exp_len = int.from_bytes(blob[2:10], "little")
+    assert exp_len * 8 / n < 1.0  # bits per exponent
+    out = bytearray(len(raw))
+    decoder("expzstd").decode_into(memoryview(blob), memoryview(out))
+    assert bytes(out) == raw
+
+
+def test_a_nibble_plane_with_a_wrong_escape_count_is_refused() -> None:
+    values = torch.rand(1 << 16) * 1e-6  # exponents within a few binades
+    raw = values.view(torch.uint8).numpy().tobytes()
+    blob = bytearray(ExponentSplitZstdCodec(4).encode(memoryview(raw)))
+    assert blob[1] == 2
+    head = 1 + 4 * 9
+    blob[head + 1] ^= 1  # the escape count, just after the base byte
+    with pytest.raises(CorruptionError):
+        decoder("expzstd").decode_into(memoryview(bytes(blob)), memoryview(bytearray(len(raw))))
+
+
+def test_exponent_plane_holds_the_whole_bf16_and_fp32_exponent() -> None:
+    values = torch.tensor([1.0, -2.0, 0.5, -0.0, float("inf")])
+    for dtype, size in ((torch.bfloat16, 2), (torch.float32, 4)):
+        raw = values.to(dtype).view(torch.uint8).numpy().tobytes()
+        blob = ExponentSplitZstdCodec(size).encode(memoryview(raw), min_saving=0.0)
+        assert isinstance(blob, bytes) and blob[0] == size
+        exp_len = int.from_bytes(blob[2:10], "little")
+        exponents = blob[1 + 9 * size :][:exp_len]
+        assert list(exponents) == [127, 128, 126, 0, 255]  # biased exponents; signs are elsewhere
+
+
+def test_objects_written_by_earlier_versions_still_decode(tmp_path: Path) -> None:
+    """Every object of the format-1 and -2 fixtures (bgzstd floats among them) decodes and re-hashes."""
+    seen: set[str] = set()
+    for name in ("ledger-format1", "ledger-format2"):
+        shutil.copytree(DATA / name, tmp_path / name)
+        with Ledger.open(tmp_path / name) as lg:
+            for pack in lg.store.pack_names():
+                for entry in lg.store.pack_entries(pack):
+                    seen.add(entry.codec)
+                    lg.store.read(entry.id, f"{entry.kind} object of {name}")
+    assert "bgzstd" in seen
 
 
 @given(raw=st.binary(min_size=0, max_size=5000), itemsize=st.sampled_from([None, 2, 4, 8]))
@@ -102,7 +210,7 @@ def test_any_bytes_round_trip_whatever_the_declared_item_size(
     name, back = _roundtrip(raw, itemsize)
     assert back == raw
     if itemsize and len(raw) % itemsize:
-        assert name != "bgzstd"  # odd sizes never claim byte grouping
+        assert name != "expzstd"  # odd sizes never claim whole elements
 
 
 def test_byte_grouping_shrinks_trained_like_bf16_and_fp32() -> None:
@@ -111,7 +219,7 @@ def test_byte_grouping_shrinks_trained_like_bf16_and_fp32() -> None:
     for dtype, bound in ((torch.bfloat16, 0.75), (torch.float32, 0.9)):
         raw = w.to(dtype).view(torch.uint8).numpy().tobytes()
         name, blob = encode_chunk(memoryview(raw), float_itemsize=dtype.itemsize, compress=True)
-        assert name == "bgzstd"
+        assert name == "expzstd"
         assert len(blob) / len(raw) < bound
 
 
@@ -122,33 +230,11 @@ def test_incompressible_bytes_are_stored_raw() -> None:
 
 
 @pytest.mark.parametrize("cut", [0, 1, 5, 20])
-def test_truncated_or_padded_bgzstd_blobs_are_refused(cut: int) -> None:
+@pytest.mark.parametrize("codec", ["bgzstd", "expzstd"])
+def test_truncated_or_padded_plane_blobs_are_refused(cut: int, codec: str) -> None:
     raw = (torch.randn(4096) * 0.02).view(torch.uint8).numpy().tobytes()
-    blob = ByteGroupZstdCodec(4).encode(memoryview(raw))
-    assert isinstance(blob, bytes)
+    blob = ExponentSplitZstdCodec(4).encode(memoryview(raw))
+    assert isinstance(blob, bytes)  # bgzstd's blob has the same frame: size, plane table, planes
     damaged = blob[: len(blob) - cut] if cut else blob + b"\0"
     with pytest.raises(CorruptionError):
-        decoder("bgzstd").decode_into(memoryview(damaged), memoryview(bytearray(len(raw))))
-
-
-def test_auto_policy_stores_raw_when_the_disk_outruns_the_codec() -> None:
-    from ledger.objects.store import Rates
-
-    rates = Rates()
-    assert rates.min_saving(2) == 0.25  # nothing measured yet: only clear savings (bf16, zeros)
-    rates.note_codec(1 << 22, 1 / 256)  # 1 GiB/s per worker
-    rates.note_disk(1 << 30, 1 / 1.5)  # 1.5 GiB/s write-back
-    threshold = rates.min_saving(2)
-    assert threshold == pytest.approx(0.75)
-    fp32 = (torch.randn(1 << 20) * 0.02).view(torch.uint8).numpy().tobytes()
-    name, _ = encode_chunk(memoryview(fp32), float_itemsize=4, compress=True, min_saving=threshold)
-    assert name == "raw"  # trained-like fp32 saves ~15-25%: not worth it on this "disk"
-    zeros = bytes(1 << 20)
-    assert (
-        encode_chunk(memoryview(zeros), float_itemsize=4, compress=True, min_saving=threshold)[0]
-        != "raw"
-    )
-    rates.note_disk(1 << 30, 20.0)  # a slow disk: now any real saving pays
-    for _ in range(20):
-        rates.note_disk(1 << 30, 20.0)
-    assert rates.min_saving(2) < 0.05
+        decoder(codec).decode_into(memoryview(damaged), memoryview(bytearray(len(raw))))

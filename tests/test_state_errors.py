@@ -338,7 +338,7 @@ def test_a_corrupted_chunk_is_refused_naming_the_tensor_and_commit(
     gen = torch.Generator().manual_seed(0)
     if fill == "random":  # three chunks of incompressible bytes, stored raw
         weight = torch.randint(-(2**31), 2**31 - 1, (3000,), dtype=torch.int32, generator=gen)
-    else:  # three chunks of small floats, stored byte-grouped and zstd-compressed
+    else:  # three chunks of small floats, stored exponent-split and zstd-compressed
         weight = torch.arange(3000, dtype=torch.float32).div_(7).floor_()
     other = torch.randn(2000, generator=gen)
     first = lg.commit({"model": {"w": weight, "b": torch.ones(3)}, "other": other}, rng=False)
@@ -346,7 +346,7 @@ def test_a_corrupted_chunk_is_refused_naming_the_tensor_and_commit(
     node = _tensor_node(lg, first.id, "model", "w")
     assert len(node.chunks) == 3
     assert lg.store.locate(bytes.fromhex(node.chunks[1]))[1].codec == (  # type: ignore[index]
-        "raw" if fill == "random" else "bgzstd"
+        "raw" if fill == "random" else "expzstd"
     )
     flip_stored_byte(lg, node.chunks[1], mask=0x5A)
 

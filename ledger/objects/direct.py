@@ -27,6 +27,8 @@ import errno
 import mmap
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -100,8 +102,15 @@ class DirectFile:
         10000
     """
 
-    def __init__(self, raw: Any, executor: ThreadPoolExecutor, buffers: Buffers) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        executor: ThreadPoolExecutor,
+        buffers: Buffers,
+        on_write: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._raw = raw  # an unbuffered file object (FileIO), opened with O_DIRECT or not
+        self._on_write = on_write  # (bytes, seconds) of each full buffer: the disk's speed
         self._executor = executor
         self._buffers = buffers
         self._bufs = [buffers.take() for _ in range(DEPTH)]
@@ -143,6 +152,7 @@ class DirectFile:
             self._inflight.popleft().result()
 
     def _write_all(self, view: memoryview) -> None:
+        started = time.perf_counter()
         done = 0
         while done < len(view):
             try:
@@ -157,6 +167,8 @@ class DirectFile:
             done += n
             if done < len(view) and done % BLOCK:
                 self._plain()  # a short write left the offset unaligned
+        if self._on_write is not None:
+            self._on_write(done, time.perf_counter() - started)
 
     def _direct(self) -> bool:
         return fcntl is not None and bool(fcntl.fcntl(self.fileno(), fcntl.F_GETFL) & O_DIRECT)

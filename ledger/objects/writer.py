@@ -32,50 +32,78 @@ if TYPE_CHECKING:
     from ledger.objects.store import ObjectStore
 
 DEFAULT_MAX_PACK_BYTES = 1 << 30
-# What compress="auto" asks an encoding to save before it has measured this machine.
+# What compress="auto" asks an encoding to save before it has measured the disk.
 AUTO_START_SAVING = 0.25
+# What it asks while the codec is slower than the disk: only chunks that shrink this
+# much (zeros, sparse, small integers), which also encode several times faster.
+AUTO_SLOW_SAVING = 0.5
+# While the codec is slower than the disk, one float chunk in this many is encoded
+# anyway, so that a codec that has sped up (a quieter machine) is noticed.
+AUTO_PROBE_EVERY = 16
 # Background write-back granularity of a pack being written (see PackWriter._note_written).
 FLUSH_BYTES = 64 << 20
 
 
 class Rates:
-    """Measured speeds of this machine: the codec (bytes/s per worker) and disk write-back.
+    """Measured speeds of this machine: hash+encode (bytes/s per worker) and the disk's writes.
 
-    They drive ``compress="auto"``: an encoding must save at least the fraction
-    ``disk / (codec * workers)`` of a chunk, or the chunk is stored raw: when the
-    disk is faster than the codec, compressing only slows the commit down.
+    They drive ``compress="auto"`` by the overlapped model: encoding runs in the
+    pool while earlier chunks go to the disk, so a commit takes as long as the
+    slower of the two. Compressing pays when encoding keeps up with the disk
+    (``codec * workers >= disk``) and saves anything at all: the disk then has
+    less to write and nothing waits for the codec. When the codec is slower, every
+    encoded chunk slows the commit down, so only chunks that shrink by half or more
+    are encoded (they are the fast ones to encode).
 
     Example:
-        >>> Rates().min_saving(4)
-        0.25
+        >>> rates = Rates()
+        >>> rates.note_codec(1 << 22, 1 / 256)  # 1 GiB/s per worker
+        >>> rates.note_disk(1 << 30, 1.0)  # 1 GiB/s
+        >>> rates.min_saving(2)
+        0.02
     """
 
     def __init__(self) -> None:
         self.codec: float | None = None
         self.disk: float | None = None
+        self._probe = 0
 
     @staticmethod
     def _ema(old: float | None, new: float) -> float:
         return new if old is None else 0.7 * old + 0.3 * new
 
     def note_codec(self, nbytes: int, seconds: float) -> None:
+        """Record hashing plus encoding ``nbytes`` of float chunk on one worker."""
         if seconds > 0 and nbytes >= 1 << 16:
             self.codec = self._ema(self.codec, nbytes / seconds)
 
     def note_disk(self, nbytes: int, seconds: float) -> None:
+        """Record ``nbytes`` reaching the disk in ``seconds`` (a write-back or a direct write)."""
         if seconds > 0 and nbytes >= 1 << 20:
             self.disk = self._ema(self.disk, nbytes / seconds)
+
+    def keeps_up(self, workers: int) -> bool | None:
+        """Whether ``workers`` encode at least as fast as the disk writes; None until both are measured."""
+        if self.codec is None or self.disk is None:
+            return None
+        return self.codec * max(1, workers) >= self.disk
 
     def min_saving(self, workers: int) -> float:
         """The saving an encoding must reach to be worth its time (auto policy).
 
-        Before both speeds are measured, a saving of a quarter is asked for: bf16
-        weights (~32%), zeros and sparse data compress, fp32 weights (~16%) are
-        written raw, the right call on any disk faster than ~0.6 GB/s.
+        The codec is measured first (its first chunks are encoded whatever they
+        save); until the disk is measured too, a quarter is asked for (bf16
+        weights, zeros and sparse data compress, fp32 weights are written raw).
         """
-        if self.codec is None or self.disk is None:
+        if self.codec is None:
+            return MIN_SAVING
+        keeps_up = self.keeps_up(workers)
+        if keeps_up is None:
             return AUTO_START_SAVING
-        return min(0.95, max(MIN_SAVING, self.disk / (self.codec * max(1, workers))))
+        if keeps_up:
+            return MIN_SAVING
+        self._probe = (self._probe + 1) % AUTO_PROBE_EVERY
+        return MIN_SAVING if self._probe == 0 else AUTO_SLOW_SAVING
 
 
 class WriteStats:
@@ -140,19 +168,19 @@ class PackWriter:
         return prepared
 
     def _prepare(self, data: memoryview, itemsize: int | None) -> _Prepared:
+        started = time.perf_counter()
         oid = hash_bytes(data)
         if self.store.has(oid) or oid in self._pending:
             return oid, None, None
         if self.compress == "auto":
             workers = self.pool._max_workers if self.pool is not None else 1
-            started = time.perf_counter()
             codec, blob = encode_chunk(
                 data,
                 float_itemsize=itemsize,
                 compress=True,
                 min_saving=self.store.rates.min_saving(workers),
             )
-            if codec != "raw":  # a full encode ran: that is the codec's speed
+            if codec != "raw" and itemsize is not None:  # a full float encode ran
                 self.store.rates.note_codec(len(data), time.perf_counter() - started)
         else:
             codec, blob = encode_chunk(data, float_itemsize=itemsize, compress=bool(self.compress))
@@ -192,7 +220,12 @@ class PackWriter:
                     raw = open(self._tmp, "wb", buffering=0, opener=direct.direct_opener)  # noqa: SIM115
                 if raw is not None:
                     try:
-                        self._fh = direct.DirectFile(raw, self.store.flusher(), self.store.buffers)
+                        self._fh = direct.DirectFile(
+                            raw,
+                            self.store.flusher(),
+                            self.store.buffers,
+                            self.store.rates.note_disk,
+                        )
                     except BaseException:
                         raw.close()
                         raise
