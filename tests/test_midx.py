@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 
 from ledger import Ledger
 from ledger.errors import CorruptionError
+from ledger.objects.codecs import CODEC_NAMES
 from ledger.objects.compact import COMPACT_PACKS, rollup
-from ledger.objects.midx import MIDX_NAME, MergedIndex
-from ledger.objects.packs import read_pack_index
+from ledger.objects.midx import MIDX_NAME, MergedIndex, encode_midx
+from ledger.objects.packs import IndexEntry, read_pack_index
 from ledger.retention import KeepLast
 
 gs = load_script("gc_state")
@@ -215,3 +216,12 @@ def test_sigkill_during_compaction_loses_no_commit_and_leaves_the_index_exact(
                 assert tree["meta"] == gs.make_state(r, i, n=256)["meta"]
                 assert torch.equal(tree["unique"], gs.make_state(r, i, n=256)["unique"])
     assert kills_in_compaction >= 1
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_every_codec_a_writer_may_use_has_a_number_in_the_merged_index(codec: str) -> None:
+    # A codec added to the writers but not to the merged index made compaction
+    # fail on the first pack that held it.
+    entry = IndexEntry(bytes(range(32)), "chunk", codec, 8, 400 if codec == "raw" else 100, 400)
+    merged = MergedIndex(encode_midx({"ab" * 32: [entry]}))
+    assert merged.lookup(entry.id) == [("ab" * 32, entry)]

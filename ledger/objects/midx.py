@@ -35,7 +35,7 @@ MIDX_MAGIC = b"LGMI"
 MIDX_VERSION = 1
 MIDX_END = b"LGMIEND1"
 # Codec numbers are part of the format: append new codecs, never renumber.
-MIDX_CODECS = ("raw", "zstd", "bgzstd")
+MIDX_CODECS = ("raw", "zstd", "bgzstd", "expzstd")
 HEADER = struct.Struct(f">4sII{len(KINDS)}I")
 RECORD = struct.Struct(f">{HASH_BYTES}sIB3xQQQ")
 FOOTER_BYTES = HASH_BYTES + len(MIDX_END)
