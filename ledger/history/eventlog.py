@@ -6,7 +6,8 @@ payload, and the payload: a msgpack array of the events of one append (one
 frame per append, so an append is atomic). A frame that is incomplete or fails its checksum at
 the end of the file is a *torn tail* (a crash mid-append): readers ignore it
 and the next writer cuts it off before appending. A damaged frame followed by
-valid frames is corruption, never silently skipped. This module must never
+valid frames is corruption, never silently skipped: readers refuse it, and
+only ``verify --repair`` moves it aside (``excise_damaged``), saying so. This module must never
 interpret events; refs.py does.
 """
 
@@ -93,6 +94,16 @@ def _frame_at(data: bytes, pos: int) -> tuple[bytes, int] | None:
     if zlib.crc32(payload) != crc:
         return None
     return payload, start + length
+
+
+def _next_frame(data: bytes, cur: int) -> int | None:
+    """Where the first intact frame after byte ``cur`` starts, or None."""
+    probe = data.find(FRAME_MAGIC, cur + 1)
+    while probe != -1:
+        if _frame_at(data, probe) is not None:
+            return probe
+        probe = data.find(FRAME_MAGIC, probe + 1)
+    return None
 
 
 class EventLog:
@@ -219,15 +230,13 @@ class EventLog:
         ) from error
 
     def _check_torn(self, data: bytes, cur: int, base: int) -> None:
-        probe = data.find(FRAME_MAGIC, cur + 1)
-        while probe != -1:
-            if _frame_at(data, probe) is not None:
-                raise CorruptionError(
-                    f"{self.path}: the event at byte {base + cur} is damaged but later events "
-                    "are intact; restore the log from a copy (verify lists what else is damaged)",
-                    path=str(self.path),
-                )
-            probe = data.find(FRAME_MAGIC, probe + 1)
+        if _next_frame(data, cur) is not None:
+            raise CorruptionError(
+                f"{self.path}: the event at byte {base + cur} is damaged but later events "
+                "are intact; `ledger verify --repair` sets the damaged frame aside and keeps "
+                "every intact one (or restore the log from a copy)",
+                path=str(self.path),
+            )
 
     def append(self, events: list[Event], valid_end: int) -> int:
         """Cut anything after ``valid_end`` (a torn tail), append ``events``, make them durable.
@@ -287,6 +296,45 @@ class EventLog:
         side = self.set_aside(valid_end, tail)
         os.ftruncate(fd, valid_end)
         return side
+
+    def excise_damaged(self) -> list[tuple[int, Path]]:
+        """Set aside every damaged frame that intact frames follow, then rewrite the log
+        without them (the caller holds the write lock). Returns (offset, side file) of each.
+
+        The damaged bytes go to side files first (durably, as for a torn tail), then the
+        log is replaced atomically by its header and every intact frame, in order: no
+        byte of the old log is lost, and a crash in between leaves the old log whole. A
+        torn last frame is left where it is (the next writer sets it aside).
+        """
+        with disk_errors(str(self.path)):
+            fd = open_nofollow(self.path, os.O_RDONLY, doing="repairing")
+            try:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+            finally:
+                os.close(fd)
+        if not data.startswith(LOG_HEADER):
+            raise CorruptionError(f"{self.path} is not an event log (bad header)")
+        kept, damaged = [LOG_HEADER], []
+        cur = len(LOG_HEADER)
+        while cur < len(data):
+            frame = _frame_at(data, cur)
+            if frame is not None:
+                kept.append(data[cur : frame[1]])
+                cur = frame[1]
+                continue
+            nxt = _next_frame(data, cur)
+            if nxt is None:
+                kept.append(data[cur:])  # a torn tail: readers ignore it, a writer cuts it
+                break
+            damaged.append((cur, data[cur:nxt]))
+            cur = nxt
+        sides = [(offset, self.set_aside(offset, bad)) for offset, bad in damaged]
+        if sides:
+            tmp = self.path.parent / "objects" / "tmp"
+            atomic_write(
+                self.path, b"".join(kept), fsync=self.fsync, tmp_dir=tmp if tmp.is_dir() else None
+            )
+        return sides
 
     def retire_aside(self, tail: Tail) -> None:
         """Mark a set-aside tail as dealt with (``.aside`` becomes ``.aside.kept``; nothing is deleted)."""

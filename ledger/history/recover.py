@@ -52,6 +52,11 @@ class Findings(NamedTuple):
     damaged: dict[str, str]  # hex id -> what (what a refetch from a remote would need)
 
 
+# The source of the tail verify builds from the ref view a repair found when it set a
+# damaged inner frame aside: the newest evidence of the refs, also of the ones the log lost.
+VIEW_SOURCE = "the ref view before the repair"
+
+
 def damaged_tails(log: EventLog, valid_end: int) -> tuple[list[Tail], Tail | None]:
     """The tails writers set aside, plus the one still in the log after ``valid_end`` (or None).
 
@@ -143,7 +148,16 @@ def find_lost(
             if not isinstance(event, RefUpdate) or event.ref in proposed:
                 continue
             new = event.new
-            if new is None or not is_hex_id(new) or new not in records:
+            if new is None or not is_hex_id(new):
+                continue
+            if new not in records:
+                # A ref the replayed log lacks entirely, which the ref view (the newest
+                # evidence, written after every event) still names: recreate it on its
+                # intact commit, even one another ref reaches (a lost branch creation).
+                lacking = tail.source == VIEW_SOURCE and event.ref not in state.refs
+                if lacking and _exists(reader, new) and intact(new):
+                    why = f"named by {tail.source}"
+                    proposed[event.ref] = Restore(event.ref, None, new, why)
                 continue
             old = state.refs.get(event.ref)
             if old != event.old and not _descends(records, new, old):
@@ -167,6 +181,14 @@ def find_lost(
             )
             bad[found[1]] = found[2]
     return Findings(sorted(proposed.values()), unrecoverable, bad)
+
+
+def _exists(reader: HistoryReader, cid: str) -> bool:
+    try:
+        reader.record(cid)
+    except LedgerError:
+        return False
+    return True
 
 
 def _branch_tips(state: RefView) -> dict[str, str | None]:

@@ -22,7 +22,7 @@ from ledger.errors import CorruptionError, LedgerError, RefConflictError
 from ledger.history.eventlog import Tail
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
 from ledger.history.records import Event, RefUpdate, RefView
-from ledger.history.recover import damaged_tails, find_lost
+from ledger.history.recover import VIEW_SOURCE, damaged_tails, find_lost
 from ledger.history.refs import BRANCH_PREFIX, HEAD, SYMREF_PREFIX, RefStore
 from ledger.objects.check import decode_object
 from ledger.objects.store import ObjectStore
@@ -68,11 +68,31 @@ def verify(
     repaired: list[str] = []
     bad: dict[str, str] = {}
     store.sync()
+    evidence: RefView | None = None
     try:
         replayed = refs.replay_state()
     except CorruptionError as e:
-        return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
-    restored = _lost_events(reader, store, refs, replayed, problems, notes, repaired, repair, bad)
+        if not repair:
+            return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired, True)
+        with refs.lock.hold():
+            evidence = refs.unverified_view()  # written after the damaged frame: what it held
+            sides = refs.log.excise_damaged()
+            if sides:
+                refs.write_view(refs.replay_state())  # the old view's offsets are gone
+        if not sides:
+            return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
+        repaired.extend(
+            f"set the damaged event-log frame at byte {offset} aside into {side.name} "
+            "(the log keeps every intact frame; what the frame moved is restored below "
+            "where its commits show it)"
+            for offset, side in sides
+        )
+        replayed = refs.replay_state()
+        if _restore_head(refs, evidence, replayed, repaired):
+            replayed = refs.replay_state()
+    restored = _lost_events(
+        reader, store, refs, replayed, (problems, notes, repaired), repair, bad, evidence
+    )
     if restored:
         replayed = refs.replay_state()
     view = refs.state()
@@ -231,20 +251,22 @@ def _lost_events(
     store: ObjectStore,
     refs: RefStore,
     replayed: RefView,
-    problems: list[str],
-    notes: list[str],
-    repaired: list[str],
+    out: tuple[list[str], list[str], list[str]],
     repair: bool,
     bad: dict[str, str],
+    evidence: RefView | None = None,
 ) -> bool:
     """Report (and with ``repair``, undo) what a damaged log tail cost; True if refs moved.
 
     A tail whose lost event named an intact commit is a problem naming that
     commit; a tail that cost nothing findable is a note. Repair sets the tail
     aside (never deletes it), then moves each such ref by compare-and-swap.
+    ``out`` is (problems, notes, repaired); ``evidence``: the ref view as it was before a damaged
+    frame inside the log was set aside (its refs are then hints, not a cut log).
     """
+    problems, notes, repaired = out
     tails, live = damaged_tails(refs.log, replayed.offset)
-    cut, viewed = _cut_end(refs, replayed)
+    cut, viewed = _cut_end(refs, replayed, evidence)
     found = find_lost(reader, store, replayed, [*tails, *([cut] if cut else [])])
     problems.extend(found.unrecoverable)
     bad.update(found.damaged)
@@ -255,7 +277,12 @@ def _lost_events(
             f"({kind}: a crash mid-append, a power loss or a flipped bit); readers ignore it "
             f"and the next write sets it aside{_hint(live)}"
         )
-    if cut is not None:
+    if cut is not None and evidence is not None:
+        notes.append(
+            "the ref view, written before the damaged frame was set aside, names the refs "
+            "as they were: the evidence of what that frame moved"
+        )
+    elif cut is not None:
         notes.append(
             f"the event log ends at byte {cut.offset} but the ref view was written when it "
             f"was {viewed} bytes long: the log lost its end (a file system that "
@@ -265,7 +292,7 @@ def _lost_events(
     for tail in tails:
         if tail is not live:
             notes.append(
-                f"{tail.source} holds a damaged event-log tail set aside by a writer{_hint(tail)}; "
+                f"{tail.source} holds damaged event-log bytes set aside{_hint(tail)}; "
                 "`ledger verify --repair` marks it dealt with"
             )
     lost = [
@@ -300,7 +327,28 @@ def _lost_events(
     return moved
 
 
-def _cut_end(refs: RefStore, replayed: RefView) -> tuple[Tail | None, int]:
+def _restore_head(
+    refs: RefStore, view: RefView | None, replayed: RefView, repaired: list[str]
+) -> bool:
+    """After a damaged frame was set aside: HEAD back where the ref view says (or on
+    ``main``), when the frame was the one that set it (the log's first frame, say)."""
+    if HEAD in replayed.refs:
+        return False
+    head = view.refs.get(HEAD, "") if view is not None else ""
+    branch = head[len(SYMREF_PREFIX) :] if head and head.startswith(SYMREF_PREFIX) else ""
+    if not branch.startswith(BRANCH_PREFIX):
+        head = SYMREF_PREFIX + BRANCH_PREFIX + "main"
+        why = "no evidence of where it was: attached to main"
+    else:
+        why = "from the ref view"
+    refs.update({HEAD: (None, head)}, "repair: restore HEAD (lost event)")
+    repaired.append(f"restored HEAD to {head} ({why})")
+    return True
+
+
+def _cut_end(
+    refs: RefStore, replayed: RefView, evidence: RefView | None = None
+) -> tuple[Tail | None, int]:
     """When the ref view was built from a longer log than there is: its refs as a lost tail,
     and the log's length when the view was written.
 
@@ -309,9 +357,9 @@ def _cut_end(refs: RefStore, replayed: RefView) -> tuple[Tail | None, int]:
     checked) become the events of a damaged tail, so that recovery proposes
     each intact commit it names, as for any damaged tail.
     """
-    view = refs.unverified_view()
+    view = evidence or refs.unverified_view()
     size = refs.log.path.stat().st_size
-    if view is None or view.offset <= size:
+    if view is None or (evidence is None and view.offset <= size):
         return None, 0
     now = dt.datetime.now(dt.timezone.utc)
     events: list[Event] = [
@@ -319,7 +367,8 @@ def _cut_end(refs: RefStore, replayed: RefView) -> tuple[Tail | None, int]:
         for ref, new in sorted(view.refs.items())
         if ref != HEAD and new != replayed.refs.get(ref)
     ]
-    return Tail(size, b"", False, events, "the ref view (refs)"), view.offset
+    source = VIEW_SOURCE if evidence is not None else "the ref view (refs)"
+    return Tail(size, b"", False, events, source), view.offset
 
 
 def _hint(tail: Tail) -> str:
