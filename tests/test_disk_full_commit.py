@@ -4,9 +4,10 @@ On a real, small tmpfs (mounted for the test; skipped where this process may
 not mount one): a commit whose new bytes cannot fit is refused before it
 writes anything, blocking or in the background; an unchanged re-commit on an
 almost-full disk still lands (its chunks are stored already); and when gc's
-repack or a pull runs out of space part-way, the API raises
+repack, a pull or a clone runs out of space part-way, the API raises
 ``DiskFullError``, the CLI prints one line and exits 1, and no half-written
-pack or temporary file is left.
+pack or temporary file is left (a push to a full directory remote: one line
+naming the OS's reason, nothing partial on the remote).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import Result
 from helpers import pack_ids, run_cli, tiny_disk
 
 from ledger import Ledger
@@ -34,6 +36,14 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
         for p in root.rglob("*")
         if p.is_file()
     }
+
+
+def one_line_error(result: Result, says: str = "disk is full") -> None:
+    """The command failed with exit status 1 and one line saying ``says``, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert says in lines[0], lines[0]
 
 
 def fill_disk(where: Path, keep: int = KEEP_FREE) -> Path:
@@ -126,11 +136,7 @@ def test_a_gc_repack_that_fills_the_disk_leaves_every_pack_as_it_was(disk: Path)
         assert lg.gc(dry_run=True, grace=0).packs_rewritten == 1
     fill_disk(disk, keep=300 << 10)  # room for the events, not for keep's copy
     packs = pack_ids(root)
-    result = run_cli("--dir", root, "gc", "--grace", "0")
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output
-    assert "disk is full" in lines[0]
+    one_line_error(run_cli("--dir", root, "gc", "--grace", "0"))
     assert pack_ids(root) == packs
     assert list((root / "objects" / "tmp").iterdir()) == []
     with Ledger.open(root, fsync=False) as lg:
@@ -154,11 +160,7 @@ def test_a_pull_that_fills_the_disk_is_one_line_and_leaves_no_partial_pack(
     root = disk / "ckpt"
     with Ledger.open(root, create=True, fsync=False) as lg:
         lg.remote_add("origin", str(remote))
-    result = run_cli("--dir", root, "pull", "origin", "main")
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output
-    assert "disk is full" in lines[0]
+    one_line_error(run_cli("--dir", root, "pull", "origin", "main"))
     # the history fetched first is whole; the state's pack never became visible half-written
     for name in pack_ids(root):
         read_pack_index(root / "objects" / "packs" / f"{name}.pack")
@@ -169,3 +171,24 @@ def test_a_pull_that_fills_the_disk_is_one_line_and_leaves_no_partial_pack(
         assert list((root / "objects" / "tmp").iterdir()) == []
         assert "main" not in lg.branches()
         assert lg.verify(full=True).ok
+
+
+def test_a_clone_or_push_that_fills_the_disk_is_one_line_and_leaves_no_partial_file(
+    disk: Path, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    with Ledger.open(tmp_path / "src", create=True, fsync=False) as src:
+        src.commit(state(1, 1_200_000), rng=False)  # 4.8 MB: more than the disk holds
+        src.remote_add("origin", str(remote))
+        src.push("origin")
+        src.remote_add("full", str(disk / "remote"))
+        pushed = run_cli("--dir", tmp_path / "src", "push", "full")
+    cloned = run_cli("clone", remote, disk / "copy")
+    # the remote's own error names the write and the OS's reason; the clone's is ours
+    one_line_error(pushed, "No space left on device")
+    one_line_error(cloned)
+    assert not (disk / "copy").exists()  # a failed clone removes what it made
+    assert [p for p in (disk / "remote").rglob("*") if p.is_file() and "tmp" in p.parent.name] == []
+    with Ledger.open(tmp_path / "src", fsync=False) as src:
+        assert "refs/remotes/full/main" not in src.refs.snapshot()  # the failed push moved no ref
+        assert "refs/remotes/origin/main" in src.refs.snapshot()  # (the one that landed did)
