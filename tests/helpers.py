@@ -13,7 +13,8 @@ The rest look at or damage a ledger directory the way a disk or a user would:
 :func:`commit_in_new_pack`, :func:`object_ids`, :func:`tree_bytes` and
 :func:`dir_bytes` observe the store; :func:`flip_byte`,
 :func:`flip_stored_byte` and :func:`damage_chunks` corrupt it; :class:`FullFile`,
-:func:`enospc` and :func:`fd_path` fake a full disk.
+:func:`enospc` and :func:`fd_path` fake a full disk, and :func:`tiny_disk` mounts a real
+small one.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Mapping
+import tempfile
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner, Result
 
@@ -247,3 +251,24 @@ class FullFile:
 
     def __exit__(self, *exc: object) -> None:
         self._f.close()
+
+
+@contextmanager
+def tiny_disk(size: str = "1m") -> Iterator[Path]:
+    """A real tmpfs of ``size`` (mount's syntax) for the block; skips the test where this
+    process may not mount one (it needs root)."""
+    where = Path(tempfile.mkdtemp(prefix="ledger-tmpfs-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        import gc
+
+        gc.collect()  # a writer's file object left by its failure holds the mount
+        subprocess.run(["umount", "-l", str(where)], check=True)
+        where.rmdir()

@@ -11,14 +11,13 @@ is removed.
 from __future__ import annotations
 
 import errno
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import run_cli
+from helpers import tiny_disk as mount_tiny_disk
 
 from ledger import Ledger
 from ledger.errors import DiskFullError
@@ -28,19 +27,8 @@ from ledger.interop.space import guarded_output
 @pytest.fixture
 def tiny_disk() -> Iterator[Path]:
     """A 1 MiB tmpfs."""
-    where = Path(tempfile.mkdtemp(prefix="ledger-tmpfs-"))
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        where.rmdir()
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield where
-    import gc
-
-    gc.collect()  # a writer's file object left by its failure holds the mount
-    subprocess.run(["umount", "-l", str(where)], check=True)
-    where.rmdir()
+    with mount_tiny_disk("1m") as where:
+        yield where
 
 
 @pytest.fixture

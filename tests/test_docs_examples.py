@@ -6,7 +6,10 @@ in one namespace per page, ```` ```console ```` blocks line by line (``$ ledger 
 through the real command line in this process, any other ``$ ...`` line in bash),
 their output compared with the block's text after normalising what changes from run
 to run. The conventions (markers, normalisation) are documented in docs/index.md,
-"Examples are tests".
+"Examples are tests". A page marked ``example-servers`` runs against the local test
+servers of tests/servers/ (a fake Hub, moto's S3 with a bucket ``bucket``): the Hub and
+AWS client settings point there while it runs, so its ``hf://`` and ``s3://`` URLs are
+real remotes.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from servers.hub import serve_hub
+from servers.s3 import AWS_KEY_ID, AWS_SECRET, s3_endpoint
 
 from ledger.cli import cli
+
+__all__ = ["s3_endpoint"]  # the session's S3 server, for the pages that use it
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
@@ -60,7 +67,7 @@ def parse(text: str) -> tuple[list[Block], dict[str, str]]:
         m = _FENCE.match(lines[i])
         if not m:
             mk = _MARKER.match(lines[i])
-            if mk and mk.group(1) == "skip-page-examples":
+            if mk and mk.group(1) in ("skip-page-examples", "example-servers"):
                 page[mk.group(1)] = mk.group(2) or ""
             i += 1
             continue
@@ -234,6 +241,28 @@ def run_page(page: str, tmp: Path) -> int:
     return ran
 
 
+def serve_locally(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp: Path
+) -> None:
+    """Point the Hub and AWS clients at the test servers (a fresh fake Hub, the S3 server
+    with a bucket named ``bucket``) until the test ends."""
+    import boto3
+
+    hub = serve_hub(monkeypatch, tmp / ".hub")
+    request.addfinalizer(hub.stop)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    for name, value in (
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket="bucket")
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples(
     page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
@@ -244,6 +273,8 @@ def test_page_examples(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the demos' tiny models: threads only contend on 2 cores
     request.addfinalizer(lambda: torch.set_num_threads(threads))
+    if "example-servers" in parse((DOCS / page).read_text())[1]:
+        serve_locally(request, monkeypatch, tmp_path)
     if run_page(page, tmp_path) == 0:
         pytest.skip(f"docs/{page} has no example to run")
 

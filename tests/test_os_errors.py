@@ -149,9 +149,11 @@ def test_a_directory_it_may_not_write_is_named(tmp_path: Path) -> None:
 def test_no_descriptor_left_is_a_ledger_error_naming_the_limit(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     _make(root)
-    # Use every descriptor up to the limit, then read the log (API, then CLI).
+    # Use every descriptor up to the limit, then read the log (API, then CLI). The limit
+    # goes back at exit, before coverage (when the tests are measured) saves its data.
     exhaust = (
-        "import os, resource, ledger.cli.app\n"
+        "import atexit, os, resource, ledger.cli.app\n"
+        "atexit.register(resource.setrlimit, resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE))\n"
         "free = os.open(os.devnull, os.O_RDONLY); os.close(free)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))"
     )

@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import random_state, run_cli, tiny_state
 
-from ledger import Ledger
+from ledger import File, Ledger
 from ledger.progress import ProgressFn
 from ledger.retention import KeepLast
 
@@ -189,3 +190,51 @@ def test_import_reports_each_checkpoint_read_then_committed(lg: Ledger, tmp_path
     again = lg.import_checkpoints(tmp_path / "a.pt", branch="imp", progress=tick)
     assert again.checkpoints[0].skipped  # nothing to commit: the count still ends at the total
     _monotone_to_total(seen)
+
+
+def _two_parts() -> dict[str, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        "model": {"w": torch.randn(20_000, generator=g), "b": torch.randn(64, generator=g)},
+        "optim": {"m": torch.randn(5_000, generator=g)},
+        "hf_files": {"config.json": File(b'{"model_type": "gpt2"}')},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "reads"),
+    [
+        ("torch", {}, {"model", "optim", "hf_files"}),
+        ("lightning", {}, {"model", "optim", "hf_files"}),
+        ("safetensors", {}, {"model", "optim", "hf_files"}),
+        ("dcp", {}, {"model", "optim", "hf_files"}),
+        ("hf", {"max_shard_size": "40KB"}, {"model", "hf_files"}),  # two shards
+    ],
+)
+def test_export_reports_the_bytes_written_monotone_to_the_total(
+    lg: Ledger, tmp_path: Path, fmt: str, options: dict[str, Any], reads: set[str]
+) -> None:
+    from ledger.interop.export import tensor_bytes
+
+    state = _two_parts()
+    c = lg.commit(state, rng=False)
+    seen, tick = _calls()
+    out = tmp_path / ("out.pt" if fmt in ("torch", "lightning") else "out")
+    lg.export(c.id, fmt, out, progress=tick, **options)
+    _monotone_to_total(seen)
+    total = tensor_bytes({k: state[k] for k in reads})  # of what the format reads
+    assert seen[0] == (0, total, "bytes") and seen[-1] == (total, total, "bytes")
+    if fmt != "dcp":  # torch.save, shards and parts tell as they go; dcp only at its end
+        assert any(0 < d < total for d, _, _ in seen), seen
+
+
+def test_export_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "ckpt", create=True, fsync=False) as lg:
+        lg.commit(_two_parts(), rng=False)
+    args = ("--dir", tmp_path / "ckpt", "export", "HEAD", tmp_path / "m.pt", "--format", "torch")
+    code, err = _on_a_terminal(*args)
+    assert code == 0 and "exporting HEAD as torch" in err and "bytes" in err
+    quiet = run_cli(*args[:4], tmp_path / "n.pt", *args[5:])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # no bar off a terminal

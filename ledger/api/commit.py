@@ -3,7 +3,8 @@
 
 This module owns turning a live state into a draft on the caller's thread
 (flattening, the async snapshot, the memory budget) and handing it to the
-one commit-writing path, :class:`ledger.api.staging.Stage`; it also hands
+one commit-writing path, :class:`ledger.api.staging.Stage`, after the
+free-space preflight (``ledger.api.preflight``); it also hands
 out stages to callers that build commits from parts, and runs the automatic
 gc after commits. It writes nothing itself.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ledger.api.inputs import _done
 from ledger.api.notify import Notifying
+from ledger.api.preflight import check_commit_space
 from ledger.api.snapshot import Snapshot
 from ledger.api.staging import Draft, Stage, draft_of
 from ledger.errors import UnsupportedValueError, user_stacklevel
@@ -145,6 +147,9 @@ class Committing(Notifying):
             UnsupportedValueError: a value cannot be stored (its path is named).
             DetachedHeadError: HEAD is detached and ``branch`` is not given.
             RefConflictError: another writer moved the branch meanwhile.
+            DiskFullError: the commit may not fit in the free space (checked before
+                anything is written: chunks already stored count for nothing), or the
+                disk filled up while writing (nothing partial became visible).
 
         Example:
             >>> c = lg.commit({"model": model, "optim": opt}, step=100, metrics={"loss": 0.3})  # doctest: +SKIP
@@ -291,6 +296,7 @@ class Committing(Notifying):
     def _write_commit(self, draft: Draft, pool: ThreadPoolExecutor) -> Commit:
         failing = self._reporting("commit-failed", step=draft.step, branch=draft.branch)
         with failing, self._stage(pool) as stage:
+            check_commit_space(draft, self.store, pool)  # refuses before the first byte
             return stage.write_draft(draft)
 
     def _committed(self, commit_id: str, record: CommitRecord) -> None:

@@ -74,6 +74,7 @@ class Interop(LedgerCore):
         out: str | os.PathLike[str],
         *,
         force: bool = False,
+        progress: ProgressFn | None = None,
         **options: Any,
     ) -> ExportReport:
         """Write commit ``rev`` in a layout another tool loads (``hf``, ``peft``, ``torch`` ...).
@@ -83,6 +84,8 @@ class Interop(LedgerCore):
             fmt: one of ``hf``, ``peft``, ``torch``, ``lightning``, ``dcp``, ``safetensors``.
             out: the folder (or file, for ``torch`` and ``lightning``) to write.
             force: write into a non-empty folder or over an existing file.
+            progress: ``progress(done, total, "bytes")`` as the tensors' bytes are
+                written: per file, shard or part (``ledger.progress``).
             options: format options, e.g. ``max_shard_size="2GB"`` for ``hf``.
 
         Example:
@@ -94,7 +97,13 @@ class Interop(LedgerCore):
         with self._lock:
             self._check_open()
             return export_commit(
-                cast(ExportSource, self), rev, fmt, os.fspath(out), force=force, **options
+                cast(ExportSource, self),
+                rev,
+                fmt,
+                os.fspath(out),
+                force=force,
+                progress=progress,
+                **options,
             )
 
     def release(

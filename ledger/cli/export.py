@@ -25,6 +25,7 @@ from ledger.cli._common import (
     to_json,
     warn,
 )
+from ledger.cli.bars import bar
 from ledger.interop.source import EXPORT_FORMATS
 
 if TYPE_CHECKING:  # pyarrow and torch load when a command needs them, not for --help
@@ -79,12 +80,12 @@ def export_command(
         "files_key": files_key,
         "adapter_name": adapter_name,
     }
-    opts = {k: v for k, v in given.items() if v is not None}
+    opts: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     lg = open_ledger()
-    with progress(f"exporting {rev} as {fmt}"):
+    with bar(f"exporting {rev} as {fmt}") as tick:
         from ledger.interop.export import export_commit
 
-        written = export_commit(lg, rev, fmt, out, force=force, **opts)
+        written = export_commit(lg, rev, fmt, out, force=force, progress=tick, **opts)
     n = len(written.files)
     confirm(
         written,

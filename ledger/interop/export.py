@@ -6,9 +6,12 @@ resolves the revision, checks the destination is outside the ledger, reads
 only the part of the commit the format writes (mapped from the packs where
 it can be) and hands it to the format's writer (``export_hf``,
 ``export_torch``, ``export_safetensors``). Options a format does not take are
-refused by name. It never writes inside a ledger. A folder export is written
-into a hidden sibling (``.<name>.partial-<hex>``) and renamed to its name once
-complete, so an export killed midway never leaves a folder that looks whole.
+refused by name. ``progress=`` is told the tensor bytes written (``"bytes"``,
+of the tensors the format writes: each file, shard or part as it is written;
+a ``dcp`` directory at its end). It never writes inside a ledger. A folder
+export is written into a hidden sibling (``.<name>.partial-<hex>``) and renamed
+to its name once complete, so an export killed midway never leaves a folder
+that looks whole.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import inspect
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from ledger.errors import ExportError
 from ledger.history.records import Commit
@@ -42,7 +48,10 @@ from ledger.interop.source import (
     report,
 )
 from ledger.interop.space import guarded_output
+from ledger.progress import ProgressFn, Tally
 from ledger.state.build import PathNotFoundError
+from ledger.state.files import File
+from ledger.state.rng import RNG_KEY
 
 __all__ = [
     "FORMATS",
@@ -58,7 +67,36 @@ __all__ = [
 
 
 def _write_safetensors(job: ExportJob) -> None:
-    write_safetensors_dir(job.state, job.commit, job.out, force=job.force)
+    # the writer tells parts (top-level keys) as it finishes them: told as their bytes here
+    sizes = [tensor_bytes(v) for k, v in job.state.items() if k != RNG_KEY]
+    upto = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    told = [0]
+
+    def parts_done(done: int, total: int, what: str) -> None:
+        now = upto[min(done, len(sizes))]
+        if now > told[0]:
+            job.wrote(now - told[0])
+            told[0] = now
+
+    write_safetensors_dir(job.state, job.commit, job.out, force=job.force, progress=parts_done)
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor, array and :class:`File` under ``value``.
+
+    Example:
+        >>> tensor_bytes({"w": torch.zeros(4), "n": [np.zeros(2, np.int8)], "step": 3})
+        18
+    """
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, File):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 _WRITERS: dict[str, Callable[..., object]] = {
@@ -126,9 +164,13 @@ def export_commit(
     out: str | Path,
     *,
     force: bool = False,
+    progress: ProgressFn | None = None,
     **options: Any,
 ) -> ExportReport:
     """Write commit ``rev`` to ``out`` in format ``fmt``; what was written.
+
+    ``progress(done, total, "bytes")`` counts the tensor bytes written, from 0
+    to the bytes of the tensors read for the format (``ledger.progress``).
 
     Formats: ``hf`` (the ``save_pretrained`` folder; options ``max_shard_size``,
     ``model_key``, ``files_key``), ``peft`` (``adapter_name``, ``model_key``,
@@ -156,6 +198,8 @@ def export_commit(
     commit = Commit.from_record(commit_id, reader.record(commit_id))
     with guarded_output(out, commit.stats.logical_bytes, f"{fmt} export of {commit_id[:12]}"):
         state = _read(reader, commit_id, fmt, options)
+        tally = Tally(progress, tensor_bytes(state), "bytes")
         with _staged(out, fmt) as into:
-            _WRITERS[fmt](ExportJob(state, commit, into, force), **options)
+            _WRITERS[fmt](ExportJob(state, commit, into, force, tally), **options)
+        tally.finish()
     return report(commit_id, fmt, out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -165,8 +165,11 @@ def save_sharded(
     *,
     max_shard_size: int | str,
     metadata: Mapping[str, str],
+    wrote: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Write ``tensors`` as ``model.safetensors`` or shards plus index; the names written.
+
+    ``wrote`` is told the tensor bytes of each shard once it is written.
 
     Sharding is ``huggingface_hub.split_torch_state_dict_into_shards`` (what
     ``save_pretrained`` uses), so shard names and the index match it.
@@ -184,6 +187,8 @@ def save_sharded(
     for name, names in split.filename_to_tensors.items():
         save_file({n: tensors[n] for n in names}, str(out / name), metadata=meta)
         readable(out / name)
+        if wrote is not None:
+            wrote(sum(tensors[n].nbytes for n in names))
     written = list(split.filename_to_tensors)
     if split.is_sharded:
         index = {"metadata": {**split.metadata, **metadata}, "weight_map": split.tensor_to_filename}
@@ -208,7 +213,7 @@ def write_hf(
     Example:
         >>> write_hf(ExportJob(lg.checkout("v1"), lg.get("v1"), Path("hf-out")))  # doctest: +SKIP
     """
-    state, commit, out, force = job
+    state, commit, out = job.state, job.commit, job.out
     rev = job.rev
     files = commit_files(state, files_key, rev)
     if "config.json" not in files:
@@ -226,9 +231,15 @@ def write_hf(
         )
     tensors = model_tensors(state, model_key, rev)
     shard_bytes(max_shard_size)  # refused before anything is written
-    prepare_dir(out, force=force)
+    prepare_dir(out, force=job.force)
     write_files(files, out)
-    save_sharded(tensors, out, max_shard_size=max_shard_size, metadata={"ledger.commit": commit.id})
+    save_sharded(
+        tensors,
+        out,
+        max_shard_size=max_shard_size,
+        metadata={"ledger.commit": commit.id},
+        wrote=job.wrote,
+    )
 
 
 def adapter_tensors(tensors: Mapping[str, torch.Tensor], adapter: str) -> dict[str, torch.Tensor]:
@@ -268,7 +279,7 @@ def write_peft(
     Example:
         >>> write_peft(ExportJob(lg.checkout("HEAD"), lg.get("HEAD"), Path("adapter")))  # doctest: +SKIP
     """
-    state, _, out, force = job
+    state, out = job.state, job.out
     rev = job.rev
     files = commit_files(state, files_key, rev)
     if ADAPTER_CONFIG not in files:
@@ -282,9 +293,10 @@ def write_peft(
             f"state[{model_key!r}] in commit {rev} holds no tensors of adapter {adapter_name!r}; "
             "pass adapter_name= (the name given to get_peft_model / add_adapter)"
         )
-    prepare_dir(out, force=force)
+    prepare_dir(out, force=job.force)
     files[ADAPTER_CONFIG].write(out / ADAPTER_CONFIG)
     from safetensors.torch import save_file
 
     save_file(unshared(tensors), str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     readable(out / ADAPTER_WEIGHTS)
+    job.wrote(sum(t.nbytes for t in tensors.values()))

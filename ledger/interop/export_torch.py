@@ -13,12 +13,13 @@ ledger.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -81,11 +82,28 @@ def selected(state: Mapping[Any, Any], key: str | None, rev: str) -> Any:
     return state[key]
 
 
-def _save_atomic(obj: Any, out: Path) -> None:
+class _Counted(io.RawIOBase):
+    """A file ``torch.save`` writes through, telling ``wrote`` each write's size."""
+
+    def __init__(self, f: BinaryIO, wrote: Callable[[int], None]) -> None:
+        self.f = f
+        self.wrote = wrote
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = self.f.write(data)
+        self.wrote(n)
+        return n
+
+
+def _save_atomic(obj: Any, out: Path, wrote: Callable[[int], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, cast(BinaryIO, _Counted(f, wrote)))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -100,7 +118,7 @@ def write_torch(job: ExportJob, *, key: str | None = None) -> None:
         >>> write_torch(ExportJob(lg.checkout("v1"), lg.get("v1"), Path("m.pt")), key="model")  # doctest: +SKIP
     """
     prepare_file(job.out, force=job.force)
-    _save_atomic(weights_only_tree(selected(job.state, key, job.rev)), job.out)
+    _save_atomic(weights_only_tree(selected(job.state, key, job.rev)), job.out, job.wrote)
 
 
 LIGHTNING_RANKS_KEY = "__ranks__"
@@ -121,7 +139,7 @@ def write_lightning(job: ExportJob, *, key: str = "model") -> None:
     Example:
         >>> write_lightning(ExportJob(lg.checkout("best"), lg.get("best"), Path("best.ckpt")))  # doctest: +SKIP
     """
-    state, commit, out, force = job
+    state, commit, out = job.state, job.commit, job.out
     rev = job.rev
     tree = selected(state, None, rev)
     # A multi-process commit's per-rank RNG and loader states: a .ckpt has none.
@@ -137,8 +155,8 @@ def write_lightning(job: ExportJob, *, key: str = "model") -> None:
             "global_step": commit.step or 0,
             "hyper_parameters": dict(commit.params),
         }
-    prepare_file(out, force=force)
-    _save_atomic(weights_only_tree(tree), out)
+    prepare_file(out, force=job.force)
+    _save_atomic(weights_only_tree(tree), out, job.wrote)
 
 
 def _lightning_version() -> str:

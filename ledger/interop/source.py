@@ -19,6 +19,7 @@ import msgspec
 from ledger.errors import ExportError
 from ledger.history.needs import HistoryReader
 from ledger.history.records import Commit
+from ledger.progress import Tally
 
 
 class CommitReader(HistoryReader, Protocol):
@@ -45,12 +46,19 @@ class ExportSource(CommitReader, Protocol):
 
 
 class ExportJob(NamedTuple):
-    """One export's input: the checked-out state, its commit, where to write, and ``force``."""
+    """One export's input: the checked-out state, its commit, where to write, ``force``, and
+    the tally of tensor bytes written (writers call :meth:`wrote` as they write)."""
 
     state: Mapping[Any, Any]
     commit: Commit
     out: Path
     force: bool = False
+    tally: Tally | None = None
+
+    def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` more bytes of the export written (for its ``progress=``)."""
+        if self.tally is not None:
+            self.tally.add(nbytes)
 
     @property
     def rev(self) -> str:

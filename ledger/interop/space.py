@@ -10,7 +10,8 @@ the ``RuntimeError`` ``torch.save`` turns ``ENOSPC`` into) becomes that same
 error. Whatever ends an export early (a full disk, an error, Ctrl-C), what it
 created at ``out`` is removed, so nothing half-written is left behind. An
 ``out`` that existed before (``force=True``) is never removed: the ledger
-deletes only what it made.
+deletes only what it made. Commits check their own bound with the same
+helpers (:func:`free_bytes`, :func:`human_size`) in ``ledger.api.preflight``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ def _mentions_full_disk(exc: BaseException) -> bool:
     return False
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
+    """``n`` bytes as the messages say it: ``512 B``, ``2.4 MiB``.
+
+    Example:
+        >>> human_size(512), human_size(2_400_000)
+        ('512 B', '2.3 MiB')
+    """
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -95,7 +102,7 @@ def guarded_output(out: Path, needed: int, what: str) -> Iterator[None]:
     free = free_bytes(out)
     if total > free:
         raise DiskFullError(
-            f"{what} needs about {_human(total)} at {out} but {where} has {_human(free)} free; "
+            f"{what} needs about {human_size(total)} at {out} but {where} has {human_size(free)} free; "
             "nothing was written: free some space or choose another place",
             path=str(out),
         )
@@ -112,7 +119,7 @@ def guarded_output(out: Path, needed: int, what: str) -> Iterator[None]:
         left = "nothing was left there" if not existed else f"{out} may hold partial files"
         raise DiskFullError(
             f"the disk at {where} filled up during the {what} to {out} "
-            f"({_human(free)} free before, about {_human(total)} needed); {left}: "
+            f"({human_size(free)} free before, about {human_size(total)} needed); {left}: "
             "free some space and run it again",
             path=str(out),
         ) from None
