@@ -109,3 +109,34 @@ def test_without_repair_nothing_is_written(
     after = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and p.name != "lock"}
     assert after == files
     assert struct.unpack_from("<4s", damaged, len(LOG_HEADER))[0] == b"LGEV"
+
+
+def test_repair_rewrites_a_damaged_header_and_keeps_its_bytes(
+    base: tuple[Path, dict[str, str], dict[str, bytes]], tmp_path: Path
+) -> None:
+    root, refs, _ = base
+    d = tmp_path / "ckpt"
+    shutil.copytree(root, d)
+    log = bytearray((d / "events.log").read_bytes())
+    log[3] ^= 0x01
+    (d / "events.log").write_bytes(bytes(log))
+    with pytest.raises(CorruptionError, match="verify --repair"):
+        Ledger.open(d).refs.replay_state()
+    lg = Ledger.open(d)
+    report = lg.verify(repair=True)
+    assert report.ok, report.problems
+    assert any("damaged event-log header" in r for r in report.repaired)
+    lg.close()
+    assert (d / "events.log").read_bytes().startswith(LOG_HEADER + bytes(log[len(LOG_HEADER) :]))
+    assert [p.read_bytes() for p in d.glob("events.log.0.aside*")] == [bytes(log[:8])]
+    assert Ledger.open(d).refs.snapshot() == refs
+
+
+def test_a_file_that_is_no_log_at_all_is_not_rewritten(tmp_path: Path) -> None:
+    lg = Ledger.open(tmp_path / "ckpt", create=True, fsync=False)
+    lg.commit({"w": torch.zeros(4)}, step=0)
+    lg.close()
+    junk = b"not a log, and no frame follows" * 4
+    (tmp_path / "ckpt" / "events.log").write_bytes(junk)
+    report = Ledger.open(tmp_path / "ckpt").verify(repair=True)
+    assert not report.ok and (tmp_path / "ckpt" / "events.log").read_bytes() == junk

@@ -145,7 +145,11 @@ class EventLog:
         with open(self.path, "rb") as f:
             head = f.read(len(LOG_HEADER))
             if head != LOG_HEADER:
-                raise CorruptionError(f"{self.path} is not an event log (bad header)")
+                raise CorruptionError(
+                    f"{self.path} is not an event log (bad header); if it is this ledger's "
+                    "log with a damaged header, `ledger verify --repair` rewrites the header",
+                    path=str(self.path),
+                )
             pos = max(offset, len(LOG_HEADER))
             f.seek(pos)
             data = f.read()
@@ -312,9 +316,12 @@ class EventLog:
                 data = os.pread(fd, os.fstat(fd).st_size, 0)
             finally:
                 os.close(fd)
-        if not data.startswith(LOG_HEADER):
-            raise CorruptionError(f"{self.path} is not an event log (bad header)")
         kept, damaged = [LOG_HEADER], []
+        if not data.startswith(LOG_HEADER):
+            # A damaged header before frames that are intact: the file is a log (ours).
+            if _frame_at(data, len(LOG_HEADER)) is None:
+                raise CorruptionError(f"{self.path} is not an event log (bad header)")
+            damaged.append((0, data[: len(LOG_HEADER)]))
         cur = len(LOG_HEADER)
         while cur < len(data):
             frame = _frame_at(data, cur)

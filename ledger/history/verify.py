@@ -76,13 +76,17 @@ def verify(
             return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired, True)
         with refs.lock.hold():
             evidence = refs.unverified_view()  # written after the damaged frame: what it held
-            sides = refs.log.excise_damaged()
+            try:
+                sides = refs.log.excise_damaged()
+            except CorruptionError:
+                sides = []  # no frame to keep: not a log this repair can mend
             if sides:
                 refs.write_view(refs.replay_state())  # the old view's offsets are gone
         if not sides:
             return VerifyReport(False, [f"event log: {e}"], notes, 0, 0, 0, repaired)
         repaired.extend(
-            f"set the damaged event-log frame at byte {offset} aside into {side.name} "
+            f"set the damaged event-log {'header' if offset == 0 else f'frame at byte {offset}'} "
+            f"aside into {side.name} "
             "(the log keeps every intact frame; what the frame moved is restored below "
             "where its commits show it)"
             for offset, side in sides
