@@ -88,6 +88,26 @@ def test_a_commit_too_big_for_the_disk_is_refused_before_writing(disk: Path) -> 
         assert lg.verify(full=True).ok
 
 
+def test_a_stage_part_too_big_for_the_disk_is_refused_and_a_stored_one_is_not(
+    disk: Path,
+) -> None:
+    # Stage.write: one rank's share of a multi-process commit (adapters/distributed.py)
+    root = disk / "ckpt"
+    with Ledger.open(root, create=True, fsync=False) as lg:
+        first = lg.commit(state(1), rng=False)
+        fill_disk(disk)
+        before = tree(root)
+        with lg.stage() as st:
+            with pytest.raises(DiskFullError, match="this part of the commit needs up to"):
+                st.write(state(2))
+            assert tree(root) == before  # not a byte written
+            part = st.write(state(1))  # its chunks are stored: it fits
+            assert part.stats.chunks_written == 0
+            again = st.commit({"shard": part})
+        assert again.parents == [first.id]
+        assert torch.equal(lg.checkout(again.id)["shard"]["w"], state(1)["w"])
+
+
 def test_an_unchanged_recommit_on_an_almost_full_disk_is_never_refused(disk: Path) -> None:
     root = disk / "ckpt"
     with Ledger.open(root, create=True, fsync=False) as lg:

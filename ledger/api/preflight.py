@@ -2,7 +2,9 @@
 
 This module owns the commit's free-space preflight (:func:`check_commit_space`),
 run by ``Ledger.commit`` (blocking or in the background) under the stage's gc
-lock, right before the first byte is written. The bound it checks is an upper
+lock, right before the first byte is written, and the same check for a
+stage's parts (:func:`check_part_space`, run by ``Stage.write``: each rank's
+share of a multi-process commit). The bound it checks is an upper
 bound of what the commit may add to the ledger's disk:
 
 - every chunk not known to be stored, at its raw size (a codec keeps an
@@ -25,6 +27,7 @@ writes, and it decides nothing about what the commit stores.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -42,6 +45,7 @@ from ledger.objects.writer import DEFAULT_MAX_PACK_BYTES
 
 if TYPE_CHECKING:
     from ledger.api.staging import Draft
+    from ledger.state.flatten import Flattener
 
 #: What a chunk id adds to the manifest: a 64-character msgpack string.
 CHUNK_ID_BYTES = HEX_LEN + 2
@@ -105,7 +109,30 @@ def commit_bound(
         >>> commit_bound(draft, lg.store)  # doctest: +SKIP
         2457600
     """
-    flat = draft.flat
+    return chunks_bound(
+        draft.flat,
+        store,
+        skip_stored=skip_stored,
+        pool=pool,
+        metadata=lambda n: _metadata_bytes(draft, store, n),
+    )
+
+
+def chunks_bound(
+    flat: Flattener,
+    store: ObjectStore,
+    *,
+    skip_stored: bool = False,
+    pool: ThreadPoolExecutor | None = None,
+    metadata: Callable[[int], list[int]] | None = None,
+) -> int:
+    """An upper bound of the bytes storing ``flat``'s chunks may add (a stage's part:
+    no manifest or record; ``metadata(chunks)`` adds a commit's records to the bound).
+
+    Example:
+        >>> chunks_bound(flat, lg.store)  # doctest: +SKIP
+        1228800
+    """
     pieces = [data for data, _ in flat.chunks()]
     if skip_stored and pieces:
         mapper = pool.map if pool is not None else map
@@ -115,7 +142,7 @@ def commit_bound(
         len(job.reuse) if job.reuse is not None else -(-len(job.data) // flat.chunk_size)
         for job in flat.jobs
     )
-    sizes = [len(d) for d in pieces] + _metadata_bytes(draft, store, chunks)
+    sizes = [len(d) for d in pieces] + (metadata(chunks) if metadata is not None else [])
     view = 0
     with contextlib.suppress(OSError):
         view = (store.root / REF_VIEW).stat().st_size
@@ -137,15 +164,38 @@ def check_commit_space(
         >>> check_commit_space(draft, lg.store)  # doctest: +SKIP
     """
     draft.flat.check_reused()  # chunks a gc in another process took count again
+    _check(
+        lambda skip: commit_bound(draft, store, skip_stored=skip, pool=pool),
+        store,
+        "the commit",
+        "its tensors' bytes not stored yet, plus metadata",
+    )
+
+
+def check_part_space(flat: Flattener, store: ObjectStore) -> None:
+    """Refuse a stage's part (``Stage.write``, one rank's share of a commit) with a
+    :class:`DiskFullError` when its chunks may not fit; nothing is written then.
+
+    Example:
+        >>> check_part_space(flat, lg.store)  # doctest: +SKIP
+    """
+    _check(
+        lambda skip: chunks_bound(flat, store, skip_stored=skip),
+        store,
+        "this part of the commit",
+        "its tensors' bytes not stored yet",
+    )
+
+
+def _check(bound: Callable[[bool], int], store: ObjectStore, what: str, of: str) -> None:
     free = free_bytes(store.root)
-    if commit_bound(draft, store) <= free:
+    if bound(False) <= free:
         return
-    needed = commit_bound(draft, store, skip_stored=True, pool=pool)
+    needed = bound(True)
     if needed <= free:
         return
     raise DiskFullError(
-        f"the commit needs up to {human_size(needed)} at {store.root} (its tensors' bytes "
-        f"not stored yet, plus metadata) but only "
+        f"{what} needs up to {human_size(needed)} at {store.root} ({of}) but only "
         f"{human_size(free)} is free there; nothing was written: free some space "
         "(ledger gc) or commit to a ledger on another disk",
         path=str(store.root),

@@ -14,9 +14,8 @@ of it; multi-process commits, importers and other builders are the others:
   compare-and-swap. The parent (and an automatic branch keeping an old tip)
   comes from the ledger instance's resume lineage, ``ledger.history.lineage``.
 
-A :class:`Stage` is built from plain parts (store, refs, gc lock, config,
-threads), so it can be constructed and tested on its own. It never invents an
-on-disk format: parts are manifest nodes, encoded as the manifest encodes them.
+A :class:`Stage` is built from plain parts (store, refs, gc lock, config, threads),
+so it is tested on its own; parts are manifest nodes, encoded as manifests are.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import msgspec
 
 from ledger import metadata
 from ledger.api.inputs import _clean_metrics, _clean_params, _opt_int
+from ledger.api.preflight import check_part_space
 from ledger.api.snapshot import Snapshot
 from ledger.errors import (
     ClosedLedgerError,
@@ -281,6 +281,7 @@ class Stage:
 
             flat = Flattener(self.config.chunk_size)
             node = flat.flatten(value, ())
+        check_part_space(flat, self.store)  # refuses before the first byte
         with self._writer() as writer:
             flat.assign(writer.put_chunks(flat.chunks()))
         stats = CommitStats(
