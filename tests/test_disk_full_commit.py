@@ -12,6 +12,7 @@ naming the OS's reason, nothing partial on the remote).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from helpers import pack_ids, run_cli, tiny_disk
 
 from ledger import Ledger
 from ledger.errors import DiskFullError
+from ledger.history.records import Commit
 from ledger.objects.packs import read_pack_index
 
 KEEP_FREE = 160 << 10  # what fill_disk leaves: room for metadata, not for a tensor
@@ -71,12 +73,21 @@ def disk() -> Iterator[Path]:
         yield where
 
 
-def test_a_commit_too_big_for_the_disk_is_refused_before_writing(disk: Path) -> None:
+@contextlib.contextmanager
+def full_after_one_commit(
+    disk: Path,
+) -> Iterator[tuple[Ledger, Commit, dict[str, tuple[int, int]]]]:
+    """A ledger on ``disk`` with one commit, the disk then filled; the files as they were."""
     root = disk / "ckpt"
     with Ledger.open(root, create=True, fsync=False) as lg:
         first = lg.commit(state(1), rng=False)
         fill_disk(disk)
-        before = tree(root)
+        yield lg, first, tree(root)
+
+
+def test_a_commit_too_big_for_the_disk_is_refused_before_writing(disk: Path) -> None:
+    with full_after_one_commit(disk) as (lg, first, before):
+        root = lg.root
         with pytest.raises(DiskFullError) as info:
             lg.commit(state(2), rng=False)
         said = str(info.value)
@@ -92,11 +103,8 @@ def test_a_stage_part_too_big_for_the_disk_is_refused_and_a_stored_one_is_not(
     disk: Path,
 ) -> None:
     # Stage.write: one rank's share of a multi-process commit (adapters/distributed.py)
-    root = disk / "ckpt"
-    with Ledger.open(root, create=True, fsync=False) as lg:
-        first = lg.commit(state(1), rng=False)
-        fill_disk(disk)
-        before = tree(root)
+    with full_after_one_commit(disk) as (lg, first, before):
+        root = lg.root
         with lg.stage() as st:
             with pytest.raises(DiskFullError, match="this part of the commit needs up to"):
                 st.write(state(2))
@@ -130,11 +138,8 @@ def test_an_unchanged_recommit_on_an_almost_full_disk_is_never_refused(disk: Pat
 def test_a_background_commit_reports_the_refusal_like_any_background_failure(
     disk: Path,
 ) -> None:
-    root = disk / "ckpt"
-    with Ledger.open(root, create=True, fsync=False) as lg:
-        first = lg.commit(state(1), rng=False)
-        fill_disk(disk)
-        before = tree(root)
+    with full_after_one_commit(disk) as (lg, first, before):
+        root = lg.root
         handle = lg.commit(state(2), rng=False, blocking=False)
         with pytest.raises(DiskFullError, match="nothing was written"):
             handle.result()
