@@ -109,7 +109,13 @@ ANY_SECRET = st.one_of(*SHAPES.values())
 
 WORD = st.text(string.ascii_lowercase, min_size=1, max_size=12)
 CAPITAL = st.from_regex(r"[A-Z][a-z]{1,10}[0-9]{0,3}", fullmatch=True)
-IDENT = st.lists(WORD, min_size=1, max_size=4).map("_".join)
+# Names whose last word says secret (`password`, `hub_token`) are redacted by design, whatever
+# their value: the ordinary names here never end in one of those words.
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "passphrase",
+                "credential", "credentials", "auth", "authorization", "bearer", "cookie"}  # fmt: skip
+IDENT = (
+    st.lists(WORD, min_size=1, max_size=4).filter(lambda w: w[-1] not in SECRET_WORDS).map("_".join)
+)
 SEGMENT = st.one_of(WORD, CAPITAL, IDENT, st.tuples(IDENT, WORD).map(".".join))
 ORDINARY_STRING = st.one_of(
     st.binary(min_size=20, max_size=32).map(bytes.hex),  # commit ids, blake3 / sha digests

@@ -48,7 +48,9 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if not self.stopping:  # a connection stop() cut is not an error
+        # A connection stop() cut is not an error, nor a client that hung up mid-answer (a
+        # bounded read stops reading once it has what it asked for, as the Hub's clients may).
+        if not self.stopping and not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
 
