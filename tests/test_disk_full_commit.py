@@ -179,14 +179,21 @@ def test_a_gc_repack_that_fills_the_disk_leaves_every_pack_as_it_was(disk: Path)
         assert torch.equal(lg.checkout("main")["keep"], state(1)["w"])
 
 
+def pushed_big_state(tmp_path: Path) -> Path:
+    """A directory remote holding a 4.8 MB commit (more than the disk holds), pushed from the
+    ledger ``tmp_path / "src"`` (its remote ``origin``)."""
+    remote = tmp_path / "remote"
+    with Ledger.open(tmp_path / "src", create=True, fsync=False) as src:
+        src.commit(state(1, 1_200_000), rng=False)
+        src.remote_add("origin", str(remote))
+        src.push("origin")
+    return remote
+
+
 def test_a_pull_that_fills_the_disk_is_one_line_and_leaves_no_partial_pack(
     disk: Path, tmp_path: Path
 ) -> None:
-    remote = tmp_path / "remote"
-    with Ledger.open(tmp_path / "src", create=True, fsync=False) as src:
-        src.commit(state(1, 1_200_000), rng=False)  # 4.8 MB: more than the disk holds
-        src.remote_add("origin", str(remote))
-        src.push("origin")
+    remote = pushed_big_state(tmp_path)
     root = disk / "ckpt"
     with Ledger.open(root, create=True, fsync=False) as lg:
         lg.remote_add("origin", str(remote))
@@ -206,11 +213,8 @@ def test_a_pull_that_fills_the_disk_is_one_line_and_leaves_no_partial_pack(
 def test_a_clone_or_push_that_fills_the_disk_is_one_line_and_leaves_no_partial_file(
     disk: Path, tmp_path: Path
 ) -> None:
-    remote = tmp_path / "remote"
-    with Ledger.open(tmp_path / "src", create=True, fsync=False) as src:
-        src.commit(state(1, 1_200_000), rng=False)  # 4.8 MB: more than the disk holds
-        src.remote_add("origin", str(remote))
-        src.push("origin")
+    remote = pushed_big_state(tmp_path)
+    with Ledger.open(tmp_path / "src", fsync=False) as src:
         src.remote_add("full", str(disk / "remote"))
         pushed = run_cli("--dir", tmp_path / "src", "push", "full")
     cloned = run_cli("clone", remote, disk / "copy")
