@@ -27,6 +27,7 @@ from ledger import Ledger
 from ledger.errors import CorruptionError
 from ledger.objects.codecs import CODEC_NAMES
 from ledger.objects.compact import COMPACT_PACKS, rollup
+from ledger.objects.lookup import PackTable
 from ledger.objects.midx import MIDX_NAME, MergedIndex, encode_midx
 from ledger.objects.packs import IndexEntry, read_pack_index
 from ledger.retention import KeepLast
@@ -147,7 +148,7 @@ OPS = st.lists(
 
 
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(ops=OPS)
 def test_after_any_commits_compactions_and_gcs_every_object_reads_and_the_index_is_exact(
@@ -225,3 +226,22 @@ def test_every_codec_a_writer_may_use_has_a_number_in_the_merged_index(codec: st
     entry = IndexEntry(bytes(range(32)), "chunk", codec, 8, 400 if codec == "raw" else 100, 400)
     merged = MergedIndex(encode_midx({"ab" * 32: [entry]}))
     assert merged.lookup(entry.id) == [("ab" * 32, entry)]
+
+
+def test_a_lookup_after_a_new_merged_index_never_names_a_pack_the_old_one_covered() -> None:
+    """Found by the property test above: the last lookup was cached with its pack, and a
+    new merged index that no longer covers that pack took it off the "gone" list, so
+    the cache answered with a deleted pack."""
+    oid = b"x" * 32
+    entry = IndexEntry(oid, "chunk", "raw", 8, 4, 4)
+    old_pack, new_pack = "aa" * 32, "bb" * 32
+    table = PackTable()
+    table.set_midx(MergedIndex.build({old_pack: [entry]}))
+    assert table.find(oid) == (old_pack, entry)
+    table.forget([old_pack])  # compaction deleted it...
+    table.set_midx(MergedIndex.build({new_pack: [entry]}))  # ...after indexing its copy
+    assert table.find(oid) == (new_pack, entry)
+    table.set_midx(MergedIndex.build({old_pack: [entry], new_pack: [entry]}))
+    assert table.find(oid) is not None
+    table.forget([old_pack, new_pack])
+    assert table.find(oid) is None

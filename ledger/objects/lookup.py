@@ -57,6 +57,7 @@ class PackTable:
         """Use a new merged index; the packs the old one covered and this one does not."""
         old = self.covered()
         self.midx = fresh
+        self._last = None  # it may name a pack the new index does not cover (and gone forgets)
         new = self.covered()
         self.gone &= new
         moved = new & self.entries_of.keys()
@@ -70,6 +71,7 @@ class PackTable:
         """Packs that vanished: their objects are no longer found through them."""
         covered = self.covered()
         dropped = False
+        self._last = None
         for name in names:
             dropped |= self.entries_of.pop(name, None) is not None
             if name in covered:
