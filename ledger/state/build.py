@@ -225,6 +225,9 @@ class Builder:
         dest = live.detach().as_strided((live.numel(),), (1,)).view(torch.uint8)
         if dest.numel() != node.nbytes:
             return False
+        queued = self.by_id.get(node.id) if node.id >= 0 else None
+        if queued is not None and queued.data_ptr() == live.data_ptr():
+            return True  # tied (an alias into the same memory): read once, not twice at once
         self._buffer(node.nbytes, node.chunks, path, into=dest)
         if node.id >= 0:
             self.by_id.setdefault(node.id, live)
