@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import xxhash
 
 from ledger.objects import direct
-from ledger.objects.codecs import MIN_SAVING, encode_chunk
+from ledger.objects.codecs import MIN_SAVING, Scratch, encode_chunk
 from ledger.objects.durable import disk_errors, fsync_dir, temp_path
 from ledger.objects.hashing import hash_bytes
 from ledger.objects.packs import IndexEntry, PackFile, check_record_size
@@ -116,7 +116,8 @@ class WriteStats:
         self.logical_bytes = 0
 
 
-_Prepared = tuple[bytes, str | None, "bytes | memoryview | None"]
+# (id, codec or None when already stored, blob, the Scratch the blob lives in or None)
+_Prepared = tuple[bytes, str | None, "bytes | memoryview | None", "Scratch | None"]
 
 
 class PackWriter:
@@ -162,16 +163,19 @@ class PackWriter:
         key = xxhash.xxh3_128_digest(data) + len(data).to_bytes(8, "little")
         known = self.store.recent.get(key)
         if known is not None and (self.store.has(known) or known in self._pending):
-            return known, None, None
-        prepared = self._prepare(data, itemsize)
+            return known, None, None, None
+        prepared = self._prepare(data, itemsize, Scratch.take("blob"))
         self.store.remember(key, prepared[0])
         return prepared
 
-    def _prepare(self, data: memoryview, itemsize: int | None) -> _Prepared:
+    def _prepare(
+        self, data: memoryview, itemsize: int | None, out: Scratch | None = None
+    ) -> _Prepared:
+        """Hash and encode one object; a float chunk's blob is written into ``out`` if given."""
         started = time.perf_counter()
         oid = hash_bytes(data)
         if self.store.has(oid) or oid in self._pending:
-            return oid, None, None
+            return _without(out, (oid, None, None, None))
         if self.compress == "auto":
             workers = self.pool._max_workers if self.pool is not None else 1
             codec, blob = encode_chunk(
@@ -179,20 +183,27 @@ class PackWriter:
                 float_itemsize=itemsize,
                 compress=True,
                 min_saving=self.store.rates.min_saving(workers),
+                out=out,
             )
             if codec != "raw" and itemsize is not None:  # a full float encode ran
                 self.store.rates.note_codec(len(data), time.perf_counter() - started)
         else:
-            codec, blob = encode_chunk(data, float_itemsize=itemsize, compress=bool(self.compress))
-        return oid, codec, blob
+            codec, blob = encode_chunk(
+                data, float_itemsize=itemsize, compress=bool(self.compress), out=out
+            )
+        return _without(out, (oid, codec, blob, out))
 
     def _write(self, kind: str, prepared: _Prepared, raw_length: int) -> None:
-        oid, codec, blob = prepared
-        if codec is None or blob is None or oid in self._pending or self.store.has(oid):
-            return
-        self._append(oid, kind, codec, blob, raw_length)
-        if kind == "chunk":
-            self.stats.chunks_written += 1
+        oid, codec, blob, out = prepared
+        try:
+            if codec is None or blob is None or oid in self._pending or self.store.has(oid):
+                return
+            self._append(oid, kind, codec, blob, raw_length)
+            if kind == "chunk":
+                self.stats.chunks_written += 1
+        finally:
+            if out is not None:
+                out.give("blob")  # the blob has been copied into the pack
 
     def _append(
         self, oid: bytes, kind: str, codec: str, blob: bytes | memoryview, raw_length: int
@@ -351,6 +362,19 @@ class PackWriter:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
             self._tmp = None
+
+
+def _without(out: Scratch | None, prepared: _Prepared) -> _Prepared:
+    """``prepared``, with ``out`` given back when its blob does not live in ``out``."""
+    oid, codec, blob, _ = prepared
+    if out is not None and not _inside(blob, out):
+        out.give("blob")
+        return oid, codec, blob, None
+    return prepared
+
+
+def _inside(blob: bytes | memoryview | None, out: Scratch) -> bool:
+    return isinstance(blob, memoryview) and out.holds(blob)
 
 
 def _datasync(fd: int, nbytes: int, rates: Rates) -> None:
