@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from ledger.interop.export_hf import commit_files, write_files
-from ledger.state.rng import RNG_KEY
+from ledger.state.rng import RNG_KEY, python_state
 
 from ._common import AdapterError, ResumeError
 from ._hf_files import STATE_KEY as FILES_KEY
@@ -154,9 +154,8 @@ def _unshared(weights: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _trainer_rng(rng: dict[str, Any], *, distributed: bool = False) -> dict[str, Any]:
     """The ledger's RNG tree in ``Trainer._save_rng_state``'s format (CUDA: every device's when distributed)."""
-    version, internal, gauss = rng["python"]
     out: dict[str, Any] = {
-        "python": (version, tuple(internal), gauss),
+        "python": python_state(rng["python"]),
         "numpy": tuple(rng["numpy"]),
         "cpu": rng["torch"],
     }

@@ -100,7 +100,8 @@ def _check_job(out: Path) -> None:
         assert roots == {"model", "optimizer", RANKS_KEY}
         per_rank = [t for t in show.tensors if t.path.startswith(f"{RANKS_KEY}/")]
         assert {t.path.split("/")[1] for t in per_rank} == {"0", "1"}
-        assert sum(t.nbytes for t in per_rank) < 20_000  # RNG states only
+        # RNG states only: per rank torch 5056 B, numpy 2496 B, Python 2500 B
+        assert sum(t.nbytes for t in per_rank) < 2 * 12_000
         model_bytes = sum(t.nbytes for t in model)
         rest = sum(t.nbytes for t in show.tensors if not t.path.startswith("model/"))
         # everything the commit holds, the RNG key's tensors included: the weights once, not twice

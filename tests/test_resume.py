@@ -21,7 +21,7 @@ import torch
 from helpers import SCRIPTS, bits, load_script
 
 from ledger import Ledger
-from ledger.state.rng import RNG_KEY
+from ledger.state.rng import RNG_KEY, python_state
 
 SCRIPT = SCRIPTS / "resume_train.py"
 rt = load_script("resume_train")
@@ -251,3 +251,19 @@ def test_restore_sets_back_the_global_rngs_of_python_numpy_and_torch(lg: Ledger)
     assert _draw() != expected
     lg.restore({"x": 0}, c.id)
     assert _draw() == expected
+
+
+def test_python_rng_state_is_one_array_and_the_older_tuple_of_ints_still_restores(
+    lg: Ledger,
+) -> None:
+    random.seed(5)
+    random.random()
+    c = lg.commit({"old": random.getstate()})  # what commits held before: 625 ints
+    stored = lg.checkout(c.id)
+    _, words, _ = stored[RNG_KEY]["python"]
+    assert isinstance(words, np.ndarray) and words.dtype == np.uint32 and words.shape == (625,)
+    expected = [random.random() for _ in range(3)]
+    for form in (stored["old"], stored[RNG_KEY]["python"]):
+        random.seed(99)
+        random.setstate(python_state(form))
+        assert [random.random() for _ in range(3)] == expected
