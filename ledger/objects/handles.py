@@ -64,10 +64,10 @@ class PackHandles:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
         self.capacity = capacity
-        self._open: OrderedDict[Path, Handle] = OrderedDict()
+        self._open: OrderedDict[str, Handle] = OrderedDict()  # by path as text: cheap to hash
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> Handle:
+    def get(self, path: Path | str) -> Handle:
         """A read-only descriptor of ``path``, to use as ``with handles.get(path) as fd:``.
 
         The descriptor stays valid until that ``with`` block ends, even if the
@@ -78,16 +78,17 @@ class PackHandles:
                 descriptor left); the caller turns it into a ``LedgerError``
                 naming the pack.
         """
+        key = path if isinstance(path, str) else os.fspath(path)
         with self._lock:
-            handle = self._open.get(path)
+            handle = self._open.get(key)
             if handle is not None:
-                self._open.move_to_end(path)
+                self._open.move_to_end(key)
             else:
                 while len(self._open) >= self.capacity:
                     _, old = self._open.popitem(last=False)
                     self._drop(old)
-                handle = Handle(os.open(path, os.O_RDONLY | os.O_CLOEXEC), self)
-                self._open[path] = handle
+                handle = Handle(os.open(key, os.O_RDONLY | os.O_CLOEXEC), self)
+                self._open[key] = handle
             handle.users += 1
             return handle
 
@@ -103,10 +104,10 @@ class PackHandles:
         if handle.users == 0:
             _close(handle.fd)
 
-    def invalidate(self, path: Path) -> None:
+    def invalidate(self, path: Path | str) -> None:
         """Forget ``path``'s descriptor (the pack was deleted or replaced)."""
         with self._lock:
-            handle = self._open.pop(path, None)
+            handle = self._open.pop(os.fspath(path), None)
             if handle is not None:
                 self._drop(handle)
 

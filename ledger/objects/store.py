@@ -87,6 +87,7 @@ class ObjectStore:
         self._names: set[str] = set()
         self._names_settled = False
         self.handles = PackHandles()  # a bounded cache of open packs (ulimit -n stays safe)
+        self._pack_files: dict[str, str] = {}
         self._lock = threading.Lock()
         # Consulted by read/read_many for objects no pack holds (lazy restore from a remote).
         self.source: ObjectSource | None = None
@@ -184,6 +185,7 @@ class ObjectStore:
             self._loaded.discard(name)
             self.damaged.pop(name, None)
             self.handles.invalidate(self.pack_path(name))
+            self._pack_files.pop(name, None)
         self._table.forget(names)
 
     def pack_entries(self, name: str) -> list[IndexEntry]:
@@ -299,13 +301,15 @@ class ObjectStore:
             FileNotFoundError: a concurrent gc removed the pack (callers re-sync).
             PackUnreadableError: the pack exists but cannot be opened.
         """
-        path = self.pack_path(pack)
+        path = self._pack_files.get(pack)
+        if path is None:  # (kept as text: building a Path per read cost ~5 us)
+            path = self._pack_files[pack] = str(self.pack_path(pack))
         try:
             return self.handles.get(path)
         except FileNotFoundError:
             raise
         except PermissionError:
-            raise PackUnreadableError(unreadable_reason(path), pack=pack, path=str(path)) from None
+            raise PackUnreadableError(unreadable_reason(Path(path)), pack=pack, path=str(path)) from None
         except OSError as e:
             raise PackUnreadableError(
                 f"pack {path} cannot be opened ({e.strerror}); raise the open-file limit "
