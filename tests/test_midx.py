@@ -28,7 +28,7 @@ from ledger.errors import CorruptionError
 from ledger.objects.codecs import CODEC_NAMES
 from ledger.objects.compact import COMPACT_PACKS, rollup
 from ledger.objects.lookup import PackTable
-from ledger.objects.midx import MIDX_NAME, MergedIndex, encode_midx
+from ledger.objects.midx import MIDX_NAME, PY_SEARCHES, MergedIndex, encode_midx
 from ledger.objects.packs import IndexEntry, read_pack_index
 from ledger.retention import KeepLast
 
@@ -245,3 +245,19 @@ def test_a_lookup_after_a_new_merged_index_never_names_a_pack_the_old_one_covere
     assert table.find(oid) is not None
     table.forget([old_pack, new_pack])
     assert table.find(oid) is None
+
+
+def test_lookups_find_the_same_before_and_after_the_id_column_is_copied() -> None:
+    """The first PY_SEARCHES searches of a group bisect the records in place, later ones
+    search a numpy copy of the ids: both must give every id and refuse absent ones."""
+    rng = random.Random(4)
+    ids = sorted({rng.randbytes(32) for _ in range(300)})
+    entries = [IndexEntry(oid, "commit", "raw", 8 + i, 4, 4) for i, oid in enumerate(ids)]
+    idx = MergedIndex.build({"aa" * 32: entries})
+    absent = [rng.randbytes(32) for _ in range(50)]
+    for round_ in range(2):  # 350 searches a round: the copy is made during the first
+        for i, oid in enumerate(ids):
+            assert [e.offset for _, e in idx.lookup(oid)] == [8 + i], (round_, i)
+        assert all(idx.lookup(oid) == [] for oid in absent)
+    assert idx._groups["commit"]._sorted is not None
+    assert len(ids) + len(absent) > PY_SEARCHES
