@@ -309,7 +309,9 @@ class ObjectStore:
         except FileNotFoundError:
             raise
         except PermissionError:
-            raise PackUnreadableError(unreadable_reason(Path(path)), pack=pack, path=str(path)) from None
+            raise PackUnreadableError(
+                unreadable_reason(Path(path)), pack=pack, path=str(path)
+            ) from None
         except OSError as e:
             raise PackUnreadableError(
                 f"pack {path} cannot be opened ({e.strerror}); raise the open-file limit "
