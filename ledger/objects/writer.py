@@ -164,7 +164,8 @@ class PackWriter:
         known = self.store.recent.get(key)
         if known is not None and (self.store.has(known) or known in self._pending):
             return known, None, None, None
-        prepared = self._prepare(data, itemsize, Scratch.take("blob"))
+        encodes = bool(self.compress) and itemsize in (2, 4, 8)  # (only floats use a buffer)
+        prepared = self._prepare(data, itemsize, Scratch.take("blob") if encodes else None)
         self.store.remember(key, prepared[0])
         return prepared
 
@@ -367,14 +368,10 @@ class PackWriter:
 def _without(out: Scratch | None, prepared: _Prepared) -> _Prepared:
     """``prepared``, with ``out`` given back when its blob does not live in ``out``."""
     oid, codec, blob, _ = prepared
-    if out is not None and not _inside(blob, out):
+    if out is not None and not (isinstance(blob, memoryview) and out.holds(blob)):
         out.give("blob")
         return oid, codec, blob, None
     return prepared
-
-
-def _inside(blob: bytes | memoryview | None, out: Scratch) -> bool:
-    return isinstance(blob, memoryview) and out.holds(blob)
 
 
 def _datasync(fd: int, nbytes: int, rates: Rates) -> None:
