@@ -554,7 +554,8 @@ def test_damaged_header_is_corruption(lg: Ledger) -> None:
 
 
 def test_readers_see_the_log_written_by_another_instance(ledger_dir: Path) -> None:
-    """Refs are read from disk on every call, never cached in the process."""
+    """Refs are checked on disk on every call: a read is reused only while neither the log
+    nor the view changed (every move appends to the log)."""
     with (
         Ledger.open(ledger_dir, create=True, fsync=False) as a,
         Ledger.open(ledger_dir, fsync=False) as b,
@@ -567,3 +568,25 @@ def test_readers_see_the_log_written_by_another_instance(ledger_dir: Path) -> No
         d = a.commit(tiny_state(1), rng=False)
         assert b.branches() == {"exp": d.id, "main": c.id}
         assert os.path.exists(ledger_dir / "lock")
+
+
+def test_a_reused_read_of_the_refs_is_a_copy_and_a_damaged_view_is_still_caught(
+    ledger_dir: Path,
+) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        c = lg.commit(tiny_state(0), rng=False)
+        lg.branch("exp")
+        mine = lg.refs.snapshot()
+        mine["refs/heads/main"] = "0" * 64  # a caller's dict is its own
+        assert lg.refs.snapshot()["refs/heads/main"] == c.id
+        # another writer's view that lies (a swapped id, same size) is caught, not reused
+        view = ledger_dir / "refs"
+        data = view.read_bytes()
+        (ledger_dir / "refs.tmp").write_bytes(data.replace(c.id.encode(), b"f" * 64))
+        os.replace(ledger_dir / "refs.tmp", view)  # as a writer replaces it: a new file
+        assert lg.refs.snapshot() == {
+            "HEAD": "ref: refs/heads/main",
+            "refs/heads/main": c.id,
+            "refs/heads/exp": c.id,
+        }
+        assert lg.refs.view_status == "mismatch"

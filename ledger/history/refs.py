@@ -198,6 +198,15 @@ def _open_locked(
             time.sleep(0.005)
 
 
+def _copy(view: RefView) -> RefView:
+    return RefView(
+        offset=view.offset,
+        refs=dict(view.refs),
+        retention=dict(view.retention),
+        expired=dict(view.expired),
+    )
+
+
 # The log bytes before its offset that a ref view's digest covers (format 4): a few
 # dozen frames, so a view of another log or of a moved offset never matches.
 VIEW_WINDOW = 64 << 10
@@ -216,6 +225,8 @@ class RefStore:
         # older writer's), mismatch (decodes but disagrees with the log)
         self.view_status = "missing"
         self.view_offset = 0
+        # (the view's and the log's stat, the state they gave): reused while neither changed
+        self._cached: tuple[tuple[int, ...], RefView] | None = None
 
     def create(self) -> None:
         """A new log whose first event attaches HEAD to the unborn branch ``main``."""
@@ -256,6 +267,33 @@ class RefStore:
             return None
 
     def _current(self) -> RefView:
+        """The refs as of now: the view checked and the log after it applied, or the state
+        the last call found while neither file changed since (every move appends to the
+        log, so its size tells; reading and checking 1,000 refs costs ~0.8 ms)."""
+        key = self._files_key()
+        cached = self._cached
+        if key is not None and cached is not None and cached[0] == key:
+            return _copy(cached[1])
+        state = self._read_current()
+        if key is not None:
+            self._cached = (key, _copy(state))
+        return state
+
+    def _files_key(self) -> tuple[int, ...] | None:
+        try:
+            log, view = os.stat(self.log.path), os.stat(self.view_path)
+        except FileNotFoundError:
+            return None
+        return (
+            log.st_ino,
+            log.st_size,
+            log.st_mtime_ns,
+            view.st_ino,
+            view.st_size,
+            view.st_mtime_ns,
+        )
+
+    def _read_current(self) -> RefView:
         view = self._read_view()
         try:
             read = self.log.read_from(view.offset)
@@ -347,6 +385,12 @@ class RefStore:
             # it (e.g. a full disk) must not report the update as failed.
             with contextlib.suppress(OSError, DiskFullError):
                 self.write_view(state)
+                # under the lock the files are as this writer left them: the next read
+                # (the next commit's) needs no decode and check of every ref
+                key = self._files_key()
+                if key is not None:
+                    self._cached = (key, _copy(state))
+                    self.torn_bytes, self.view_status, self.view_offset = 0, "ok", state.offset
 
     def write_view(self, state: RefView) -> None:
         """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged).
