@@ -13,7 +13,6 @@ the ref-update event appended (fsync'd) and the ref view rewritten.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import threading
@@ -47,6 +46,7 @@ from ledger.errors import (
     RevisionNotFoundError,
     UnsupportedValueError,
 )
+from ledger.history.commitgraph import GraphFile, Walker
 from ledger.history.graph import first_parents, refs_under
 from ledger.history.lineage import Lineage
 from ledger.history.records import (
@@ -107,6 +107,7 @@ class LedgerCore:
         self._background_pool: ThreadPoolExecutor | None = None
         self._lock = threading.RLock()
         self._records: dict[str, CommitRecord] = {}
+        self.graph = GraphFile(root)  # parents without reading records (ledger.history.commitgraph)
         self._closed = False
         self.gc_lock = GcLock(root / "gc.lock")
         self.auto_gc = auto_gc
@@ -291,26 +292,6 @@ class LedgerCore:
             )
         return self._background_pool
 
-    @contextlib.contextmanager
-    def _rooting(self, rev: str) -> Iterator[str]:
-        """Resolve ``rev`` for a new ref, safe against a concurrent gc.
-
-        Holds the gc lock shared while the caller moves the ref (like a commit),
-        after checking, with the pack list re-read, that the commit is still stored:
-        a commit reachable from no ref may have been swept by another process.
-        """
-        with self.gc_lock.hold(shared=True):
-            self.store.sync()
-            cid = self.resolve(rev)
-            if self.store.locate(bytes.fromhex(cid)) is None:
-                self._records.pop(cid, None)
-                raise RevisionNotFoundError(
-                    f"commit {cid[:12]} ({rev!r}) is no longer stored: gc removed it after "
-                    "it became unreachable",
-                    revision=rev,
-                )
-            yield cid
-
     def refresh(self) -> None:
         """See what other processes wrote since this ledger was opened: their new packs
         (commits, chunks), and the packs another process's gc removed.
@@ -423,9 +404,10 @@ class LedgerCore:
             self.store.refresh()
             return self.store.ids_with_prefix("commit", prefix)
 
+        walk = self.walker()
+
         def first_parent(cid: str) -> str | None:
-            parents = self.record(cid).parents
-            return parents[0] if parents else None
+            return next(iter(walk(cid)), None)
 
         def refs_at(moment: dt.datetime) -> dict[str, str]:
             return refs_as_of(self.refs.log.read_from(0).events, moment)
@@ -433,7 +415,7 @@ class LedgerCore:
         def expired() -> dict[str, Expiry]:
             return self.refs.state().expired
 
-        return resolve(
+        found = resolve(
             rev,
             refs,
             ids,
@@ -443,6 +425,20 @@ class LedgerCore:
             expired=expired,
             with_prefix=with_prefix,
         )
+        if walk.used and not self.store.has(bytes.fromhex(found)):
+            self.record(
+                found
+            )  # a gc removed it since the graph was written: say so as a read would
+        return found
+
+    def walker(self) -> Walker:
+        """A commit's parents, from the commit graph where it holds the commit, else its record.
+
+        Example:
+            >>> lg.walker()(lg.resolve("main"))  # doctest: +SKIP
+            ['9f2c...']
+        """
+        return self.graph.walker(lambda cid: self.record(cid).parents)
 
     def log(self, rev: str = "HEAD") -> Iterator[Commit]:
         """Commits from ``rev`` back to the root, newest first, following first parents.

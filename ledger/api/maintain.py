@@ -13,17 +13,23 @@ import logging
 import threading
 from typing import Any, cast
 
+import msgspec
+
 from ledger.api.notify import Notifying
 from ledger.errors import (
+    LedgerError,
     PolicyError,
 )
+from ledger.history.commitgraph import build_graph, extend_graph, write_graph
 from ledger.history.gc import GcReport, collect
 from ledger.history.records import (
     BUILTIN_POLICIES,
+    CommitRecord,
     Expire,
     Expiry,
     KeepBest,
     RetentionSet,
+    commit_decoder,
     utcnow,
 )
 from ledger.history.refs import (
@@ -33,16 +39,22 @@ from ledger.history.retention import AnyPolicy
 from ledger.history.verify import VerifyReport
 from ledger.history.verify import verify as verify_ledger
 from ledger.objects.compact import CompactReport, compact, compaction_due
+from ledger.objects.safepath import check_inside
 from ledger.objects.store import ObjectStore
 from ledger.progress import ProgressFn
 
 log = logging.getLogger("ledger.maintain")
+
+# The commit graph is rewritten once this many of a process's commits lie outside it, so a
+# walk such as ``main~50`` from a fresh process reads at most this many records.
+GRAPH_LAG = 16
 
 
 class Maintenance(Notifying):
     """Retention, expiry, gc, compaction and verification of a ledger."""
 
     _compaction: threading.Thread | None = None  # the background compaction running, if any
+    _graph_lag = 0  # commits this process made since it last wrote the commit graph
 
     def compact(self) -> CompactReport:
         """Merge the small packs into few and index every pack in one file, now.
@@ -58,23 +70,54 @@ class Maintenance(Notifying):
             self._check_open()
             self._join_compaction()
             with self.gc_lock.hold(shared=False):
-                return compact(self.store)
+                report = compact(self.store)
+                self._write_graph()
+                return report
 
     def _compact_when_due(self) -> None:
-        """After commits: start a background compaction if one is due and none is running."""
+        """After commits: start a background compaction if one is due, or a rewrite of the
+        commit graph once ``GRAPH_LAG`` of this process's commits are outside it, unless
+        one is running."""
+        self._graph_lag += 1
         if self._compaction is not None and self._compaction.is_alive():
             return
-        if not compaction_due(self.store):
+        due = compaction_due(self.store)
+        if not due and self._graph_lag < GRAPH_LAG:
             return
         self._compaction = threading.Thread(
-            target=self._compact_quietly, name="ledger-compact", daemon=True
+            target=self._compact_quietly, args=(due,), name="ledger-compact", daemon=True
         )
         self._compaction.start()
 
-    def _compact_quietly(self) -> None:
+    def _write_graph(self, *, whole: bool = True) -> None:
+        """Rewrite the commit graph to hold every commit of the store now (a cache: a failure
+        leaves walks reading records); ``whole=False`` only adds the commits of the packs
+        outside the merged index (what commits made since the last compaction)."""
+
+        def read(oid: bytes) -> CommitRecord | None:
+            try:
+                return commit_decoder.decode(self.store.read(oid, f"commit {oid.hex()[:12]}"))
+            except (LedgerError, msgspec.DecodeError, RecursionError):
+                return None
+
+        self._graph_lag = 0
+        path = check_inside(self.root, self.graph.path, "writing")
+        old = self.graph.current()
+        if whole or old is None:
+            data: bytes | None = build_graph(self.store.ids("commit"), old, read)
+        else:
+            data = extend_graph(old, self.store.uncovered_ids("commit"), read)
+        if data is not None:
+            write_graph(path, data, self.store.tmp_dir)
+
+    def _compact_quietly(self, due: bool = True) -> None:
         try:
+            if not due:
+                self._write_graph(whole=False)
+                return
             with self.gc_lock.hold(shared=False):
                 report = compact(self.store)
+                self._write_graph()
         except Exception as e:  # the packs stay as they were: every object is still found
             log.warning("background compaction stopped (%s); the packs stay as they are", e)
             return
@@ -134,6 +177,8 @@ class Maintenance(Notifying):
                     dry_run=dry_run,
                     progress=progress,
                 )
+                if not dry_run and report.objects_freed:
+                    self._write_graph()  # without the commits it deleted
         log.info(
             "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
             " (dry run)" if dry_run else "",

@@ -7,9 +7,13 @@ move is one compare-and-swap through ``RefStore.update``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from ledger.api.core import LedgerCore
 from ledger.errors import (
     RefNameError,
+    RevisionNotFoundError,
     UnmergedBranchError,
 )
 from ledger.history.graph import ancestors
@@ -28,6 +32,26 @@ from ledger.history.revisions import head_target
 
 class RefOps(LedgerCore):
     """Branch, tag and HEAD operations of a ledger."""
+
+    @contextlib.contextmanager
+    def _rooting(self, rev: str) -> Iterator[str]:
+        """Resolve ``rev`` for a new ref, safe against a concurrent gc.
+
+        Holds the gc lock shared while the caller moves the ref (like a commit),
+        after checking, with the pack list re-read, that the commit is still stored:
+        a commit reachable from no ref may have been swept by another process.
+        """
+        with self.gc_lock.hold(shared=True):
+            self.store.sync()
+            cid = self.resolve(rev)
+            if self.store.locate(bytes.fromhex(cid)) is None:
+                self._records.pop(cid, None)
+                raise RevisionNotFoundError(
+                    f"commit {cid[:12]} ({rev!r}) is no longer stored: gc removed it after "
+                    "it became unreachable",
+                    revision=rev,
+                )
+            yield cid
 
     def branch(self, name: str, at: str = "HEAD") -> Commit:
         """Create branch ``name`` at revision ``at`` (HEAD does not move).
@@ -110,7 +134,7 @@ class RefOps(LedgerCore):
                 for other, cid in refs.items()
                 if other != ref and other.startswith((BRANCH_PREFIX, TAG_PREFIX))
             ]
-            if not force and tip not in ancestors(lambda c: self.record(c).parents, others):
+            if not force and tip not in ancestors(self.walker(), others):
                 raise UnmergedBranchError(
                     f"branch {name!r} (at {tip[:12]}) is not reachable from any other branch or tag; "
                     "tag it, or pass force=True to delete it anyway",

@@ -114,9 +114,7 @@ class StatusOps(LedgerCore):
         return out
 
     def _track(self, branch: str, local: str | None, remote: str) -> TrackStatus:
-        def parents(cid: str) -> list[str]:
-            return self.record(cid).parents
-
+        parents = self.walker()
         ahead: int | None = None
         behind: int | None = None
         try:

@@ -121,6 +121,10 @@ class PackTable:
                 out += self.midx.ids(kind)
         return list(dict.fromkeys(out))
 
+    def uncovered_ids(self, kind: str) -> list[bytes]:
+        """Ids of one kind in the dict (packs the merged index does not cover)."""
+        return [oid for oid, (_, e) in list(self.overlay.items()) if e.kind == kind]
+
     def ids_with_prefix(self, kind: str, prefix: str) -> list[str]:
         """Hex ids of one kind that start with the lower-case hex ``prefix``: a binary search
         of the merged index plus a pass over the dict."""

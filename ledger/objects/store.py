@@ -276,6 +276,10 @@ class ObjectStore:
         """Ids of every stored object of one kind (``chunk``, ``manifest``, ``commit``, ``blob``)."""
         return self._table.ids(kind)
 
+    def uncovered_ids(self, kind: str) -> list[bytes]:
+        """Ids of one kind in the packs the merged index does not cover (the newest, mostly)."""
+        return self._table.uncovered_ids(kind)
+
     def entries(self, kind: str) -> Iterator[Located]:
         """(pack, entry) of every stored object of one kind, each id once."""
         return self._table.entries(kind)
