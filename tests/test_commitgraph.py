@@ -209,3 +209,41 @@ def test_a_graph_that_names_a_commit_the_store_lacks_never_resolves_to_it(
         assert lg.resolve("main~2") == ids[0]  # through the graph: ancestry is a fact
         with pytest.raises(LedgerError, match="eeeeeeeeeeee"):
             lg.resolve("main~1")
+
+
+def test_verify_finds_a_graph_that_disagrees_with_the_records_and_repair_rebuilds_it(
+    ledger_dir: Path,
+) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        ids = [gs.commit_state(lg, 1, i, n=64).id for i in range(3)]
+        lg.compact()
+        assert lg.verify().ok
+    graph = CommitGraph.read(graph_path(ledger_dir))
+    order = [graph.id_at(p) for p in range(len(graph))]
+    rows = [graph.row(p) for p in range(len(graph))]
+    tip, root = order.index(bytes.fromhex(ids[2])), order.index(bytes.fromhex(ids[0]))
+    rows[tip] = (root, NONE, rows[tip][2])  # a well-formed row that skips a commit
+    graph_path(ledger_dir).write_bytes(encode_graph(order, rows))
+    with Ledger.open(ledger_dir) as lg:
+        assert lg.resolve("main~1") == ids[0]  # what a wrong graph would make of it
+        report = lg.verify()
+        assert not report.ok and report.repairable
+        assert any("commit graph disagrees with 1 commit record" in p for p in report.problems)
+        fixed = lg.verify(repair=True)
+        assert fixed.ok and any("rebuilt the commit graph" in r for r in fixed.repaired)
+        assert lg.resolve("main~1") == ids[1] and lg.verify().ok
+
+
+def test_verify_notes_a_damaged_graph_and_repair_rebuilds_it(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        for i in range(3):
+            gs.commit_state(lg, 1, i, n=64)
+        lg.compact()
+    path = graph_path(ledger_dir)
+    path.write_bytes(path.read_bytes()[:-5])
+    with Ledger.open(ledger_dir) as lg:
+        report = lg.verify()
+        assert report.ok and report.repairable
+        assert any("commit graph was set aside" in n for n in report.notes)
+        assert lg.verify(repair=True).repaired
+        assert lg.graph.current() is not None and not lg.verify().repairable

@@ -89,7 +89,7 @@ class Maintenance(Notifying):
         )
         self._compaction.start()
 
-    def _write_graph(self, *, whole: bool = True) -> None:
+    def _write_graph(self, *, whole: bool = True, trust_old: bool = True) -> None:
         """Rewrite the commit graph to hold every commit of the store now (a cache: a failure
         leaves walks reading records); ``whole=False`` only adds the commits of the packs
         outside the merged index (what commits made since the last compaction)."""
@@ -102,7 +102,7 @@ class Maintenance(Notifying):
 
         self._graph_lag = 0
         path = check_inside(self.root, self.graph.path, "writing")
-        old = self.graph.current()
+        old = self.graph.current() if trust_old else None
         if whole or old is None:
             data: bytes | None = build_graph(self.store.ids("commit"), old, read)
         else:
@@ -307,7 +307,14 @@ class Maintenance(Notifying):
     ) -> VerifyReport:
         if from_remote is None:
             return verify_ledger(
-                self, self.store, self.refs, full=full, repair=repair, progress=progress
+                self,
+                self.store,
+                self.refs,
+                full=full,
+                repair=repair,
+                progress=progress,
+                graph=self.graph,
+                rebuild_graph=(lambda: self._write_graph(trust_old=False)) if repair else None,
             )
         first = verify_ledger(
             self, self.store, self.refs, full=True, repair=True, progress=progress

@@ -413,12 +413,13 @@ class GraphFile:
         self.path = graph_path(root)
         self._seen: tuple[int, int, int, int] | None = None
         self._graph: CommitGraph | None = None
+        self.error: str | None = None  # why the file was set aside, if it was
 
     def current(self) -> CommitGraph | None:
         """The graph as the file holds it now (None: no file, or a damaged one)."""
         key = stat_key(self.path)
         if key != self._seen:
-            self._graph = None if key is None else load_graph(self.path)
+            self._graph, self.error = (None, None) if key is None else load_graph(self.path)
             self._seen = key
         return self._graph
 
@@ -432,15 +433,34 @@ def graph_path(root: Path) -> Path:
     return root / "objects" / GRAPH_NAME
 
 
-def load_graph(path: Path) -> CommitGraph | None:
-    """The commit graph at ``path``, or None when there is none or it is damaged."""
+def load_graph(path: Path) -> tuple[CommitGraph | None, str | None]:
+    """The commit graph at ``path`` (None when there is none or it is damaged), and why
+    it was set aside (None: it was not)."""
     try:
-        return CommitGraph.read(path)
+        return CommitGraph.read(path), None
     except FileNotFoundError:
-        return None
+        return None, None
     except (CorruptionError, RecordTooLargeError, OSError) as e:
         log.warning("commit graph set aside (%s); walks read commit records", e)
-        return None
+        return None, str(e)
+
+
+def disagreements(graph: CommitGraph, cid: str, rec: CommitRecord) -> bool:
+    """Whether the graph's row for commit ``cid`` names other parents than its record.
+
+    Example:
+        >>> from ledger.history.records import utcnow
+        >>> g = CommitGraph(encode_graph([b"a" * 32], [(NONE, NONE, 1)]))
+        >>> disagreements(g, "61" * 32, CommitRecord(manifest="m", parents=[], time=utcnow()))
+        False
+    """
+    pos = graph.position(bytes.fromhex(cid))
+    if pos is None:
+        return False
+    try:
+        return [graph.id_at(p).hex() for p in graph.parent_positions(pos)] != rec.parents
+    except CorruptionError:
+        return True
 
 
 def write_graph(path: Path, data: bytes, tmp_dir: Path) -> None:

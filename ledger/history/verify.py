@@ -15,10 +15,12 @@ or damaged object (``damaged``) for a refetch from a remote (api, refill.py).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import msgspec
 
 from ledger.errors import CorruptionError, LedgerError, RefConflictError
+from ledger.history.commitgraph import GraphFile, disagreements
 from ledger.history.eventlog import Tail
 from ledger.history.needs import HistoryReader, commit_needs, reachable_commits
 from ledger.history.records import Event, RefUpdate, RefView
@@ -58,10 +60,14 @@ def verify(
     full: bool,
     repair: bool,
     progress: ProgressFn | None = None,
+    graph: GraphFile | None = None,
+    rebuild_graph: Callable[[], None] | None = None,
 ) -> VerifyReport:
     """Check the ledger; see the module docstring. ``repair`` holds the write lock while fixing.
 
-    ``progress`` is told the commits checked (``ledger.progress``).
+    ``progress`` is told the commits checked (``ledger.progress``). ``graph``: the
+    commit graph, whose rows are checked against the records; ``rebuild_graph``
+    writes it again from the records (what ``repair`` does when it is wrong).
     """
     problems: list[str] = []
     notes: list[str] = []
@@ -144,6 +150,8 @@ def verify(
             problems.append(f"{ref} -> {cid[:12]}: {e}")
             bad[cid] = f"commit {cid[:12]}"
     commits = reachable_commits(reader, state.refs)
+    walks = None if graph is None else graph.current()
+    graph_wrong = 0
     chunks_checked = bytes_checked = remote_only = 0
     needed: set[bytes] = set()  # every object a reachable commit needs (orphans: the rest)
     for done, cid in enumerate(commits):
@@ -155,6 +163,7 @@ def verify(
             needed.add(bytes.fromhex(cid))
             bad[cid] = f"commit {cid[:12]}"
             continue
+        graph_wrong += walks is not None and disagreements(walks, cid, rec)
         for parent in rec.parents:
             try:
                 reader.record(parent)
@@ -202,6 +211,7 @@ def verify(
                 orphan_bytes += entry.length
     if full:
         _check_other_copies(store, needed, problems, notes)
+    graph_repairable = _check_graph(graph, graph_wrong, (problems, notes, repaired), rebuild_graph)
     if orphans:
         notes.append(
             f"{orphans} stored object(s), {orphan_bytes} bytes, that no kept commit needs "
@@ -220,9 +230,42 @@ def verify(
         chunks_checked,
         bytes_checked,
         repaired,
-        repairable=(stale_view or restorable) and not repair,
+        repairable=(stale_view or restorable or graph_repairable) and not repair,
         damaged=bad,
     )
+
+
+def _check_graph(
+    graph: GraphFile | None,
+    wrong: int,
+    out: tuple[list[str], list[str], list[str]],
+    rebuild: Callable[[], None] | None,
+) -> bool:
+    """Report (or with ``rebuild``, mend) a commit graph that disagrees with the records or
+    was set aside; True when a repair would mend it."""
+    problems, notes, repaired = out
+    damaged = graph is not None and graph.error is not None
+    if not wrong and not damaged:
+        return False
+    if rebuild is not None:
+        rebuild()
+        repaired.append(
+            "rebuilt the commit graph from the commit records "
+            + (f"({wrong} row(s) disagreed with them)" if wrong else "(it was damaged)")
+        )
+        return False
+    if wrong:
+        problems.append(
+            f"the commit graph disagrees with {wrong} commit record(s); "
+            "`ledger verify --repair` rebuilds it from the records"
+        )
+    else:
+        assert graph is not None
+        notes.append(
+            f"the commit graph was set aside ({graph.error}); walks read commit records "
+            "until the next compaction or `ledger verify --repair` rebuilds it"
+        )
+    return True
 
 
 def _check_other_copies(
