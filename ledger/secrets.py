@@ -13,6 +13,7 @@ strings to strings and says what it found.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -142,7 +143,21 @@ def _aws_secret(candidate: str) -> bool:
     return not _CAMEL_WORDS.fullmatch(candidate)
 
 
-def _spans(text: str) -> list[tuple[int, int, str]]:
+def _spans(text: str) -> tuple[tuple[int, int, str], ...]:
+    """The merged spans of secrets in ``text``: every commit scrubs the same metadata strings
+    again (~1 ms a commit), so short texts' answers are remembered."""
+    return _spans_cached(text) if len(text) <= SPANS_CACHED_CHARS else _find_spans(text)
+
+
+SPANS_CACHED_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=2048)
+def _spans_cached(text: str) -> tuple[tuple[int, int, str], ...]:
+    return _find_spans(text)
+
+
+def _find_spans(text: str) -> tuple[tuple[int, int, str], ...]:
     spans: list[tuple[int, int, str]] = []
     for kind, pattern in _SHAPES:
         spans += [(m.start(), m.end(), kind) for m in pattern.finditer(text)]
@@ -168,7 +183,7 @@ def _spans(text: str) -> list[tuple[int, int, str]]:
             merged[-1] = (s, max(e, end), k)
         else:
             merged.append((start, end, kind))
-    return merged
+    return tuple(merged)
 
 
 def find_secrets(text: str) -> list[str]:
