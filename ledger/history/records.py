@@ -271,6 +271,41 @@ def view_body(view: RefView) -> bytes:
     return _deterministic.encode((view.refs, view.retention, view.expired))
 
 
+class _ViewParts(msgspec.Struct, tag="ref-view"):
+    """A ref view's maps as their encoded bytes (to check its digest without re-encoding)."""
+
+    offset: int
+    refs: msgspec.Raw
+    retention: msgspec.Raw = msgspec.Raw(b"\x80")
+    expired: msgspec.Raw = msgspec.Raw(b"\x80")
+
+
+def encode_view(view: RefView) -> bytes:
+    """A ref view's file bytes, every map in key order: :func:`stored_view_body` of them is
+    then its :func:`view_body` without encoding it again.
+
+    Example:
+        >>> v = RefView(offset=8, refs={"b": "2", "a": "1"})
+        >>> stored_view_body(encode_view(v)) == view_body(v)
+        True
+    """
+    return _deterministic.encode(view)
+
+
+def stored_view_body(data: bytes) -> bytes | None:
+    """The :func:`view_body` of the view in ``data`` as its bytes hold it (None: not a view).
+
+    Equal to ``view_body`` of the decoded view when the file was written by
+    :func:`encode_view`; any other encoding gives other bytes, which a digest check
+    then refuses (so a caller falls back to encoding the decoded view).
+    """
+    try:
+        parts = _view_parts_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return b"\x93" + bytes(parts.refs) + bytes(parts.retention) + bytes(parts.expired)
+
+
 def utcnow() -> dt.datetime:
     """The current time as an aware UTC datetime."""
     return dt.datetime.now(dt.timezone.utc)
@@ -321,4 +356,5 @@ _deterministic = msgspec.msgpack.Encoder(order="deterministic")
 commit_decoder = msgspec.msgpack.Decoder(CommitRecord)
 events_decoder = msgspec.msgpack.Decoder(list[Event])
 refview_decoder = msgspec.msgpack.Decoder(RefView)
+_view_parts_decoder = msgspec.msgpack.Decoder(_ViewParts)
 config_decoder = msgspec.json.Decoder(LedgerConfig)

@@ -40,8 +40,9 @@ from ledger.history.records import (
     RefUpdate,
     RefView,
     RetentionSet,
-    msgpack_encoder,
+    encode_view,
     refview_decoder,
+    stored_view_body,
     utcnow,
     view_body,
 )
@@ -198,6 +199,13 @@ def _open_locked(
             time.sleep(0.005)
 
 
+def _decode_view(data: bytes) -> RefView | None:
+    try:
+        return refview_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
 def _copy(view: RefView) -> RefView:
     return RefView(
         offset=view.offset,
@@ -241,30 +249,37 @@ class RefStore:
         replaced by a replay of the whole log, in memory: readers never write.
         """
         self.view_status = "missing"
-        view = self.unverified_view()
-        if view is None:
+        data = self._view_bytes()
+        view = None if data is None else _decode_view(data)
+        if view is None or data is None:
             return RefView(offset=0, refs={})
         self.view_status = "unchecked" if not view.digest else "mismatch"
         self.view_offset = view.offset
-        body = view_body(view)
-        if view.window:  # format 4: the frames just before the offset
-            expected = self.log.window_digest(view.offset, view.window, body)
-        else:  # format 3: the whole prefix
-            expected = self.log.prefix_digest(view.offset, body)
-        if view.digest and view.digest == expected:
-            self.view_status = "ok"
-            return view
+        # the body as stored first (a view this writer wrote: no re-encoding of every ref),
+        # then as encoded again (a view written in another key order)
+        for body in (stored_view_body(data), None):
+            if view.window:  # format 4: the frames just before the offset
+                expected = self.log.window_digest(view.offset, view.window, body or view_body(view))
+            else:  # format 3: the whole prefix
+                expected = self.log.prefix_digest(view.offset, body or view_body(view))
+            if view.digest and view.digest == expected:
+                self.view_status = "ok"
+                return view
         return RefView(offset=0, refs={})
+
+    def _view_bytes(self) -> bytes | None:
+        try:
+            return read_bounded(self.view_path, MAX_REF_VIEW_BYTES)
+        except (FileNotFoundError, RecordTooLargeError):
+            return None
 
     def unverified_view(self) -> RefView | None:
         """The ref view as stored, its digest unchecked (None: absent or undecodable).
 
         Evidence only (what refs looked like when it was written), never read as refs.
         """
-        try:
-            return refview_decoder.decode(read_bounded(self.view_path, MAX_REF_VIEW_BYTES))
-        except (FileNotFoundError, msgspec.DecodeError, RecordTooLargeError):
-            return None
+        data = self._view_bytes()
+        return None if data is None else _decode_view(data)
 
     def _current(self) -> RefView:
         """The refs as of now: the view checked and the log after it applied, or the state
@@ -402,8 +417,7 @@ class RefStore:
         if digest is None:
             return  # the log is shorter than the state claims: write no view that lies
         view = msgspec.structs.replace(state, digest=digest, window=VIEW_WINDOW)
-        data = msgpack_encoder.encode(view)
-        atomic_write(self.view_path, data, fsync=False, tmp_dir=self.tmp_dir)
+        atomic_write(self.view_path, encode_view(view), fsync=False, tmp_dir=self.tmp_dir)
 
 
 def apply_event(state: RefView, event: Event) -> None:
