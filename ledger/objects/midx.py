@@ -110,8 +110,9 @@ class MergedIndex:
             raise CorruptionError(f"merged index {what} has counts that do not match its size")
         self.data = data
         self._view = memoryview(data)
+        names = self._view[HEADER.size : HEADER.size + npacks * HASH_BYTES]  # (no copy)
         self.packs = [
-            data[HEADER.size + i * HASH_BYTES :][:HASH_BYTES].hex() for i in range(npacks)
+            bytes(names[i * HASH_BYTES : (i + 1) * HASH_BYTES]).hex() for i in range(npacks)
         ]
         self._groups: dict[str, _Ids] = {}
         for kind, count in zip(KINDS, counts, strict=True):
