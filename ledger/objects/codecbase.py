@@ -88,7 +88,9 @@ def zstd_decode(blob: bytes | memoryview, raw_len: int) -> bytes:
             raise CorruptionError(
                 f"zstd frame declares {params.content_size} bytes, index says {raw_len}"
             )
-        out = _decompressor().decompress(blob, max_output_size=raw_len)
+        # The frame declares its size (checked above), so decompress allocates exactly it;
+        # passing max_output_size too costs ~55 us a call (a 1 KB commit record: 20x).
+        out = _decompressor().decompress(blob)
     except zstandard.ZstdError as e:
         raise CorruptionError(f"zstd frame cannot be decoded: {e}") from e
     if len(out) != raw_len:
