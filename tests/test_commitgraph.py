@@ -247,3 +247,19 @@ def test_verify_notes_a_damaged_graph_and_repair_rebuilds_it(ledger_dir: Path) -
         assert any("commit graph was set aside" in n for n in report.notes)
         assert lg.verify(repair=True).repaired
         assert lg.graph.current() is not None and not lg.verify().repairable
+
+
+def test_a_bad_row_makes_the_walk_read_records_and_verify_say_so(ledger_dir: Path) -> None:
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        ids = [gs.commit_state(lg, 1, i, n=64).id for i in range(3)]
+        lg.compact()
+    graph = CommitGraph.read(graph_path(ledger_dir))
+    order = [graph.id_at(p) for p in range(len(graph))]
+    rows = [graph.row(p) for p in range(len(graph))]
+    tip = order.index(bytes.fromhex(ids[2]))
+    rows[tip] = (tip, NONE, rows[tip][2])  # its own parent: a walk could never end
+    graph_path(ledger_dir).write_bytes(encode_graph(order, rows))
+    with Ledger.open(ledger_dir) as lg:
+        assert lg.resolve("main~2") == ids[0]  # from the records
+        assert not lg.verify().ok
+        assert lg.verify(repair=True).ok and lg.resolve("main~1") == ids[1]

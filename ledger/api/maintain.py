@@ -119,7 +119,8 @@ class Maintenance(Notifying):
                 report = compact(self.store)
                 self._write_graph()
         except Exception as e:  # the packs stay as they were: every object is still found
-            log.warning("background compaction stopped (%s); the packs stay as they are", e)
+            what = "compaction" if due else "rewrite of the commit graph"
+            log.warning("background %s stopped (%s); the files stay as they are", what, e)
             return
         log.info(
             "compaction: %d packs merged into %d (%d objects copied), %d packs now",

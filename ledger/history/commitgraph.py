@@ -27,6 +27,7 @@ import bisect
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,15 @@ class Walker:
                 return self.from_record(cid)
         if len(self._pos) >= REMEMBER_MAX:
             self._pos.clear()
+        try:
+            positions = graph.parent_positions(pos)
+        except CorruptionError as e:  # a bad row: this walk reads records from here on
+            log.warning("%s; walks read commit records (`ledger verify --repair` rebuilds it)", e)
+            self.graph = None
+            return self.from_record(cid)
         self.used = True
         out = []
-        for p in graph.parent_positions(pos):
+        for p in positions:
             parent = graph.id_at(p).hex()
             self._pos[parent] = p
             out.append(parent)
@@ -414,14 +421,16 @@ class GraphFile:
         self._seen: tuple[int, int, int, int] | None = None
         self._graph: CommitGraph | None = None
         self.error: str | None = None  # why the file was set aside, if it was
+        self._lock = threading.Lock()
 
     def current(self) -> CommitGraph | None:
         """The graph as the file holds it now (None: no file, or a damaged one)."""
         key = stat_key(self.path)
-        if key != self._seen:
-            self._graph, self.error = (None, None) if key is None else load_graph(self.path)
-            self._seen = key
-        return self._graph
+        with self._lock:
+            if key != self._seen:
+                self._graph, self.error = (None, None) if key is None else load_graph(self.path)
+                self._seen = key
+            return self._graph
 
     def walker(self, from_record: Callable[[str], list[str]]) -> Walker:
         """A fresh :class:`Walker` over the current graph."""
