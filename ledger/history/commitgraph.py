@@ -213,18 +213,6 @@ class Walker:
             out.append(parent)
         return out
 
-    def generation(self, cid: str) -> int | None:
-        """The commit's generation from the graph, or None when it does not hold it."""
-        if self.graph is None:
-            return None
-        pos = self._pos.get(cid)
-        if pos is None:
-            try:
-                pos = self.graph.position(bytes.fromhex(cid))
-            except ValueError:
-                return None
-        return None if pos is None else self.graph.generation(pos)
-
 
 def build_graph(
     ids: Iterable[bytes],
