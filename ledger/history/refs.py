@@ -255,16 +255,19 @@ class RefStore:
             return RefView(offset=0, refs={})
         self.view_status = "unchecked" if not view.digest else "mismatch"
         self.view_offset = view.offset
+
+        def matches(body: bytes | None) -> bool:
+            if body is None or not view.digest:
+                return False
+            if view.window:  # format 4: the frames just before the offset
+                return view.digest == self.log.window_digest(view.offset, view.window, body)
+            return view.digest == self.log.prefix_digest(view.offset, body)  # format 3
+
         # the body as stored first (a view this writer wrote: no re-encoding of every ref),
         # then as encoded again (a view written in another key order)
-        for body in (stored_view_body(data), None):
-            if view.window:  # format 4: the frames just before the offset
-                expected = self.log.window_digest(view.offset, view.window, body or view_body(view))
-            else:  # format 3: the whole prefix
-                expected = self.log.prefix_digest(view.offset, body or view_body(view))
-            if view.digest and view.digest == expected:
-                self.view_status = "ok"
-                return view
+        if matches(stored_view_body(data)) or matches(view_body(view)):
+            self.view_status = "ok"
+            return view
         return RefView(offset=0, refs={})
 
     def _view_bytes(self) -> bytes | None:
@@ -321,12 +324,7 @@ class RefStore:
             read = self.log.read_from(0)
         if view.offset == 0:
             view = RefView(offset=0, refs={})
-        state = RefView(
-            offset=view.offset,
-            refs=dict(view.refs),
-            retention=dict(view.retention),
-            expired=dict(view.expired),
-        )
+        state = _copy(view)
         for event in read.events:
             apply_event(state, event)
         self.torn_bytes = read.torn_bytes
@@ -399,25 +397,27 @@ class RefStore:
             # cache (readers replay the log past a stale one), so failing to rewrite
             # it (e.g. a full disk) must not report the update as failed.
             with contextlib.suppress(OSError, DiskFullError):
-                self.write_view(state)
+                written = self.write_view(state)
                 # under the lock the files are as this writer left them: the next read
                 # (the next commit's) needs no decode and check of every ref
-                key = self._files_key()
+                key = self._files_key() if written else None
                 if key is not None:
                     self._cached = (key, _copy(state))
                     self.torn_bytes, self.view_status, self.view_offset = 0, "ok", state.offset
 
-    def write_view(self, state: RefView) -> None:
-        """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged).
+    def write_view(self, state: RefView) -> bool:
+        """Rewrite the ref view (a cache: not fsync'd, rebuilt from the log if damaged);
+        False when it was not written.
 
         The caller holds the write lock and ``state`` is the replay up to
         ``state.offset``; the view is stamped with the digest of that log prefix.
         """
         digest = self.log.window_digest(state.offset, VIEW_WINDOW, view_body(state))
         if digest is None:
-            return  # the log is shorter than the state claims: write no view that lies
+            return False  # the log is shorter than the state claims: write no view that lies
         view = msgspec.structs.replace(state, digest=digest, window=VIEW_WINDOW)
         atomic_write(self.view_path, encode_view(view), fsync=False, tmp_dir=self.tmp_dir)
+        return True
 
 
 def apply_event(state: RefView, event: Event) -> None:
