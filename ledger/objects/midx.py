@@ -230,7 +230,8 @@ def encode_midx(
     """
     import numpy as np
 
-    kept = [name for name in (base.packs if base is not None else []) if name in set(keep)]
+    ours = set(keep)
+    kept = [name for name in (base.packs if base is not None else []) if name in ours]
     names = sorted({*packs, *kept})
     number = {name: i for i, name in enumerate(names)}
 
@@ -242,7 +243,6 @@ def encode_midx(
                 RECORD.pack(e.id, n, MIDX_CODECS.index(e.codec), e.offset, e.length, e.raw_length)
             )
     groups: dict[str, bytes] = {}
-    ours = set(kept)
     renumber = {i: number[n] for i, n in enumerate(base.packs) if n in ours} if base else {}
     for kind in KINDS:
         added = np.frombuffer(b"".join(sorted(fresh[kind])), f"S{RECORD.size}")
