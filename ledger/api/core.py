@@ -426,9 +426,8 @@ class LedgerCore:
             with_prefix=with_prefix,
         )
         if walk.used and not self.store.has(bytes.fromhex(found)):
-            self.record(
-                found
-            )  # a gc removed it since the graph was written: say so as a read would
+            # a gc removed it since the graph was written: say so as a read would
+            self.record(found)
         return found
 
     def walker(self) -> Walker:
