@@ -30,7 +30,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import xxhash
 
@@ -303,26 +303,14 @@ def extend_graph(
 
     fresh = sorted({oid for oid in ids if len(oid) == ID_BYTES and old.position(oid) is None})
     records = {oid: read(oid) for oid in fresh}
-    gens: dict[bytes, int] = {}  # the new commits kept, with their generations
-    state: dict[bytes, bool] = {}
-    for start in fresh:
-        stack = [start]
-        while stack:
-            oid = stack[-1]
-            if oid in state:
-                stack.pop()
-                continue
-            rec = records.get(oid)
-            ps = [] if rec is None else [bytes.fromhex(p) for p in rec.parents]
-            pending = [p for p in ps if p in records and p not in state]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            parent_gens = [gens.get(p) or _old_generation(old, p) for p in ps]
-            state[oid] = rec is not None and len(ps) <= 2 and all(parent_gens)
-            if state[oid]:
-                gens[oid] = 1 + max((g or 0 for g in parent_gens), default=0)
+
+    def parents_of(oid: bytes) -> list[bytes] | None:
+        rec = records[oid]
+        return (
+            None if rec is None or len(rec.parents) > 2 else list(map(bytes.fromhex, rec.parents))
+        )
+
+    gens = _kept_generations(fresh, parents_of, lambda p: _old_generation(old, p))
     if not gens:
         return None
     new_ids = np.array(sorted(gens), dtype=f"S{ID_BYTES}")
@@ -358,42 +346,70 @@ def _old_generation(old: CommitGraph, oid: bytes) -> int | None:
 
 
 def _closure(rows: Any, new: set[int]) -> Any:
-    """Which rows to keep (every parent kept), filling in the generations of new rows.
+    """Which rows to keep (every parent kept), filling in the generations of the rows settled.
 
     ``rows[i]`` holds parent positions (-1: none, -2: a parent outside the store) and,
     for rows taken from the old graph, their generation; ``new`` names the rows
-    read from records, whose generations are computed here.
+    read from records.
     """
     import numpy as np
 
-    state = np.zeros(len(rows), np.int8)  # 0 unknown, 1 kept, 2 left out
-    taken = np.ones(len(rows), bool)
-    taken[np.fromiter(new, np.int64, len(new))] = False
+    settle = np.zeros(len(rows), bool)
+    settle[np.fromiter(new, np.int64, len(new))] = True
     # A row of the old graph has only old rows as parents (the old graph was closed), so
-    # when none lost a parent (nothing deleted: the usual case) all of them stay.
-    if not (rows[taken, :2] == -2).any():
-        state[taken] = 1
-    order = np.nonzero(state == 0)[0].tolist()
-    for start in order:
+    # when none lost a parent (nothing deleted: the usual case) all of them stay as they are.
+    if (rows[~settle, :2] == -2).any():
+        settle[:] = True
+
+    def parents_of(i: int) -> list[int] | None:
+        ps = [p for p in rows[i, :2].tolist() if p != -1]
+        return None if -2 in ps else ps
+
+    gens = _kept_generations(np.nonzero(settle)[0].tolist(), parents_of, lambda p: int(rows[p, 2]))
+    keep = ~settle
+    for i, gen in gens.items():
+        keep[i] = True
+        rows[i, 2] = gen
+    return keep
+
+
+K = TypeVar("K", int, bytes)
+
+
+def _kept_generations(
+    todo: Sequence[K],
+    parents_of: Callable[[K], list[K] | None],
+    settled: Callable[[K], int | None],
+) -> dict[K, int]:
+    """The generations of the commits of ``todo`` kept in a closed graph: those whose
+    parents are all kept (an iterative depth-first walk, parents first).
+
+    ``parents_of(c)``: its parents, or None when it cannot be kept (no record, more than
+    two parents); ``settled(p)``: the generation of a parent outside ``todo`` (None: not
+    in the graph).
+    """
+    pending, done = set(todo), set()
+    gens: dict[K, int] = {}
+    for start in todo:
         stack = [start]
         while stack:
-            i = stack[-1]
-            if state[i]:
+            c = stack[-1]
+            if c in done:
                 stack.pop()
                 continue
-            ps = [p for p in rows[i, :2].tolist() if p != -1]
-            pending = [p for p in ps if p >= 0 and state[p] == 0]
-            if pending:
-                stack.extend(pending)
+            ps = parents_of(c)
+            first = [p for p in ps or () if p in pending and p not in done]
+            if first:
+                stack.extend(first)
                 continue
             stack.pop()
-            if any(p == -2 or state[p] == 2 for p in ps):
-                state[i] = 2
+            done.add(c)
+            if ps is None:
                 continue
-            state[i] = 1
-            if i in new:  # computed, so a parent's is always below (a stored one is equal)
-                rows[i, 2] = 1 + max((int(rows[p, 2]) for p in ps), default=0)
-    return state == 1
+            parent_gens = [gens.get(p) if p in pending else settled(p) for p in ps]
+            if all(g is not None for g in parent_gens):
+                gens[c] = 1 + max((g for g in parent_gens if g is not None), default=0)
+    return gens
 
 
 class GraphFile:
