@@ -263,3 +263,18 @@ def test_a_bad_row_makes_the_walk_read_records_and_verify_say_so(ledger_dir: Pat
         assert lg.resolve("main~2") == ids[0]  # from the records
         assert not lg.verify().ok
         assert lg.verify(repair=True).ok and lg.resolve("main~1") == ids[1]
+
+
+def test_a_gc_that_deletes_no_commit_leaves_the_graph_as_it_is(ledger_dir: Path) -> None:
+    from ledger.retention import KeepLast
+
+    with Ledger.open(ledger_dir, create=True, fsync=False) as lg:
+        for i in range(6):
+            gs.commit_state(lg, 1, i, n=4096)
+        lg.compact()
+        gs.commit_state(lg, 1, 6, n=4096)  # outside the graph: a rewrite would add it
+        before = graph_path(ledger_dir).read_bytes()
+        lg.set_retention(KeepLast(2))
+        report = lg.gc(grace=0)  # expires states: their chunks go, every commit stays
+        assert report.objects_freed and report.expired
+        assert graph_path(ledger_dir).read_bytes() == before

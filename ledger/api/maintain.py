@@ -110,6 +110,14 @@ class Maintenance(Notifying):
         if data is not None:
             write_graph(path, data, self.store.tmp_dir)
 
+    def _graph_outlived_commits(self) -> bool:
+        """Whether the commit graph holds a commit the store no longer has (after a gc: the
+        graph is rewritten only then, so a gc that deleted no commit leaves it as it is)."""
+        graph = self.graph.current()
+        return graph is not None and not all(
+            self.store.has(graph.id_at(p)) for p in range(len(graph))
+        )
+
     def _compact_quietly(self, due: bool = True) -> None:
         try:
             if not due:
@@ -178,7 +186,7 @@ class Maintenance(Notifying):
                     dry_run=dry_run,
                     progress=progress,
                 )
-                if not dry_run and report.objects_freed:
+                if not dry_run and report.objects_freed and self._graph_outlived_commits():
                     self._write_graph()  # without the commits it deleted
         log.info(
             "gc%s: %d commits expired, %d objects (%d bytes) freed, %d packs deleted, %d rewritten",
